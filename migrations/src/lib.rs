@@ -1,0 +1,20 @@
+//! Baton's database schema, as a sea-orm-migration [`Migrator`].
+//!
+//! The same migrations run on SQLite (the default) and PostgreSQL. Timestamps
+//! are Unix milliseconds in `BIGINT` columns, which both handle the same way.
+
+use sea_orm_migration::async_trait;
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_initial;
+
+/// Runs Baton's migrations in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_initial::Migration)]
+    }
+}

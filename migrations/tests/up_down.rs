@@ -1,0 +1,54 @@
+//! The migrations go up and down on a real SQLite file.
+
+use baton_migrations::{Migrator, MigratorTrait};
+use sea_orm_migration::sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+
+async fn tables(db: &DatabaseConnection) -> Vec<String> {
+    let rows = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> 'seaql_migrations' ORDER BY name",
+        ))
+        .await
+        .expect("list tables");
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "name").expect("name"))
+        .collect()
+}
+
+#[tokio::test]
+async fn up_down_up_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("baton.db").display()
+    );
+    let db = Database::connect(&url).await.expect("connect");
+
+    Migrator::up(&db, None).await.expect("up");
+    assert_eq!(
+        tables(&db).await,
+        ["agents", "audit_log", "projects", "slack_events", "tasks"]
+    );
+
+    // The schema takes a task row with its defaults.
+    db.execute_unprepared(
+        "INSERT INTO tasks (persona, project, prompt, requester, team_id, channel_id, state, \
+         created_at, updated_at, queued_at) VALUES ('code','web','hi','U1','T1','C1','queued',1,1,1)",
+    )
+    .await
+    .expect("insert task");
+
+    Migrator::down(&db, None).await.expect("down");
+    assert!(tables(&db).await.is_empty());
+
+    Migrator::up(&db, None).await.expect("up again");
+    assert_eq!(tables(&db).await.len(), 5);
+    assert!(
+        Migrator::get_pending_migrations(&db)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+}
