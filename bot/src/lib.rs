@@ -1,1 +1,113 @@
-//! stub
+//! Baton's bot: receives Slack commands, mentions and clicks, records each task,
+//! dispatches it over WebSocket to an agent serving its project, and shows it in
+//! one Slack message edited in place.
+//!
+//! # Layout
+//!
+//! - [`settings`]: every setting, from the environment and `.env`.
+//! - [`store`]: the database (sea-orm), the single source of truth.
+//! - [`app`]: the core: create, dispatch, apply agent events, cancel, retry, sweeps, recovery.
+//! - [`hub`]: connected agents, routing, their circuit breakers ([`breaker`]).
+//! - [`agents`]: the agents' WebSocket endpoint.
+//! - [`slack`]: Web API, rendering, the consolidator, handlers, signature checks.
+//! - [`commands`]: the `/baton` and `/baton-admin` languages; [`admin`] runs the latter.
+//! - [`http`]: the axum router.
+//! - [`replies`]: every refusal and error text a person sees.
+
+pub mod admin;
+pub mod agents;
+pub mod app;
+pub mod breaker;
+pub mod clock;
+pub mod commands;
+pub mod http;
+pub mod hub;
+pub mod keys;
+pub mod model;
+pub mod personas;
+pub mod replies;
+pub mod settings;
+pub mod slack;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::clock::WallClock;
+use crate::settings::Settings;
+use crate::slack::api::SlackApi;
+use crate::store::Store;
+
+/// How long shutdown waits for the last Slack updates.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// Writes the keys of `BATON_AGENT_KEYS` (as hashes). A key an admin revoked stays revoked.
+async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()> {
+    let keys = keys::parse_bootstrap(settings.agent_keys.expose_secret()).map_err(anyhow::Error::msg)?;
+    let existing = store.agents().await?;
+    for (name, key) in keys {
+        let hash = keys::hash(&key);
+        match existing.iter().find(|a| a.name == name.as_str()) {
+            Some(a) if a.revoked_at.is_some() => {
+                tracing::warn!(agent = %name, "BATON_AGENT_KEYS names an agent an admin revoked; it stays revoked");
+            }
+            Some(a) if a.key_hash == hash => {}
+            _ => {
+                store.put_agent(name.as_str(), &hash, "BATON_AGENT_KEYS", true).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the bot on `listener` until `shutdown` resolves, then shuts down
+/// gracefully: stop taking work, close agent sockets with "going away",
+/// flush the last Slack updates.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    clock: Arc<dyn WallClock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let verifier = match &settings.slack_signing_secret {
+        Some(s) if !s.expose_secret().is_empty() => Some(slack::verify::Verifier::new(s.expose_secret())),
+        _ if settings.slack_app_token.is_some() => None,
+        _ => anyhow::bail!("SLACK_SIGNING_SECRET is required for HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)"),
+    };
+    let store = Store::connect(&settings.database_url).await?;
+    bootstrap_keys(&store, &settings).await.context("Cannot store BATON_AGENT_KEYS")?;
+    let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)?;
+    let app = Arc::new(App::new(settings, store, slack, clock));
+    app.recover().await.context("Cannot recover tasks from the database")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let consolidator = tokio::spawn(app.consolidator.clone().run(stopped(stop_rx.clone()), SHUTDOWN_FLUSH));
+    let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "baton-bot listening");
+    let router = http::router(app.clone(), verifier);
+    let shutdown_app = app.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new work, closing agent connections");
+        shutdown_app.shutting_down.store(true, Ordering::SeqCst);
+        shutdown_app.hub.close_all(1001, "bot shutting down");
+    });
+    server.await.context("HTTP server failed")?;
+    let _ = stop_tx.send(true);
+    let _ = dispatcher.await;
+    let _ = consolidator.await;
+    tracing::info!("bye");
+    Ok(())
+}

@@ -3,7 +3,6 @@
 //! The same migrations run on SQLite (the default) and PostgreSQL. Timestamps
 //! are Unix milliseconds in `BIGINT` columns, which both handle the same way.
 
-use sea_orm_migration::async_trait;
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_initial;

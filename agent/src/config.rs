@@ -1,0 +1,286 @@
+//! The agent's configuration: `agent.toml`, overridden by flags and `BATON_*` variables.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_shared::ProjectName;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Default tasks at once.
+pub const DEFAULT_CAPACITY: u32 = 2;
+/// Default maximum duration of a task.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+/// Default time between SIGTERM and SIGKILL when a task is stopped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// Default time running tasks get to finish on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Variables passed to tasks by default (beside Baton's own).
+pub const DEFAULT_ENV_ALLOW: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "SHELL"];
+
+/// How a project's tasks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// The Claude Code CLI.
+    Claude,
+    /// A configured command.
+    Command,
+}
+
+/// One `[[project]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The project's name.
+    pub name: ProjectName,
+    /// Where its tasks run (canonicalised at start-up).
+    pub path: PathBuf,
+    /// How its tasks run.
+    pub executor: ExecutorKind,
+    /// The argv for the `command` executor.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Tasks of this project at once (default 1: two tasks in one tree trample each other).
+    #[serde(default = "one")]
+    pub max_concurrent: u32,
+    /// Maximum duration of this project's tasks, in seconds.
+    #[serde(default)]
+    pub max_duration_secs: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The file's shape.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `wss://host/agents`.
+    pub server: Option<String>,
+    /// The agent key.
+    pub key: Option<String>,
+    /// Tasks at once.
+    pub capacity: Option<u32>,
+    /// Where the outbox and the task journal live.
+    pub state_dir: Option<PathBuf>,
+    /// Maximum task duration, in seconds.
+    pub max_duration_secs: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL on cancel.
+    pub cancel_grace_secs: Option<u64>,
+    /// Seconds running tasks get on shutdown.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Environment variables passed to tasks.
+    pub env_allow: Option<Vec<String>>,
+    /// The Claude CLI.
+    pub claude_bin: Option<String>,
+    /// Extra arguments for the Claude CLI.
+    pub claude_args: Option<Vec<String>>,
+    /// The projects.
+    #[serde(default)]
+    pub project: Vec<ProjectConfig>,
+}
+
+/// Flags and environment variables that override the file.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(name = "baton-agent", version, about = "Baton's agent: runs tasks for the bot.")]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, env = "BATON_AGENT_CONFIG", default_value = "agent.toml")]
+    pub config: PathBuf,
+    /// The bot's agents endpoint (wss://host/agents).
+    #[arg(long, env = "BATON_SERVER")]
+    pub server: Option<String>,
+    /// The agent key.
+    #[arg(long, env = "BATON_AGENT_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Tasks at once.
+    #[arg(long, env = "BATON_CAPACITY")]
+    pub capacity: Option<u32>,
+    /// Where the outbox and task journal live.
+    #[arg(long, env = "BATON_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The Claude CLI.
+    #[arg(long, env = "BATON_CLAUDE_BIN")]
+    pub claude_bin: Option<String>,
+    /// Validate the config and executors, then exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The bot's agents endpoint.
+    pub server: String,
+    /// The key.
+    pub key: SecretString,
+    /// Tasks at once.
+    pub capacity: u32,
+    /// Outbox and journal.
+    pub state_dir: PathBuf,
+    /// Default maximum task duration.
+    pub max_duration: Duration,
+    /// SIGTERM → SIGKILL.
+    pub cancel_grace: Duration,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+    /// Variables passed to tasks.
+    pub env_allow: Vec<String>,
+    /// The Claude CLI.
+    pub claude_bin: String,
+    /// Extra Claude CLI arguments.
+    pub claude_args: Vec<String>,
+    /// Projects, with canonical paths.
+    pub projects: Vec<ProjectConfig>,
+}
+
+/// A configuration error, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// The key (`project[1].path`).
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub problem: String,
+}
+
+impl Config {
+    /// Reads the file, applies overrides, validates everything.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = cli.config.display().to_string();
+        let err = |key: &str, problem: String| ConfigError { file: file.clone(), key: key.into(), problem };
+        let text = std::fs::read_to_string(&cli.config)
+            .map_err(|e| err("(file)", format!("cannot read it: {e}")))?;
+        let parsed: FileConfig = toml::from_str(&text).map_err(|e| {
+            let key = e.span().map(|s| format!("near byte {}", s.start)).unwrap_or_else(|| "(file)".into());
+            err(&key, e.message().to_owned())
+        })?;
+        Self::from_parts(parsed, cli, &file, cli.config.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Validates a parsed file with overrides. Relative paths are relative to `base`.
+    pub fn from_parts(f: FileConfig, cli: &Cli, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError { file: file.to_owned(), key: key.into(), problem };
+        let server = cli.server.clone().or(f.server).ok_or_else(|| {
+            err("server", "missing: set `server = \"wss://host/agents\"` or BATON_SERVER".into())
+        })?;
+        if !(server.starts_with("ws://") || server.starts_with("wss://")) {
+            return Err(err("server", format!("`{server}` must start with ws:// or wss://")));
+        }
+        let key = cli.key.clone().or(f.key).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+            err("key", "missing: set `key = \"...\"` or BATON_AGENT_KEY (from `/baton-admin agent add NAME`)".into())
+        })?;
+        let capacity = cli.capacity.or(f.capacity).unwrap_or(DEFAULT_CAPACITY);
+        if capacity == 0 {
+            return Err(err("capacity", "must be at least 1".into()));
+        }
+        if f.project.is_empty() {
+            return Err(err("project", "no [[project]] tables: the agent must serve at least one project".into()));
+        }
+        let mut names = HashSet::new();
+        let mut projects = Vec::new();
+        for (i, mut p) in f.project.into_iter().enumerate() {
+            let k = |field: &str| format!("project[{i}].{field}");
+            if !names.insert(p.name.clone()) {
+                return Err(err(&k("name"), format!("`{}` appears twice", p.name)));
+            }
+            let path = if p.path.is_absolute() { p.path.clone() } else { base.join(&p.path) };
+            p.path = path.canonicalize().map_err(|e| {
+                err(&k("path"), format!("`{}` must be an existing directory: {e}", path.display()))
+            })?;
+            if !p.path.is_dir() {
+                return Err(err(&k("path"), format!("`{}` is not a directory", p.path.display())));
+            }
+            match p.executor {
+                ExecutorKind::Command if p.command.is_empty() => {
+                    return Err(err(&k("command"), "the command executor needs `command = [\"prog\", \"arg\"]`".into()));
+                }
+                ExecutorKind::Claude if !p.command.is_empty() => {
+                    return Err(err(&k("command"), "only the command executor takes `command`".into()));
+                }
+                _ => {}
+            }
+            if p.max_concurrent == 0 {
+                return Err(err(&k("max_concurrent"), "must be at least 1".into()));
+            }
+            projects.push(p);
+        }
+        let state_dir = cli
+            .state_dir
+            .clone()
+            .or(f.state_dir)
+            .map(|d| if d.is_absolute() { d } else { base.join(d) })
+            .unwrap_or_else(|| base.join("baton-agent-state"));
+        Ok(Config {
+            server,
+            key: key.into(),
+            capacity,
+            state_dir,
+            max_duration: f.max_duration_secs.map(Duration::from_secs).unwrap_or(DEFAULT_MAX_DURATION),
+            cancel_grace: f.cancel_grace_secs.map(Duration::from_secs).unwrap_or(DEFAULT_CANCEL_GRACE),
+            shutdown_grace: f.shutdown_grace_secs.map(Duration::from_secs).unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            env_allow: f
+                .env_allow
+                .unwrap_or_else(|| DEFAULT_ENV_ALLOW.iter().map(|s| (*s).to_owned()).collect()),
+            claude_bin: cli.claude_bin.clone().or(f.claude_bin).unwrap_or_else(|| "claude".into()),
+            claude_args: f.claude_args.unwrap_or_default(),
+            projects,
+        })
+    }
+
+    /// The project by name.
+    pub fn project(&self, name: &str) -> Option<&ProjectConfig> {
+        self.projects.iter().find(|p| p.name.as_str() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, dir: &Path) -> Result<Config, ConfigError> {
+        let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: "t".into(),
+            key: "?".into(),
+            problem: e.to_string(),
+        })?;
+        Config::from_parts(f, &Cli::default(), "agent.toml", dir)
+    }
+
+    #[test]
+    fn valid_config_loads_and_canonicalises() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("web")).expect("mkdir");
+        let c = load(
+            "server = \"ws://127.0.0.1:1/agents\"\nkey = \"k\"\n[[project]]\nname = \"web\"\npath = \"web\"\nexecutor = \"command\"\ncommand = [\"./run.sh\"]\n",
+            dir.path(),
+        )
+        .expect("loads");
+        assert_eq!(c.capacity, DEFAULT_CAPACITY);
+        assert!(c.projects[0].path.is_absolute());
+        assert_eq!(c.projects[0].max_concurrent, 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = "server = \"ws://x/agents\"\nkey = \"k\"\n";
+        let e = load(&format!("{base}[[project]]\nname = \"web\"\npath = \"nope\"\nexecutor = \"claude\"\n"), dir.path())
+            .expect_err("missing dir");
+        assert_eq!(e.key, "project[0].path");
+        let e = load(&format!("{base}[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"command\"\n"), dir.path())
+            .expect_err("no command");
+        assert_eq!(e.key, "project[0].command");
+        assert!(load(&format!("{base}colour = 1\n"), dir.path()).is_err(), "unknown keys are rejected");
+        let e = load("key = \"k\"\n", dir.path()).expect_err("no server");
+        assert_eq!(e.key, "server");
+    }
+}

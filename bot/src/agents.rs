@@ -1,0 +1,219 @@
+//! The agents' WebSocket endpoint: authentication, hello, reconciliation, then
+//! a read loop and a write loop joined by `select!`, with heartbeats both ways.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use baton_shared::limits::{HEARTBEAT_MISSES_DEAD, MAX_FRAME_BYTES};
+use baton_shared::protocol::{AgentMessage, BotMessage, PROTOCOL_VERSION, ProtocolError, close_code};
+use baton_shared::AgentName;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::hub::{Outgoing, Register};
+
+/// How long a new connection has to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Malformed frames in a row before the connection is closed.
+pub const MAX_PROTOCOL_ERRORS: u32 = 5;
+
+/// `GET /agents`: authenticates the key, then upgrades.
+pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let Some(key) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    else {
+        return (StatusCode::UNAUTHORIZED, "missing agent key: send Authorization: Bearer KEY\n").into_response();
+    };
+    let hash = crate::keys::hash(key);
+    let row = match app.store.agent_by_key_hash(&hash).await {
+        Ok(Some(row)) if crate::keys::matches(key, &row.key_hash) => row,
+        Ok(_) => {
+            tracing::warn!("agent connection refused: unknown or revoked key");
+            return (StatusCode::UNAUTHORIZED, "unknown or revoked agent key\n").into_response();
+        }
+        Err(err) => {
+            tracing::error!(error = ?err, "cannot check an agent key");
+            return (StatusCode::SERVICE_UNAVAILABLE, "cannot check the key now; retry\n").into_response();
+        }
+    };
+    let Ok(name) = AgentName::new(row.name) else {
+        return (StatusCode::UNAUTHORIZED, "agent name is invalid\n").into_response();
+    };
+    if app.hub.is_connected(name.as_str()) {
+        tracing::warn!(agent = %name, "second connection with the same key refused");
+        return (StatusCode::CONFLICT, "another connection with this key is live; retry later\n").into_response();
+    }
+    if app.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "bot is shutting down\n").into_response();
+    }
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            let span = tracing::info_span!("agent", agent = %name);
+            let _ = tracing::Instrument::instrument(serve(app, name, socket), span).await;
+        })
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
+}
+
+/// Waits for the hello, rejecting anything else.
+async fn read_hello(socket: &mut WebSocket) -> Result<baton_shared::protocol::Hello, (u16, String)> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await;
+    let text = match first {
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Ok(_))) => return Err((close_code::NO_HELLO, "the first frame must be a hello".into())),
+        _ => return Err((close_code::NO_HELLO, "no hello in time".into())),
+    };
+    match AgentMessage::decode(&text) {
+        Ok(AgentMessage::Hello(h)) => Ok(h),
+        Ok(_) => Err((close_code::NO_HELLO, "the first frame must be a hello".into())),
+        Err(ProtocolError::UnsupportedVersion(v)) => Err((
+            close_code::UNSUPPORTED_VERSION,
+            format!("protocol {v} not supported; this bot speaks {PROTOCOL_VERSION}"),
+        )),
+        Err(e) => Err((close_code::NO_HELLO, format!("bad hello: {e}"))),
+    }
+}
+
+async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
+    let hello = match read_hello(&mut socket).await {
+        Ok(h) => h,
+        Err((code, reason)) => {
+            tracing::warn!(code, reason, "agent refused at hello");
+            let _ = socket.send(close(code, &reason)).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let conn_id = match app.hub.register(name.as_str(), tx.clone(), &hello) {
+        Register::Ok(id) => id,
+        Register::Duplicate => {
+            let _ = socket.send(close(close_code::DUPLICATE, "another connection with this key is live")).await;
+            return;
+        }
+    };
+    tracing::info!(capacity = hello.capacity, projects = hello.projects.len(), "agent connected");
+    let heartbeat = app.settings.heartbeat();
+    let welcome = BotMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        agent: name.clone(),
+        heartbeat_secs: heartbeat.as_secs(),
+    };
+    let _ = tx.send(Outgoing::Frame(welcome));
+    match app.reconcile(name.as_str(), &hello).await {
+        Ok(frames) => {
+            for f in frames {
+                let _ = tx.send(Outgoing::Frame(f));
+            }
+        }
+        Err(err) => tracing::error!(error = ?err, "cannot reconcile the agent's tasks"),
+    }
+
+    let (mut sink, mut stream) = socket.split();
+    let dead_after = heartbeat * HEARTBEAT_MISSES_DEAD;
+    let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
+
+    let writer = {
+        let last_heard = last_heard.clone();
+        async move {
+            let mut ping = tokio::time::interval(heartbeat);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    out = rx.recv() => match out {
+                        Some(Outgoing::Frame(msg)) => {
+                            if sink.send(Message::Text(msg.encode().into())).await.is_err() { break; }
+                        }
+                        Some(Outgoing::Close(code, reason)) => {
+                            let _ = sink.send(close(code, &reason)).await;
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = ping.tick() => {
+                        let silent = crate::slack::consolidator::lock(&last_heard).elapsed();
+                        if silent >= dead_after {
+                            tracing::warn!(silent_secs = silent.as_secs(), "agent silent for two heartbeats; dropping it");
+                            let _ = sink.send(close(1001, "heartbeat timeout")).await;
+                            break;
+                        }
+                        if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break; }
+                    }
+                }
+            }
+        }
+    };
+
+    let reader = {
+        let app = app.clone();
+        let name = name.clone();
+        let tx = tx.clone();
+        async move {
+            let mut errors = 0u32;
+            while let Some(frame) = stream.next().await {
+                let Ok(frame) = frame else { break };
+                *crate::slack::consolidator::lock(&last_heard) = Instant::now();
+                app.hub.seen(name.as_str());
+                let text = match frame {
+                    Message::Text(t) => t,
+                    Message::Close(_) => break,
+                    Message::Binary(_) => {
+                        errors += 1;
+                        let err = ProtocolError::Malformed("binary frames are not part of the protocol".into());
+                        let _ = tx.send(Outgoing::Frame(BotMessage::error(&err)));
+                        if errors >= MAX_PROTOCOL_ERRORS { break; }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                match AgentMessage::decode(&text) {
+                    Ok(AgentMessage::Hello(_)) => {
+                        let _ = tx.send(Outgoing::Frame(BotMessage::Error {
+                            code: baton_shared::protocol::ErrorCode::Unexpected,
+                            message: "hello was already received on this connection".into(),
+                        }));
+                    }
+                    Ok(AgentMessage::Draining) => {
+                        tracing::info!("agent is draining");
+                        app.hub.set_draining(name.as_str());
+                        app.dispatch_wake.notify_one();
+                    }
+                    Ok(msg) => {
+                        errors = 0;
+                        for reply in app.apply_event(name.as_str(), msg).await {
+                            let _ = tx.send(Outgoing::Frame(reply));
+                        }
+                    }
+                    Err(err) => {
+                        errors += 1;
+                        tracing::warn!(error = %err, "protocol error from agent");
+                        let _ = tx.send(Outgoing::Frame(BotMessage::error(&err)));
+                        if errors >= MAX_PROTOCOL_ERRORS {
+                            let _ = tx.send(Outgoing::Close(close_code::PROTOCOL_ERRORS, "too many protocol errors".into()));
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+    app.hub.unregister(name.as_str(), conn_id);
+    app.dispatch_wake.notify_one();
+    tracing::info!("agent disconnected");
+}

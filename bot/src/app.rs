@@ -1,0 +1,726 @@
+//! The bot's core: creating tasks, dispatching them, applying agents' events,
+//! cancel and retry, the sweeps (accept timeouts, queue TTL, lost agents) and
+//! recovery after a restart.
+//!
+//! Every state change goes through the database first (a guarded update);
+//! memory (the hub, the live task views) follows what the database says.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use baton_shared::protocol::{AgentMessage, BotMessage, ErrorCode, Hello, Submit};
+use baton_shared::{Persona, ProjectName, TaskId};
+use governor::{Quota, RateLimiter};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::breaker::Outcome;
+use crate::clock::{TokioClock, WallClock};
+use crate::hub::{Hub, WaitReason};
+use crate::model::TaskState;
+use crate::personas;
+use crate::replies;
+use crate::settings::Settings;
+use crate::slack::api::{MessageBody, SlackApi};
+use crate::slack::consolidator::{Consolidator, lock};
+use crate::slack::render::{OUTPUT_TAIL_KEPT_CHARS, SHOWN_STEPS};
+use crate::store::{Ending, NewTask, Store, Task};
+
+/// How often the sweeps run.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A request for a task, from a slash command, a mention, a thread reply or a retry.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    /// The persona.
+    pub persona: Persona,
+    /// `--project`, when given.
+    pub project: Option<ProjectName>,
+    /// What to do.
+    pub prompt: String,
+    /// The Slack user.
+    pub requester: String,
+    /// The workspace.
+    pub team_id: String,
+    /// The channel.
+    pub channel_id: String,
+    /// The thread the request came from.
+    pub thread_ts: Option<String>,
+    /// The task it retries or follows up.
+    pub parent_id: Option<i64>,
+    /// The session to resume.
+    pub session_id: Option<String>,
+}
+
+type UserLimiter = RateLimiter<
+    String,
+    governor::state::keyed::HashMapStateStore<String>,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
+
+/// The bot's shared state.
+pub struct App {
+    /// Settings.
+    pub settings: Settings,
+    /// The database.
+    pub store: Store,
+    /// The Web API.
+    pub slack: SlackApi,
+    /// Task messages.
+    pub consolidator: Consolidator,
+    /// Connected agents.
+    pub hub: Hub,
+    /// Wall clock (queue TTL).
+    pub clock: Arc<dyn WallClock>,
+    /// Wakes the dispatcher.
+    pub dispatch_wake: Notify,
+    /// Dispatched tasks waiting for `accepted`: agent and deadline.
+    awaiting: Mutex<HashMap<i64, (String, Instant)>>,
+    /// Dispatched and running tasks, with their latest progress.
+    live: Mutex<HashMap<i64, Task>>,
+    /// What each queued task's message last showed: position and reason.
+    queue_shown: Mutex<HashMap<i64, (u64, Option<String>)>>,
+    /// Slack user ids allowed to use `/baton-admin`.
+    admins: HashSet<String>,
+    /// Per-user task creation limit.
+    user_limiter: UserLimiter,
+    /// Set on SIGTERM: no new work.
+    pub shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+/// An error for the person, or an internal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Shown to the person as is.
+    #[error("{0}")]
+    User(String),
+    /// Logged; the person sees a generic message.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl RequestError {
+    /// The text the person sees.
+    pub fn user_text(&self) -> String {
+        match self {
+            RequestError::User(s) => s.clone(),
+            RequestError::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                replies::internal_error()
+            }
+        }
+    }
+}
+
+fn outcome_of(msg: &AgentMessage) -> Outcome {
+    match msg {
+        AgentMessage::Completed { .. } => Outcome::Success,
+        AgentMessage::Failed { cause, .. } if cause.counts_against_agent() => Outcome::Failure,
+        _ => Outcome::Ignored,
+    }
+}
+
+impl App {
+    /// Builds the state.
+    pub fn new(settings: Settings, store: Store, slack: SlackApi, clock: Arc<dyn WallClock>) -> Self {
+        let consolidator = Consolidator::new(
+            slack.clone(),
+            store.clone(),
+            Duration::from_millis(settings.edit_interval_ms),
+            settings.slack_updates_per_minute,
+        );
+        let window = Duration::from_secs(settings.rate_limit_window_secs.max(1));
+        let burst = NonZeroU32::new(settings.rate_limit_tasks.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(window / burst.get())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        App {
+            hub: Hub::new(settings.breaker()),
+            admins: settings.admin_ids().into_iter().collect(),
+            settings,
+            store,
+            slack,
+            consolidator,
+            clock,
+            dispatch_wake: Notify::new(),
+            awaiting: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            queue_shown: Mutex::new(HashMap::new()),
+            user_limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether admins are configured at all.
+    pub fn has_admins(&self) -> bool {
+        !self.admins.is_empty()
+    }
+
+    /// Whether the user is an admin.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.contains(user)
+    }
+
+    // ---- creating tasks ----
+
+    /// Picks the task's project: `--project`, the channel's binding, or the only one.
+    async fn resolve_project(&self, explicit: Option<&ProjectName>, channel: &str) -> Result<String, RequestError> {
+        let known: Vec<String> = self.store.projects().await?.into_iter().map(|p| p.name).collect();
+        if let Some(p) = explicit {
+            return if known.iter().any(|k| k == p.as_str()) {
+                Ok(p.to_string())
+            } else {
+                Err(RequestError::User(replies::unknown_project(p.as_str(), &known)))
+            };
+        }
+        if let Some(bound) = self.store.project_for_channel(channel).await? {
+            return Ok(bound);
+        }
+        match known.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(RequestError::User(replies::no_project(&known))),
+        }
+    }
+
+    /// Validates, writes and dispatches a new task. Nothing is written when it is refused.
+    pub async fn create_task(&self, req: TaskRequest) -> Result<Task, RequestError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(RequestError::User(replies::shutting_down()));
+        }
+        let project = self.resolve_project(req.project.as_ref(), &req.channel_id).await?;
+        if self.store.queue_len(&project).await? >= self.settings.queue_max {
+            return Err(RequestError::User(replies::queue_full(&project, self.settings.queue_max)));
+        }
+        if let Err(not_until) = self.user_limiter.check_key(&req.requester) {
+            let wait = not_until.wait_time_from(tokio::time::Instant::now().into_std());
+            return Err(RequestError::User(replies::rate_limited(wait.as_secs().max(1))));
+        }
+        let task = self
+            .store
+            .insert_task(NewTask {
+                persona: req.persona.as_str().to_owned(),
+                project,
+                prompt: req.prompt,
+                requester: req.requester,
+                team_id: req.team_id,
+                channel_id: req.channel_id,
+                thread_ts: req.thread_ts,
+                parent_id: req.parent_id,
+                session_id: req.session_id,
+            })
+            .await?;
+        tracing::info!(task = task.id, project = %task.project, "task created");
+        match self.dispatch_one(task.clone()).await {
+            Ok(Some(dispatched)) => self.consolidator.show(dispatched, None),
+            Ok(None) => {}
+            Err(reason) => {
+                self.show_queued(&task.project).await;
+                tracing::debug!(task = task.id, reason = reason.describe(), "task waits");
+            }
+        }
+        Ok(task)
+    }
+
+    /// Tries to send a queued task to an agent now. Ok(None): it was no longer queued.
+    async fn dispatch_one(&self, task: Task) -> Result<Option<Task>, WaitReason> {
+        let route = self.hub.route(&task.project, task.id)?;
+        match self.store.claim(task.id, &route.agent).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.hub.release(&route.agent, task.id, Outcome::Ignored);
+                return Ok(None);
+            }
+            Err(err) => {
+                tracing::error!(task = task.id, error = ?err, "cannot claim task");
+                self.hub.release(&route.agent, task.id, Outcome::Ignored);
+                return Err(WaitReason::Busy);
+            }
+        }
+        let persona: Persona = task.persona.parse().unwrap_or_default();
+        let def = personas::definition(persona);
+        let submit = BotMessage::Submit(Submit {
+            task: TaskId(task.id),
+            project: ProjectName::new(task.project.clone()).map_err(|_| WaitReason::NoAgent)?,
+            persona,
+            prompt: task.prompt.clone(),
+            session_id: task.session_id.clone(),
+            system_prompt: Some(def.system_prompt.to_owned()),
+            allowed_tools: def.allowed_tools.iter().map(|t| (*t).to_owned()).collect(),
+            model: task.model.clone(),
+        });
+        let mut task = task;
+        task.state = TaskState::Dispatched.as_str().to_owned();
+        task.agent = Some(route.agent.clone());
+        task.wait_reason = None;
+        lock(&self.live).insert(task.id, task.clone());
+        lock(&self.queue_shown).remove(&task.id);
+        let deadline = Instant::now() + Duration::from_secs(self.settings.dispatch_timeout_secs);
+        lock(&self.awaiting).insert(task.id, (route.agent.clone(), deadline));
+        // If the connection is gone, the accept timeout puts the task back.
+        let _ = route.tx.send(crate::hub::Outgoing::Frame(submit));
+        tracing::info!(task = task.id, agent = %route.agent, "task dispatched");
+        Ok(Some(task))
+    }
+
+    /// Hands queued tasks to agents with room, in queue order, then refreshes
+    /// what the still-queued tasks' messages say.
+    pub async fn dispatch_pass(&self) {
+        let projects = match self.store.projects_with_queue().await {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot read the queues");
+                return;
+            }
+        };
+        for project in projects {
+            'project: loop {
+                let room = self.hub.projects_with_room();
+                if !room.contains(&project) {
+                    break;
+                }
+                let batch = match self.store.queued(&project, 64).await {
+                    Ok(b) if !b.is_empty() => b,
+                    _ => break,
+                };
+                for task in batch {
+                    match self.dispatch_one(task).await {
+                        Ok(Some(t)) => self.consolidator.show(t, None),
+                        Ok(None) => {}
+                        Err(_) => break 'project,
+                    }
+                }
+            }
+            self.show_queued(&project).await;
+        }
+    }
+
+    /// Updates the messages of a project's queued tasks whose position or reason changed.
+    async fn show_queued(&self, project: &str) {
+        let reason = self.hub.why_waiting(project).map(|r| r.describe().to_owned());
+        let Ok(queued) = self.store.queued(project, self.settings.queue_max.max(1)).await else { return };
+        for (i, mut task) in queued.into_iter().enumerate() {
+            let pos = i as u64 + 1;
+            let changed = {
+                let mut shown = lock(&self.queue_shown);
+                let now = (pos, reason.clone());
+                let changed = shown.get(&task.id) != Some(&now);
+                shown.insert(task.id, now);
+                changed
+            };
+            if changed {
+                if let Some(r) = &reason {
+                    if task.wait_reason.as_deref() != Some(r) {
+                        let _ = self.store.set_wait_reason(task.id, r).await;
+                    }
+                    task.wait_reason = Some(r.clone());
+                }
+                self.consolidator.show(task, Some(pos));
+            }
+        }
+    }
+
+    // ---- events from agents ----
+
+    /// Applies one event from `agent`. Returns the frames to answer with.
+    pub async fn apply_event(&self, agent: &str, msg: AgentMessage) -> Vec<BotMessage> {
+        let Some((task_id, seq)) = msg.task_seq() else { return Vec::new() };
+        let id = task_id.0;
+        let seq_i = seq as i64;
+        let ack = BotMessage::Ack { task: task_id, seq };
+        let is_final = msg.is_final();
+
+        let live = lock(&self.live).get(&id).cloned();
+        let Some(mut task) = live.filter(|t| t.agent.as_deref() == Some(agent)) else {
+            // Not a task this agent holds now: a duplicate of something applied,
+            // a stale event, or another agent's task. Never applied.
+            let known = self.store.task(id).await.ok().flatten();
+            let ours = known.as_ref().is_some_and(|t| t.agent.as_deref() == Some(agent));
+            let mut out = Vec::new();
+            if is_final {
+                // Let the agent forget it: it was applied before, or can never be.
+                out.push(ack);
+            }
+            if !ours {
+                out.push(BotMessage::Error {
+                    code: ErrorCode::Unexpected,
+                    message: format!("task {task_id} is not assigned to agent {agent}; event ignored"),
+                });
+                if matches!(msg, AgentMessage::Accepted { .. }) {
+                    out.push(BotMessage::Cancel { task: task_id });
+                }
+            }
+            return out;
+        };
+        if seq_i <= task.last_seq {
+            return if is_final { vec![ack] } else { Vec::new() };
+        }
+
+        match msg {
+            AgentMessage::Accepted { .. } => {
+                lock(&self.awaiting).remove(&id);
+                match self.store.mark_running(id, agent, seq_i).await {
+                    Ok(true) => {
+                        task.state = TaskState::Running.as_str().to_owned();
+                        task.last_seq = seq_i;
+                        task.started_at = Some(crate::model::now_ms());
+                        lock(&self.live).insert(id, task.clone());
+                        let cancel = task.cancel_requested;
+                        self.consolidator.show(task, None);
+                        if cancel {
+                            return vec![BotMessage::Cancel { task: task_id }];
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(err) => tracing::error!(task = id, error = ?err, "cannot mark task running"),
+                }
+                Vec::new()
+            }
+            AgentMessage::Rejected { reason, message, .. } => {
+                lock(&self.awaiting).remove(&id);
+                lock(&self.live).remove(&id);
+                self.hub.release(agent, id, Outcome::Ignored);
+                if reason.is_transient() {
+                    let _ = self.store.requeue(id, agent, reason_text(reason)).await;
+                } else {
+                    let ending = Ending::Failed {
+                        error: format!("Agent {agent} refused the task: {message}"),
+                        cause: "rejected".into(),
+                        session_id: None,
+                    };
+                    let _ = self.store.finish(id, Some(agent), Some(seq_i), &[TaskState::Dispatched], &ending).await;
+                    self.show_from_db(id).await;
+                }
+                self.dispatch_wake.notify_one();
+                Vec::new()
+            }
+            AgentMessage::Step { text, .. } => {
+                let mut steps: Vec<String> = serde_json::from_str(&task.steps).unwrap_or_default();
+                steps.push(text);
+                if steps.len() > SHOWN_STEPS {
+                    steps.drain(..steps.len() - SHOWN_STEPS);
+                }
+                task.steps = serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into());
+                task.step_count += 1;
+                self.progress(task, seq_i);
+                Vec::new()
+            }
+            AgentMessage::Output { text, .. } => {
+                task.output_tail.push_str(&text);
+                let tail = crate::slack::mrkdwn::tail_chars(&task.output_tail, OUTPUT_TAIL_KEPT_CHARS).to_owned();
+                task.output_tail = tail;
+                self.progress(task, seq_i);
+                Vec::new()
+            }
+            AgentMessage::Completed { .. } | AgentMessage::Failed { .. } | AgentMessage::Cancelled { .. } => {
+                let outcome = outcome_of(&msg);
+                let ending = match msg {
+                    AgentMessage::Completed { result, .. } => Ending::Completed {
+                        meta: crate::model::ResultMeta {
+                            cost_usd: result.cost_usd,
+                            input_tokens: result.input_tokens,
+                            output_tokens: result.output_tokens,
+                            num_turns: result.num_turns,
+                            duration_ms: result.duration_ms,
+                        },
+                        text: result.text,
+                        session_id: result.session_id,
+                    },
+                    AgentMessage::Failed { error, cause, session_id, .. } => Ending::Failed {
+                        error: format!("{}: {error}", cause.describe()),
+                        cause: serde_json::to_value(cause)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        session_id,
+                    },
+                    _ => Ending::Cancelled { note: "Cancelled.".into() },
+                };
+                let _ = self
+                    .store
+                    .save_progress(id, task.last_seq, &task.steps, task.step_count, &task.output_tail)
+                    .await;
+                match self
+                    .store
+                    .finish(id, Some(agent), Some(seq_i), &[TaskState::Dispatched, TaskState::Running], &ending)
+                    .await
+                {
+                    Ok(_) => {
+                        lock(&self.live).remove(&id);
+                        lock(&self.awaiting).remove(&id);
+                        self.hub.release(agent, id, outcome);
+                        self.show_from_db(id).await;
+                        self.dispatch_wake.notify_one();
+                        tracing::info!(task = id, agent, "task ended");
+                        vec![ack]
+                    }
+                    Err(err) => {
+                        // Not acknowledged: the agent keeps the result and sends it again.
+                        tracing::error!(task = id, error = ?err, "cannot record the task's end");
+                        Vec::new()
+                    }
+                }
+            }
+            AgentMessage::Hello(_) | AgentMessage::Draining => Vec::new(),
+        }
+    }
+
+    fn progress(&self, mut task: Task, seq: i64) {
+        task.last_seq = seq;
+        lock(&self.live).insert(task.id, task.clone());
+        self.consolidator.show(task, None);
+    }
+
+    async fn show_from_db(&self, id: i64) {
+        match self.store.task(id).await {
+            Ok(Some(task)) => self.consolidator.show(task, None),
+            Ok(None) => {}
+            Err(err) => tracing::error!(task = id, error = ?err, "cannot read the task to show it"),
+        }
+    }
+
+    /// Reconciles what the bot believes an agent holds with its hello.
+    pub async fn reconcile(&self, agent: &str, hello: &Hello) -> anyhow::Result<Vec<BotMessage>> {
+        let running: HashSet<i64> = hello.running.iter().map(|t| t.0).collect();
+        let held: HashSet<i64> = hello.held_results.iter().map(|t| t.0).collect();
+        let mut out = Vec::new();
+        for p in &hello.projects {
+            self.store.ensure_project(p.name.as_str()).await?;
+        }
+        let mine = self.store.agent_tasks(agent, &[TaskState::Dispatched, TaskState::Running]).await?;
+        let mine_ids: HashSet<i64> = mine.iter().map(|t| t.id).collect();
+        for mut task in mine {
+            let state: TaskState = task.state.parse().unwrap_or(TaskState::Running);
+            if running.contains(&task.id) || held.contains(&task.id) {
+                self.hub.adopt(agent, task.id, &task.project);
+                lock(&self.awaiting).remove(&task.id);
+                if state == TaskState::Dispatched && running.contains(&task.id) {
+                    self.store.force_running(task.id, agent).await?;
+                    task.state = TaskState::Running.as_str().to_owned();
+                    self.consolidator.show(task.clone(), None);
+                }
+                if task.cancel_requested {
+                    out.push(BotMessage::Cancel { task: TaskId(task.id) });
+                }
+                lock(&self.live).entry(task.id).or_insert(task);
+            } else if state == TaskState::Dispatched {
+                // The agent never recorded it: safe to send anywhere.
+                lock(&self.awaiting).remove(&task.id);
+                lock(&self.live).remove(&task.id);
+                self.hub.release(agent, task.id, Outcome::Ignored);
+                self.store.requeue(task.id, agent, "agent reconnected without it").await?;
+            } else {
+                lock(&self.live).remove(&task.id);
+                self.hub.release(agent, task.id, Outcome::Failure);
+                let ending = Ending::Failed {
+                    error: format!("agent restarted: {agent} came back without this task; use Retry to run it again"),
+                    cause: "agent_restarted".into(),
+                    session_id: None,
+                };
+                self.store.finish(task.id, Some(agent), None, &[TaskState::Running], &ending).await?;
+                self.show_from_db(task.id).await;
+            }
+        }
+        // Tasks the agent runs that are no longer its own (re-queued, ended): stop them.
+        for t in running.difference(&mine_ids) {
+            out.push(BotMessage::Cancel { task: TaskId(*t) });
+        }
+        self.dispatch_wake.notify_one();
+        Ok(out)
+    }
+
+    // ---- cancel and retry ----
+
+    /// Cancels a task for `user`. Returns the reply for the person.
+    pub async fn cancel(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
+        let task = self.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        if task.requester != user && !self.is_admin(user) {
+            return Err(RequestError::User(replies::not_yours(id, "cancel")));
+        }
+        let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
+        if state.is_terminal() {
+            return Err(RequestError::User(replies::already_ended(id, state)));
+        }
+        if state == TaskState::Queued {
+            let ending = Ending::Cancelled { note: format!("Cancelled by <@{user}> while queued.") };
+            if self.store.finish(id.0, None, None, &[TaskState::Queued], &ending).await? {
+                lock(&self.queue_shown).remove(&id.0);
+                self.show_from_db(id.0).await;
+                let project = task.project.clone();
+                self.show_queued(&project).await;
+                return Ok(replies::cancel_requested(id, true));
+            }
+        }
+        // Dispatched or running (or it just left the queue): the agent stops it.
+        let task = self.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        self.store.set_cancel_requested(id.0).await?;
+        if let Some(agent) = task.agent.as_deref() {
+            if let Some(t) = lock(&self.live).get_mut(&id.0) {
+                t.cancel_requested = true;
+            }
+            // Delivered now if connected; otherwise on reconnect (reconciliation).
+            self.hub.send(agent, BotMessage::Cancel { task: id });
+        }
+        Ok(replies::cancel_requested(id, false))
+    }
+
+    /// Runs an ended task again as a new task. Returns the reply.
+    pub async fn retry(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
+        let task = self.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
+        if !state.can_retry() {
+            return Err(RequestError::User(replies::cannot_retry(id, state)));
+        }
+        let new = self
+            .create_task(TaskRequest {
+                persona: task.persona.parse().unwrap_or_default(),
+                project: ProjectName::new(task.project.clone()).ok(),
+                prompt: task.prompt.clone(),
+                requester: user.to_owned(),
+                team_id: task.team_id.clone(),
+                channel_id: task.channel_id.clone(),
+                thread_ts: None,
+                parent_id: Some(task.id),
+                session_id: None,
+            })
+            .await?;
+        if let Some(ts) = task.message_ts.as_deref() {
+            let body = MessageBody {
+                text: format!("<@{user}> retried this task as #{}.", new.id),
+                blocks: Vec::new(),
+            };
+            if let Err(err) = self.slack.post_message(&task.channel_id, Some(ts), &body).await {
+                tracing::warn!(task = task.id, error = %err, "cannot note the retry in the thread");
+            }
+        }
+        Ok(replies::retried(id, TaskId(new.id)))
+    }
+
+    // ---- sweeps and recovery ----
+
+    /// Accept timeouts, queue expiry, lost agents. Runs every [`SWEEP_INTERVAL`].
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        let late: Vec<(i64, String)> = lock(&self.awaiting)
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, (agent, _))| (*id, agent.clone()))
+            .collect();
+        for (id, agent) in late {
+            lock(&self.awaiting).remove(&id);
+            match self.store.requeue(id, &agent, "the agent did not accept it in time; waiting for another try").await {
+                Ok(true) => {
+                    tracing::warn!(task = id, agent, "dispatch not accepted in time; task back in its queue");
+                    lock(&self.live).remove(&id);
+                    self.hub.release(&agent, id, Outcome::Failure);
+                    // Should it accept late, it must not run it.
+                    self.hub.send(&agent, BotMessage::Cancel { task: TaskId(id) });
+                    self.dispatch_wake.notify_one();
+                }
+                Ok(false) => {}
+                Err(err) => tracing::error!(task = id, error = ?err, "cannot requeue"),
+            }
+        }
+
+        let cutoff = self.clock.now_ms() - (self.settings.queue_ttl_secs as i64) * 1000;
+        match self.store.queued_before(cutoff).await {
+            Ok(expired) => {
+                for task in expired {
+                    let hours = self.settings.queue_ttl_secs as f64 / 3600.0;
+                    let ending = Ending::Expired {
+                        note: format!("Expired: no agent took it within {hours:.1} h. Use Retry to queue it again."),
+                    };
+                    if let Ok(true) = self.store.finish(task.id, None, None, &[TaskState::Queued], &ending).await {
+                        lock(&self.queue_shown).remove(&task.id);
+                        self.show_from_db(task.id).await;
+                    }
+                }
+            }
+            Err(err) => tracing::error!(error = ?err, "cannot expire queued tasks"),
+        }
+
+        let grace = Duration::from_secs(self.settings.agent_grace_secs);
+        for (agent, tasks) in self.hub.lost_agents(grace) {
+            for id in tasks {
+                let ending = Ending::Failed {
+                    error: format!(
+                        "agent lost: {agent} disconnected and did not come back within {} s. Use Retry to run it again.",
+                        grace.as_secs()
+                    ),
+                    cause: "agent_lost".into(),
+                    session_id: None,
+                };
+                lock(&self.live).remove(&id);
+                lock(&self.awaiting).remove(&id);
+                self.hub.release(&agent, id, Outcome::Failure);
+                match self
+                    .store
+                    .finish(id, Some(&agent), None, &[TaskState::Dispatched, TaskState::Running], &ending)
+                    .await
+                {
+                    Ok(true) => self.show_from_db(id).await,
+                    Ok(false) => {}
+                    Err(err) => tracing::error!(task = id, error = ?err, "cannot fail lost task"),
+                }
+            }
+        }
+    }
+
+    /// Rebuilds memory from the database after a start: tasks held by agents
+    /// wait for them, and every message not up to date is shown again.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        for task in self.store.tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX).await? {
+            if let Some(agent) = task.agent.clone() {
+                self.hub.adopt(&agent, task.id, &task.project);
+                lock(&self.live).insert(task.id, task);
+            }
+        }
+        for task in self.store.unsynced_tasks().await? {
+            let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
+            if state != TaskState::Queued {
+                self.consolidator.show(task, None);
+            }
+        }
+        for project in self.store.projects_with_queue().await? {
+            self.show_queued(&project).await;
+        }
+        self.dispatch_wake.notify_one();
+        Ok(())
+    }
+
+    /// The dispatcher: runs a pass when woken, and the sweeps every second.
+    pub async fn run_dispatcher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.dispatch_wake.notified() => self.dispatch_pass().await,
+                _ = tick.tick() => {
+                    self.sweep().await;
+                    self.dispatch_pass().await;
+                }
+            }
+        }
+    }
+}
+
+fn reason_text(reason: baton_shared::protocol::RejectReason) -> &'static str {
+    use baton_shared::protocol::RejectReason::*;
+    match reason {
+        Busy => "the agent was busy; waiting for another",
+        Draining => "the agent is shutting down; waiting for another",
+        _ => "the agent refused it",
+    }
+}

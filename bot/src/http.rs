@@ -1,0 +1,177 @@
+//! The HTTP server: Slack routes (signature-checked first), the agents'
+//! WebSocket, health, readiness and metrics.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+
+use crate::app::App;
+use crate::model::TaskState;
+use crate::slack::handlers::{self, EventEnvelope, Interaction, SlashCommand};
+use crate::slack::verify::{Verifier, verify_slack};
+
+/// Builds the router.
+pub fn router(app: Arc<App>, verifier: Option<Verifier>) -> Router {
+    let slack = Router::new()
+        .route("/slack/commands", post(slack_commands))
+        .route("/slack/interactions", post(slack_interactions))
+        .route("/slack/events", post(slack_events))
+        .with_state(app.clone());
+    let slack = match verifier {
+        Some(v) => slack.route_layer(middleware::from_fn_with_state(v, verify_slack)),
+        // Socket Mode without a signing secret: HTTP Slack routes are closed.
+        None => Router::new()
+            .route("/slack/commands", post(slack_disabled))
+            .route("/slack/interactions", post(slack_disabled))
+            .route("/slack/events", post(slack_disabled)),
+    };
+    Router::new()
+        .route("/agents", get(crate::agents::upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+        .merge(slack)
+}
+
+async fn slack_disabled() -> Response {
+    (StatusCode::UNAUTHORIZED, "HTTP Slack routes need SLACK_SIGNING_SECRET\n").into_response()
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+fn reply_response(reply: handlers::Reply) -> Response {
+    match reply.to_json() {
+        Some(json) => Json(json).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+async fn slack_commands(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    command_from_form(&app, &body).await
+}
+
+async fn command_from_form(app: &Arc<App>, body: &[u8]) -> Response {
+    match serde_urlencoded::from_bytes::<SlashCommand>(body) {
+        Ok(cmd) => reply_response(handlers::handle_command(app, cmd).await),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("cannot read the slash command: {e}\n")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PayloadForm {
+    payload: String,
+}
+
+async fn slack_interactions(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    interaction_from_form(&app, &body).await
+}
+
+async fn interaction_from_form(app: &Arc<App>, body: &[u8]) -> Response {
+    let payload = serde_urlencoded::from_bytes::<PayloadForm>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|f| serde_json::from_str::<Interaction>(&f.payload).map_err(|e| e.to_string()));
+    match payload {
+        Ok(p) => {
+            let app = app.clone();
+            // Acknowledge at once; the click is handled after.
+            tokio::spawn(async move { handlers::handle_interaction(&app, p).await });
+            StatusCode::OK.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("cannot read the interaction: {e}\n")).into_response(),
+    }
+}
+
+/// One Request URL for everything, like Bolt: slash commands and
+/// interactivity are told apart by their form fields.
+async fn slack_events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if is_form(&headers) {
+        let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+        if fields.iter().any(|(k, _)| k == "payload") {
+            return interaction_from_form(&app, &body).await;
+        }
+        if fields.iter().any(|(k, _)| k == "command") {
+            return command_from_form(&app, &body).await;
+        }
+        return (StatusCode::BAD_REQUEST, "unrecognised form payload\n").into_response();
+    }
+    let env: EventEnvelope = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("cannot read the event: {e}\n")).into_response(),
+    };
+    if env.kind == "url_verification" {
+        return Json(serde_json::json!({"challenge": env.challenge.unwrap_or_default()})).into_response();
+    }
+    if env.kind != "event_callback" {
+        return StatusCode::OK.into_response();
+    }
+    if !env.event_id.is_empty() {
+        match app.store.first_sighting(&env.event_id).await {
+            Ok(true) => {}
+            Ok(false) => return StatusCode::OK.into_response(),
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot record the event id");
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        }
+    }
+    tokio::spawn(async move { handlers::handle_event(&app, env).await });
+    StatusCode::OK.into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if app.store.ping().await {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP baton_tasks Tasks by state.\n# TYPE baton_tasks gauge");
+    for state in TaskState::ALL {
+        let n = app.store.count_in(state).await.unwrap_or(0);
+        let _ = writeln!(out, "baton_tasks{{state=\"{state}\"}} {n}");
+    }
+    let agents = app.hub.snapshot();
+    let _ = writeln!(out, "# HELP baton_agents_connected Agents with a live connection.\n# TYPE baton_agents_connected gauge");
+    let _ = writeln!(out, "baton_agents_connected {}", agents.iter().filter(|a| a.connected).count());
+    let _ = writeln!(out, "# HELP baton_circuit_state Circuit state per agent (0 closed, 1 half-open, 2 open).\n# TYPE baton_circuit_state gauge");
+    for a in &agents {
+        let v = match a.breaker.state {
+            crate::breaker::CircuitState::Closed => 0,
+            crate::breaker::CircuitState::HalfOpen => 1,
+            crate::breaker::CircuitState::Open => 2,
+        };
+        let _ = writeln!(out, "baton_circuit_state{{agent=\"{}\"}} {v}", a.name);
+    }
+    let _ = writeln!(out, "# HELP baton_queue_depth Queued tasks per project.\n# TYPE baton_queue_depth gauge");
+    for p in app.store.projects_with_queue().await.unwrap_or_default() {
+        let n = app.store.queue_len(&p).await.unwrap_or(0);
+        let _ = writeln!(out, "baton_queue_depth{{project=\"{p}\"}} {n}");
+    }
+    let s = app.consolidator.stats();
+    let _ = writeln!(out, "# HELP baton_slack_calls_total Slack Web API calls.\n# TYPE baton_slack_calls_total counter");
+    let _ = writeln!(out, "baton_slack_calls_total{{method=\"chat.postMessage\"}} {}", s.posts);
+    let _ = writeln!(out, "baton_slack_calls_total{{method=\"chat.update\"}} {}", s.updates);
+    let _ = writeln!(out, "# HELP baton_slack_rate_limited_total Slack 429 answers.\n# TYPE baton_slack_rate_limited_total counter");
+    let _ = writeln!(out, "baton_slack_rate_limited_total {}", s.rate_limited);
+    let _ = writeln!(out, "# HELP baton_slack_errors_total Other failed Slack calls.\n# TYPE baton_slack_errors_total counter");
+    let _ = writeln!(out, "baton_slack_errors_total {}", s.errors);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

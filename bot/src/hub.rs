@@ -1,0 +1,435 @@
+//! The registry of agents: who is connected, what they serve, their load and circuit.
+//!
+//! In memory only; it is rebuilt as agents connect. A `std::sync::Mutex`
+//! guards it: no `.await` happens while it is held.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Now, on tokio's clock (so paused time in tests moves breakers and grace periods too).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+use baton_shared::protocol::{BotMessage, Hello};
+use tokio::sync::mpsc;
+
+use crate::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Outcome, Permit};
+use crate::slack::consolidator::lock;
+
+/// Frames queued for one connection's writer.
+pub type Outbox = mpsc::UnboundedSender<Outgoing>;
+
+/// What a connection's writer is asked to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Send this frame.
+    Frame(BotMessage),
+    /// Close the socket with this code and reason.
+    Close(u16, String),
+}
+
+/// A live connection of an agent.
+#[derive(Debug)]
+pub struct Conn {
+    /// Tells this connection apart from an older or newer one of the same agent.
+    pub id: u64,
+    /// The writer's queue.
+    pub tx: Outbox,
+    /// Tasks the agent runs at once.
+    pub capacity: u32,
+    /// Projects served, with their per-project concurrency.
+    pub projects: HashMap<String, u32>,
+    /// The agent said it is shutting down.
+    pub draining: bool,
+    /// The agent's build.
+    pub version: String,
+}
+
+/// Everything the bot knows about one agent.
+#[derive(Debug)]
+pub struct AgentEntry {
+    /// The live connection, if any.
+    pub conn: Option<Conn>,
+    /// Its circuit breaker; it survives reconnects.
+    pub breaker: CircuitBreaker,
+    /// Tasks dispatched to it or running on it, with their project and breaker permit.
+    pub tasks: HashMap<i64, (String, Option<Permit>)>,
+    /// When a frame last arrived from it.
+    pub last_seen: Option<Instant>,
+    /// When it disconnected (for the grace period).
+    pub disconnected_at: Option<Instant>,
+}
+
+impl AgentEntry {
+    fn running_in(&self, project: &str) -> u32 {
+        self.tasks.values().filter(|(p, _)| p == project).count() as u32
+    }
+
+    /// Free slots for `project` now (0 when disconnected, draining or not serving it).
+    pub fn free_for(&self, project: &str) -> u32 {
+        let Some(conn) = &self.conn else { return 0 };
+        if conn.draining {
+            return 0;
+        }
+        let Some(per_project) = conn.projects.get(project) else { return 0 };
+        let total_free = conn.capacity.saturating_sub(self.tasks.len() as u32);
+        let project_free = per_project.saturating_sub(self.running_in(project));
+        total_free.min(project_free)
+    }
+}
+
+/// Why a project's queued tasks are waiting, for their messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// No connected agent serves the project.
+    NoAgent,
+    /// Agents serve it, but they are all at capacity.
+    Busy,
+    /// The agents that serve it have their circuit open.
+    CircuitOpen,
+}
+
+impl WaitReason {
+    /// The reason as shown in the task's message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WaitReason::NoAgent => "no agent serving this project is connected; it runs when one connects",
+            WaitReason::Busy => "every agent serving this project is busy; it runs when one frees up",
+            WaitReason::CircuitOpen => {
+                "the agents serving this project are failing and paused (circuit open); it runs when one recovers"
+            }
+        }
+    }
+}
+
+/// A routing decision: the agent, and the breaker permit taken for it.
+#[derive(Debug)]
+pub struct Route {
+    /// The agent's name.
+    pub agent: String,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// The connection's writer.
+    pub tx: Outbox,
+}
+
+/// The registry.
+#[derive(Debug)]
+pub struct Hub {
+    /// Agents by name.
+    agents: Mutex<HashMap<String, AgentEntry>>,
+    /// Breaker settings for new entries.
+    breaker: BreakerConfig,
+    /// Next connection id.
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+/// Result of trying to register a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Register {
+    /// Registered with this connection id.
+    Ok(u64),
+    /// Another live connection holds the name.
+    Duplicate,
+}
+
+impl Hub {
+    /// An empty registry.
+    pub fn new(breaker: BreakerConfig) -> Self {
+        Hub { agents: Mutex::new(HashMap::new()), breaker, next_conn: 1.into() }
+    }
+
+    fn entry<'a>(&self, map: &'a mut HashMap<String, AgentEntry>, name: &str) -> &'a mut AgentEntry {
+        map.entry(name.to_owned()).or_insert_with(|| AgentEntry {
+            conn: None,
+            breaker: CircuitBreaker::new(self.breaker.clone(), now()),
+            tasks: HashMap::new(),
+            last_seen: None,
+            disconnected_at: None,
+        })
+    }
+
+    /// Whether the agent has a live connection.
+    pub fn is_connected(&self, name: &str) -> bool {
+        lock(&self.agents).get(name).is_some_and(|e| e.conn.is_some())
+    }
+
+    /// Registers a connection after its hello. The first live connection wins:
+    /// a second one with the same key is refused, so two processes sharing a
+    /// key cannot kick each other off in a loop.
+    pub fn register(&self, name: &str, tx: Outbox, hello: &Hello) -> Register {
+        let mut map = lock(&self.agents);
+        let entry = self.entry(&mut map, name);
+        if entry.conn.is_some() {
+            return Register::Duplicate;
+        }
+        let id = self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        entry.conn = Some(Conn {
+            id,
+            tx,
+            capacity: hello.capacity,
+            projects: hello.projects.iter().map(|p| (p.name.to_string(), p.max_concurrent.max(1))).collect(),
+            draining: false,
+            version: hello.agent_version.clone(),
+        });
+        entry.last_seen = Some(now());
+        entry.disconnected_at = None;
+        Register::Ok(id)
+    }
+
+    /// Removes a connection (only if it is still the registered one).
+    pub fn unregister(&self, name: &str, conn_id: u64) {
+        let mut map = lock(&self.agents);
+        if let Some(e) = map.get_mut(name) {
+            if e.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+                e.conn = None;
+                e.disconnected_at = Some(now());
+            }
+        }
+    }
+
+    /// Sends a frame to the agent's live connection; false if it has none.
+    pub fn send(&self, name: &str, msg: BotMessage) -> bool {
+        let map = lock(&self.agents);
+        match map.get(name).and_then(|e| e.conn.as_ref()) {
+            Some(c) => c.tx.send(Outgoing::Frame(msg)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Closes the agent's live connection with a code.
+    pub fn close(&self, name: &str, code: u16, reason: &str) {
+        let map = lock(&self.agents);
+        if let Some(c) = map.get(name).and_then(|e| e.conn.as_ref()) {
+            let _ = c.tx.send(Outgoing::Close(code, reason.to_owned()));
+        }
+    }
+
+    /// Closes every live connection (shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for e in lock(&self.agents).values() {
+            if let Some(c) = &e.conn {
+                let _ = c.tx.send(Outgoing::Close(code, reason.to_owned()));
+            }
+        }
+    }
+
+    /// Notes that a frame arrived from the agent.
+    pub fn seen(&self, name: &str) {
+        if let Some(e) = lock(&self.agents).get_mut(name) {
+            e.last_seen = Some(now());
+        }
+    }
+
+    /// Marks the agent as draining: no new tasks.
+    pub fn set_draining(&self, name: &str) {
+        if let Some(c) = lock(&self.agents).get_mut(name).and_then(|e| e.conn.as_mut()) {
+            c.draining = true;
+        }
+    }
+
+    /// Why a task of `project` would wait now; None when an agent could take it.
+    pub fn why_waiting(&self, project: &str) -> Option<WaitReason> {
+        let now = now();
+        let mut map = lock(&self.agents);
+        let mut serving = false;
+        let mut open = false;
+        for e in map.values_mut() {
+            let Some(conn) = &e.conn else { continue };
+            if !conn.projects.contains_key(project) || conn.draining {
+                continue;
+            }
+            serving = true;
+            if e.free_for(project) == 0 {
+                continue;
+            }
+            if e.breaker.would_allow(now) {
+                return None;
+            }
+            open = true;
+        }
+        Some(if !serving {
+            WaitReason::NoAgent
+        } else if open {
+            WaitReason::CircuitOpen
+        } else {
+            WaitReason::Busy
+        })
+    }
+
+    /// Picks the least loaded agent that can take a task of `project` now and
+    /// takes a breaker permit for it. Err says why none can.
+    pub fn route(&self, project: &str, task: i64) -> Result<Route, WaitReason> {
+        let now = now();
+        let mut map = lock(&self.agents);
+        let mut serving = false;
+        let mut open = false;
+        let mut best: Option<(&String, u32, u32)> = None; // name, load, capacity
+        for (name, e) in map.iter_mut() {
+            let Some(conn) = &e.conn else { continue };
+            if !conn.projects.contains_key(project) || conn.draining {
+                continue;
+            }
+            serving = true;
+            if e.free_for(project) == 0 {
+                continue;
+            }
+            if !e.breaker.would_allow(now) {
+                open = true;
+                continue;
+            }
+            let load = e.tasks.len() as u32;
+            let cap = conn.capacity;
+            // Least loaded first: compare load/capacity without floats.
+            let better = match best {
+                None => true,
+                Some((bn, bl, bc)) => (load as u64 * bc as u64, name) < (bl as u64 * cap as u64, bn),
+            };
+            if better {
+                best = Some((name, load, cap));
+            }
+        }
+        let Some((name, _, _)) = best else {
+            return Err(if !serving {
+                WaitReason::NoAgent
+            } else if open {
+                WaitReason::CircuitOpen
+            } else {
+                WaitReason::Busy
+            });
+        };
+        let name = name.clone();
+        let e = map.get_mut(&name).ok_or(WaitReason::NoAgent)?;
+        let permit = e.breaker.try_acquire(now).ok_or(WaitReason::CircuitOpen)?;
+        let conn = e.conn.as_ref().ok_or(WaitReason::NoAgent)?;
+        let route = Route { agent: name.clone(), conn_id: conn.id, tx: conn.tx.clone() };
+        e.tasks.insert(task, (project.to_owned(), Some(permit)));
+        Ok(route)
+    }
+
+    /// Records that the agent holds a task (reconciliation, restart recovery).
+    pub fn adopt(&self, name: &str, task: i64, project: &str) {
+        let mut map = lock(&self.agents);
+        let e = self.entry(&mut map, name);
+        if e.conn.is_none() && e.disconnected_at.is_none() {
+            // Known only from the database: the grace period starts now.
+            e.disconnected_at = Some(now());
+        }
+        e.tasks.entry(task).or_insert_with(|| (project.to_owned(), None));
+    }
+
+    /// Releases a task from its agent and records its outcome in the breaker.
+    pub fn release(&self, name: &str, task: i64, outcome: Outcome) {
+        let mut map = lock(&self.agents);
+        if let Some(e) = map.get_mut(name) {
+            if let Some((_, permit)) = e.tasks.remove(&task) {
+                let now = now();
+                match permit {
+                    Some(p) => e.breaker.record(p, outcome, now),
+                    None if outcome != Outcome::Ignored => {
+                        // A task adopted after a restart has no permit; count it as a normal call.
+                        if let Some(p) = e.breaker.try_acquire(now) {
+                            e.breaker.record(p, outcome, now);
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Whether the agent holds this task.
+    pub fn holds(&self, name: &str, task: i64) -> bool {
+        lock(&self.agents).get(name).is_some_and(|e| e.tasks.contains_key(&task))
+    }
+
+    /// Closes an agent's circuit.
+    pub fn reset_breaker(&self, name: &str) -> bool {
+        let mut map = lock(&self.agents);
+        match map.get_mut(name) {
+            Some(e) => {
+                e.breaker.reset(now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Agents disconnected for longer than `grace`, with their tasks.
+    pub fn lost_agents(&self, grace: std::time::Duration) -> Vec<(String, Vec<i64>)> {
+        let now = now();
+        lock(&self.agents)
+            .iter()
+            .filter(|(_, e)| e.conn.is_none() && !e.tasks.is_empty())
+            .filter(|(_, e)| e.disconnected_at.is_none_or(|d| now.duration_since(d) >= grace))
+            .map(|(n, e)| (n.clone(), e.tasks.keys().copied().collect()))
+            .collect()
+    }
+
+    /// Projects some connected agent could take work for now.
+    pub fn projects_with_room(&self) -> HashSet<String> {
+        let map = lock(&self.agents);
+        let mut out = HashSet::new();
+        for e in map.values() {
+            if let Some(c) = &e.conn {
+                for p in c.projects.keys() {
+                    if e.free_for(p) > 0 {
+                        out.insert(p.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A view of every agent for `/baton-admin health` and metrics.
+    pub fn snapshot(&self) -> Vec<AgentStatus> {
+        let now = now();
+        let mut map = lock(&self.agents);
+        let mut out: Vec<AgentStatus> = map
+            .iter_mut()
+            .map(|(name, e)| AgentStatus {
+                name: name.clone(),
+                connected: e.conn.is_some(),
+                draining: e.conn.as_ref().is_some_and(|c| c.draining),
+                breaker: e.breaker.snapshot(now),
+                running: e.tasks.len() as u32,
+                capacity: e.conn.as_ref().map_or(0, |c| c.capacity),
+                projects: e.conn.as_ref().map(|c| {
+                    let mut p: Vec<_> = c.projects.keys().cloned().collect();
+                    p.sort();
+                    p
+                }).unwrap_or_default(),
+                last_seen_secs: e.last_seen.map(|t| now.duration_since(t).as_secs()),
+                version: e.conn.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// One agent as `/baton-admin health` shows it.
+#[derive(Debug, Clone)]
+pub struct AgentStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether it has a live connection.
+    pub connected: bool,
+    /// Whether it is shutting down.
+    pub draining: bool,
+    /// Its circuit.
+    pub breaker: BreakerSnapshot,
+    /// Tasks dispatched to or running on it.
+    pub running: u32,
+    /// Tasks it runs at once.
+    pub capacity: u32,
+    /// Projects it serves (while connected).
+    pub projects: Vec<String>,
+    /// Seconds since a frame last arrived.
+    pub last_seen_secs: Option<u64>,
+    /// Its build.
+    pub version: String,
+}

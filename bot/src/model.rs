@@ -1,0 +1,116 @@
+//! Domain types the bot's modules share: task states and the live task view.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A task's place in its lifecycle:
+/// `queued → dispatched → running → completed | failed | cancelled | expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting in its project's queue for an agent.
+    Queued,
+    /// Sent to an agent that has not accepted it yet.
+    Dispatched,
+    /// Accepted by its agent and running.
+    Running,
+    /// Ended successfully.
+    Completed,
+    /// Ended in failure.
+    Failed,
+    /// Cancelled by a person.
+    Cancelled,
+    /// Waited in the queue past its time to live.
+    Expired,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Queued,
+        TaskState::Dispatched,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::Expired,
+    ];
+
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Dispatched => "dispatched",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Expired => "expired",
+        }
+    }
+
+    /// Whether the task has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::Expired
+        )
+    }
+
+    /// Whether the Cancel button applies.
+    pub fn can_cancel(self) -> bool {
+        matches!(self, TaskState::Queued | TaskState::Dispatched | TaskState::Running)
+    }
+
+    /// Whether the Retry button applies.
+    pub fn can_retry(self) -> bool {
+        matches!(self, TaskState::Failed | TaskState::Cancelled | TaskState::Expired)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a task state"))
+    }
+}
+
+/// Cost and usage of a completed task, stored as JSON beside its result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultMeta {
+    /// Cost in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Input tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    /// Model turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_turns: Option<u64>,
+    /// Run time in ms, as the executor measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,110 @@
+//! Every message a person sees for a refusal or an error, each built by a named
+//! function: what happened and what to do next.
+
+use baton_shared::TaskId;
+
+use crate::model::TaskState;
+
+/// Admin commands with no admins configured.
+pub fn admins_not_configured() -> String {
+    "Admin commands are turned off: no admins are configured. Set `BATON_ADMINS` to a comma-separated list of Slack user ids (like `U0123ABC`) and restart `baton-bot`.".into()
+}
+
+/// Admin command from a non-admin. Says nothing about the system.
+pub fn not_an_admin() -> String {
+    "Sorry, `/baton-admin` is for Baton admins only. Ask an admin if you need something changed.".into()
+}
+
+/// No such task.
+pub fn no_such_task(id: TaskId) -> String {
+    format!("There is no task {id}. `/baton status` lists your recent tasks.")
+}
+
+/// Someone else's task.
+pub fn not_yours(id: TaskId, verb: &str) -> String {
+    format!("Only the person who started task {id} (or an admin) can {verb} it.")
+}
+
+/// Cancel of a task that already ended.
+pub fn already_ended(id: TaskId, state: TaskState) -> String {
+    format!("Task {id} already ended ({state}); there is nothing to cancel. `/baton retry {id}` runs it again.")
+}
+
+/// Retry of a task that has not failed.
+pub fn cannot_retry(id: TaskId, state: TaskState) -> String {
+    format!("Task {id} is {state}; only failed, cancelled or expired tasks can be retried.")
+}
+
+/// The queue of a project is full.
+pub fn queue_full(project: &str, max: u64) -> String {
+    format!(
+        "The `{project}` queue is full ({max} tasks are waiting for an agent), so this task was not created. Try again once some have run, or ask an admin to check `/baton-admin health`."
+    )
+}
+
+/// Unknown project.
+pub fn unknown_project(name: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        format!("There is no project `{name}`: no agent has announced a project yet. Connect an agent that serves `{name}` (see the README), then try again.")
+    } else {
+        format!("There is no project `{name}`. Known projects: {}. Use `--project NAME`.", quote_list(known))
+    }
+}
+
+/// No project could be chosen.
+pub fn no_project(known: &[String]) -> String {
+    if known.is_empty() {
+        "No project is known yet: connect an agent (it announces the projects it serves), then try again.".into()
+    } else {
+        format!(
+            "This channel is not bound to a project and there are several: {}. Add `--project NAME`, or ask an admin to run `/baton-admin project bind PROJECT` here.",
+            quote_list(known)
+        )
+    }
+}
+
+/// Per-user rate limit hit.
+pub fn rate_limited(wait_secs: u64) -> String {
+    format!("You have started many tasks in a short time. Try again in {} (the limit keeps the agents fair for everyone).", human_secs(wait_secs))
+}
+
+/// The bot is shutting down.
+pub fn shutting_down() -> String {
+    "Baton is restarting and not taking new tasks right now. Try again in a minute.".into()
+}
+
+/// Something went wrong inside.
+pub fn internal_error() -> String {
+    "Something went wrong on Baton's side and nothing was changed. Try again; if it keeps happening, tell an admin (the bot's log has the details).".into()
+}
+
+/// Cancel accepted.
+pub fn cancel_requested(id: TaskId, queued: bool) -> String {
+    if queued {
+        format!("Task {id} was removed from the queue.")
+    } else {
+        format!("Cancelling task {id}; its message will show when the agent has stopped it.")
+    }
+}
+
+/// Retry accepted.
+pub fn retried(old: TaskId, new: TaskId) -> String {
+    format!("Task {old} is running again as {new}.")
+}
+
+/// A click on a button of a task that moved on.
+pub fn stale_button(id: TaskId, state: TaskState) -> String {
+    format!("Task {id} is already {state}; that button no longer applies.")
+}
+
+fn quote_list(items: &[String]) -> String {
+    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        0..=1 => "a second".into(),
+        2..60 => format!("{s} seconds"),
+        _ => format!("{} minute{}", s.div_ceil(60), if s.div_ceil(60) == 1 { "" } else { "s" }),
+    }
+}

@@ -1,0 +1,372 @@
+//! Handlers for what Slack sends: slash commands, button clicks, events.
+//!
+//! Transport-neutral: the HTTP routes and Socket Mode both parse their input
+//! into these types and call the same functions, so the behaviour is the same.
+
+use std::sync::Arc;
+
+use baton_shared::TaskId;
+use serde::Deserialize;
+
+use crate::admin;
+use crate::app::{App, RequestError, TaskRequest};
+use crate::commands::{self, Command};
+use crate::model::TaskState;
+use crate::replies;
+use crate::slack::render::{ACTION_CANCEL, ACTION_RETRY};
+
+/// A slash command as Slack posts it (form fields).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SlashCommand {
+    /// `/baton` or `/baton-admin`.
+    #[serde(default)]
+    pub command: String,
+    /// What follows the command.
+    #[serde(default)]
+    pub text: String,
+    /// Who typed it.
+    #[serde(default)]
+    pub user_id: String,
+    /// Where.
+    #[serde(default)]
+    pub channel_id: String,
+    /// The workspace.
+    #[serde(default)]
+    pub team_id: String,
+    /// Where later replies can go.
+    #[serde(default)]
+    pub response_url: String,
+}
+
+/// The answer to a command: shown only to the person, or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Acknowledge with no visible reply (the task's message is the answer).
+    Empty,
+    /// An ephemeral reply.
+    Ephemeral(String),
+}
+
+impl Reply {
+    /// The JSON body Slack expects, or None for an empty body.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        match self {
+            Reply::Empty => None,
+            Reply::Ephemeral(text) => Some(serde_json::json!({"response_type": "ephemeral", "text": text})),
+        }
+    }
+}
+
+/// Handles `/baton` and `/baton-admin`.
+pub async fn handle_command(app: &Arc<App>, cmd: SlashCommand) -> Reply {
+    let span = tracing::info_span!("command", command = %cmd.command, user = %cmd.user_id);
+    let _enter = span.enter();
+    match cmd.command.trim() {
+        "/baton-admin" => Reply::Ephemeral(admin::handle(app, &cmd).await),
+        _ => handle_baton(app, &cmd.text, &cmd.user_id, &cmd.team_id, &cmd.channel_id, None).await,
+    }
+}
+
+/// Handles the words of `/baton` (or a mention), from `user` in `channel`.
+async fn handle_baton(
+    app: &Arc<App>,
+    text: &str,
+    user: &str,
+    team: &str,
+    channel: &str,
+    thread_ts: Option<&str>,
+) -> Reply {
+    let command = match commands::parse(text) {
+        Ok(c) => c,
+        Err(e) => return Reply::Ephemeral(e.0),
+    };
+    let result = match command {
+        Command::Help => Ok(commands::help()),
+        Command::Run { persona, project, prompt } => {
+            let req = TaskRequest {
+                persona,
+                project,
+                prompt,
+                requester: user.to_owned(),
+                team_id: team.to_owned(),
+                channel_id: channel.to_owned(),
+                thread_ts: thread_ts.map(str::to_owned),
+                parent_id: None,
+                session_id: None,
+            };
+            match app.create_task(req).await {
+                Ok(_) => return Reply::Empty,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Cancel(id) => app.cancel(id, user).await,
+        Command::Retry(id) => app.retry(id, user).await,
+        Command::Status(id) => status(app, id, user).await,
+        Command::Queue => queue(app).await,
+    };
+    Reply::Ephemeral(result.unwrap_or_else(|e| e.user_text()))
+}
+
+async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, RequestError> {
+    match id {
+        Some(id) => {
+            let t = app.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+            Ok(crate::admin::task_line(&t))
+        }
+        None => {
+            let mine: Vec<_> = app
+                .store
+                .recent_tasks(200)
+                .await?
+                .into_iter()
+                .filter(|t| t.requester == user)
+                .take(10)
+                .collect();
+            if mine.is_empty() {
+                return Ok("You have no tasks yet. Start one with `/baton PROMPT`.".into());
+            }
+            Ok(format!(
+                "*Your recent tasks*\n{}",
+                mine.iter().map(crate::admin::task_line).collect::<Vec<_>>().join("\n")
+            ))
+        }
+    }
+}
+
+async fn queue(app: &App) -> Result<String, RequestError> {
+    let projects = app.store.projects_with_queue().await?;
+    if projects.is_empty() {
+        return Ok("No task is waiting: every queue is empty.".into());
+    }
+    let mut out = String::from("*Waiting tasks*\n");
+    for p in projects {
+        let n = app.store.queue_len(&p).await?;
+        let why = app.hub.why_waiting(&p).map(|r| r.describe()).unwrap_or("about to be dispatched");
+        out.push_str(&format!("• `{p}`: {n} waiting — {why}\n"));
+    }
+    Ok(out)
+}
+
+/// A block_actions payload (the parts Baton uses).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Interaction {
+    /// `block_actions` for buttons.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Who clicked.
+    #[serde(default)]
+    pub user: IdOnly,
+    /// Where.
+    #[serde(default)]
+    pub channel: IdOnly,
+    /// The buttons clicked.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+}
+
+/// An object of which only the id matters.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IdOnly {
+    /// The id.
+    #[serde(default)]
+    pub id: String,
+}
+
+/// One clicked action.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Action {
+    /// Which button.
+    #[serde(default)]
+    pub action_id: String,
+    /// The task id it carries.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Handles a button click. The answer (if any) goes to the clicker as an ephemeral message.
+pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
+    if payload.kind != "block_actions" {
+        return;
+    }
+    let user = payload.user.id.clone();
+    for action in payload.actions {
+        let Ok(id) = action.value.parse::<TaskId>() else {
+            tracing::warn!(value = %action.value, "button with an unreadable task id");
+            continue;
+        };
+        let reply = match action.action_id.as_str() {
+            ACTION_CANCEL => match app.store.task(id.0).await {
+                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| s.is_terminal()) => {
+                    Some(replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)))
+                }
+                _ => Some(app.cancel(id, &user).await.unwrap_or_else(|e| e.user_text())),
+            },
+            ACTION_RETRY => match app.store.task(id.0).await {
+                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| !s.can_retry()) => {
+                    Some(replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)))
+                }
+                _ => Some(app.retry(id, &user).await.unwrap_or_else(|e| e.user_text())),
+            },
+            other => {
+                tracing::debug!(action = other, "unknown action ignored");
+                None
+            }
+        };
+        if let Some(text) = reply {
+            if !payload.channel.id.is_empty() {
+                if let Err(err) = app.slack.post_ephemeral(&payload.channel.id, &user, &text).await {
+                    tracing::warn!(error = %err, "cannot answer a button click");
+                }
+            }
+        }
+    }
+}
+
+/// An Events API envelope (the parts Baton uses).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventEnvelope {
+    /// `event_callback` or `url_verification`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The challenge to echo for `url_verification`.
+    #[serde(default)]
+    pub challenge: Option<String>,
+    /// The workspace.
+    #[serde(default)]
+    pub team_id: String,
+    /// De-duplicates retries.
+    #[serde(default)]
+    pub event_id: String,
+    /// The event.
+    #[serde(default)]
+    pub event: Option<Event>,
+    /// Who the app is in this workspace (the bot user id).
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
+}
+
+/// One authorization of the app.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Authorization {
+    /// The bot's user id.
+    #[serde(default)]
+    pub user_id: String,
+}
+
+/// A message or mention event.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Event {
+    /// `app_mention` or `message`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Set for edits, joins, bot messages...: ignored.
+    #[serde(default)]
+    pub subtype: Option<String>,
+    /// Set when a bot wrote it.
+    #[serde(default)]
+    pub bot_id: Option<String>,
+    /// Who wrote it.
+    #[serde(default)]
+    pub user: String,
+    /// The text.
+    #[serde(default)]
+    pub text: String,
+    /// Where.
+    #[serde(default)]
+    pub channel: String,
+    /// The message's ts.
+    #[serde(default)]
+    pub ts: String,
+    /// The thread it is in.
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+}
+
+/// Strips `<@U...>` mentions of the bot (or any leading mention) from the text.
+fn strip_mentions(text: &str, bot: Option<&str>) -> String {
+    let mut out = text.to_owned();
+    if let Some(bot) = bot {
+        out = out.replace(&format!("<@{bot}>"), " ");
+    }
+    let trimmed = out.trim_start();
+    if let Some(rest) = trimmed.strip_prefix("<@") {
+        if let Some(end) = rest.find('>') {
+            return rest[end + 1..].trim().to_owned();
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// Handles an Events API callback after its event id was seen for the first time.
+pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
+    let Some(event) = env.event else { return };
+    let bot = env.authorizations.first().map(|a| a.user_id.as_str()).filter(|s| !s.is_empty());
+    if event.bot_id.is_some() || event.subtype.is_some() || event.user.is_empty() || Some(event.user.as_str()) == bot {
+        return;
+    }
+    match event.kind.as_str() {
+        "app_mention" => {}
+        "message" => {
+            // Only thread replies to a task continue it; a message that mentions
+            // the bot also arrives as app_mention and is handled there.
+            let Some(thread) = event.thread_ts.as_deref() else { return };
+            if thread == event.ts || event.text.contains("<@") && bot.is_none_or(|b| event.text.contains(&format!("<@{b}>"))) {
+                return;
+            }
+        }
+        _ => return,
+    }
+    let text = strip_mentions(&event.text, bot);
+    let parent = match event.thread_ts.as_deref() {
+        Some(thread) if thread != event.ts => app.store.task_by_message(&event.channel, thread).await.ok().flatten(),
+        _ => None,
+    };
+    let reply = match parent {
+        Some(parent) => follow_up(app, parent, &text, &event, &env.team_id).await,
+        None if event.kind == "app_mention" => {
+            handle_baton(app, &text, &event.user, &env.team_id, &event.channel, event.thread_ts.as_deref()).await
+        }
+        None => Reply::Empty,
+    };
+    if let Reply::Ephemeral(text) = reply {
+        if let Err(err) = app.slack.post_ephemeral(&event.channel, &event.user, &text).await {
+            tracing::warn!(error = %err, "cannot answer a mention");
+        }
+    }
+}
+
+/// A reply in a task's thread: a follow-up task resuming its session.
+async fn follow_up(app: &Arc<App>, parent: crate::store::Task, text: &str, event: &Event, team: &str) -> Reply {
+    let (persona, prompt) = match commands::parse(text) {
+        Ok(Command::Run { persona, prompt, .. }) => (persona, prompt),
+        Ok(_) => return handle_baton(app, text, &event.user, team, &event.channel, None).await,
+        Err(e) => return Reply::Ephemeral(e.0),
+    };
+    let req = TaskRequest {
+        persona,
+        project: baton_shared::ProjectName::new(parent.project.clone()).ok(),
+        prompt,
+        requester: event.user.clone(),
+        team_id: if team.is_empty() { parent.team_id.clone() } else { team.to_owned() },
+        channel_id: parent.channel_id.clone(),
+        thread_ts: parent.message_ts.clone(),
+        parent_id: Some(parent.id),
+        session_id: parent.session_id.clone(),
+    };
+    match app.create_task(req).await {
+        Ok(_) => Reply::Empty,
+        Err(e) => Reply::Ephemeral(e.user_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_are_stripped() {
+        assert_eq!(strip_mentions("<@UBOT> fix it", Some("UBOT")), "fix it");
+        assert_eq!(strip_mentions("<@UOTHER> fix it", None), "fix it");
+        assert_eq!(strip_mentions("please <@UBOT> fix it", Some("UBOT")), "please   fix it");
+    }
+}

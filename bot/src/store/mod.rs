@@ -1,0 +1,703 @@
+//! The database: every durable fact about tasks, agents, projects and the audit log.
+//!
+//! The database is the single source of truth; the bot recovers from it alone.
+//! Every state change is one guarded `UPDATE` (`WHERE state IN (...)`), so two
+//! racing writers cannot both move a task, and a late or repeated event changes
+//! nothing.
+
+pub mod entities;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_migrations::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+
+pub use entities::task::Model as Task;
+use entities::{agent, audit, project, slack_event, task};
+
+use crate::model::{ResultMeta, TaskState, now_ms};
+
+/// Connections kept to SQLite; writes serialise anyway, reads run beside them.
+const SQLITE_POOL_SIZE: u32 = 4;
+/// Connections kept to PostgreSQL.
+const POSTGRES_POOL_SIZE: u32 = 16;
+/// How long a writer waits for SQLite's lock before it fails.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A task to create.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// `code`, `review`, `plan` or `ops`.
+    pub persona: String,
+    /// The project.
+    pub project: String,
+    /// What to do.
+    pub prompt: String,
+    /// The Slack user who asked.
+    pub requester: String,
+    /// The workspace.
+    pub team_id: String,
+    /// The channel for its message.
+    pub channel_id: String,
+    /// The thread it was asked in, for follow-ups.
+    pub thread_ts: Option<String>,
+    /// The task it retries or follows up.
+    pub parent_id: Option<i64>,
+    /// The executor session to resume.
+    pub session_id: Option<String>,
+}
+
+/// How a task ended, as written by [`Store::finish`].
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// Completed with a result.
+    Completed {
+        /// The result text.
+        text: String,
+        /// The session it produced.
+        session_id: Option<String>,
+        /// Cost and usage.
+        meta: ResultMeta,
+    },
+    /// Failed.
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// The cause code.
+        cause: String,
+        /// The session, if any.
+        session_id: Option<String>,
+    },
+    /// Cancelled by a person.
+    Cancelled {
+        /// Who cancelled, or why.
+        note: String,
+    },
+    /// Waited too long in the queue.
+    Expired {
+        /// Why.
+        note: String,
+    },
+}
+
+impl Ending {
+    /// The terminal state this ending writes.
+    pub fn state(&self) -> TaskState {
+        match self {
+            Ending::Completed { .. } => TaskState::Completed,
+            Ending::Failed { .. } => TaskState::Failed,
+            Ending::Cancelled { .. } => TaskState::Cancelled,
+            Ending::Expired { .. } => TaskState::Expired,
+        }
+    }
+}
+
+/// An agent row, as the registry needs it.
+pub type AgentRow = agent::Model;
+/// A project row.
+pub type ProjectRow = project::Model;
+/// An audit log row.
+pub type AuditRow = audit::Model;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The connection pool.
+    db: DatabaseConnection,
+}
+
+fn states(list: &[TaskState]) -> Vec<&'static str> {
+    list.iter().map(|s| s.as_str()).collect()
+}
+
+const ACTIVE: [TaskState; 3] = [TaskState::Queued, TaskState::Dispatched, TaskState::Running];
+
+impl Store {
+    /// Connects and runs the migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        let sqlite = url.starts_with("sqlite:");
+        opts.sqlx_logging(false)
+            .max_connections(if sqlite { SQLITE_POOL_SIZE } else { POSTGRES_POOL_SIZE })
+            .min_connections(1)
+            .map_sqlx_sqlite_opts(|o| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            });
+        let db = Database::connect(opts)
+            .await
+            .with_context(|| format!("Cannot open the database at {}", redact_url(url)))?;
+        Migrator::up(&db, None).await.context("Cannot run the database migrations")?;
+        Ok(Store { db })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+
+    /// The underlying connection, for tests and tools.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    // ---- tasks ----
+
+    /// Writes a new queued task and returns it.
+    pub async fn insert_task(&self, new: NewTask) -> anyhow::Result<Task> {
+        let now = now_ms();
+        let row = task::ActiveModel {
+            persona: Set(new.persona),
+            project: Set(new.project),
+            prompt: Set(new.prompt),
+            requester: Set(new.requester),
+            team_id: Set(new.team_id),
+            channel_id: Set(new.channel_id),
+            thread_ts: Set(new.thread_ts),
+            message_ts: Set(None),
+            state: Set(TaskState::Queued.as_str().to_owned()),
+            agent: Set(None),
+            parent_id: Set(new.parent_id),
+            session_id: Set(new.session_id),
+            model: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            queued_at: Set(now),
+            dispatched_at: Set(None),
+            started_at: Set(None),
+            finished_at: Set(None),
+            last_seq: Set(0),
+            cancel_requested: Set(false),
+            wait_reason: Set(None),
+            steps: Set("[]".to_owned()),
+            step_count: Set(0),
+            output_tail: Set(String::new()),
+            result: Set(None),
+            result_meta: Set(None),
+            error: Set(None),
+            failure_cause: Set(None),
+            slack_synced: Set(false),
+            result_parts_posted: Set(0),
+            ..Default::default()
+        };
+        row.insert(&self.db).await.context("Cannot write the task")
+    }
+
+    /// One task.
+    pub async fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
+        task::Entity::find_by_id(id).one(&self.db).await.context("Cannot read the task")
+    }
+
+    /// The task whose message has this ts in this channel (thread replies).
+    pub async fn task_by_message(&self, channel: &str, ts: &str) -> anyhow::Result<Option<Task>> {
+        task::Entity::find()
+            .filter(task::Column::ChannelId.eq(channel))
+            .filter(task::Column::MessageTs.eq(ts))
+            .one(&self.db)
+            .await
+            .context("Cannot find the task for a thread")
+    }
+
+    /// Records the task's Slack message.
+    pub async fn set_message_ts(&self, id: i64, ts: &str) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::MessageTs, Expr::value(ts))
+            .filter(task::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .context("Cannot record the task's message")?;
+        Ok(())
+    }
+
+    /// Moves a queued task to `dispatched` for `agent`. False if it was no longer queued.
+    pub async fn claim(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(TaskState::Dispatched.as_str()))
+            .col_expr(task::Column::Agent, Expr::value(agent))
+            .col_expr(task::Column::DispatchedAt, Expr::value(now))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .col_expr(task::Column::WaitReason, Expr::value(Option::<String>::None))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .exec(&self.db)
+            .await
+            .context("Cannot claim the task")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Marks a dispatched task as running on `agent` (its `accepted` event).
+    pub async fn mark_running(&self, id: i64, agent: &str, seq: i64) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(TaskState::Running.as_str()))
+            .col_expr(task::Column::StartedAt, Expr::value(now))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .col_expr(task::Column::LastSeq, Expr::value(seq))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::Agent.eq(agent))
+            .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
+            .filter(task::Column::LastSeq.lt(seq))
+            .exec(&self.db)
+            .await
+            .context("Cannot mark the task running")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Marks a dispatched task running without an event (the agent's hello says it runs it).
+    pub async fn force_running(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(TaskState::Running.as_str()))
+            .col_expr(task::Column::StartedAt, Expr::value(now))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::Agent.eq(agent))
+            .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
+            .exec(&self.db)
+            .await
+            .context("Cannot mark the task running")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Queued tasks that entered the queue before `cutoff_ms`.
+    pub async fn queued_before(&self, cutoff_ms: i64) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .filter(task::Column::QueuedAt.lt(cutoff_ms))
+            .order_by_asc(task::Column::Id)
+            .all(&self.db)
+            .await
+            .context("Cannot read the queue")
+    }
+
+    /// Puts a dispatched (not yet accepted) task back in its queue, keeping its
+    /// place: the queue is ordered by id, so it goes back ahead of newer tasks.
+    pub async fn requeue(&self, id: i64, from_agent: &str, reason: &str) -> anyhow::Result<bool> {
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(TaskState::Queued.as_str()))
+            .col_expr(task::Column::Agent, Expr::value(Option::<String>::None))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
+            .col_expr(task::Column::WaitReason, Expr::value(reason))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::Agent.eq(from_agent))
+            .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
+            .exec(&self.db)
+            .await
+            .context("Cannot put the task back in its queue")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Records progress (the view the message shows) after events up to `seq`.
+    pub async fn save_progress(
+        &self,
+        id: i64,
+        seq: i64,
+        steps_json: &str,
+        step_count: i64,
+        output_tail: &str,
+    ) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::Steps, Expr::value(steps_json))
+            .col_expr(task::Column::StepCount, Expr::value(step_count))
+            .col_expr(task::Column::OutputTail, Expr::value(output_tail))
+            .col_expr(task::Column::LastSeq, Expr::value(seq))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::LastSeq.lt(seq))
+            .filter(task::Column::State.is_in(states(&ACTIVE)))
+            .exec(&self.db)
+            .await
+            .context("Cannot record the task's progress")?;
+        Ok(())
+    }
+
+    /// Ends a task, once. `agent` (when given) must be the task's agent and
+    /// `seq` (when given) newer than every applied event. `from` lists the
+    /// states it may end from. Returns false when nothing changed (already
+    /// ended, another agent's task, a stale event).
+    pub async fn finish(
+        &self,
+        id: i64,
+        agent: Option<&str>,
+        seq: Option<i64>,
+        from: &[TaskState],
+        ending: &Ending,
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let mut q = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(ending.state().as_str()))
+            .col_expr(task::Column::FinishedAt, Expr::value(now))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .col_expr(task::Column::SlackSynced, Expr::value(false))
+            .col_expr(task::Column::CancelRequested, Expr::value(false))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::State.is_in(states(from)));
+        if let Some(agent) = agent {
+            q = q.filter(task::Column::Agent.eq(agent));
+        }
+        if let Some(seq) = seq {
+            q = q
+                .col_expr(task::Column::LastSeq, Expr::value(seq))
+                .filter(task::Column::LastSeq.lt(seq));
+        }
+        q = match ending {
+            Ending::Completed { text, session_id, meta } => q
+                .col_expr(task::Column::Result, Expr::value(text.as_str()))
+                .col_expr(
+                    task::Column::ResultMeta,
+                    Expr::value(serde_json::to_string(meta).unwrap_or_default()),
+                )
+                .col_expr(task::Column::SessionId, Expr::value(session_id.clone())),
+            Ending::Failed { error, cause, session_id } => {
+                let q = q
+                    .col_expr(task::Column::Error, Expr::value(error.as_str()))
+                    .col_expr(task::Column::FailureCause, Expr::value(cause.as_str()));
+                match session_id {
+                    Some(s) => q.col_expr(task::Column::SessionId, Expr::value(s.as_str())),
+                    None => q,
+                }
+            }
+            Ending::Cancelled { note } | Ending::Expired { note } => {
+                q.col_expr(task::Column::Error, Expr::value(note.as_str()))
+            }
+        };
+        let res = q.exec(&self.db).await.context("Cannot record the task's end")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Remembers that a cancel was asked for a task whose agent has it.
+    pub async fn set_cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::CancelRequested, Expr::value(true))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(task::Column::Id.eq(id))
+            .filter(
+                task::Column::State
+                    .is_in(states(&[TaskState::Dispatched, TaskState::Running])),
+            )
+            .exec(&self.db)
+            .await
+            .context("Cannot record the cancel")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Updates why a queued task waits.
+    pub async fn set_wait_reason(&self, id: i64, reason: &str) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::WaitReason, Expr::value(reason))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .exec(&self.db)
+            .await
+            .context("Cannot record why the task waits")?;
+        Ok(())
+    }
+
+    /// Marks the task's message as showing its final state.
+    pub async fn mark_slack_synced(&self, id: i64, parts_posted: i32) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::SlackSynced, Expr::value(true))
+            .col_expr(task::Column::ResultPartsPosted, Expr::value(parts_posted))
+            .filter(task::Column::Id.eq(id))
+            .filter(
+                task::Column::State.is_in(states(&[
+                    TaskState::Completed,
+                    TaskState::Failed,
+                    TaskState::Cancelled,
+                    TaskState::Expired,
+                ])),
+            )
+            .exec(&self.db)
+            .await
+            .context("Cannot record that Slack is up to date")?;
+        Ok(())
+    }
+
+    /// Records how many result continuation replies are posted.
+    pub async fn set_result_parts_posted(&self, id: i64, parts: i32) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::ResultPartsPosted, Expr::value(parts))
+            .filter(task::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .context("Cannot record the posted result parts")?;
+        Ok(())
+    }
+
+    /// Queued tasks of a project in queue order, at most `limit`.
+    pub async fn queued(&self, project: &str, limit: u64) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .filter(task::Column::Project.eq(project))
+            .order_by_asc(task::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .context("Cannot read the queue")
+    }
+
+    /// How many tasks wait in a project's queue.
+    pub async fn queue_len(&self, project: &str) -> anyhow::Result<u64> {
+        task::Entity::find()
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .filter(task::Column::Project.eq(project))
+            .count(&self.db)
+            .await
+            .context("Cannot count the queue")
+    }
+
+    /// How many tasks are in `state`.
+    pub async fn count_in(&self, state: TaskState) -> anyhow::Result<u64> {
+        task::Entity::find()
+            .filter(task::Column::State.eq(state.as_str()))
+            .count(&self.db)
+            .await
+            .context("Cannot count tasks")
+    }
+
+    /// Projects that have queued tasks.
+    pub async fn projects_with_queue(&self) -> anyhow::Result<Vec<String>> {
+        task::Entity::find()
+            .select_only()
+            .column(task::Column::Project)
+            .distinct()
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+            .context("Cannot read the queues")
+    }
+
+    /// Tasks in any of `states`, oldest first, at most `limit`.
+    pub async fn tasks_in(&self, list: &[TaskState], limit: u64) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .filter(task::Column::State.is_in(states(list)))
+            .order_by_asc(task::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .context("Cannot list tasks")
+    }
+
+    /// The newest tasks, in any state, at most `limit`.
+    pub async fn recent_tasks(&self, limit: u64) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .order_by_desc(task::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .context("Cannot list tasks")
+    }
+
+    /// An agent's tasks in any of `states`.
+    pub async fn agent_tasks(&self, agent: &str, list: &[TaskState]) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .filter(task::Column::Agent.eq(agent))
+            .filter(task::Column::State.is_in(states(list)))
+            .order_by_asc(task::Column::Id)
+            .all(&self.db)
+            .await
+            .context("Cannot list the agent's tasks")
+    }
+
+    /// Tasks whose message does not show their latest state: all that are not
+    /// ended, and ended ones whose final edit did not land.
+    pub async fn unsynced_tasks(&self) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .filter(task::Column::SlackSynced.eq(false))
+            .order_by_asc(task::Column::Id)
+            .all(&self.db)
+            .await
+            .context("Cannot list tasks to show in Slack")
+    }
+
+    // ---- projects ----
+
+    /// Every project, by name.
+    pub async fn projects(&self) -> anyhow::Result<Vec<ProjectRow>> {
+        project::Entity::find()
+            .order_by_asc(project::Column::Name)
+            .all(&self.db)
+            .await
+            .context("Cannot list projects")
+    }
+
+    /// Records that a project exists (an agent serves it).
+    pub async fn ensure_project(&self, name: &str) -> anyhow::Result<()> {
+        let row = project::ActiveModel {
+            name: Set(name.to_owned()),
+            channel_id: Set(None),
+            created_at: Set(now_ms()),
+        };
+        project::Entity::insert(row)
+            .on_conflict(OnConflict::column(project::Column::Name).do_nothing().to_owned())
+            .do_nothing()
+            .exec(&self.db)
+            .await
+            .context("Cannot record the project")?;
+        Ok(())
+    }
+
+    /// Binds a channel to a project (one project per channel).
+    pub async fn bind_project(&self, name: &str, channel: &str) -> anyhow::Result<()> {
+        self.ensure_project(name).await?;
+        project::Entity::update_many()
+            .col_expr(project::Column::ChannelId, Expr::value(Option::<String>::None))
+            .filter(project::Column::ChannelId.eq(channel))
+            .exec(&self.db)
+            .await
+            .context("Cannot unbind the channel")?;
+        project::Entity::update_many()
+            .col_expr(project::Column::ChannelId, Expr::value(channel))
+            .filter(project::Column::Name.eq(name))
+            .exec(&self.db)
+            .await
+            .context("Cannot bind the project")?;
+        Ok(())
+    }
+
+    /// The project bound to a channel.
+    pub async fn project_for_channel(&self, channel: &str) -> anyhow::Result<Option<String>> {
+        Ok(project::Entity::find()
+            .filter(project::Column::ChannelId.eq(channel))
+            .one(&self.db)
+            .await
+            .context("Cannot read the channel's project")?
+            .map(|p| p.name))
+    }
+
+    // ---- agents ----
+
+    /// Every agent, by name.
+    pub async fn agents(&self) -> anyhow::Result<Vec<AgentRow>> {
+        agent::Entity::find()
+            .order_by_asc(agent::Column::Name)
+            .all(&self.db)
+            .await
+            .context("Cannot list agents")
+    }
+
+    /// The live (not revoked) agent whose key has this hash.
+    pub async fn agent_by_key_hash(&self, hash: &str) -> anyhow::Result<Option<AgentRow>> {
+        agent::Entity::find()
+            .filter(agent::Column::KeyHash.eq(hash))
+            .filter(agent::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await
+            .context("Cannot look up the agent key")
+    }
+
+    /// Adds an agent, or gives a revoked or bootstrap agent a new key.
+    /// Fails if a live agent already has the name and `replace` is false.
+    pub async fn put_agent(
+        &self,
+        name: &str,
+        key_hash: &str,
+        created_by: &str,
+        replace: bool,
+    ) -> anyhow::Result<bool> {
+        let existing = agent::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await
+            .context("Cannot read the agent")?;
+        match existing {
+            Some(a) if a.revoked_at.is_none() && !replace => Ok(false),
+            Some(a) => {
+                let mut row: agent::ActiveModel = a.into();
+                row.key_hash = Set(key_hash.to_owned());
+                row.revoked_at = Set(None);
+                row.created_at = Set(now_ms());
+                row.created_by = Set(Some(created_by.to_owned()));
+                row.update(&self.db).await.context("Cannot update the agent")?;
+                Ok(true)
+            }
+            None => {
+                agent::ActiveModel {
+                    name: Set(name.to_owned()),
+                    key_hash: Set(key_hash.to_owned()),
+                    created_at: Set(now_ms()),
+                    created_by: Set(Some(created_by.to_owned())),
+                    revoked_at: Set(None),
+                }
+                .insert(&self.db)
+                .await
+                .context("Cannot add the agent")?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Revokes an agent's key. False if there was no live agent by that name.
+    pub async fn revoke_agent(&self, name: &str) -> anyhow::Result<bool> {
+        let res = agent::Entity::update_many()
+            .col_expr(agent::Column::RevokedAt, Expr::value(now_ms()))
+            .filter(agent::Column::Name.eq(name))
+            .filter(agent::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await
+            .context("Cannot revoke the agent")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    // ---- Slack events and audit ----
+
+    /// Records a Slack event id; false if it was seen before (a retry).
+    pub async fn first_sighting(&self, event_id: &str) -> anyhow::Result<bool> {
+        let row = slack_event::ActiveModel {
+            event_id: Set(event_id.to_owned()),
+            received_at: Set(now_ms()),
+        };
+        let res = slack_event::Entity::insert(row)
+            .on_conflict(OnConflict::column(slack_event::Column::EventId).do_nothing().to_owned())
+            .do_nothing()
+            .exec(&self.db)
+            .await
+            .context("Cannot record the Slack event")?;
+        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+    }
+
+    /// Writes one admin action to the audit log.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> anyhow::Result<()> {
+        audit::ActiveModel {
+            at: Set(now_ms()),
+            actor: Set(actor.to_owned()),
+            action: Set(action.to_owned()),
+            target: Set(target.to_owned()),
+            detail: Set(detail.to_owned()),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await
+        .context("Cannot write the audit log")?;
+        Ok(())
+    }
+
+    /// The newest audit entries.
+    pub async fn audit_log(&self, limit: u64) -> anyhow::Result<Vec<AuditRow>> {
+        audit::Entity::find()
+            .order_by_desc(audit::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .context("Cannot read the audit log")
+    }
+}
+
+/// The URL without a password, for error messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
