@@ -438,7 +438,7 @@ impl Store {
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .filter(task::Column::Project.eq(project))
             .order_by_asc(task::Column::Id)
-            .limit(limit)
+            .limit(limit.min(i64::MAX as u64))
             .all(&self.db)
             .await
             .context("Cannot read the queue")
@@ -481,7 +481,7 @@ impl Store {
         task::Entity::find()
             .filter(task::Column::State.is_in(states(list)))
             .order_by_asc(task::Column::Id)
-            .limit(limit)
+            .limit(limit.min(i64::MAX as u64))
             .all(&self.db)
             .await
             .context("Cannot list tasks")
@@ -491,7 +491,7 @@ impl Store {
     pub async fn recent_tasks(&self, limit: u64) -> anyhow::Result<Vec<Task>> {
         task::Entity::find()
             .order_by_desc(task::Column::Id)
-            .limit(limit)
+            .limit(limit.min(i64::MAX as u64))
             .all(&self.db)
             .await
             .context("Cannot list tasks")
@@ -684,7 +684,7 @@ impl Store {
     pub async fn audit_log(&self, limit: u64) -> anyhow::Result<Vec<AuditRow>> {
         audit::Entity::find()
             .order_by_desc(audit::Column::Id)
-            .limit(limit)
+            .limit(limit.min(i64::MAX as u64))
             .all(&self.db)
             .await
             .context("Cannot read the audit log")
