@@ -17,7 +17,9 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// Default time running tasks get to finish on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// Variables passed to tasks by default (beside Baton's own).
-pub const DEFAULT_ENV_ALLOW: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "SHELL"];
+pub const DEFAULT_ENV_ALLOW: &[&str] = &[
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "SHELL",
+];
 
 /// How a project's tasks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -85,7 +87,11 @@ pub struct FileConfig {
 
 /// Flags and environment variables that override the file.
 #[derive(Debug, Clone, Default, clap::Parser)]
-#[command(name = "baton-agent", version, about = "Baton's agent: runs tasks for the bot.")]
+#[command(
+    name = "baton-agent",
+    version,
+    about = "Baton's agent: runs tasks for the bot."
+)]
 pub struct Cli {
     /// The config file.
     #[arg(long, env = "BATON_AGENT_CONFIG", default_value = "agent.toml")]
@@ -156,24 +162,51 @@ impl Config {
     /// Reads the file, applies overrides, validates everything.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
         let file = cli.config.display().to_string();
-        let err = |key: &str, problem: String| ConfigError { file: file.clone(), key: key.into(), problem };
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.clone(),
+            key: key.into(),
+            problem,
+        };
         let text = std::fs::read_to_string(&cli.config)
             .map_err(|e| err("(file)", format!("cannot read it: {e}")))?;
         let parsed: FileConfig = toml::from_str(&text).map_err(|e| {
-            let key = e.span().map(|s| format!("near byte {}", s.start)).unwrap_or_else(|| "(file)".into());
+            let key = e
+                .span()
+                .map(|s| format!("near byte {}", s.start))
+                .unwrap_or_else(|| "(file)".into());
             err(&key, e.message().to_owned())
         })?;
-        Self::from_parts(parsed, cli, &file, cli.config.parent().unwrap_or(Path::new(".")))
+        Self::from_parts(
+            parsed,
+            cli,
+            &file,
+            cli.config.parent().unwrap_or(Path::new(".")),
+        )
     }
 
     /// Validates a parsed file with overrides. Relative paths are relative to `base`.
-    pub fn from_parts(f: FileConfig, cli: &Cli, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let err = |key: &str, problem: String| ConfigError { file: file.to_owned(), key: key.into(), problem };
+    pub fn from_parts(
+        f: FileConfig,
+        cli: &Cli,
+        file: &str,
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.to_owned(),
+            key: key.into(),
+            problem,
+        };
         let server = cli.server.clone().or(f.server).ok_or_else(|| {
-            err("server", "missing: set `server = \"wss://host/agents\"` or BATON_SERVER".into())
+            err(
+                "server",
+                "missing: set `server = \"wss://host/agents\"` or BATON_SERVER".into(),
+            )
         })?;
         if !(server.starts_with("ws://") || server.starts_with("wss://")) {
-            return Err(err("server", format!("`{server}` must start with ws:// or wss://")));
+            return Err(err(
+                "server",
+                format!("`{server}` must start with ws:// or wss://"),
+            ));
         }
         let key = cli.key.clone().or(f.key).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
             err("key", "missing: set `key = \"...\"` or BATON_AGENT_KEY (from `/baton-admin agent add NAME`)".into())
@@ -183,7 +216,10 @@ impl Config {
             return Err(err("capacity", "must be at least 1".into()));
         }
         if f.project.is_empty() {
-            return Err(err("project", "no [[project]] tables: the agent must serve at least one project".into()));
+            return Err(err(
+                "project",
+                "no [[project]] tables: the agent must serve at least one project".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut projects = Vec::new();
@@ -192,19 +228,35 @@ impl Config {
             if !names.insert(p.name.clone()) {
                 return Err(err(&k("name"), format!("`{}` appears twice", p.name)));
             }
-            let path = if p.path.is_absolute() { p.path.clone() } else { base.join(&p.path) };
+            let path = if p.path.is_absolute() {
+                p.path.clone()
+            } else {
+                base.join(&p.path)
+            };
             p.path = path.canonicalize().map_err(|e| {
-                err(&k("path"), format!("`{}` must be an existing directory: {e}", path.display()))
+                err(
+                    &k("path"),
+                    format!("`{}` must be an existing directory: {e}", path.display()),
+                )
             })?;
             if !p.path.is_dir() {
-                return Err(err(&k("path"), format!("`{}` is not a directory", p.path.display())));
+                return Err(err(
+                    &k("path"),
+                    format!("`{}` is not a directory", p.path.display()),
+                ));
             }
             match p.executor {
                 ExecutorKind::Command if p.command.is_empty() => {
-                    return Err(err(&k("command"), "the command executor needs `command = [\"prog\", \"arg\"]`".into()));
+                    return Err(err(
+                        &k("command"),
+                        "the command executor needs `command = [\"prog\", \"arg\"]`".into(),
+                    ));
                 }
                 ExecutorKind::Claude if !p.command.is_empty() => {
-                    return Err(err(&k("command"), "only the command executor takes `command`".into()));
+                    return Err(err(
+                        &k("command"),
+                        "only the command executor takes `command`".into(),
+                    ));
                 }
                 _ => {}
             }
@@ -224,13 +276,26 @@ impl Config {
             key: key.into(),
             capacity,
             state_dir,
-            max_duration: f.max_duration_secs.map(Duration::from_secs).unwrap_or(DEFAULT_MAX_DURATION),
-            cancel_grace: f.cancel_grace_secs.map(Duration::from_secs).unwrap_or(DEFAULT_CANCEL_GRACE),
-            shutdown_grace: f.shutdown_grace_secs.map(Duration::from_secs).unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            max_duration: f
+                .max_duration_secs
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_MAX_DURATION),
+            cancel_grace: f
+                .cancel_grace_secs
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_CANCEL_GRACE),
+            shutdown_grace: f
+                .shutdown_grace_secs
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             env_allow: f
                 .env_allow
                 .unwrap_or_else(|| DEFAULT_ENV_ALLOW.iter().map(|s| (*s).to_owned()).collect()),
-            claude_bin: cli.claude_bin.clone().or(f.claude_bin).unwrap_or_else(|| "claude".into()),
+            claude_bin: cli
+                .claude_bin
+                .clone()
+                .or(f.claude_bin)
+                .unwrap_or_else(|| "claude".into()),
             claude_args: f.claude_args.unwrap_or_default(),
             projects,
         })
@@ -273,13 +338,22 @@ mod tests {
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = "server = \"ws://x/agents\"\nkey = \"k\"\n";
-        let e = load(&format!("{base}[[project]]\nname = \"web\"\npath = \"nope\"\nexecutor = \"claude\"\n"), dir.path())
-            .expect_err("missing dir");
+        let e = load(
+            &format!("{base}[[project]]\nname = \"web\"\npath = \"nope\"\nexecutor = \"claude\"\n"),
+            dir.path(),
+        )
+        .expect_err("missing dir");
         assert_eq!(e.key, "project[0].path");
-        let e = load(&format!("{base}[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"command\"\n"), dir.path())
-            .expect_err("no command");
+        let e = load(
+            &format!("{base}[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"command\"\n"),
+            dir.path(),
+        )
+        .expect_err("no command");
         assert_eq!(e.key, "project[0].command");
-        assert!(load(&format!("{base}colour = 1\n"), dir.path()).is_err(), "unknown keys are rejected");
+        assert!(
+            load(&format!("{base}colour = 1\n"), dir.path()).is_err(),
+            "unknown keys are rejected"
+        );
         let e = load("key = \"k\"\n", dir.path()).expect_err("no server");
         assert_eq!(e.key, "server");
     }

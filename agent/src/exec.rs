@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use baton_shared::limits::{MAX_ERROR_BYTES, MAX_OUTPUT_CHUNK_BYTES, MAX_RESULT_BYTES, MAX_STEP_CHARS};
+use baton_shared::limits::{
+    MAX_ERROR_BYTES, MAX_OUTPUT_CHUNK_BYTES, MAX_RESULT_BYTES, MAX_STEP_CHARS,
+};
 use baton_shared::protocol::{FailureCause, Submit, TaskResult};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -80,7 +82,10 @@ pub struct Bounded {
 impl Bounded {
     /// At most `limit` bytes (plus the marker).
     pub fn new(limit: usize) -> Self {
-        Bounded { limit, ..Default::default() }
+        Bounded {
+            limit,
+            ..Default::default()
+        }
     }
 
     /// Appends text.
@@ -186,13 +191,21 @@ pub async fn run(
 ) -> ExecEnd {
     let argv = argv(cfg, project, submit);
     let Some((prog, args)) = argv.split_first() else {
-        return ExecEnd::Failed { error: "no command configured".into(), cause: FailureCause::Misconfigured, session_id: None };
+        return ExecEnd::Failed {
+            error: "no command configured".into(),
+            cause: FailureCause::Misconfigured,
+            session_id: None,
+        };
     };
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .current_dir(&project.path)
         .env_clear()
-        .envs(cfg.env_allow.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))))
+        .envs(
+            cfg.env_allow
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))),
+        )
         .env("BATON_PROMPT", &submit.prompt)
         .env("BATON_TASK_ID", submit.task.0.to_string())
         .env("BATON_PERSONA", submit.persona.as_str())
@@ -210,7 +223,11 @@ pub async fn run(
         Err(e) => {
             return ExecEnd::Failed {
                 error: format!("cannot start `{prog}` in {}: {e}", project.path.display()),
-                cause: if project.executor == ExecutorKind::Claude { FailureCause::Misconfigured } else { FailureCause::Spawn },
+                cause: if project.executor == ExecutorKind::Claude {
+                    FailureCause::Misconfigured
+                } else {
+                    FailureCause::Spawn
+                },
                 session_id: None,
             };
         }
@@ -245,7 +262,10 @@ pub async fn run(
     });
     let mut lines = child.stdout.take().map(|o| BufReader::new(o).lines());
 
-    let max = project.max_duration_secs.map(Duration::from_secs).unwrap_or(cfg.max_duration);
+    let max = project
+        .max_duration_secs
+        .map(Duration::from_secs)
+        .unwrap_or(cfg.max_duration);
     let deadline = Instant::now() + max;
     let mut parser = match project.executor {
         ExecutorKind::Command => LineParser::Command,
@@ -371,13 +391,22 @@ pub async fn run(
     }
     let status = match status {
         Some(Ok(s)) => s,
-        _ => return ExecEnd::Failed { error: "lost track of the process".into(), cause: FailureCause::Crashed, session_id: None },
+        _ => {
+            return ExecEnd::Failed {
+                error: "lost track of the process".into(),
+                cause: FailureCause::Crashed,
+                session_id: None,
+            };
+        }
     };
     use std::os::unix::process::ExitStatusExt;
     match parser {
         LineParser::Command => {
             if status.success() {
-                ExecEnd::Completed(TaskResult { text: result_text.finish(), ..Default::default() })
+                ExecEnd::Completed(TaskResult {
+                    text: result_text.finish(),
+                    ..Default::default()
+                })
             } else if let Some(sig) = status.signal() {
                 ExecEnd::Failed {
                     error: with_stderr(format!("killed by signal {sig}"), &stderr),
@@ -386,7 +415,10 @@ pub async fn run(
                 }
             } else {
                 ExecEnd::Failed {
-                    error: with_stderr(format!("exited with status {}", status.code().unwrap_or(-1)), &stderr),
+                    error: with_stderr(
+                        format!("exited with status {}", status.code().unwrap_or(-1)),
+                        &stderr,
+                    ),
                     cause: FailureCause::Task,
                     session_id: None,
                 }
@@ -405,7 +437,10 @@ pub async fn run(
                     duration_ms: r.duration_ms,
                 }),
                 Some(r) => ExecEnd::Failed {
-                    error: tail_bytes(&with_stderr(r.text.clone(), if r.auth_failure { "" } else { &stderr }), MAX_ERROR_BYTES),
+                    error: tail_bytes(
+                        &with_stderr(r.text.clone(), if r.auth_failure { "" } else { &stderr }),
+                        MAX_ERROR_BYTES,
+                    ),
                     cause: if r.auth_failure {
                         FailureCause::Misconfigured
                     } else if r.subtype == crate::claude_stream::NO_RESULT_SUBTYPE {
@@ -426,12 +461,20 @@ pub async fn run(
 }
 
 fn with_stderr(msg: String, stderr: &str) -> String {
-    if stderr.is_empty() { msg } else { format!("{msg}\n{stderr}") }
+    if stderr.is_empty() {
+        msg
+    } else {
+        format!("{msg}\n{stderr}")
+    }
 }
 
 fn humanize(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 { format!("{} min", s / 60) } else { format!("{s} s") }
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
 }
 
 #[cfg(test)]

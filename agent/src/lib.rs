@@ -25,7 +25,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use baton_shared::TaskId;
 use baton_shared::limits::{DEFAULT_HEARTBEAT_SECS, HEARTBEAT_MISSES_DEAD, MAX_FRAME_BYTES};
 use baton_shared::protocol::{
-    AgentMessage, BotMessage, Hello, PROTOCOL_VERSION, ProjectInfo, RejectReason, Submit, close_code,
+    AgentMessage, BotMessage, Hello, PROTOCOL_VERSION, ProjectInfo, RejectReason, Submit,
+    close_code,
 };
 use futures::{SinkExt, StreamExt};
 use secrecy::ExposeSecret;
@@ -122,17 +123,28 @@ impl Agent {
                 .cfg
                 .projects
                 .iter()
-                .map(|p| ProjectInfo { name: p.name.clone(), max_concurrent: p.max_concurrent })
+                .map(|p| ProjectInfo {
+                    name: p.name.clone(),
+                    max_concurrent: p.max_concurrent,
+                })
                 .collect(),
             running: lock(&self.tasks).keys().map(|t| TaskId(*t)).collect(),
-            held_results: self.state.outbox().iter().filter_map(|m| m.task_seq().map(|(t, _)| t)).collect(),
+            held_results: self
+                .state
+                .outbox()
+                .iter()
+                .filter_map(|m| m.task_seq().map(|(t, _)| t))
+                .collect(),
         }
     }
 
     /// Connects and serves until `shutdown` resolves; then drains: no new
     /// tasks, running ones get `shutdown_grace` to finish, then are stopped
     /// and reported, and the outbox is flushed.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let conn = tokio::spawn(self.clone().connection_loop(stop_rx));
         shutdown.await;
@@ -145,7 +157,10 @@ impl Agent {
         }
         let left: Vec<_> = lock(&self.tasks).values().map(|r| r.stop.clone()).collect();
         if !left.is_empty() {
-            tracing::warn!(tasks = left.len(), "stopping tasks still running at the shutdown deadline");
+            tracing::warn!(
+                tasks = left.len(),
+                "stopping tasks still running at the shutdown deadline"
+            );
             for s in left {
                 let _ = s.send(StopReason::Shutdown);
             }
@@ -159,7 +174,10 @@ impl Agent {
         }
         let held = self.state.outbox().len();
         if held > 0 {
-            tracing::warn!(held, "results not yet acknowledged stay on disk and are sent on the next start");
+            tracing::warn!(
+                held,
+                "results not yet acknowledged stay on disk and are sent on the next start"
+            );
         }
         let _ = stop_tx.send(true);
         let _ = conn.await;
@@ -218,11 +236,15 @@ impl Agent {
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status();
                 if status == http::StatusCode::CONFLICT {
-                    tracing::error!("another agent process is connected with this key; waiting before trying again");
+                    tracing::error!(
+                        "another agent process is connected with this key; waiting before trying again"
+                    );
                     return SessionEnd::Refused;
                 }
                 if status == http::StatusCode::UNAUTHORIZED {
-                    tracing::error!("the bot refused the key (unknown or revoked); check `key` / BATON_AGENT_KEY");
+                    tracing::error!(
+                        "the bot refused the key (unknown or revoked); check `key` / BATON_AGENT_KEY"
+                    );
                     return SessionEnd::Refused;
                 }
                 tracing::warn!(%status, "the bot refused the connection");
@@ -234,12 +256,22 @@ impl Agent {
             }
         };
         let (mut sink, mut stream) = ws.split();
-        if sink.send(Message::Text(AgentMessage::Hello(self.hello()).encode().into())).await.is_err() {
+        if sink
+            .send(Message::Text(
+                AgentMessage::Hello(self.hello()).encode().into(),
+            ))
+            .await
+            .is_err()
+        {
             return SessionEnd::Retry;
         }
         let heartbeat = match tokio::time::timeout(WELCOME_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => match BotMessage::decode(&t) {
-                Ok(BotMessage::Welcome { agent, heartbeat_secs, .. }) => {
+                Ok(BotMessage::Welcome {
+                    agent,
+                    heartbeat_secs,
+                    ..
+                }) => {
                     tracing::info!(%agent, "connected to the bot");
                     Duration::from_secs(heartbeat_secs.max(1))
                 }
@@ -251,7 +283,10 @@ impl Agent {
             Ok(Some(Ok(Message::Close(frame)))) => {
                 let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1000);
                 tracing::error!(code, reason = ?frame.map(|f| f.reason.to_string()), "the bot closed the connection at hello");
-                return if matches!(code, close_code::UNSUPPORTED_VERSION | close_code::REVOKED | close_code::DUPLICATE) {
+                return if matches!(
+                    code,
+                    close_code::UNSUPPORTED_VERSION | close_code::REVOKED | close_code::DUPLICATE
+                ) {
                     SessionEnd::Refused
                 } else {
                     SessionEnd::Retry
@@ -329,13 +364,20 @@ impl Agent {
                     tracing::error!(task = task.0, error = %e, "cannot drop an acknowledged result");
                 }
             }
-            BotMessage::Error { code, message } => tracing::warn!(?code, message, "the bot reported a protocol error"),
+            BotMessage::Error { code, message } => {
+                tracing::warn!(?code, message, "the bot reported a protocol error")
+            }
             BotMessage::Welcome { .. } => {}
         }
     }
 
     fn reject(&self, task: TaskId, reason: RejectReason, message: String) {
-        self.send(AgentMessage::Rejected { task, seq: 1, reason, message });
+        self.send(AgentMessage::Rejected {
+            task,
+            seq: 1,
+            reason,
+            message,
+        });
     }
 
     fn submit(self: &Arc<Self>, s: Submit) {
@@ -352,18 +394,33 @@ impl Agent {
         if self.state.was_seen(id) {
             match self.state.get_outbox(id) {
                 Some(held) => self.send(held),
-                None => self.reject(id, RejectReason::AlreadySeen, "this agent already ran this task".into()),
+                None => self.reject(
+                    id,
+                    RejectReason::AlreadySeen,
+                    "this agent already ran this task".into(),
+                ),
             }
             return;
         }
         if self.draining.load(Ordering::SeqCst) {
-            return self.reject(id, RejectReason::Draining, "the agent is shutting down".into());
+            return self.reject(
+                id,
+                RejectReason::Draining,
+                "the agent is shutting down".into(),
+            );
         }
         let Some(project) = self.cfg.project(s.project.as_str()).cloned() else {
-            return self.reject(id, RejectReason::UnknownProject, format!("this agent does not serve `{}`", s.project));
+            return self.reject(
+                id,
+                RejectReason::UnknownProject,
+                format!("this agent does not serve `{}`", s.project),
+            );
         };
         let mut tasks = lock(&self.tasks);
-        let in_project = tasks.values().filter(|r| r.project == project.name.as_str()).count() as u32;
+        let in_project = tasks
+            .values()
+            .filter(|r| r.project == project.name.as_str())
+            .count() as u32;
         if tasks.len() as u32 >= self.cfg.capacity || in_project >= project.max_concurrent {
             drop(tasks);
             return self.reject(id, RejectReason::Busy, "the agent is at capacity".into());
@@ -372,11 +429,22 @@ impl Agent {
         if let Err(e) = self.state.mark_seen(id) {
             drop(tasks);
             tracing::error!(task = id.0, error = %e, "cannot record the task");
-            return self.reject(id, RejectReason::Busy, format!("cannot record the task: {e}"));
+            return self.reject(
+                id,
+                RejectReason::Busy,
+                format!("cannot record the task: {e}"),
+            );
         }
         let (stop_tx, stop_rx) = watch::channel(StopReason::None);
         let seq = Arc::new(AtomicU64::new(2));
-        tasks.insert(id.0, Running { stop: stop_tx, seq: seq.clone(), project: project.name.to_string() });
+        tasks.insert(
+            id.0,
+            Running {
+                stop: stop_tx,
+                seq: seq.clone(),
+                project: project.name.to_string(),
+            },
+        );
         drop(tasks);
         self.send(AgentMessage::Accepted { task: id, seq: 1 });
         tracing::info!(task = id.0, project = %project.name, "task accepted");
@@ -393,8 +461,16 @@ impl Agent {
                         }
                         let n = seq.fetch_add(1, Ordering::SeqCst);
                         agent.send(match ev {
-                            ExecEvent::Step(text) => AgentMessage::Step { task: id, seq: n, text },
-                            ExecEvent::Output(text) => AgentMessage::Output { task: id, seq: n, text },
+                            ExecEvent::Step(text) => AgentMessage::Step {
+                                task: id,
+                                seq: n,
+                                text,
+                            },
+                            ExecEvent::Output(text) => AgentMessage::Output {
+                                task: id,
+                                seq: n,
+                                text,
+                            },
                         });
                     }
                 }
@@ -403,8 +479,22 @@ impl Agent {
             let (end, ()) = tokio::join!(run, forward);
             let n = seq.fetch_add(1, Ordering::SeqCst);
             let msg = match end {
-                ExecEnd::Completed(result) => AgentMessage::Completed { task: id, seq: n, result },
-                ExecEnd::Failed { error, cause, session_id } => AgentMessage::Failed { task: id, seq: n, error, cause, session_id },
+                ExecEnd::Completed(result) => AgentMessage::Completed {
+                    task: id,
+                    seq: n,
+                    result,
+                },
+                ExecEnd::Failed {
+                    error,
+                    cause,
+                    session_id,
+                } => AgentMessage::Failed {
+                    task: id,
+                    seq: n,
+                    error,
+                    cause,
+                    session_id,
+                },
                 ExecEnd::Cancelled => AgentMessage::Cancelled { task: id, seq: n },
             };
             if let Err(e) = agent.state.put_outbox(id, &msg) {

@@ -10,7 +10,10 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if cli.log_format.eq_ignore_ascii_case("json") {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -32,14 +35,39 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
                 let out = std::process::Command::new(&cfg.claude_bin)
                     .arg("--version")
                     .output()
-                    .with_context(|| format!("project `{}`: cannot run the Claude CLI `{}`", p.name, cfg.claude_bin))?;
-                anyhow::ensure!(out.status.success(), "project `{}`: `{} --version` failed", p.name, cfg.claude_bin);
-                println!("project {}: claude {} in {}", p.name, String::from_utf8_lossy(&out.stdout).trim(), p.path.display());
+                    .with_context(|| {
+                        format!(
+                            "project `{}`: cannot run the Claude CLI `{}`",
+                            p.name, cfg.claude_bin
+                        )
+                    })?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "project `{}`: `{} --version` failed",
+                    p.name,
+                    cfg.claude_bin
+                );
+                println!(
+                    "project {}: claude {} in {}",
+                    p.name,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    p.path.display()
+                );
             }
-            ExecutorKind::Command => println!("project {}: command {:?} in {}", p.name, p.command, p.path.display()),
+            ExecutorKind::Command => println!(
+                "project {}: command {:?} in {}",
+                p.name,
+                p.command,
+                p.path.display()
+            ),
         }
     }
-    println!("config OK: {} project(s), capacity {}, server {}", cfg.projects.len(), cfg.capacity, cfg.server);
+    println!(
+        "config OK: {} project(s), capacity {}, server {}",
+        cfg.projects.len(),
+        cfg.capacity,
+        cfg.server
+    );
     Ok(())
 }
 

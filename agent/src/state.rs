@@ -58,7 +58,10 @@ impl StateDir {
 
     /// Keeps a final event until the bot acknowledges it.
     pub fn put_outbox(&self, task: TaskId, msg: &AgentMessage) -> std::io::Result<()> {
-        write_atomic(&self.outbox.join(format!("{}.json", task.0)), msg.encode().as_bytes())
+        write_atomic(
+            &self.outbox.join(format!("{}.json", task.0)),
+            msg.encode().as_bytes(),
+        )
     }
 
     /// Forgets a final event after the bot acknowledged it (if `seq` matches).
@@ -82,7 +85,9 @@ impl StateDir {
     /// Every held final event, oldest task first. Unreadable entries are logged and skipped.
     pub fn outbox(&self) -> Vec<AgentMessage> {
         let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir(&self.outbox) else { return out };
+        let Ok(dir) = std::fs::read_dir(&self.outbox) else {
+            return out;
+        };
         for entry in dir.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -90,7 +95,9 @@ impl StateDir {
             }
             match std::fs::read_to_string(&path).map(|t| AgentMessage::decode(&t)) {
                 Ok(Ok(msg)) => out.push(msg),
-                other => tracing::error!(path = %path.display(), ?other, "unreadable outbox entry kept aside"),
+                other => {
+                    tracing::error!(path = %path.display(), ?other, "unreadable outbox entry kept aside")
+                }
             }
         }
         out.sort_by_key(|m| m.task_seq().map(|(t, _)| t.0));
@@ -106,7 +113,10 @@ mod tests {
     fn outbox_survives_reopen_and_forgets_on_ack() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = StateDir::open(dir.path()).expect("open");
-        let msg = AgentMessage::Cancelled { task: TaskId(5), seq: 3 };
+        let msg = AgentMessage::Cancelled {
+            task: TaskId(5),
+            seq: 3,
+        };
         s.mark_seen(TaskId(5)).expect("seen");
         s.put_outbox(TaskId(5), &msg).expect("put");
         let s = StateDir::open(dir.path()).expect("reopen");

@@ -1,6 +1,8 @@
 //! End to end: a signed `/baton say hello` through the in-process bot, the real
 //! `baton-agent` binary and a fake Slack Web API, all over real sockets.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -17,26 +19,54 @@ async fn slash_command_runs_on_the_agent_and_ends_in_one_edited_message() {
     wait_agents(bot.addr, 1).await;
 
     // A bad signature is refused and changes nothing.
-    let (status, _) = post_signed(bot.addr, "/slack/commands", &slash("/baton", "say hello", "U1"), "wrong-secret").await;
+    let (status, _) = post_signed(
+        bot.addr,
+        "/slack/commands",
+        &slash("/baton", "say hello", "U1"),
+        "wrong-secret",
+    )
+    .await;
     assert_eq!(status, 401);
 
-    let (status, body) = post_signed(bot.addr, "/slack/commands", &slash("/baton", "say hello", "U1"), SIGNING_SECRET).await;
+    let (status, body) = post_signed(
+        bot.addr,
+        "/slack/commands",
+        &slash("/baton", "say hello", "U1"),
+        SIGNING_SECRET,
+    )
+    .await;
     assert_eq!(status, 200);
-    assert!(body.is_empty(), "the task's message is the answer, got {body:?}");
+    assert!(
+        body.is_empty(),
+        "the task's message is the answer, got {body:?}"
+    );
 
     wait_for(30, "the final edit", || {
-        slack.calls("chat.update").iter().any(|c| message_text(&c.body).contains("Completed"))
+        slack
+            .calls("chat.update")
+            .iter()
+            .any(|c| message_text(&c.body).contains("Completed"))
     })
     .await;
 
     let posts = slack.calls("chat.postMessage");
-    assert_eq!(posts.len(), 1, "exactly one message for the task: {posts:?}");
+    assert_eq!(
+        posts.len(),
+        1,
+        "exactly one message for the task: {posts:?}"
+    );
     assert_eq!(posts[0].body["channel"], "C1");
     let last = slack.calls("chat.update").last().cloned().unwrap();
     let text = message_text(&last.body);
-    assert!(text.contains("agent says: say hello (code, task 1)"), "{text}");
+    assert!(
+        text.contains("agent says: say hello (code, task 1)"),
+        "{text}"
+    );
     assert!(text.contains("answering"), "the steps are shown: {text}");
-    assert!(!text.contains("Cancel"), "no Cancel button once completed: {text}");
+    assert!(
+        !text.contains("Cancel"),
+        "no Cancel button once completed: {text}"
+    );
 
     let store = bot.store().await;
     let task = store.task(1).await.unwrap().expect("task row");
@@ -44,8 +74,18 @@ async fn slash_command_runs_on_the_agent_and_ends_in_one_edited_message() {
     assert_eq!(task.requester, "U1");
     assert_eq!(task.agent.as_deref(), Some("e2e"));
     assert!(task.result.unwrap().contains("agent says: say hello"));
-    assert_eq!(task.message_ts.as_deref(), posts[0].body.get("ts").and_then(|v| v.as_str()).or(Some("1700000000.000001")));
-    assert!(store.task(2).await.unwrap().is_none(), "the refused request wrote nothing");
+    assert_eq!(
+        task.message_ts.as_deref(),
+        posts[0]
+            .body
+            .get("ts")
+            .and_then(|v| v.as_str())
+            .or(Some("1700000000.000001"))
+    );
+    assert!(
+        store.task(2).await.unwrap().is_none(),
+        "the refused request wrote nothing"
+    );
     bot.stop().await;
 }
 
@@ -64,24 +104,57 @@ async fn bad_input_gets_a_clear_answer_and_no_task() {
         (long.as_str(), "limit"),
         ("--project nope hi", "no project `nope`"),
     ] {
-        let (status, body) = post_signed(bot.addr, "/slack/commands", &slash("/baton", text, "U1"), SIGNING_SECRET).await;
+        let (status, body) = post_signed(
+            bot.addr,
+            "/slack/commands",
+            &slash("/baton", text, "U1"),
+            SIGNING_SECRET,
+        )
+        .await;
         assert_eq!(status, 200);
         assert!(body.contains(expect), "{expect:?} not in {body}");
         assert!(body.contains("ephemeral"));
     }
     // Admin commands: refused for non-admins without revealing anything.
-    let (_, body) = post_signed(bot.addr, "/slack/commands", &slash("/baton-admin", "health", "U1"), SIGNING_SECRET).await;
-    assert!(body.contains("admins only") && !body.contains("e2e"), "{body}");
-    let (_, body) = post_signed(bot.addr, "/slack/commands", &slash("/baton-admin", "health", "UADMIN"), SIGNING_SECRET).await;
-    assert!(body.contains("e2e") && body.contains("connected") && body.contains("closed"), "{body}");
+    let (_, body) = post_signed(
+        bot.addr,
+        "/slack/commands",
+        &slash("/baton-admin", "health", "U1"),
+        SIGNING_SECRET,
+    )
+    .await;
+    assert!(
+        body.contains("admins only") && !body.contains("e2e"),
+        "{body}"
+    );
+    let (_, body) = post_signed(
+        bot.addr,
+        "/slack/commands",
+        &slash("/baton-admin", "health", "UADMIN"),
+        SIGNING_SECRET,
+    )
+    .await;
+    assert!(
+        body.contains("e2e") && body.contains("connected") && body.contains("closed"),
+        "{body}"
+    );
 
     // The one URL for everything: a slash command posted to /slack/events works too.
-    let (status, body) = post_signed(bot.addr, "/slack/events", &slash("/baton", "help", "U1"), SIGNING_SECRET).await;
+    let (status, body) = post_signed(
+        bot.addr,
+        "/slack/events",
+        &slash("/baton", "help", "U1"),
+        SIGNING_SECRET,
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(body.contains("/baton cancel #ID"), "{body}");
 
     let store = bot.store().await;
-    assert!(store.task(1).await.unwrap().is_none(), "no task row for bad input");
+    assert!(
+        store.task(1).await.unwrap().is_none(),
+        "no task row for bad input"
+    );
     assert!(slack.calls("chat.postMessage").is_empty());
     bot.stop().await;
 }

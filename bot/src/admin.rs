@@ -16,7 +16,11 @@ const TASKS_LISTED: u64 = 20;
 
 /// One line about a task.
 pub fn task_line(t: &Task) -> String {
-    let agent = t.agent.as_deref().map(|a| format!(" on `{a}`")).unwrap_or_default();
+    let agent = t
+        .agent
+        .as_deref()
+        .map(|a| format!(" on `{a}`"))
+        .unwrap_or_default();
     format!(
         "• *#{}* {} · {} · `{}`{} — {}",
         t.id,
@@ -24,7 +28,11 @@ pub fn task_line(t: &Task) -> String {
         t.persona,
         mrkdwn::escape(&t.project),
         mrkdwn::escape(&agent),
-        mrkdwn::escape(&mrkdwn::truncate_chars(t.prompt.lines().next().unwrap_or(""), 80, "…"))
+        mrkdwn::escape(&mrkdwn::truncate_chars(
+            t.prompt.lines().next().unwrap_or(""),
+            80,
+            "…"
+        ))
     )
 }
 
@@ -63,7 +71,11 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
             }
             for row in &known {
                 let live = agents.iter().find(|a| a.name == row.name);
-                let revoked = if row.revoked_at.is_some() { " (revoked)" } else { "" };
+                let revoked = if row.revoked_at.is_some() {
+                    " (revoked)"
+                } else {
+                    ""
+                };
                 match live {
                     Some(a) => {
                         let mut queued = 0;
@@ -89,18 +101,25 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                             a.last_seen_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
                         ));
                     }
-                    None => out.push_str(&format!("• *{}*{}: never connected since the bot started\n", row.name, revoked)),
+                    None => out.push_str(&format!(
+                        "• *{}*{}: never connected since the bot started\n",
+                        row.name, revoked
+                    )),
                 }
             }
             out
         }
         AdminCommand::HealthReset(name) => {
-            app.store.audit(actor, "health.reset", name.as_str(), "").await?;
+            app.store
+                .audit(actor, "health.reset", name.as_str(), "")
+                .await?;
             if app.hub.reset_breaker(name.as_str()) {
                 app.dispatch_wake.notify_one();
                 format!("The circuit of `{name}` is closed; it receives tasks again.")
             } else {
-                format!("There is no agent `{name}` with a circuit. `/baton-admin health` lists them.")
+                format!(
+                    "There is no agent `{name}` with a circuit. `/baton-admin health` lists them."
+                )
             }
         }
         AdminCommand::Agents => {
@@ -117,27 +136,44 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                 } else {
                     "not connected"
                 };
-                out.push_str(&format!("• *{}*: {} (added by {})\n", r.name, state, r.created_by.as_deref().unwrap_or("?")));
+                out.push_str(&format!(
+                    "• *{}*: {} (added by {})\n",
+                    r.name,
+                    state,
+                    r.created_by.as_deref().unwrap_or("?")
+                ));
             }
             out
         }
         AdminCommand::AgentAdd(name) => {
             let key = crate::keys::generate();
-            if !app.store.put_agent(name.as_str(), &crate::keys::hash(&key), actor, false).await? {
+            if !app
+                .store
+                .put_agent(name.as_str(), &crate::keys::hash(&key), actor, false)
+                .await?
+            {
                 return Ok(format!(
                     "An agent named `{name}` already exists. Revoke it first (`/baton-admin agent revoke {name}`) to give it a new key."
                 ));
             }
-            app.store.audit(actor, "agent.add", name.as_str(), "").await?;
+            app.store
+                .audit(actor, "agent.add", name.as_str(), "")
+                .await?;
             format!(
                 "Agent `{name}` added. Its key, shown this once — put it in the agent's config (`key = \"...\"`) or `BATON_AGENT_KEY`:\n```{key}```"
             )
         }
         AdminCommand::AgentRevoke(name) => {
             let revoked = app.store.revoke_agent(name.as_str()).await?;
-            app.store.audit(actor, "agent.revoke", name.as_str(), "").await?;
+            app.store
+                .audit(actor, "agent.revoke", name.as_str(), "")
+                .await?;
             if revoked {
-                app.hub.close(name.as_str(), baton_shared::protocol::close_code::REVOKED, "key revoked");
+                app.hub.close(
+                    name.as_str(),
+                    baton_shared::protocol::close_code::REVOKED,
+                    "key revoked",
+                );
                 format!("Agent `{name}` is revoked and disconnected; its key no longer works.")
             } else {
                 format!("There is no live agent `{name}`. `/baton-admin agents` lists them.")
@@ -146,13 +182,17 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
         AdminCommand::ProjectBind { project, channel } => {
             let channel = channel.unwrap_or_else(|| cmd.channel_id.clone());
             app.store.bind_project(project.as_str(), &channel).await?;
-            app.store.audit(actor, "project.bind", project.as_str(), &channel).await?;
+            app.store
+                .audit(actor, "project.bind", project.as_str(), &channel)
+                .await?;
             format!("Tasks from <#{channel}> now go to project `{project}`.")
         }
         AdminCommand::Projects => {
             let rows = app.store.projects().await?;
             if rows.is_empty() {
-                return Ok("No projects yet: they appear when an agent that serves them connects.".into());
+                return Ok(
+                    "No projects yet: they appear when an agent that serves them connects.".into(),
+                );
             }
             let agents = app.hub.snapshot();
             let mut out = String::from("*Projects*\n");
@@ -165,8 +205,14 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                 out.push_str(&format!(
                     "• *{}*: {} · agents: {} · {} queued\n",
                     p.name,
-                    p.channel_id.map(|c| format!("<#{c}>")).unwrap_or_else(|| "no channel".into()),
-                    if serving.is_empty() { "none connected".into() } else { serving.join(", ") },
+                    p.channel_id
+                        .map(|c| format!("<#{c}>"))
+                        .unwrap_or_else(|| "no channel".into()),
+                    if serving.is_empty() {
+                        "none connected".into()
+                    } else {
+                        serving.join(", ")
+                    },
                     app.store.queue_len(&p.name).await?
                 ));
             }
@@ -183,8 +229,15 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
             let mut out = String::new();
             for p in projects {
                 let tasks = app.store.queued(&p, 50).await?;
-                let why = app.hub.why_waiting(&p).map(|r| r.describe()).unwrap_or("an agent can take them now");
-                out.push_str(&format!("*Queue `{p}`*: {} waiting — {why}\n", app.store.queue_len(&p).await?));
+                let why = app
+                    .hub
+                    .why_waiting(&p)
+                    .map(|r| r.describe())
+                    .unwrap_or("an agent can take them now");
+                out.push_str(&format!(
+                    "*Queue `{p}`*: {} waiting — {why}\n",
+                    app.store.queue_len(&p).await?
+                ));
                 for t in tasks {
                     out.push_str(&task_line(&t));
                     out.push('\n');
@@ -196,15 +249,28 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
             let tasks = app.store.queued(project.as_str(), u64::MAX).await?;
             let mut purged = 0;
             for t in tasks {
-                let ending = Ending::Cancelled { note: format!("Removed from the queue by admin <@{actor}> (queue purge).") };
-                if app.store.finish(t.id, None, None, &[TaskState::Queued], &ending).await? {
+                let ending = Ending::Cancelled {
+                    note: format!("Removed from the queue by admin <@{actor}> (queue purge)."),
+                };
+                if app
+                    .store
+                    .finish(t.id, None, None, &[TaskState::Queued], &ending)
+                    .await?
+                {
                     purged += 1;
                     if let Some(t) = app.store.task(t.id).await? {
                         app.consolidator.show(t, None);
                     }
                 }
             }
-            app.store.audit(actor, "queue.purge", project.as_str(), &format!("{purged} tasks")).await?;
+            app.store
+                .audit(
+                    actor,
+                    "queue.purge",
+                    project.as_str(),
+                    &format!("{purged} tasks"),
+                )
+                .await?;
             format!("Removed {purged} queued task(s) from `{project}`; their messages say so.")
         }
         AdminCommand::Tasks(state) => {

@@ -8,9 +8,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use baton_shared::limits::{HEARTBEAT_MISSES_DEAD, MAX_FRAME_BYTES};
-use baton_shared::protocol::{AgentMessage, BotMessage, PROTOCOL_VERSION, ProtocolError, close_code};
 use baton_shared::AgentName;
+use baton_shared::limits::{HEARTBEAT_MISSES_DEAD, MAX_FRAME_BYTES};
+use baton_shared::protocol::{
+    AgentMessage, BotMessage, PROTOCOL_VERSION, ProtocolError, close_code,
+};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,7 +26,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PROTOCOL_ERRORS: u32 = 5;
 
 /// `GET /agents`: authenticates the key, then upgrades.
-pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let Some(key) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -32,7 +38,11 @@ pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSoc
         .map(str::trim)
         .filter(|k| !k.is_empty())
     else {
-        return (StatusCode::UNAUTHORIZED, "missing agent key: send Authorization: Bearer KEY\n").into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing agent key: send Authorization: Bearer KEY\n",
+        )
+            .into_response();
     };
     let hash = crate::keys::hash(key);
     let row = match app.store.agent_by_key_hash(&hash).await {
@@ -43,7 +53,11 @@ pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSoc
         }
         Err(err) => {
             tracing::error!(error = ?err, "cannot check an agent key");
-            return (StatusCode::SERVICE_UNAVAILABLE, "cannot check the key now; retry\n").into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the key now; retry\n",
+            )
+                .into_response();
         }
     };
     let Ok(name) = AgentName::new(row.name) else {
@@ -51,7 +65,11 @@ pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSoc
     };
     if app.hub.is_connected(name.as_str()) {
         tracing::warn!(agent = %name, "second connection with the same key refused");
-        return (StatusCode::CONFLICT, "another connection with this key is live; retry later\n").into_response();
+        return (
+            StatusCode::CONFLICT,
+            "another connection with this key is live; retry later\n",
+        )
+            .into_response();
     }
     if app.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "bot is shutting down\n").into_response();
@@ -65,20 +83,33 @@ pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSoc
 }
 
 fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }))
 }
 
 /// Waits for the hello, rejecting anything else.
-async fn read_hello(socket: &mut WebSocket) -> Result<baton_shared::protocol::Hello, (u16, String)> {
+async fn read_hello(
+    socket: &mut WebSocket,
+) -> Result<baton_shared::protocol::Hello, (u16, String)> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await;
     let text = match first {
         Ok(Some(Ok(Message::Text(t)))) => t,
-        Ok(Some(Ok(_))) => return Err((close_code::NO_HELLO, "the first frame must be a hello".into())),
+        Ok(Some(Ok(_))) => {
+            return Err((
+                close_code::NO_HELLO,
+                "the first frame must be a hello".into(),
+            ));
+        }
         _ => return Err((close_code::NO_HELLO, "no hello in time".into())),
     };
     match AgentMessage::decode(&text) {
         Ok(AgentMessage::Hello(h)) => Ok(h),
-        Ok(_) => Err((close_code::NO_HELLO, "the first frame must be a hello".into())),
+        Ok(_) => Err((
+            close_code::NO_HELLO,
+            "the first frame must be a hello".into(),
+        )),
         Err(ProtocolError::UnsupportedVersion(v)) => Err((
             close_code::UNSUPPORTED_VERSION,
             format!("protocol {v} not supported; this bot speaks {PROTOCOL_VERSION}"),
@@ -100,11 +131,20 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
     let conn_id = match app.hub.register(name.as_str(), tx.clone(), &hello) {
         Register::Ok(id) => id,
         Register::Duplicate => {
-            let _ = socket.send(close(close_code::DUPLICATE, "another connection with this key is live")).await;
+            let _ = socket
+                .send(close(
+                    close_code::DUPLICATE,
+                    "another connection with this key is live",
+                ))
+                .await;
             return;
         }
     };
-    tracing::info!(capacity = hello.capacity, projects = hello.projects.len(), "agent connected");
+    tracing::info!(
+        capacity = hello.capacity,
+        projects = hello.projects.len(),
+        "agent connected"
+    );
     let heartbeat = app.settings.heartbeat();
     let welcome = BotMessage::Welcome {
         protocol: PROTOCOL_VERSION,
@@ -171,9 +211,13 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
                     Message::Close(_) => break,
                     Message::Binary(_) => {
                         errors += 1;
-                        let err = ProtocolError::Malformed("binary frames are not part of the protocol".into());
+                        let err = ProtocolError::Malformed(
+                            "binary frames are not part of the protocol".into(),
+                        );
                         let _ = tx.send(Outgoing::Frame(BotMessage::error(&err)));
-                        if errors >= MAX_PROTOCOL_ERRORS { break; }
+                        if errors >= MAX_PROTOCOL_ERRORS {
+                            break;
+                        }
                         continue;
                     }
                     _ => continue,
@@ -201,7 +245,10 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
                         tracing::warn!(error = %err, "protocol error from agent");
                         let _ = tx.send(Outgoing::Frame(BotMessage::error(&err)));
                         if errors >= MAX_PROTOCOL_ERRORS {
-                            let _ = tx.send(Outgoing::Close(close_code::PROTOCOL_ERRORS, "too many protocol errors".into()));
+                            let _ = tx.send(Outgoing::Close(
+                                close_code::PROTOCOL_ERRORS,
+                                "too many protocol errors".into(),
+                            ));
                         }
                     }
                 }

@@ -133,7 +133,12 @@ fn outcome_of(msg: &AgentMessage) -> Outcome {
 
 impl App {
     /// Builds the state.
-    pub fn new(settings: Settings, store: Store, slack: SlackApi, clock: Arc<dyn WallClock>) -> Self {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        slack: SlackApi,
+        clock: Arc<dyn WallClock>,
+    ) -> Self {
         let consolidator = Consolidator::new(
             slack.clone(),
             store.clone(),
@@ -175,13 +180,26 @@ impl App {
     // ---- creating tasks ----
 
     /// Picks the task's project: `--project`, the channel's binding, or the only one.
-    async fn resolve_project(&self, explicit: Option<&ProjectName>, channel: &str) -> Result<String, RequestError> {
-        let known: Vec<String> = self.store.projects().await?.into_iter().map(|p| p.name).collect();
+    async fn resolve_project(
+        &self,
+        explicit: Option<&ProjectName>,
+        channel: &str,
+    ) -> Result<String, RequestError> {
+        let known: Vec<String> = self
+            .store
+            .projects()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         if let Some(p) = explicit {
             return if known.iter().any(|k| k == p.as_str()) {
                 Ok(p.to_string())
             } else {
-                Err(RequestError::User(replies::unknown_project(p.as_str(), &known)))
+                Err(RequestError::User(replies::unknown_project(
+                    p.as_str(),
+                    &known,
+                )))
             };
         }
         if let Some(bound) = self.store.project_for_channel(channel).await? {
@@ -198,13 +216,20 @@ impl App {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(RequestError::User(replies::shutting_down()));
         }
-        let project = self.resolve_project(req.project.as_ref(), &req.channel_id).await?;
+        let project = self
+            .resolve_project(req.project.as_ref(), &req.channel_id)
+            .await?;
         if self.store.queue_len(&project).await? >= self.settings.queue_max {
-            return Err(RequestError::User(replies::queue_full(&project, self.settings.queue_max)));
+            return Err(RequestError::User(replies::queue_full(
+                &project,
+                self.settings.queue_max,
+            )));
         }
         if let Err(not_until) = self.user_limiter.check_key(&req.requester) {
             let wait = not_until.wait_time_from(tokio::time::Instant::now().into_std());
-            return Err(RequestError::User(replies::rate_limited(wait.as_secs().max(1))));
+            return Err(RequestError::User(replies::rate_limited(
+                wait.as_secs().max(1),
+            )));
         }
         let task = self
             .store
@@ -307,8 +332,17 @@ impl App {
 
     /// Updates the messages of a project's queued tasks whose position or reason changed.
     async fn show_queued(&self, project: &str) {
-        let reason = self.hub.why_waiting(project).map(|r| r.describe().to_owned());
-        let Ok(queued) = self.store.queued(project, self.settings.queue_max.max(1)).await else { return };
+        let reason = self
+            .hub
+            .why_waiting(project)
+            .map(|r| r.describe().to_owned());
+        let Ok(queued) = self
+            .store
+            .queued(project, self.settings.queue_max.max(1))
+            .await
+        else {
+            return;
+        };
         for (i, mut task) in queued.into_iter().enumerate() {
             let pos = i as u64 + 1;
             let changed = {
@@ -334,7 +368,9 @@ impl App {
 
     /// Applies one event from `agent`. Returns the frames to answer with.
     pub async fn apply_event(&self, agent: &str, msg: AgentMessage) -> Vec<BotMessage> {
-        let Some((task_id, seq)) = msg.task_seq() else { return Vec::new() };
+        let Some((task_id, seq)) = msg.task_seq() else {
+            return Vec::new();
+        };
         let id = task_id.0;
         let seq_i = seq as i64;
         let ack = BotMessage::Ack { task: task_id, seq };
@@ -345,7 +381,9 @@ impl App {
             // Not a task this agent holds now: a duplicate of something applied,
             // a stale event, or another agent's task. Never applied.
             let known = self.store.task(id).await.ok().flatten();
-            let ours = known.as_ref().is_some_and(|t| t.agent.as_deref() == Some(agent));
+            let ours = known
+                .as_ref()
+                .is_some_and(|t| t.agent.as_deref() == Some(agent));
             let mut out = Vec::new();
             if is_final {
                 // Let the agent forget it: it was applied before, or can never be.
@@ -354,7 +392,9 @@ impl App {
             if !ours {
                 out.push(BotMessage::Error {
                     code: ErrorCode::Unexpected,
-                    message: format!("task {task_id} is not assigned to agent {agent}; event ignored"),
+                    message: format!(
+                        "task {task_id} is not assigned to agent {agent}; event ignored"
+                    ),
                 });
                 if matches!(msg, AgentMessage::Accepted { .. }) {
                     out.push(BotMessage::Cancel { task: task_id });
@@ -382,11 +422,15 @@ impl App {
                         }
                     }
                     Ok(false) => {}
-                    Err(err) => tracing::error!(task = id, error = ?err, "cannot mark task running"),
+                    Err(err) => {
+                        tracing::error!(task = id, error = ?err, "cannot mark task running")
+                    }
                 }
                 Vec::new()
             }
-            AgentMessage::Rejected { reason, message, .. } => {
+            AgentMessage::Rejected {
+                reason, message, ..
+            } => {
                 lock(&self.awaiting).remove(&id);
                 lock(&self.live).remove(&id);
                 self.hub.release(agent, id, Outcome::Ignored);
@@ -398,7 +442,16 @@ impl App {
                         cause: "rejected".into(),
                         session_id: None,
                     };
-                    let _ = self.store.finish(id, Some(agent), Some(seq_i), &[TaskState::Dispatched], &ending).await;
+                    let _ = self
+                        .store
+                        .finish(
+                            id,
+                            Some(agent),
+                            Some(seq_i),
+                            &[TaskState::Dispatched],
+                            &ending,
+                        )
+                        .await;
                     self.show_from_db(id).await;
                 }
                 self.dispatch_wake.notify_one();
@@ -417,12 +470,16 @@ impl App {
             }
             AgentMessage::Output { text, .. } => {
                 task.output_tail.push_str(&text);
-                let tail = crate::slack::mrkdwn::tail_chars(&task.output_tail, OUTPUT_TAIL_KEPT_CHARS).to_owned();
+                let tail =
+                    crate::slack::mrkdwn::tail_chars(&task.output_tail, OUTPUT_TAIL_KEPT_CHARS)
+                        .to_owned();
                 task.output_tail = tail;
                 self.progress(task, seq_i);
                 Vec::new()
             }
-            AgentMessage::Completed { .. } | AgentMessage::Failed { .. } | AgentMessage::Cancelled { .. } => {
+            AgentMessage::Completed { .. }
+            | AgentMessage::Failed { .. }
+            | AgentMessage::Cancelled { .. } => {
                 let outcome = outcome_of(&msg);
                 let ending = match msg {
                     AgentMessage::Completed { result, .. } => Ending::Completed {
@@ -436,7 +493,12 @@ impl App {
                         text: result.text,
                         session_id: result.session_id,
                     },
-                    AgentMessage::Failed { error, cause, session_id, .. } => Ending::Failed {
+                    AgentMessage::Failed {
+                        error,
+                        cause,
+                        session_id,
+                        ..
+                    } => Ending::Failed {
                         error: format!("{}: {error}", cause.describe()),
                         cause: serde_json::to_value(cause)
                             .ok()
@@ -444,15 +506,29 @@ impl App {
                             .unwrap_or_default(),
                         session_id,
                     },
-                    _ => Ending::Cancelled { note: "Cancelled.".into() },
+                    _ => Ending::Cancelled {
+                        note: "Cancelled.".into(),
+                    },
                 };
                 let _ = self
                     .store
-                    .save_progress(id, task.last_seq, &task.steps, task.step_count, &task.output_tail)
+                    .save_progress(
+                        id,
+                        task.last_seq,
+                        &task.steps,
+                        task.step_count,
+                        &task.output_tail,
+                    )
                     .await;
                 match self
                     .store
-                    .finish(id, Some(agent), Some(seq_i), &[TaskState::Dispatched, TaskState::Running], &ending)
+                    .finish(
+                        id,
+                        Some(agent),
+                        Some(seq_i),
+                        &[TaskState::Dispatched, TaskState::Running],
+                        &ending,
+                    )
                     .await
                 {
                     Ok(_) => {
@@ -497,7 +573,10 @@ impl App {
         for p in &hello.projects {
             self.store.ensure_project(p.name.as_str()).await?;
         }
-        let mine = self.store.agent_tasks(agent, &[TaskState::Dispatched, TaskState::Running]).await?;
+        let mine = self
+            .store
+            .agent_tasks(agent, &[TaskState::Dispatched, TaskState::Running])
+            .await?;
         let mine_ids: HashSet<i64> = mine.iter().map(|t| t.id).collect();
         for mut task in mine {
             let state: TaskState = task.state.parse().unwrap_or(TaskState::Running);
@@ -510,7 +589,9 @@ impl App {
                     self.consolidator.show(task.clone(), None);
                 }
                 if task.cancel_requested {
-                    out.push(BotMessage::Cancel { task: TaskId(task.id) });
+                    out.push(BotMessage::Cancel {
+                        task: TaskId(task.id),
+                    });
                 }
                 lock(&self.live).entry(task.id).or_insert(task);
             } else if state == TaskState::Dispatched {
@@ -518,16 +599,22 @@ impl App {
                 lock(&self.awaiting).remove(&task.id);
                 lock(&self.live).remove(&task.id);
                 self.hub.release(agent, task.id, Outcome::Ignored);
-                self.store.requeue(task.id, agent, "agent reconnected without it").await?;
+                self.store
+                    .requeue(task.id, agent, "agent reconnected without it")
+                    .await?;
             } else {
                 lock(&self.live).remove(&task.id);
                 self.hub.release(agent, task.id, Outcome::Failure);
                 let ending = Ending::Failed {
-                    error: format!("agent restarted: {agent} came back without this task; use Retry to run it again"),
+                    error: format!(
+                        "agent restarted: {agent} came back without this task; use Retry to run it again"
+                    ),
                     cause: "agent_restarted".into(),
                     session_id: None,
                 };
-                self.store.finish(task.id, Some(agent), None, &[TaskState::Running], &ending).await?;
+                self.store
+                    .finish(task.id, Some(agent), None, &[TaskState::Running], &ending)
+                    .await?;
                 self.show_from_db(task.id).await;
             }
         }
@@ -543,7 +630,11 @@ impl App {
 
     /// Cancels a task for `user`. Returns the reply for the person.
     pub async fn cancel(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
-        let task = self.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        let task = self
+            .store
+            .task(id.0)
+            .await?
+            .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
         if task.requester != user && !self.is_admin(user) {
             return Err(RequestError::User(replies::not_yours(id, "cancel")));
         }
@@ -552,8 +643,14 @@ impl App {
             return Err(RequestError::User(replies::already_ended(id, state)));
         }
         if state == TaskState::Queued {
-            let ending = Ending::Cancelled { note: format!("Cancelled by <@{user}> while queued.") };
-            if self.store.finish(id.0, None, None, &[TaskState::Queued], &ending).await? {
+            let ending = Ending::Cancelled {
+                note: format!("Cancelled by <@{user}> while queued."),
+            };
+            if self
+                .store
+                .finish(id.0, None, None, &[TaskState::Queued], &ending)
+                .await?
+            {
                 lock(&self.queue_shown).remove(&id.0);
                 self.show_from_db(id.0).await;
                 let project = task.project.clone();
@@ -562,7 +659,11 @@ impl App {
             }
         }
         // Dispatched or running (or it just left the queue): the agent stops it.
-        let task = self.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        let task = self
+            .store
+            .task(id.0)
+            .await?
+            .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
         self.store.set_cancel_requested(id.0).await?;
         if let Some(agent) = task.agent.as_deref() {
             if let Some(t) = lock(&self.live).get_mut(&id.0) {
@@ -576,7 +677,11 @@ impl App {
 
     /// Runs an ended task again as a new task. Returns the reply.
     pub async fn retry(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
-        let task = self.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        let task = self
+            .store
+            .task(id.0)
+            .await?
+            .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
         let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
         if !state.can_retry() {
             return Err(RequestError::User(replies::cannot_retry(id, state)));
@@ -599,7 +704,11 @@ impl App {
                 text: format!("<@{user}> retried this task as #{}.", new.id),
                 blocks: Vec::new(),
             };
-            if let Err(err) = self.slack.post_message(&task.channel_id, Some(ts), &body).await {
+            if let Err(err) = self
+                .slack
+                .post_message(&task.channel_id, Some(ts), &body)
+                .await
+            {
                 tracing::warn!(task = task.id, error = %err, "cannot note the retry in the thread");
             }
         }
@@ -618,13 +727,26 @@ impl App {
             .collect();
         for (id, agent) in late {
             lock(&self.awaiting).remove(&id);
-            match self.store.requeue(id, &agent, "the agent did not accept it in time; waiting for another try").await {
+            match self
+                .store
+                .requeue(
+                    id,
+                    &agent,
+                    "the agent did not accept it in time; waiting for another try",
+                )
+                .await
+            {
                 Ok(true) => {
-                    tracing::warn!(task = id, agent, "dispatch not accepted in time; task back in its queue");
+                    tracing::warn!(
+                        task = id,
+                        agent,
+                        "dispatch not accepted in time; task back in its queue"
+                    );
                     lock(&self.live).remove(&id);
                     self.hub.release(&agent, id, Outcome::Failure);
                     // Should it accept late, it must not run it.
-                    self.hub.send(&agent, BotMessage::Cancel { task: TaskId(id) });
+                    self.hub
+                        .send(&agent, BotMessage::Cancel { task: TaskId(id) });
                     self.dispatch_wake.notify_one();
                 }
                 Ok(false) => {}
@@ -638,9 +760,15 @@ impl App {
                 for task in expired {
                     let hours = self.settings.queue_ttl_secs as f64 / 3600.0;
                     let ending = Ending::Expired {
-                        note: format!("Expired: no agent took it within {hours:.1} h. Use Retry to queue it again."),
+                        note: format!(
+                            "Expired: no agent took it within {hours:.1} h. Use Retry to queue it again."
+                        ),
                     };
-                    if let Ok(true) = self.store.finish(task.id, None, None, &[TaskState::Queued], &ending).await {
+                    if let Ok(true) = self
+                        .store
+                        .finish(task.id, None, None, &[TaskState::Queued], &ending)
+                        .await
+                    {
                         lock(&self.queue_shown).remove(&task.id);
                         self.show_from_db(task.id).await;
                     }
@@ -665,7 +793,13 @@ impl App {
                 self.hub.release(&agent, id, Outcome::Failure);
                 match self
                     .store
-                    .finish(id, Some(&agent), None, &[TaskState::Dispatched, TaskState::Running], &ending)
+                    .finish(
+                        id,
+                        Some(&agent),
+                        None,
+                        &[TaskState::Dispatched, TaskState::Running],
+                        &ending,
+                    )
                     .await
                 {
                     Ok(true) => self.show_from_db(id).await,
@@ -679,7 +813,11 @@ impl App {
     /// Rebuilds memory from the database after a start: tasks held by agents
     /// wait for them, and every message not up to date is shown again.
     pub async fn recover(&self) -> anyhow::Result<()> {
-        for task in self.store.tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX).await? {
+        for task in self
+            .store
+            .tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX)
+            .await?
+        {
             if let Some(agent) = task.agent.clone() {
                 self.hub.adopt(&agent, task.id, &task.project);
                 lock(&self.live).insert(task.id, task);

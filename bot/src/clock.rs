@@ -33,7 +33,9 @@ pub struct ManualWallClock {
 
 impl Default for ManualWallClock {
     fn default() -> Self {
-        ManualWallClock { now: Arc::new(AtomicI64::new(crate::model::now_ms())) }
+        ManualWallClock {
+            now: Arc::new(AtomicI64::new(crate::model::now_ms())),
+        }
     }
 }
 

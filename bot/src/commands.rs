@@ -80,37 +80,52 @@ struct Entry<C: 'static> {
 }
 
 fn task_id(word: &str, usage: &str) -> Result<TaskId, ParseError> {
-    word.parse().map_err(|_| ParseError(format!("`{word}` is not a task id. Usage: `{usage}`")))
+    word.parse()
+        .map_err(|_| ParseError(format!("`{word}` is not a task id. Usage: `{usage}`")))
 }
 
 const BATON: &[Entry<Command>] = &[
-    Entry { usage: "/baton help", about: "show this help", parse: |w, _| {
-        (w.first() == Some(&"help") && w.len() == 1).then_some(Ok(Command::Help))
-    }},
-    Entry { usage: "/baton status [#ID]", about: "show a task, or your recent tasks", parse: |w, _| {
-        match w {
+    Entry {
+        usage: "/baton help",
+        about: "show this help",
+        parse: |w, _| (w.first() == Some(&"help") && w.len() == 1).then_some(Ok(Command::Help)),
+    },
+    Entry {
+        usage: "/baton status [#ID]",
+        about: "show a task, or your recent tasks",
+        parse: |w, _| match w {
             ["status"] => Some(Ok(Command::Status(None))),
             ["status", id] => id.parse().ok().map(|id| Ok(Command::Status(Some(id)))),
             _ => None,
-        }
-    }},
-    Entry { usage: "/baton cancel #ID", about: "cancel a queued or running task", parse: |w, _| {
-        match w {
-            ["cancel"] => Some(Err(ParseError("Which task? Usage: `/baton cancel #ID`".into()))),
+        },
+    },
+    Entry {
+        usage: "/baton cancel #ID",
+        about: "cancel a queued or running task",
+        parse: |w, _| match w {
+            ["cancel"] => Some(Err(ParseError(
+                "Which task? Usage: `/baton cancel #ID`".into(),
+            ))),
             ["cancel", id] => Some(task_id(id, "/baton cancel #ID").map(Command::Cancel)),
             _ => None,
-        }
-    }},
-    Entry { usage: "/baton retry #ID", about: "run a failed, cancelled or expired task again", parse: |w, _| {
-        match w {
-            ["retry"] => Some(Err(ParseError("Which task? Usage: `/baton retry #ID`".into()))),
+        },
+    },
+    Entry {
+        usage: "/baton retry #ID",
+        about: "run a failed, cancelled or expired task again",
+        parse: |w, _| match w {
+            ["retry"] => Some(Err(ParseError(
+                "Which task? Usage: `/baton retry #ID`".into(),
+            ))),
             ["retry", id] => Some(task_id(id, "/baton retry #ID").map(Command::Retry)),
             _ => None,
-        }
-    }},
-    Entry { usage: "/baton queue", about: "show what is waiting for an agent", parse: |w, _| {
-        (w == ["queue"]).then_some(Ok(Command::Queue))
-    }},
+        },
+    },
+    Entry {
+        usage: "/baton queue",
+        about: "show what is waiting for an agent",
+        parse: |w, _| (w == ["queue"]).then_some(Ok(Command::Queue)),
+    },
     Entry {
         usage: "/baton [code|review|plan|ops] [--project NAME] PROMPT",
         about: "start a task (persona `code` by default); reply in its thread to follow up",
@@ -123,16 +138,18 @@ fn parse_run(text: &str) -> Result<Command, ParseError> {
     let mut persona = Persona::default();
     let mut project = None;
     // The first word is a persona only when it is exactly one of the four.
-    if let Some((first, after)) = split_word(rest) {
-        if let Ok(p) = first.parse::<Persona>() {
-            persona = p;
-            rest = after;
-        }
+    if let Some((first, after)) = split_word(rest)
+        && let Ok(p) = first.parse::<Persona>()
+    {
+        persona = p;
+        rest = after;
     }
     if let Some((flag, after)) = split_word(rest) {
         if flag == "--project" {
             let Some((name, after)) = split_word(after) else {
-                return Err(ParseError("`--project` needs a project name: `/baton --project NAME PROMPT`".into()));
+                return Err(ParseError(
+                    "`--project` needs a project name: `/baton --project NAME PROMPT`".into(),
+                ));
             };
             project = Some(ProjectName::new(name).map_err(|e| ParseError(e.to_string()))?);
             rest = after;
@@ -153,7 +170,11 @@ fn parse_run(text: &str) -> Result<Command, ParseError> {
             "The prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}. Shorten it, or put the details in a file in the project and point to it."
         )));
     }
-    Ok(Command::Run { persona, project, prompt: prompt.to_owned() })
+    Ok(Command::Run {
+        persona,
+        project,
+        prompt: prompt.to_owned(),
+    })
 }
 
 /// The first whitespace-separated word and the rest (trimmed at the start).
@@ -169,7 +190,9 @@ fn split_word(s: &str) -> Option<(&str, &str)> {
 }
 
 fn admin_name<T>(word: &str, make: fn(AgentName) -> T) -> Result<T, ParseError> {
-    AgentName::new(word).map(make).map_err(|e| ParseError(e.to_string()))
+    AgentName::new(word)
+        .map(make)
+        .map_err(|e| ParseError(e.to_string()))
 }
 
 fn project_name(word: &str) -> Result<ProjectName, ParseError> {
@@ -183,7 +206,12 @@ fn channel_id(word: &str) -> Result<String, ParseError> {
         Some(inner) => inner.split('|').next().unwrap_or(""),
         None => word,
     };
-    if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+    if !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
         Ok(id.to_owned())
     } else {
         Err(ParseError(format!(
@@ -193,59 +221,120 @@ fn channel_id(word: &str) -> Result<String, ParseError> {
 }
 
 const ADMIN: &[Entry<AdminCommand>] = &[
-    Entry { usage: "/baton-admin health", about: "every agent: connection, circuit, success rate, load, queue, last seen", parse: |w, _| {
-        (w == ["health"]).then_some(Ok(AdminCommand::Health))
-    }},
-    Entry { usage: "/baton-admin health reset AGENT", about: "close an agent's circuit", parse: |w, _| match w {
-        ["health", "reset", name] => Some(admin_name(name, AdminCommand::HealthReset)),
-        ["health", "reset"] => Some(Err(ParseError("Which agent? Usage: `/baton-admin health reset AGENT`".into()))),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin agents", about: "list agents and their keys' state", parse: |w, _| {
-        (w == ["agents"]).then_some(Ok(AdminCommand::Agents))
-    }},
-    Entry { usage: "/baton-admin agent add NAME", about: "add an agent; its key is shown once, only to you", parse: |w, _| match w {
-        ["agent", "add", name] => Some(admin_name(name, AdminCommand::AgentAdd)),
-        ["agent", "add", ..] => Some(Err(ParseError("Usage: `/baton-admin agent add NAME`".into()))),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin agent revoke NAME", about: "revoke an agent's key and disconnect it", parse: |w, _| match w {
-        ["agent", "revoke", name] => Some(admin_name(name, AdminCommand::AgentRevoke)),
-        ["agent", "revoke", ..] => Some(Err(ParseError("Usage: `/baton-admin agent revoke NAME`".into()))),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin project bind PROJECT [#channel]", about: "send this channel's (or that channel's) tasks to PROJECT", parse: |w, _| match w {
-        ["project", "bind", p] => Some(project_name(p).map(|project| AdminCommand::ProjectBind { project, channel: None })),
-        ["project", "bind", p, c] => Some(project_name(p).and_then(|project| {
-            channel_id(c).map(|c| AdminCommand::ProjectBind { project, channel: Some(c) })
-        })),
-        ["project", ..] => Some(Err(ParseError("Usage: `/baton-admin project bind PROJECT [#channel]`".into()))),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin projects", about: "list projects, their channels and agents", parse: |w, _| {
-        (w == ["projects"]).then_some(Ok(AdminCommand::Projects))
-    }},
-    Entry { usage: "/baton-admin queue purge PROJECT", about: "remove every queued task of PROJECT", parse: |w, _| match w {
-        ["queue", "purge", p] => Some(project_name(p).map(AdminCommand::QueuePurge)),
-        ["queue", "purge"] => Some(Err(ParseError("Which project? Usage: `/baton-admin queue purge PROJECT`".into()))),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin queue [PROJECT]", about: "show the queues, or one project's", parse: |w, _| match w {
-        ["queue"] => Some(Ok(AdminCommand::Queue(None))),
-        ["queue", p] => Some(project_name(p).map(|p| AdminCommand::Queue(Some(p)))),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin tasks [STATE]", about: "list recent tasks, optionally in one state", parse: |w, _| match w {
-        ["tasks"] => Some(Ok(AdminCommand::Tasks(None))),
-        ["tasks", s] => Some(s.parse::<TaskState>().map(|s| AdminCommand::Tasks(Some(s))).map_err(|_| {
-            let all: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-            ParseError(format!("`{s}` is not a task state. Use one of: {}", all.join(", ")))
-        })),
-        _ => None,
-    }},
-    Entry { usage: "/baton-admin help", about: "show this help", parse: |w, _| {
-        (w.is_empty() || w == ["help"]).then_some(Ok(AdminCommand::Help))
-    }},
+    Entry {
+        usage: "/baton-admin health",
+        about: "every agent: connection, circuit, success rate, load, queue, last seen",
+        parse: |w, _| (w == ["health"]).then_some(Ok(AdminCommand::Health)),
+    },
+    Entry {
+        usage: "/baton-admin health reset AGENT",
+        about: "close an agent's circuit",
+        parse: |w, _| match w {
+            ["health", "reset", name] => Some(admin_name(name, AdminCommand::HealthReset)),
+            ["health", "reset"] => Some(Err(ParseError(
+                "Which agent? Usage: `/baton-admin health reset AGENT`".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin agents",
+        about: "list agents and their keys' state",
+        parse: |w, _| (w == ["agents"]).then_some(Ok(AdminCommand::Agents)),
+    },
+    Entry {
+        usage: "/baton-admin agent add NAME",
+        about: "add an agent; its key is shown once, only to you",
+        parse: |w, _| match w {
+            ["agent", "add", name] => Some(admin_name(name, AdminCommand::AgentAdd)),
+            ["agent", "add", ..] => Some(Err(ParseError(
+                "Usage: `/baton-admin agent add NAME`".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin agent revoke NAME",
+        about: "revoke an agent's key and disconnect it",
+        parse: |w, _| match w {
+            ["agent", "revoke", name] => Some(admin_name(name, AdminCommand::AgentRevoke)),
+            ["agent", "revoke", ..] => Some(Err(ParseError(
+                "Usage: `/baton-admin agent revoke NAME`".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin project bind PROJECT [#channel]",
+        about: "send this channel's (or that channel's) tasks to PROJECT",
+        parse: |w, _| match w {
+            ["project", "bind", p] => {
+                Some(project_name(p).map(|project| AdminCommand::ProjectBind {
+                    project,
+                    channel: None,
+                }))
+            }
+            ["project", "bind", p, c] => Some(project_name(p).and_then(|project| {
+                channel_id(c).map(|c| AdminCommand::ProjectBind {
+                    project,
+                    channel: Some(c),
+                })
+            })),
+            ["project", ..] => Some(Err(ParseError(
+                "Usage: `/baton-admin project bind PROJECT [#channel]`".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin projects",
+        about: "list projects, their channels and agents",
+        parse: |w, _| (w == ["projects"]).then_some(Ok(AdminCommand::Projects)),
+    },
+    Entry {
+        usage: "/baton-admin queue purge PROJECT",
+        about: "remove every queued task of PROJECT",
+        parse: |w, _| match w {
+            ["queue", "purge", p] => Some(project_name(p).map(AdminCommand::QueuePurge)),
+            ["queue", "purge"] => Some(Err(ParseError(
+                "Which project? Usage: `/baton-admin queue purge PROJECT`".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin queue [PROJECT]",
+        about: "show the queues, or one project's",
+        parse: |w, _| match w {
+            ["queue"] => Some(Ok(AdminCommand::Queue(None))),
+            ["queue", p] => Some(project_name(p).map(|p| AdminCommand::Queue(Some(p)))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin tasks [STATE]",
+        about: "list recent tasks, optionally in one state",
+        parse: |w, _| match w {
+            ["tasks"] => Some(Ok(AdminCommand::Tasks(None))),
+            ["tasks", s] => Some(
+                s.parse::<TaskState>()
+                    .map(|s| AdminCommand::Tasks(Some(s)))
+                    .map_err(|_| {
+                        let all: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+                        ParseError(format!(
+                            "`{s}` is not a task state. Use one of: {}",
+                            all.join(", ")
+                        ))
+                    }),
+            ),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin help",
+        about: "show this help",
+        parse: |w, _| (w.is_empty() || w == ["help"]).then_some(Ok(AdminCommand::Help)),
+    },
 ];
 
 fn parse_with<C>(table: &[Entry<C>], text: &str) -> Option<Result<C, ParseError>> {
@@ -285,8 +374,16 @@ fn help_for<C>(title: &str, table: &[Entry<C>]) -> String {
 pub fn help() -> String {
     let mut s = help_for("Baton runs coding tasks on your team's agents.", BATON);
     s.push_str("Personas: ");
-    s.push_str(&Persona::ALL.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "));
-    s.push_str(". Mention `@baton` with the same words, or reply in a task's thread to continue it.");
+    s.push_str(
+        &Persona::ALL
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    s.push_str(
+        ". Mention `@baton` with the same words, or reply in a task's thread to continue it.",
+    );
     s
 }
 
@@ -309,12 +406,30 @@ mod tests {
 
     #[test]
     fn persona_only_when_exact_word() {
-        assert_eq!(parse("say hello"), Ok(run(Persona::Code, None, "say hello")));
-        assert_eq!(parse("review the auth module"), Ok(run(Persona::Review, None, "the auth module")));
-        assert_eq!(parse("reviewer the auth module"), Ok(run(Persona::Code, None, "reviewer the auth module")));
-        assert_eq!(parse("Plan a migration"), Ok(run(Persona::Code, None, "Plan a migration")));
-        assert_eq!(parse("ops --project web restart it"), Ok(run(Persona::Ops, Some("web"), "restart it")));
-        assert_eq!(parse("--project=web hi"), Ok(run(Persona::Code, Some("web"), "hi")));
+        assert_eq!(
+            parse("say hello"),
+            Ok(run(Persona::Code, None, "say hello"))
+        );
+        assert_eq!(
+            parse("review the auth module"),
+            Ok(run(Persona::Review, None, "the auth module"))
+        );
+        assert_eq!(
+            parse("reviewer the auth module"),
+            Ok(run(Persona::Code, None, "reviewer the auth module"))
+        );
+        assert_eq!(
+            parse("Plan a migration"),
+            Ok(run(Persona::Code, None, "Plan a migration"))
+        );
+        assert_eq!(
+            parse("ops --project web restart it"),
+            Ok(run(Persona::Ops, Some("web"), "restart it"))
+        );
+        assert_eq!(
+            parse("--project=web hi"),
+            Ok(run(Persona::Code, Some("web"), "hi"))
+        );
     }
 
     #[test]
@@ -332,13 +447,19 @@ mod tests {
         assert_eq!(parse(""), Ok(Command::Help));
         assert_eq!(parse("status"), Ok(Command::Status(None)));
         assert_eq!(parse("status #4"), Ok(Command::Status(Some(TaskId(4)))));
-        assert_eq!(parse("status of the build"), Ok(run(Persona::Code, None, "status of the build")));
+        assert_eq!(
+            parse("status of the build"),
+            Ok(run(Persona::Code, None, "status of the build"))
+        );
         assert_eq!(parse("cancel #7"), Ok(Command::Cancel(TaskId(7))));
         assert!(parse("cancel").is_err());
         assert!(parse("cancel seven").is_err());
         assert_eq!(parse("retry 9"), Ok(Command::Retry(TaskId(9))));
         assert_eq!(parse("queue"), Ok(Command::Queue));
-        assert_eq!(parse("queue up the jobs"), Ok(run(Persona::Code, None, "queue up the jobs")));
+        assert_eq!(
+            parse("queue up the jobs"),
+            Ok(run(Persona::Code, None, "queue up the jobs"))
+        );
     }
 
     #[test]
@@ -346,21 +467,48 @@ mod tests {
         let a = |s: &str| AgentName::new(s).expect("valid");
         let p = |s: &str| ProjectName::new(s).expect("valid");
         assert_eq!(parse_admin("health"), Ok(AdminCommand::Health));
-        assert_eq!(parse_admin("health reset gpu-1"), Ok(AdminCommand::HealthReset(a("gpu-1"))));
+        assert_eq!(
+            parse_admin("health reset gpu-1"),
+            Ok(AdminCommand::HealthReset(a("gpu-1")))
+        );
         assert_eq!(parse_admin("agents"), Ok(AdminCommand::Agents));
-        assert_eq!(parse_admin("agent add laptop"), Ok(AdminCommand::AgentAdd(a("laptop"))));
-        assert_eq!(parse_admin("agent revoke laptop"), Ok(AdminCommand::AgentRevoke(a("laptop"))));
-        assert_eq!(parse_admin("project bind web"), Ok(AdminCommand::ProjectBind { project: p("web"), channel: None }));
+        assert_eq!(
+            parse_admin("agent add laptop"),
+            Ok(AdminCommand::AgentAdd(a("laptop")))
+        );
+        assert_eq!(
+            parse_admin("agent revoke laptop"),
+            Ok(AdminCommand::AgentRevoke(a("laptop")))
+        );
+        assert_eq!(
+            parse_admin("project bind web"),
+            Ok(AdminCommand::ProjectBind {
+                project: p("web"),
+                channel: None
+            })
+        );
         assert_eq!(
             parse_admin("project bind web <#C0123|dev>"),
-            Ok(AdminCommand::ProjectBind { project: p("web"), channel: Some("C0123".into()) })
+            Ok(AdminCommand::ProjectBind {
+                project: p("web"),
+                channel: Some("C0123".into())
+            })
         );
         assert!(parse_admin("project bind web #dev").is_err());
         assert_eq!(parse_admin("projects"), Ok(AdminCommand::Projects));
         assert_eq!(parse_admin("queue"), Ok(AdminCommand::Queue(None)));
-        assert_eq!(parse_admin("queue web"), Ok(AdminCommand::Queue(Some(p("web")))));
-        assert_eq!(parse_admin("queue purge web"), Ok(AdminCommand::QueuePurge(p("web"))));
-        assert_eq!(parse_admin("tasks failed"), Ok(AdminCommand::Tasks(Some(TaskState::Failed))));
+        assert_eq!(
+            parse_admin("queue web"),
+            Ok(AdminCommand::Queue(Some(p("web"))))
+        );
+        assert_eq!(
+            parse_admin("queue purge web"),
+            Ok(AdminCommand::QueuePurge(p("web")))
+        );
+        assert_eq!(
+            parse_admin("tasks failed"),
+            Ok(AdminCommand::Tasks(Some(TaskState::Failed)))
+        );
         assert!(parse_admin("tasks sleepy").is_err_and(|e| e.0.contains("queued")));
         assert!(parse_admin("reboot everything").is_err_and(|e| e.0.contains("health")));
     }
@@ -368,11 +516,26 @@ mod tests {
     #[test]
     fn help_lists_every_command() {
         let h = help();
-        for usage in ["/baton status", "/baton cancel #ID", "/baton retry #ID", "/baton queue", "/baton help", "--project"] {
+        for usage in [
+            "/baton status",
+            "/baton cancel #ID",
+            "/baton retry #ID",
+            "/baton queue",
+            "/baton help",
+            "--project",
+        ] {
             assert!(h.contains(usage), "{usage} missing from help");
         }
         let h = admin_help();
-        for usage in ["health reset AGENT", "agent add NAME", "agent revoke NAME", "project bind", "projects", "queue purge", "tasks [STATE]"] {
+        for usage in [
+            "health reset AGENT",
+            "agent add NAME",
+            "agent revoke NAME",
+            "project bind",
+            "projects",
+            "queue purge",
+            "tasks [STATE]",
+        ] {
             assert!(h.contains(usage), "{usage} missing from admin help");
         }
     }

@@ -41,7 +41,11 @@ pub fn router(app: Arc<App>, verifier: Option<Verifier>) -> Router {
 }
 
 async fn slack_disabled() -> Response {
-    (StatusCode::UNAUTHORIZED, "HTTP Slack routes need SLACK_SIGNING_SECRET\n").into_response()
+    (
+        StatusCode::UNAUTHORIZED,
+        "HTTP Slack routes need SLACK_SIGNING_SECRET\n",
+    )
+        .into_response()
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -65,7 +69,11 @@ async fn slack_commands(State(app): State<Arc<App>>, body: Bytes) -> Response {
 async fn command_from_form(app: &Arc<App>, body: &[u8]) -> Response {
     match serde_urlencoded::from_bytes::<SlashCommand>(body) {
         Ok(cmd) => reply_response(handlers::handle_command(app, cmd).await),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("cannot read the slash command: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the slash command: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -89,7 +97,11 @@ async fn interaction_from_form(app: &Arc<App>, body: &[u8]) -> Response {
             tokio::spawn(async move { handlers::handle_interaction(&app, p).await });
             StatusCode::OK.into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("cannot read the interaction: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the interaction: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -108,10 +120,17 @@ async fn slack_events(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     }
     let env: EventEnvelope = match serde_json::from_slice(&body) {
         Ok(e) => e,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("cannot read the event: {e}\n")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the event: {e}\n"),
+            )
+                .into_response();
+        }
     };
     if env.kind == "url_verification" {
-        return Json(serde_json::json!({"challenge": env.challenge.unwrap_or_default()})).into_response();
+        return Json(serde_json::json!({"challenge": env.challenge.unwrap_or_default()}))
+            .into_response();
     }
     if env.kind != "event_callback" {
         return StatusCode::OK.into_response();
@@ -143,15 +162,28 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP baton_tasks Tasks by state.\n# TYPE baton_tasks gauge");
+    let _ = writeln!(
+        out,
+        "# HELP baton_tasks Tasks by state.\n# TYPE baton_tasks gauge"
+    );
     for state in TaskState::ALL {
         let n = app.store.count_in(state).await.unwrap_or(0);
         let _ = writeln!(out, "baton_tasks{{state=\"{state}\"}} {n}");
     }
     let agents = app.hub.snapshot();
-    let _ = writeln!(out, "# HELP baton_agents_connected Agents with a live connection.\n# TYPE baton_agents_connected gauge");
-    let _ = writeln!(out, "baton_agents_connected {}", agents.iter().filter(|a| a.connected).count());
-    let _ = writeln!(out, "# HELP baton_circuit_state Circuit state per agent (0 closed, 1 half-open, 2 open).\n# TYPE baton_circuit_state gauge");
+    let _ = writeln!(
+        out,
+        "# HELP baton_agents_connected Agents with a live connection.\n# TYPE baton_agents_connected gauge"
+    );
+    let _ = writeln!(
+        out,
+        "baton_agents_connected {}",
+        agents.iter().filter(|a| a.connected).count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_circuit_state Circuit state per agent (0 closed, 1 half-open, 2 open).\n# TYPE baton_circuit_state gauge"
+    );
     for a in &agents {
         let v = match a.breaker.state {
             crate::breaker::CircuitState::Closed => 0,
@@ -160,18 +192,38 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         };
         let _ = writeln!(out, "baton_circuit_state{{agent=\"{}\"}} {v}", a.name);
     }
-    let _ = writeln!(out, "# HELP baton_queue_depth Queued tasks per project.\n# TYPE baton_queue_depth gauge");
+    let _ = writeln!(
+        out,
+        "# HELP baton_queue_depth Queued tasks per project.\n# TYPE baton_queue_depth gauge"
+    );
     for p in app.store.projects_with_queue().await.unwrap_or_default() {
         let n = app.store.queue_len(&p).await.unwrap_or(0);
         let _ = writeln!(out, "baton_queue_depth{{project=\"{p}\"}} {n}");
     }
     let s = app.consolidator.stats();
-    let _ = writeln!(out, "# HELP baton_slack_calls_total Slack Web API calls.\n# TYPE baton_slack_calls_total counter");
-    let _ = writeln!(out, "baton_slack_calls_total{{method=\"chat.postMessage\"}} {}", s.posts);
-    let _ = writeln!(out, "baton_slack_calls_total{{method=\"chat.update\"}} {}", s.updates);
-    let _ = writeln!(out, "# HELP baton_slack_rate_limited_total Slack 429 answers.\n# TYPE baton_slack_rate_limited_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP baton_slack_calls_total Slack Web API calls.\n# TYPE baton_slack_calls_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "baton_slack_calls_total{{method=\"chat.postMessage\"}} {}",
+        s.posts
+    );
+    let _ = writeln!(
+        out,
+        "baton_slack_calls_total{{method=\"chat.update\"}} {}",
+        s.updates
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_slack_rate_limited_total Slack 429 answers.\n# TYPE baton_slack_rate_limited_total counter"
+    );
     let _ = writeln!(out, "baton_slack_rate_limited_total {}", s.rate_limited);
-    let _ = writeln!(out, "# HELP baton_slack_errors_total Other failed Slack calls.\n# TYPE baton_slack_errors_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP baton_slack_errors_total Other failed Slack calls.\n# TYPE baton_slack_errors_total counter"
+    );
     let _ = writeln!(out, "baton_slack_errors_total {}", s.errors);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

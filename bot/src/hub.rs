@@ -73,7 +73,9 @@ impl AgentEntry {
         if conn.draining {
             return 0;
         }
-        let Some(per_project) = conn.projects.get(project) else { return 0 };
+        let Some(per_project) = conn.projects.get(project) else {
+            return 0;
+        };
         let total_free = conn.capacity.saturating_sub(self.tasks.len() as u32);
         let project_free = per_project.saturating_sub(self.running_in(project));
         total_free.min(project_free)
@@ -95,8 +97,12 @@ impl WaitReason {
     /// The reason as shown in the task's message.
     pub fn describe(self) -> &'static str {
         match self {
-            WaitReason::NoAgent => "no agent serving this project is connected; it runs when one connects",
-            WaitReason::Busy => "every agent serving this project is busy; it runs when one frees up",
+            WaitReason::NoAgent => {
+                "no agent serving this project is connected; it runs when one connects"
+            }
+            WaitReason::Busy => {
+                "every agent serving this project is busy; it runs when one frees up"
+            }
             WaitReason::CircuitOpen => {
                 "the agents serving this project are failing and paused (circuit open); it runs when one recovers"
             }
@@ -138,10 +144,18 @@ pub enum Register {
 impl Hub {
     /// An empty registry.
     pub fn new(breaker: BreakerConfig) -> Self {
-        Hub { agents: Mutex::new(HashMap::new()), breaker, next_conn: 1.into() }
+        Hub {
+            agents: Mutex::new(HashMap::new()),
+            breaker,
+            next_conn: 1.into(),
+        }
     }
 
-    fn entry<'a>(&self, map: &'a mut HashMap<String, AgentEntry>, name: &str) -> &'a mut AgentEntry {
+    fn entry<'a>(
+        &self,
+        map: &'a mut HashMap<String, AgentEntry>,
+        name: &str,
+    ) -> &'a mut AgentEntry {
         map.entry(name.to_owned()).or_insert_with(|| AgentEntry {
             conn: None,
             breaker: CircuitBreaker::new(self.breaker.clone(), now()),
@@ -153,7 +167,9 @@ impl Hub {
 
     /// Whether the agent has a live connection.
     pub fn is_connected(&self, name: &str) -> bool {
-        lock(&self.agents).get(name).is_some_and(|e| e.conn.is_some())
+        lock(&self.agents)
+            .get(name)
+            .is_some_and(|e| e.conn.is_some())
     }
 
     /// Registers a connection after its hello. The first live connection wins:
@@ -165,12 +181,18 @@ impl Hub {
         if entry.conn.is_some() {
             return Register::Duplicate;
         }
-        let id = self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         entry.conn = Some(Conn {
             id,
             tx,
             capacity: hello.capacity,
-            projects: hello.projects.iter().map(|p| (p.name.to_string(), p.max_concurrent.max(1))).collect(),
+            projects: hello
+                .projects
+                .iter()
+                .map(|p| (p.name.to_string(), p.max_concurrent.max(1)))
+                .collect(),
             draining: false,
             version: hello.agent_version.clone(),
         });
@@ -182,11 +204,11 @@ impl Hub {
     /// Removes a connection (only if it is still the registered one).
     pub fn unregister(&self, name: &str, conn_id: u64) {
         let mut map = lock(&self.agents);
-        if let Some(e) = map.get_mut(name) {
-            if e.conn.as_ref().is_some_and(|c| c.id == conn_id) {
-                e.conn = None;
-                e.disconnected_at = Some(now());
-            }
+        if let Some(e) = map.get_mut(name)
+            && e.conn.as_ref().is_some_and(|c| c.id == conn_id)
+        {
+            e.conn = None;
+            e.disconnected_at = Some(now());
         }
     }
 
@@ -225,7 +247,10 @@ impl Hub {
 
     /// Marks the agent as draining: no new tasks.
     pub fn set_draining(&self, name: &str) {
-        if let Some(c) = lock(&self.agents).get_mut(name).and_then(|e| e.conn.as_mut()) {
+        if let Some(c) = lock(&self.agents)
+            .get_mut(name)
+            .and_then(|e| e.conn.as_mut())
+        {
             c.draining = true;
         }
     }
@@ -285,7 +310,9 @@ impl Hub {
             // Least loaded first: compare load/capacity without floats.
             let better = match best {
                 None => true,
-                Some((bn, bl, bc)) => (load as u64 * bc as u64, name) < (bl as u64 * cap as u64, bn),
+                Some((bn, bl, bc)) => {
+                    (load as u64 * bc as u64, name) < (bl as u64 * cap as u64, bn)
+                }
             };
             if better {
                 best = Some((name, load, cap));
@@ -304,7 +331,11 @@ impl Hub {
         let e = map.get_mut(&name).ok_or(WaitReason::NoAgent)?;
         let permit = e.breaker.try_acquire(now).ok_or(WaitReason::CircuitOpen)?;
         let conn = e.conn.as_ref().ok_or(WaitReason::NoAgent)?;
-        let route = Route { agent: name.clone(), conn_id: conn.id, tx: conn.tx.clone() };
+        let route = Route {
+            agent: name.clone(),
+            conn_id: conn.id,
+            tx: conn.tx.clone(),
+        };
         e.tasks.insert(task, (project.to_owned(), Some(permit)));
         Ok(route)
     }
@@ -317,32 +348,36 @@ impl Hub {
             // Known only from the database: the grace period starts now.
             e.disconnected_at = Some(now());
         }
-        e.tasks.entry(task).or_insert_with(|| (project.to_owned(), None));
+        e.tasks
+            .entry(task)
+            .or_insert_with(|| (project.to_owned(), None));
     }
 
     /// Releases a task from its agent and records its outcome in the breaker.
     pub fn release(&self, name: &str, task: i64, outcome: Outcome) {
         let mut map = lock(&self.agents);
-        if let Some(e) = map.get_mut(name) {
-            if let Some((_, permit)) = e.tasks.remove(&task) {
-                let now = now();
-                match permit {
-                    Some(p) => e.breaker.record(p, outcome, now),
-                    None if outcome != Outcome::Ignored => {
-                        // A task adopted after a restart has no permit; count it as a normal call.
-                        if let Some(p) = e.breaker.try_acquire(now) {
-                            e.breaker.record(p, outcome, now);
-                        }
+        if let Some(e) = map.get_mut(name)
+            && let Some((_, permit)) = e.tasks.remove(&task)
+        {
+            let now = now();
+            match permit {
+                Some(p) => e.breaker.record(p, outcome, now),
+                None if outcome != Outcome::Ignored => {
+                    // A task adopted after a restart has no permit; count it as a normal call.
+                    if let Some(p) = e.breaker.try_acquire(now) {
+                        e.breaker.record(p, outcome, now);
                     }
-                    None => {}
                 }
+                None => {}
             }
         }
     }
 
     /// Whether the agent holds this task.
     pub fn holds(&self, name: &str, task: i64) -> bool {
-        lock(&self.agents).get(name).is_some_and(|e| e.tasks.contains_key(&task))
+        lock(&self.agents)
+            .get(name)
+            .is_some_and(|e| e.tasks.contains_key(&task))
     }
 
     /// Closes an agent's circuit.
@@ -363,7 +398,10 @@ impl Hub {
         lock(&self.agents)
             .iter()
             .filter(|(_, e)| e.conn.is_none() && !e.tasks.is_empty())
-            .filter(|(_, e)| e.disconnected_at.is_none_or(|d| now.duration_since(d) >= grace))
+            .filter(|(_, e)| {
+                e.disconnected_at
+                    .is_none_or(|d| now.duration_since(d) >= grace)
+            })
             .map(|(n, e)| (n.clone(), e.tasks.keys().copied().collect()))
             .collect()
     }
@@ -397,13 +435,21 @@ impl Hub {
                 breaker: e.breaker.snapshot(now),
                 running: e.tasks.len() as u32,
                 capacity: e.conn.as_ref().map_or(0, |c| c.capacity),
-                projects: e.conn.as_ref().map(|c| {
-                    let mut p: Vec<_> = c.projects.keys().cloned().collect();
-                    p.sort();
-                    p
-                }).unwrap_or_default(),
+                projects: e
+                    .conn
+                    .as_ref()
+                    .map(|c| {
+                        let mut p: Vec<_> = c.projects.keys().cloned().collect();
+                        p.sort();
+                        p
+                    })
+                    .unwrap_or_default(),
                 last_seen_secs: e.last_seen.map(|t| now.duration_since(t).as_secs()),
-                version: e.conn.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
+                version: e
+                    .conn
+                    .as_ref()
+                    .map(|c| c.version.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -35,10 +35,13 @@ pub fn parse_bootstrap(spec: &str) -> Result<Vec<(baton_shared::AgentName, Strin
             let (name, key) = pair
                 .split_once(':')
                 .ok_or_else(|| "BATON_AGENT_KEYS entries must look like name:key".to_owned())?;
-            let name = baton_shared::AgentName::new(name.trim()).map_err(|e| format!("BATON_AGENT_KEYS: {e}"))?;
+            let name = baton_shared::AgentName::new(name.trim())
+                .map_err(|e| format!("BATON_AGENT_KEYS: {e}"))?;
             let key = key.trim();
             if key.len() < 16 {
-                return Err(format!("BATON_AGENT_KEYS: the key for `{name}` is too short (at least 16 characters)"));
+                return Err(format!(
+                    "BATON_AGENT_KEYS: the key for `{name}` is too short (at least 16 characters)"
+                ));
             }
             Ok((name, key.to_owned()))
         })
@@ -61,7 +64,8 @@ mod tests {
 
     #[test]
     fn bootstrap_spec_parses() {
-        let keys = parse_bootstrap("laptop:0123456789abcdef, ci : fedcba9876543210").expect("parses");
+        let keys =
+            parse_bootstrap("laptop:0123456789abcdef, ci : fedcba9876543210").expect("parses");
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[1].0.as_str(), "ci");
         assert!(parse_bootstrap("nocolon").is_err());

@@ -50,7 +50,8 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 /// Writes the keys of `BATON_AGENT_KEYS` (as hashes). A key an admin revoked stays revoked.
 async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()> {
-    let keys = keys::parse_bootstrap(settings.agent_keys.expose_secret()).map_err(anyhow::Error::msg)?;
+    let keys =
+        keys::parse_bootstrap(settings.agent_keys.expose_secret()).map_err(anyhow::Error::msg)?;
     let existing = store.agents().await?;
     for (name, key) in keys {
         let hash = keys::hash(&key);
@@ -60,7 +61,9 @@ async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()
             }
             Some(a) if a.key_hash == hash => {}
             _ => {
-                store.put_agent(name.as_str(), &hash, "BATON_AGENT_KEYS", true).await?;
+                store
+                    .put_agent(name.as_str(), &hash, "BATON_AGENT_KEYS", true)
+                    .await?;
             }
         }
     }
@@ -77,21 +80,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let verifier = match &settings.slack_signing_secret {
-        Some(s) if !s.expose_secret().is_empty() => Some(slack::verify::Verifier::new(s.expose_secret())),
+        Some(s) if !s.expose_secret().is_empty() => {
+            Some(slack::verify::Verifier::new(s.expose_secret()))
+        }
         _ if settings.slack_app_token.is_some() => None,
-        _ => anyhow::bail!("SLACK_SIGNING_SECRET is required for HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)"),
+        _ => anyhow::bail!(
+            "SLACK_SIGNING_SECRET is required for HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)"
+        ),
     };
     let store = Store::connect(&settings.database_url).await?;
-    bootstrap_keys(&store, &settings).await.context("Cannot store BATON_AGENT_KEYS")?;
+    bootstrap_keys(&store, &settings)
+        .await
+        .context("Cannot store BATON_AGENT_KEYS")?;
     let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)?;
     let app = Arc::new(App::new(settings, store, slack, clock));
-    app.recover().await.context("Cannot recover tasks from the database")?;
+    app.recover()
+        .await
+        .context("Cannot recover tasks from the database")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let consolidator = tokio::spawn(app.consolidator.clone().run(stopped(stop_rx.clone()), SHUTDOWN_FLUSH));
+    let consolidator = tokio::spawn(
+        app.consolidator
+            .clone()
+            .run(stopped(stop_rx.clone()), SHUTDOWN_FLUSH),
+    );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
 
     let addr = listener.local_addr().ok();

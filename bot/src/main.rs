@@ -10,17 +10,23 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // A missing .env is fine; a broken one is not silently ignored.
-    if let Err(err) = dotenvy::dotenv() {
-        if !err.not_found() {
-            return Err(err).context("Cannot read .env");
-        }
+    if let Err(err) = dotenvy::dotenv()
+        && !err.not_found()
+    {
+        return Err(err).context("Cannot read .env");
     }
     let settings = Settings::parse();
     init_tracing(&settings.log_format);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("Cannot listen on {}", settings.listen))?;
-    baton_bot::run(settings, listener, Arc::new(SystemWallClock), shutdown_signal()).await
+    baton_bot::run(
+        settings,
+        listener,
+        Arc::new(SystemWallClock),
+        shutdown_signal(),
+    )
+    .await
 }
 
 fn init_tracing(format: &str) {
@@ -38,13 +44,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -61,12 +61,18 @@ impl TaskState {
 
     /// Whether the Cancel button applies.
     pub fn can_cancel(self) -> bool {
-        matches!(self, TaskState::Queued | TaskState::Dispatched | TaskState::Running)
+        matches!(
+            self,
+            TaskState::Queued | TaskState::Dispatched | TaskState::Running
+        )
     }
 
     /// Whether the Retry button applies.
     pub fn can_retry(self) -> bool {
-        matches!(self, TaskState::Failed | TaskState::Cancelled | TaskState::Expired)
+        matches!(
+            self,
+            TaskState::Failed | TaskState::Cancelled | TaskState::Expired
+        )
     }
 }
 

@@ -16,11 +16,27 @@ pub fn definition(persona: Persona) -> PersonaDef {
     match persona {
         Persona::Code => PersonaDef {
             system_prompt: "You are a careful software engineer working in this repository. Make the change asked for, keep it small, run the relevant tests, and finish with a short summary of what you changed and how you checked it.",
-            allowed_tools: &["Read", "Edit", "MultiEdit", "Write", "Glob", "Grep", "Bash", "TodoWrite"],
+            allowed_tools: &[
+                "Read",
+                "Edit",
+                "MultiEdit",
+                "Write",
+                "Glob",
+                "Grep",
+                "Bash",
+                "TodoWrite",
+            ],
         },
         Persona::Review => PersonaDef {
             system_prompt: "You are a code reviewer. Read the code asked about and report concrete problems (bugs, risks, missing tests) with file and line references, most important first. Do not change any file.",
-            allowed_tools: &["Read", "Glob", "Grep", "Bash(git diff:*)", "Bash(git log:*)", "Bash(git show:*)"],
+            allowed_tools: &[
+                "Read",
+                "Glob",
+                "Grep",
+                "Bash(git diff:*)",
+                "Bash(git log:*)",
+                "Bash(git show:*)",
+            ],
         },
         Persona::Plan => PersonaDef {
             system_prompt: "You are a technical planner. Study the repository and write a step-by-step plan for the request: the files involved, the order of changes, the risks and how to test. Do not change any file.",

@@ -12,7 +12,8 @@ pub fn admins_not_configured() -> String {
 
 /// Admin command from a non-admin. Says nothing about the system.
 pub fn not_an_admin() -> String {
-    "Sorry, `/baton-admin` is for Baton admins only. Ask an admin if you need something changed.".into()
+    "Sorry, `/baton-admin` is for Baton admins only. Ask an admin if you need something changed."
+        .into()
 }
 
 /// No such task.
@@ -27,7 +28,9 @@ pub fn not_yours(id: TaskId, verb: &str) -> String {
 
 /// Cancel of a task that already ended.
 pub fn already_ended(id: TaskId, state: TaskState) -> String {
-    format!("Task {id} already ended ({state}); there is nothing to cancel. `/baton retry {id}` runs it again.")
+    format!(
+        "Task {id} already ended ({state}); there is nothing to cancel. `/baton retry {id}` runs it again."
+    )
 }
 
 /// Retry of a task that has not failed.
@@ -45,9 +48,14 @@ pub fn queue_full(project: &str, max: u64) -> String {
 /// Unknown project.
 pub fn unknown_project(name: &str, known: &[String]) -> String {
     if known.is_empty() {
-        format!("There is no project `{name}`: no agent has announced a project yet. Connect an agent that serves `{name}` (see the README), then try again.")
+        format!(
+            "There is no project `{name}`: no agent has announced a project yet. Connect an agent that serves `{name}` (see the README), then try again."
+        )
     } else {
-        format!("There is no project `{name}`. Known projects: {}. Use `--project NAME`.", quote_list(known))
+        format!(
+            "There is no project `{name}`. Known projects: {}. Use `--project NAME`.",
+            quote_list(known)
+        )
     }
 }
 
@@ -65,7 +73,10 @@ pub fn no_project(known: &[String]) -> String {
 
 /// Per-user rate limit hit.
 pub fn rate_limited(wait_secs: u64) -> String {
-    format!("You have started many tasks in a short time. Try again in {} (the limit keeps the agents fair for everyone).", human_secs(wait_secs))
+    format!(
+        "You have started many tasks in a short time. Try again in {} (the limit keeps the agents fair for everyone).",
+        human_secs(wait_secs)
+    )
 }
 
 /// The bot is shutting down.
@@ -98,13 +109,21 @@ pub fn stale_button(id: TaskId, state: TaskState) -> String {
 }
 
 fn quote_list(items: &[String]) -> String {
-    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn human_secs(s: u64) -> String {
     match s {
         0..=1 => "a second".into(),
         2..60 => format!("{s} seconds"),
-        _ => format!("{} minute{}", s.div_ceil(60), if s.div_ceil(60) == 1 { "" } else { "s" }),
+        _ => format!(
+            "{} minute{}",
+            s.div_ceil(60),
+            if s.div_ceil(60) == 1 { "" } else { "s" }
+        ),
     }
 }

@@ -11,7 +11,11 @@ use crate::breaker::BreakerConfig;
 /// Every setting of `baton-bot`. Each one is also an environment variable;
 /// `.env.example` lists them with their defaults.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "baton-bot", version, about = "Baton's bot: Slack in, tasks out to agents.")]
+#[command(
+    name = "baton-bot",
+    version,
+    about = "Baton's bot: Slack in, tasks out to agents."
+)]
 pub struct Settings {
     /// Slack bot token (xoxb-...).
     #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
@@ -30,7 +34,11 @@ pub struct Settings {
     pub slack_api_url: String,
 
     /// Database: sqlite://... or postgres://...
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://baton.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://baton.db?mode=rwc"
+    )]
     pub database_url: String,
 
     /// Address for the Slack routes, the agents' WebSocket, health and metrics.
@@ -42,7 +50,12 @@ pub struct Settings {
     pub admins: Vec<String>,
 
     /// Bootstrap agent keys, `name:key,...`; stored only as hashes.
-    #[arg(long, env = "BATON_AGENT_KEYS", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BATON_AGENT_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub agent_keys: SecretString,
 
     /// Log format: `text` or `json`.
@@ -152,6 +165,10 @@ impl Settings {
 
     /// Admins, without blanks.
     pub fn admin_ids(&self) -> Vec<String> {
-        self.admins.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()
+        self.admins
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 }

@@ -37,7 +37,13 @@ pub struct FakeSlack {
 
 impl FakeSlack {
     pub fn calls(&self, method: &str) -> Vec<Call> {
-        self.calls.lock().unwrap().iter().filter(|c| c.method == method).cloned().collect()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
     }
 }
 
@@ -47,7 +53,10 @@ fn slack_error(code: &str) -> Response {
 
 /// Checks a message payload the way Slack does.
 fn check_limits(body: &Value) -> Option<&'static str> {
-    if body["text"].as_str().is_some_and(|t| t.chars().count() > 4000) {
+    if body["text"]
+        .as_str()
+        .is_some_and(|t| t.chars().count() > 4000)
+    {
         return Some("msg_too_long");
     }
     if let Some(blocks) = body["blocks"].as_array() {
@@ -55,7 +64,10 @@ fn check_limits(body: &Value) -> Option<&'static str> {
             return Some("invalid_blocks");
         }
         for b in blocks {
-            if b["text"]["text"].as_str().is_some_and(|t| t.chars().count() > 3000) {
+            if b["text"]["text"]
+                .as_str()
+                .is_some_and(|t| t.chars().count() > 3000)
+            {
                 return Some("invalid_blocks");
             }
         }
@@ -63,12 +75,26 @@ fn check_limits(body: &Value) -> Option<&'static str> {
     None
 }
 
-async fn api(State(slack): State<Arc<FakeSlack>>, AxPath(method): AxPath<String>, headers: HeaderMap, body: Bytes) -> Response {
-    if !headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v == "Bearer xoxb-test") {
+async fn api(
+    State(slack): State<Arc<FakeSlack>>,
+    AxPath(method): AxPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v != "Bearer xoxb-test")
+    {
         return slack_error("not_authed");
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else { return slack_error("invalid_json") };
-    slack.calls.lock().unwrap().push(Call { method: method.clone(), body: body.clone() });
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return slack_error("invalid_json");
+    };
+    slack.calls.lock().unwrap().push(Call {
+        method: method.clone(),
+        body: body.clone(),
+    });
     if let Some(err) = check_limits(&body) {
         return slack_error(err);
     }
@@ -82,8 +108,13 @@ async fn api(State(slack): State<Arc<FakeSlack>>, AxPath(method): AxPath<String>
             let channel = body["channel"].as_str().unwrap_or("C?").to_owned();
             axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "text": body["text"]}})).into_response()
         }
-        "chat.update" => axum::Json(json!({"ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"]})).into_response(),
-        "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": "1700000000.999999"})).into_response(),
+        "chat.update" => axum::Json(
+            json!({"ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"]}),
+        )
+        .into_response(),
+        "chat.postEphemeral" => {
+            axum::Json(json!({"ok": true, "message_ts": "1700000000.999999"})).into_response()
+        }
         _ => (StatusCode::NOT_FOUND, "unknown method").into_response(),
     }
 }
@@ -91,7 +122,9 @@ async fn api(State(slack): State<Arc<FakeSlack>>, AxPath(method): AxPath<String>
 /// Serves the fake Slack on 127.0.0.1; returns it and its base URL.
 pub async fn fake_slack() -> (Arc<FakeSlack>, String) {
     let slack = Arc::new(FakeSlack::default());
-    let app = Router::new().route("/api/{method}", axum::routing::post(api)).with_state(slack.clone());
+    let app = Router::new()
+        .route("/api/{method}", axum::routing::post(api))
+        .with_state(slack.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -107,9 +140,14 @@ pub struct Bot {
 }
 
 impl Bot {
-    pub async fn start(slack_url: &str, dir: &Path, tweak: impl FnOnce(&mut baton_bot::settings::Settings)) -> Bot {
+    pub async fn start(
+        slack_url: &str,
+        dir: &Path,
+        tweak: impl FnOnce(&mut baton_bot::settings::Settings),
+    ) -> Bot {
         let db_url = format!("sqlite://{}?mode=rwc", dir.join("baton.db").display());
-        let mut settings = baton_bot::settings::Settings::for_tests(slack_url, &db_url, SIGNING_SECRET);
+        let mut settings =
+            baton_bot::settings::Settings::for_tests(slack_url, &db_url, SIGNING_SECRET);
         settings.agent_keys = format!("e2e:{AGENT_KEY}").into();
         settings.admins = vec!["UADMIN".into()];
         tweak(&mut settings);
@@ -120,7 +158,12 @@ impl Bot {
         let handle = tokio::spawn(baton_bot::run(settings, listener, clock, async {
             let _ = rx.await;
         }));
-        Bot { addr, db_url, stop: Some(stop), handle: Some(handle) }
+        Bot {
+            addr,
+            db_url,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -133,7 +176,9 @@ impl Bot {
     }
 
     pub async fn store(&self) -> baton_bot::store::Store {
-        baton_bot::store::Store::connect(&self.db_url).await.unwrap()
+        baton_bot::store::Store::connect(&self.db_url)
+            .await
+            .unwrap()
     }
 }
 
@@ -145,9 +190,18 @@ pub fn sign(secret: &str, ts: &str, body: &str) -> String {
 }
 
 /// A minimal HTTP/1.1 request over a fresh connection; returns status and body.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -157,9 +211,19 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let body = match text.split_once("\r\n\r\n") {
-        Some((head, b)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => dechunk(b),
+        Some((head, b))
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked") =>
+        {
+            dechunk(b)
+        }
         Some((_, b)) => b.to_owned(),
         None => String::new(),
     };
@@ -180,9 +244,18 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// Posts a form to a Slack route, signed (or with a wrong signature).
-pub async fn post_signed(addr: SocketAddr, path: &str, form: &[(&str, &str)], secret: &str) -> (u16, String) {
+pub async fn post_signed(
+    addr: SocketAddr,
+    path: &str,
+    form: &[(&str, &str)],
+    secret: &str,
+) -> (u16, String) {
     let body = serde_urlencoded::to_string(form).unwrap();
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     let sig = sign(secret, &ts, &body);
     http(
         addr,
@@ -219,7 +292,12 @@ pub fn project_dir(dir: &Path, script: &str) -> PathBuf {
 }
 
 /// The real agent binary, started with a config serving `project` from `path`.
-pub fn start_agent(dir: &Path, bot: SocketAddr, path: &Path, capacity: u32) -> tokio::process::Child {
+pub fn start_agent(
+    dir: &Path,
+    bot: SocketAddr,
+    path: &Path,
+    capacity: u32,
+) -> tokio::process::Child {
     let cfg = format!(
         "server = \"ws://{bot}/agents\"\nkey = \"{AGENT_KEY}\"\ncapacity = {capacity}\nstate_dir = \"{}\"\ncancel_grace_secs = 2\n\n[[project]]\nname = \"web\"\npath = \"{}\"\nexecutor = \"command\"\ncommand = [\"/bin/sh\", \"./run.sh\"]\nmax_concurrent = {capacity}\n",
         dir.join("agent-state").display(),
@@ -240,7 +318,10 @@ pub fn start_agent(dir: &Path, bot: SocketAddr, path: &Path, capacity: u32) -> t
 pub async fn wait_for<F: FnMut() -> bool>(secs: u64, what: &str, mut cond: F) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -253,7 +334,10 @@ pub async fn wait_agents(addr: SocketAddr, n: usize) {
         if body.contains(&format!("baton_agents_connected {n}\n")) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "agents never connected: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents never connected: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

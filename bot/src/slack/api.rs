@@ -37,7 +37,10 @@ impl SlackCallError {
         match self {
             SlackCallError::RateLimited { .. } | SlackCallError::Transport(_) => true,
             SlackCallError::Api(code) => {
-                matches!(code.as_str(), "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout")
+                matches!(
+                    code.as_str(),
+                    "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout"
+                )
             }
         }
     }
@@ -66,7 +69,9 @@ pub struct MessageBody {
 
 impl MessageBody {
     fn content(&self) -> SlackMessageContent {
-        SlackMessageContent::new().with_text(self.text.clone()).with_blocks(self.blocks.clone())
+        SlackMessageContent::new()
+            .with_text(self.text.clone())
+            .with_blocks(self.blocks.clone())
     }
 }
 
@@ -88,12 +93,21 @@ impl std::fmt::Debug for SlackApi {
 impl SlackApi {
     /// A client for the Web API at `api_url` (`http://` allowed, for emulators).
     pub fn new(api_url: &str, token: &SecretString) -> anyhow::Result<Self> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| anyhow::anyhow!("Cannot load the system's TLS root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => b,
+            Err(e) => {
+                // Still usable for an http:// emulator; https calls will fail visibly.
+                tracing::warn!(error = %e, "no system TLS root certificates; https to Slack will fail (install ca-certificates)");
+                let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
+            }
+        };
+        let https = builder.https_or_http().enable_http1().build();
         let connector = SlackClientHyperConnector::with_connector(https)
             .with_slack_api_url(api_url.trim_end_matches('/'));
         Ok(SlackApi {
@@ -116,7 +130,11 @@ impl SlackApi {
     ) -> Result<String, SlackCallError> {
         let req = SlackApiChatPostMessageRequest::new(channel.into(), body.content())
             .opt_thread_ts(thread_ts.map(Into::into));
-        let res = self.client.open_session(&self.token).chat_post_message(&req).await?;
+        let res = self
+            .client
+            .open_session(&self.token)
+            .chat_post_message(&req)
+            .await?;
         Ok(res.ts.0)
     }
 
@@ -128,7 +146,10 @@ impl SlackApi {
         body: &MessageBody,
     ) -> Result<(), SlackCallError> {
         let req = SlackApiChatUpdateRequest::new(channel.into(), body.content(), ts.into());
-        self.client.open_session(&self.token).chat_update(&req).await?;
+        self.client
+            .open_session(&self.token)
+            .chat_update(&req)
+            .await?;
         Ok(())
     }
 
@@ -144,7 +165,10 @@ impl SlackApi {
             user.into(),
             SlackMessageContent::new().with_text(text.to_owned()),
         );
-        self.client.open_session(&self.token).chat_post_ephemeral(&req).await?;
+        self.client
+            .open_session(&self.token)
+            .chat_post_ephemeral(&req)
+            .await?;
         Ok(())
     }
 }

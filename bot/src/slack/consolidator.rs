@@ -125,7 +125,12 @@ impl std::fmt::Debug for Consolidator {
 
 impl Consolidator {
     /// A consolidator with `updates_per_minute` `chat.update` calls per workspace.
-    pub fn new(api: SlackApi, store: Store, edit_interval: Duration, updates_per_minute: u32) -> Self {
+    pub fn new(
+        api: SlackApi,
+        store: Store,
+        edit_interval: Duration,
+        updates_per_minute: u32,
+    ) -> Self {
         let per_minute = NonZeroU32::new(updates_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(UPDATE_BURST.min(per_minute.get())).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(per_minute).allow_burst(burst);
@@ -174,7 +179,9 @@ impl Consolidator {
     /// Whether nothing is pending or in flight.
     pub fn is_idle(&self) -> bool {
         lock(&self.inner.dirty).is_empty()
-            && lock(&self.inner.slots).values().all(|s| !s.in_flight && s.pending.is_none())
+            && lock(&self.inner.slots)
+                .values()
+                .all(|s| !s.in_flight && s.pending.is_none())
     }
 
     /// Runs the driver until `shutdown` resolves, then flushes what is
@@ -183,7 +190,9 @@ impl Consolidator {
         tokio::pin!(shutdown);
         loop {
             let next = self.pass();
-            let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
+            let sleep = tokio::time::sleep_until(
+                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            );
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.inner.wake.notified() => {}
@@ -192,7 +201,9 @@ impl Consolidator {
         }
         let deadline = Instant::now() + flush_for;
         while !self.is_idle() && Instant::now() < deadline {
-            let next = self.pass().unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+            let next = self
+                .pass()
+                .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep_until(next.min(deadline)) => {}
@@ -211,12 +222,20 @@ impl Consolidator {
             let mut dirty = lock(&self.inner.dirty);
             let slots = lock(&self.inner.slots);
             dirty.retain(|id| {
-                let Some(slot) = slots.get(id) else { return false };
-                let Some((task, _)) = &slot.pending else { return slot.in_flight };
+                let Some(slot) = slots.get(id) else {
+                    return false;
+                };
+                let Some((task, _)) = &slot.pending else {
+                    return slot.in_flight;
+                };
                 if slot.in_flight {
                     return true;
                 }
-                let method = if slot.ts.is_some() { Method::Update } else { Method::Post };
+                let method = if slot.ts.is_some() {
+                    Method::Update
+                } else {
+                    Method::Post
+                };
                 let mut due = slot.retry_at.unwrap_or(now);
                 if let Some(last) = slot.last_sent {
                     due = due.max(last + self.inner.edit_interval);
@@ -236,16 +255,24 @@ impl Consolidator {
         for (_, id) in ready {
             let (task, position, ts) = {
                 let mut slots = lock(&self.inner.slots);
-                let Some(slot) = slots.get_mut(&id) else { continue };
+                let Some(slot) = slots.get_mut(&id) else {
+                    continue;
+                };
                 if slot.ts.is_some() {
-                    let team = slot.pending.as_ref().map(|(t, _)| t.team_id.clone()).unwrap_or_default();
+                    let team = slot
+                        .pending
+                        .as_ref()
+                        .map(|(t, _)| t.team_id.clone())
+                        .unwrap_or_default();
                     if let Err(not_until) = self.inner.budget.check_key(&team) {
                         let wait = not_until.wait_time_from(tokio::time::Instant::now().into_std());
                         earliest(now + wait);
                         continue;
                     }
                 }
-                let Some((task, position)) = slot.pending.take() else { continue };
+                let Some((task, position)) = slot.pending.take() else {
+                    continue;
+                };
                 slot.in_flight = true;
                 slot.last_sent = Some(now);
                 (task, position, slot.ts.clone())
@@ -266,7 +293,9 @@ impl Consolidator {
             Some(ts) => self.update(&task, &ts, &rendered).await,
         };
         let mut slots = lock(&self.inner.slots);
-        let Some(slot) = slots.get_mut(&id) else { return };
+        let Some(slot) = slots.get_mut(&id) else {
+            return;
+        };
         slot.in_flight = false;
         match result {
             Ok(new_ts) => {
@@ -280,7 +309,11 @@ impl Consolidator {
                 }
             }
             Err(err) => {
-                let method = if slot.ts.is_some() { Method::Update } else { Method::Post };
+                let method = if slot.ts.is_some() {
+                    Method::Update
+                } else {
+                    Method::Post
+                };
                 slot.attempts += 1;
                 let give_up = !err.is_retryable()
                     || (!state.is_terminal() && slot.attempts >= MAX_ATTEMPTS_NON_TERMINAL);
@@ -319,12 +352,20 @@ impl Consolidator {
     }
 
     /// Posts the task's message and records its ts.
-    async fn post(&self, task: &Task, rendered: &Rendered) -> Result<Option<String>, SlackCallError> {
+    async fn post(
+        &self,
+        task: &Task,
+        rendered: &Rendered,
+    ) -> Result<Option<String>, SlackCallError> {
         lock(&self.inner.stats).posts += 1;
         let ts = self
             .inner
             .api
-            .post_message(&task.channel_id, task.thread_ts.as_deref(), &rendered.message)
+            .post_message(
+                &task.channel_id,
+                task.thread_ts.as_deref(),
+                &rendered.message,
+            )
             .await?;
         if let Err(err) = self.inner.store.set_message_ts(task.id, &ts).await {
             tracing::error!(task = task.id, error = %err, "Cannot record the task's message ts");
@@ -336,22 +377,50 @@ impl Consolidator {
     }
 
     /// Edits the task's message; a terminal edit also completes the thread and marks it synced.
-    async fn update(&self, task: &Task, ts: &str, rendered: &Rendered) -> Result<Option<String>, SlackCallError> {
+    async fn update(
+        &self,
+        task: &Task,
+        ts: &str,
+        rendered: &Rendered,
+    ) -> Result<Option<String>, SlackCallError> {
         let state = render::task_state(task);
         if !state.is_terminal() {
             // What Slack is about to show is what a restart will show again.
             let _ = self
                 .inner
                 .store
-                .save_progress(task.id, task.last_seq, &task.steps, task.step_count, &task.output_tail)
+                .save_progress(
+                    task.id,
+                    task.last_seq,
+                    &task.steps,
+                    task.step_count,
+                    &task.output_tail,
+                )
                 .await;
         }
         lock(&self.inner.stats).updates += 1;
-        match self.inner.api.update_message(&task.channel_id, ts, &rendered.message).await {
-            Err(SlackCallError::Api(code)) if code == "msg_too_long" || code == "invalid_blocks" => {
-                tracing::warn!(task = task.id, code, "Slack refused the render; sending a plain one");
-                let plain = MessageBody { text: rendered.message.text.clone(), blocks: Vec::new() };
-                self.inner.api.update_message(&task.channel_id, ts, &plain).await?;
+        match self
+            .inner
+            .api
+            .update_message(&task.channel_id, ts, &rendered.message)
+            .await
+        {
+            Err(SlackCallError::Api(code))
+                if code == "msg_too_long" || code == "invalid_blocks" =>
+            {
+                tracing::warn!(
+                    task = task.id,
+                    code,
+                    "Slack refused the render; sending a plain one"
+                );
+                let plain = MessageBody {
+                    text: rendered.message.text.clone(),
+                    blocks: Vec::new(),
+                };
+                self.inner
+                    .api
+                    .update_message(&task.channel_id, ts, &plain)
+                    .await?;
             }
             other => other?,
         }
@@ -362,15 +431,32 @@ impl Consolidator {
     }
 
     /// Posts the result's continuation replies not yet posted, then marks the task synced.
-    async fn finish_thread(&self, task: &Task, ts: &str, rendered: &Rendered) -> Result<(), SlackCallError> {
+    async fn finish_thread(
+        &self,
+        task: &Task,
+        ts: &str,
+        rendered: &Rendered,
+    ) -> Result<(), SlackCallError> {
         let mut posted = task.result_parts_posted.max(0) as usize;
         for part in rendered.continuation.iter().skip(posted) {
             lock(&self.inner.stats).posts += 1;
-            self.inner.api.post_message(&task.channel_id, Some(ts), part).await?;
+            self.inner
+                .api
+                .post_message(&task.channel_id, Some(ts), part)
+                .await?;
             posted += 1;
-            let _ = self.inner.store.set_result_parts_posted(task.id, posted as i32).await;
+            let _ = self
+                .inner
+                .store
+                .set_result_parts_posted(task.id, posted as i32)
+                .await;
         }
-        if let Err(err) = self.inner.store.mark_slack_synced(task.id, posted as i32).await {
+        if let Err(err) = self
+            .inner
+            .store
+            .mark_slack_synced(task.id, posted as i32)
+            .await
+        {
             tracing::error!(task = task.id, error = %err, "Cannot record that the final state is shown");
         }
         Ok(())

@@ -52,7 +52,9 @@ impl Reply {
     pub fn to_json(&self) -> Option<serde_json::Value> {
         match self {
             Reply::Empty => None,
-            Reply::Ephemeral(text) => Some(serde_json::json!({"response_type": "ephemeral", "text": text})),
+            Reply::Ephemeral(text) => {
+                Some(serde_json::json!({"response_type": "ephemeral", "text": text}))
+            }
         }
     }
 }
@@ -63,7 +65,17 @@ pub async fn handle_command(app: &Arc<App>, cmd: SlashCommand) -> Reply {
     let _enter = span.enter();
     match cmd.command.trim() {
         "/baton-admin" => Reply::Ephemeral(admin::handle(app, &cmd).await),
-        _ => handle_baton(app, &cmd.text, &cmd.user_id, &cmd.team_id, &cmd.channel_id, None).await,
+        _ => {
+            handle_baton(
+                app,
+                &cmd.text,
+                &cmd.user_id,
+                &cmd.team_id,
+                &cmd.channel_id,
+                None,
+            )
+            .await
+        }
     }
 }
 
@@ -82,7 +94,11 @@ async fn handle_baton(
     };
     let result = match command {
         Command::Help => Ok(commands::help()),
-        Command::Run { persona, project, prompt } => {
+        Command::Run {
+            persona,
+            project,
+            prompt,
+        } => {
             let req = TaskRequest {
                 persona,
                 project,
@@ -110,7 +126,11 @@ async fn handle_baton(
 async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, RequestError> {
     match id {
         Some(id) => {
-            let t = app.store.task(id.0).await?.ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+            let t = app
+                .store
+                .task(id.0)
+                .await?
+                .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
             Ok(crate::admin::task_line(&t))
         }
         None => {
@@ -127,7 +147,10 @@ async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, Req
             }
             Ok(format!(
                 "*Your recent tasks*\n{}",
-                mine.iter().map(crate::admin::task_line).collect::<Vec<_>>().join("\n")
+                mine.iter()
+                    .map(crate::admin::task_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ))
         }
     }
@@ -141,7 +164,11 @@ async fn queue(app: &App) -> Result<String, RequestError> {
     let mut out = String::from("*Waiting tasks*\n");
     for p in projects {
         let n = app.store.queue_len(&p).await?;
-        let why = app.hub.why_waiting(&p).map(|r| r.describe()).unwrap_or("about to be dispatched");
+        let why = app
+            .hub
+            .why_waiting(&p)
+            .map(|r| r.describe())
+            .unwrap_or("about to be dispatched");
         out.push_str(&format!("• `{p}`: {n} waiting — {why}\n"));
     }
     Ok(out)
@@ -196,15 +223,19 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
         };
         let reply = match action.action_id.as_str() {
             ACTION_CANCEL => match app.store.task(id.0).await {
-                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| s.is_terminal()) => {
-                    Some(replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)))
-                }
-                _ => Some(app.cancel(id, &user).await.unwrap_or_else(|e| e.user_text())),
+                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| s.is_terminal()) => Some(
+                    replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)),
+                ),
+                _ => Some(
+                    app.cancel(id, &user)
+                        .await
+                        .unwrap_or_else(|e| e.user_text()),
+                ),
             },
             ACTION_RETRY => match app.store.task(id.0).await {
-                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| !s.can_retry()) => {
-                    Some(replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)))
-                }
+                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| !s.can_retry()) => Some(
+                    replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)),
+                ),
                 _ => Some(app.retry(id, &user).await.unwrap_or_else(|e| e.user_text())),
             },
             other => {
@@ -212,12 +243,14 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
                 None
             }
         };
-        if let Some(text) = reply {
-            if !payload.channel.id.is_empty() {
-                if let Err(err) = app.slack.post_ephemeral(&payload.channel.id, &user, &text).await {
-                    tracing::warn!(error = %err, "cannot answer a button click");
-                }
-            }
+        if let Some(text) = reply
+            && !payload.channel.id.is_empty()
+            && let Err(err) = app
+                .slack
+                .post_ephemeral(&payload.channel.id, &user, &text)
+                .await
+        {
+            tracing::warn!(error = %err, "cannot answer a button click");
         }
     }
 }
@@ -289,10 +322,10 @@ fn strip_mentions(text: &str, bot: Option<&str>) -> String {
         out = out.replace(&format!("<@{bot}>"), " ");
     }
     let trimmed = out.trim_start();
-    if let Some(rest) = trimmed.strip_prefix("<@") {
-        if let Some(end) = rest.find('>') {
-            return rest[end + 1..].trim().to_owned();
-        }
+    if let Some(rest) = trimmed.strip_prefix("<@")
+        && let Some(end) = rest.find('>')
+    {
+        return rest[end + 1..].trim().to_owned();
     }
     out.trim().to_owned()
 }
@@ -300,8 +333,16 @@ fn strip_mentions(text: &str, bot: Option<&str>) -> String {
 /// Handles an Events API callback after its event id was seen for the first time.
 pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     let Some(event) = env.event else { return };
-    let bot = env.authorizations.first().map(|a| a.user_id.as_str()).filter(|s| !s.is_empty());
-    if event.bot_id.is_some() || event.subtype.is_some() || event.user.is_empty() || Some(event.user.as_str()) == bot {
+    let bot = env
+        .authorizations
+        .first()
+        .map(|a| a.user_id.as_str())
+        .filter(|s| !s.is_empty());
+    if event.bot_id.is_some()
+        || event.subtype.is_some()
+        || event.user.is_empty()
+        || Some(event.user.as_str()) == bot
+    {
         return;
     }
     match event.kind.as_str() {
@@ -309,8 +350,13 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
         "message" => {
             // Only thread replies to a task continue it; a message that mentions
             // the bot also arrives as app_mention and is handled there.
-            let Some(thread) = event.thread_ts.as_deref() else { return };
-            if thread == event.ts || event.text.contains("<@") && bot.is_none_or(|b| event.text.contains(&format!("<@{b}>"))) {
+            let Some(thread) = event.thread_ts.as_deref() else {
+                return;
+            };
+            if thread == event.ts
+                || event.text.contains("<@")
+                    && bot.is_none_or(|b| event.text.contains(&format!("<@{b}>")))
+            {
                 return;
             }
         }
@@ -318,27 +364,51 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     }
     let text = strip_mentions(&event.text, bot);
     let parent = match event.thread_ts.as_deref() {
-        Some(thread) if thread != event.ts => app.store.task_by_message(&event.channel, thread).await.ok().flatten(),
+        Some(thread) if thread != event.ts => app
+            .store
+            .task_by_message(&event.channel, thread)
+            .await
+            .ok()
+            .flatten(),
         _ => None,
     };
     let reply = match parent {
         Some(parent) => follow_up(app, parent, &text, &event, &env.team_id).await,
         None if event.kind == "app_mention" => {
-            handle_baton(app, &text, &event.user, &env.team_id, &event.channel, event.thread_ts.as_deref()).await
+            handle_baton(
+                app,
+                &text,
+                &event.user,
+                &env.team_id,
+                &event.channel,
+                event.thread_ts.as_deref(),
+            )
+            .await
         }
         None => Reply::Empty,
     };
-    if let Reply::Ephemeral(text) = reply {
-        if let Err(err) = app.slack.post_ephemeral(&event.channel, &event.user, &text).await {
-            tracing::warn!(error = %err, "cannot answer a mention");
-        }
+    if let Reply::Ephemeral(text) = reply
+        && let Err(err) = app
+            .slack
+            .post_ephemeral(&event.channel, &event.user, &text)
+            .await
+    {
+        tracing::warn!(error = %err, "cannot answer a mention");
     }
 }
 
 /// A reply in a task's thread: a follow-up task resuming its session.
-async fn follow_up(app: &Arc<App>, parent: crate::store::Task, text: &str, event: &Event, team: &str) -> Reply {
+async fn follow_up(
+    app: &Arc<App>,
+    parent: crate::store::Task,
+    text: &str,
+    event: &Event,
+    team: &str,
+) -> Reply {
     let (persona, prompt) = match commands::parse(text) {
-        Ok(Command::Run { persona, prompt, .. }) => (persona, prompt),
+        Ok(Command::Run {
+            persona, prompt, ..
+        }) => (persona, prompt),
         Ok(_) => return handle_baton(app, text, &event.user, team, &event.channel, None).await,
         Err(e) => return Reply::Ephemeral(e.0),
     };
@@ -347,7 +417,11 @@ async fn follow_up(app: &Arc<App>, parent: crate::store::Task, text: &str, event
         project: baton_shared::ProjectName::new(parent.project.clone()).ok(),
         prompt,
         requester: event.user.clone(),
-        team_id: if team.is_empty() { parent.team_id.clone() } else { team.to_owned() },
+        team_id: if team.is_empty() {
+            parent.team_id.clone()
+        } else {
+            team.to_owned()
+        },
         channel_id: parent.channel_id.clone(),
         thread_ts: parent.message_ts.clone(),
         parent_id: Some(parent.id),
@@ -367,6 +441,9 @@ mod tests {
     fn mentions_are_stripped() {
         assert_eq!(strip_mentions("<@UBOT> fix it", Some("UBOT")), "fix it");
         assert_eq!(strip_mentions("<@UOTHER> fix it", None), "fix it");
-        assert_eq!(strip_mentions("please <@UBOT> fix it", Some("UBOT")), "please   fix it");
+        assert_eq!(
+            strip_mentions("please <@UBOT> fix it", Some("UBOT")),
+            "please   fix it"
+        );
     }
 }

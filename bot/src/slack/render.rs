@@ -71,13 +71,18 @@ fn section(text: String) -> SlackBlock {
 }
 
 fn context(text: String) -> SlackBlock {
-    SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(
-        text,
-    ))])
+    SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(
+        SlackBlockMarkDownText::new(text),
+    )])
     .into()
 }
 
-fn button(action: &str, label: &str, task: i64, style: Option<SlackBlockButtonStyle>) -> SlackActionBlockElement {
+fn button(
+    action: &str,
+    label: &str,
+    task: i64,
+    style: Option<SlackBlockButtonStyle>,
+) -> SlackActionBlockElement {
     SlackActionBlockElement::Button(
         SlackBlockButtonElement::new(pt!(label))
             .with_action_id(action.into())
@@ -106,9 +111,16 @@ fn header(task: &Task, state: TaskState, now_ms: i64) -> String {
 
 /// Why a queued task waits, and where it is in the queue.
 fn waiting_line(task: &Task, position: Option<u64>) -> String {
-    let reason = task.wait_reason.as_deref().unwrap_or("waiting for an agent");
+    let reason = task
+        .wait_reason
+        .as_deref()
+        .unwrap_or("waiting for an agent");
     match position {
-        Some(p) => format!(":hourglass: Position {p} in the `{}` queue — {}", mrkdwn::escape(&task.project), mrkdwn::escape(reason)),
+        Some(p) => format!(
+            ":hourglass: Position {p} in the `{}` queue — {}",
+            mrkdwn::escape(&task.project),
+            mrkdwn::escape(reason)
+        ),
         None => format!(":hourglass: {}", mrkdwn::escape(reason)),
     }
 }
@@ -147,11 +159,22 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
 
     blocks.push(section(header(task, state, now_ms)));
     let prompt = mrkdwn::truncate_chars(task.prompt.trim(), PROMPT_SHOWN_CHARS, "…");
-    let quoted: String = prompt.lines().map(|l| format!("> {}\n", mrkdwn::escape(l))).collect();
-    blocks.push(section(mrkdwn::truncate_chars(quoted.trim_end(), SECTION_TEXT_MAX, "…")));
+    let quoted: String = prompt
+        .lines()
+        .map(|l| format!("> {}\n", mrkdwn::escape(l)))
+        .collect();
+    blocks.push(section(mrkdwn::truncate_chars(
+        quoted.trim_end(),
+        SECTION_TEXT_MAX,
+        "…",
+    )));
 
     if state == TaskState::Queued {
-        blocks.push(context(mrkdwn::truncate_chars(&waiting_line(task, position), SECTION_TEXT_MAX, "…")));
+        blocks.push(context(mrkdwn::truncate_chars(
+            &waiting_line(task, position),
+            SECTION_TEXT_MAX,
+            "…",
+        )));
     }
 
     let steps = steps_of(task);
@@ -163,16 +186,27 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         }
         for step in steps.iter().rev().take(SHOWN_STEPS).rev() {
             text.push_str("• ");
-            text.push_str(&mrkdwn::escape(&mrkdwn::truncate_chars(step, STEP_SHOWN_CHARS, "…")));
+            text.push_str(&mrkdwn::escape(&mrkdwn::truncate_chars(
+                step,
+                STEP_SHOWN_CHARS,
+                "…",
+            )));
             text.push('\n');
         }
-        blocks.push(section(mrkdwn::truncate_chars(text.trim_end(), SECTION_TEXT_MAX, "…")));
+        blocks.push(section(mrkdwn::truncate_chars(
+            text.trim_end(),
+            SECTION_TEXT_MAX,
+            "…",
+        )));
     }
 
     let live = !state.is_terminal();
     if live && !task.output_tail.trim().is_empty() {
         let tail = mrkdwn::tail_chars(task.output_tail.trim_end(), OUTPUT_TAIL_SHOWN_CHARS);
-        blocks.push(section(format!("```\n{}\n```", mrkdwn::escape(tail).replace("```", "ˋˋˋ"))));
+        blocks.push(section(format!(
+            "```\n{}\n```",
+            mrkdwn::escape(tail).replace("```", "ˋˋˋ")
+        )));
     }
 
     match state {
@@ -199,7 +233,11 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
                 blocks.push(context(format!(
                     ":thread: The result continues in this thread ({} more part{}).",
                     total - RESULT_SECTIONS_IN_MESSAGE,
-                    if total - RESULT_SECTIONS_IN_MESSAGE == 1 { "" } else { "s" }
+                    if total - RESULT_SECTIONS_IN_MESSAGE == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
                 )));
             }
             let meta: ResultMeta = task
@@ -219,7 +257,11 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
                 } else {
                     mrkdwn::escape(err)
                 };
-                blocks.push(section(mrkdwn::truncate_chars(&text, SECTION_TEXT_MAX, "…")));
+                blocks.push(section(mrkdwn::truncate_chars(
+                    &text,
+                    SECTION_TEXT_MAX,
+                    "…",
+                )));
             }
         }
         _ => {}
@@ -231,13 +273,27 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
 
     let mut buttons = Vec::new();
     if state.can_cancel() {
-        buttons.push(button(ACTION_CANCEL, "Cancel", task.id, Some(SlackBlockButtonStyle::Danger)));
+        buttons.push(button(
+            ACTION_CANCEL,
+            "Cancel",
+            task.id,
+            Some(SlackBlockButtonStyle::Danger),
+        ));
     }
     if state.can_retry() {
-        buttons.push(button(ACTION_RETRY, "Retry", task.id, Some(SlackBlockButtonStyle::Primary)));
+        buttons.push(button(
+            ACTION_RETRY,
+            "Retry",
+            task.id,
+            Some(SlackBlockButtonStyle::Primary),
+        ));
     }
     if !buttons.is_empty() {
-        blocks.push(SlackActionsBlock::new(buttons).with_block_id(format!("task-{}", task.id).into()).into());
+        blocks.push(
+            SlackActionsBlock::new(buttons)
+                .with_block_id(format!("task-{}", task.id).into())
+                .into(),
+        );
     }
     blocks.truncate(MAX_BLOCKS);
 
@@ -249,7 +305,10 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         mrkdwn::truncate_chars(task.prompt.trim(), 200, "…")
     );
     Rendered {
-        message: MessageBody { text: mrkdwn::truncate_chars(&fallback, FALLBACK_TEXT_MAX, "…"), blocks },
+        message: MessageBody {
+            text: mrkdwn::truncate_chars(&fallback, FALLBACK_TEXT_MAX, "…"),
+            blocks,
+        },
         continuation,
     }
 }

@@ -25,7 +25,9 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier for the signing secret.
     pub fn new(secret: &str) -> Self {
-        Verifier(SlackEventSignatureVerifier::new(&SlackSigningSecret::new(secret.to_owned())))
+        Verifier(SlackEventSignatureVerifier::new(&SlackSigningSecret::new(
+            secret.to_owned(),
+        )))
     }
 }
 
@@ -35,7 +37,9 @@ pub async fn verify_slack(State(verifier): State<Verifier>, req: Request, next: 
     let (parts, body) = req.into_parts();
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_SLACK_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response(),
+        Err(_) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+        }
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(signature), Some(timestamp)) = (
@@ -51,5 +55,6 @@ pub async fn verify_slack(State(verifier): State<Verifier>, req: Request, next: 
         tracing::warn!(error = %err, "Slack request with a bad signature refused");
         return (StatusCode::UNAUTHORIZED, "bad Slack signature\n").into_response();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }

@@ -123,7 +123,11 @@ impl Store {
         let mut opts = ConnectOptions::new(url.to_owned());
         let sqlite = url.starts_with("sqlite:");
         opts.sqlx_logging(false)
-            .max_connections(if sqlite { SQLITE_POOL_SIZE } else { POSTGRES_POOL_SIZE })
+            .max_connections(if sqlite {
+                SQLITE_POOL_SIZE
+            } else {
+                POSTGRES_POOL_SIZE
+            })
             .min_connections(1)
             .map_sqlx_sqlite_opts(|o| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -134,7 +138,9 @@ impl Store {
         let db = Database::connect(opts)
             .await
             .with_context(|| format!("Cannot open the database at {}", redact_url(url)))?;
-        Migrator::up(&db, None).await.context("Cannot run the database migrations")?;
+        Migrator::up(&db, None)
+            .await
+            .context("Cannot run the database migrations")?;
         Ok(Store { db })
     }
 
@@ -192,7 +198,10 @@ impl Store {
 
     /// One task.
     pub async fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
-        task::Entity::find_by_id(id).one(&self.db).await.context("Cannot read the task")
+        task::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .context("Cannot read the task")
     }
 
     /// The task whose message has this ts in this channel (thread replies).
@@ -220,11 +229,17 @@ impl Store {
     pub async fn claim(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
         let now = now_ms();
         let res = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::value(TaskState::Dispatched.as_str()))
+            .col_expr(
+                task::Column::State,
+                Expr::value(TaskState::Dispatched.as_str()),
+            )
             .col_expr(task::Column::Agent, Expr::value(agent))
             .col_expr(task::Column::DispatchedAt, Expr::value(now))
             .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .col_expr(task::Column::WaitReason, Expr::value(Option::<String>::None))
+            .col_expr(
+                task::Column::WaitReason,
+                Expr::value(Option::<String>::None),
+            )
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .exec(&self.db)
@@ -237,7 +252,10 @@ impl Store {
     pub async fn mark_running(&self, id: i64, agent: &str, seq: i64) -> anyhow::Result<bool> {
         let now = now_ms();
         let res = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::value(TaskState::Running.as_str()))
+            .col_expr(
+                task::Column::State,
+                Expr::value(TaskState::Running.as_str()),
+            )
             .col_expr(task::Column::StartedAt, Expr::value(now))
             .col_expr(task::Column::UpdatedAt, Expr::value(now))
             .col_expr(task::Column::LastSeq, Expr::value(seq))
@@ -255,7 +273,10 @@ impl Store {
     pub async fn force_running(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
         let now = now_ms();
         let res = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::value(TaskState::Running.as_str()))
+            .col_expr(
+                task::Column::State,
+                Expr::value(TaskState::Running.as_str()),
+            )
             .col_expr(task::Column::StartedAt, Expr::value(now))
             .col_expr(task::Column::UpdatedAt, Expr::value(now))
             .filter(task::Column::Id.eq(id))
@@ -349,14 +370,22 @@ impl Store {
                 .filter(task::Column::LastSeq.lt(seq));
         }
         q = match ending {
-            Ending::Completed { text, session_id, meta } => q
+            Ending::Completed {
+                text,
+                session_id,
+                meta,
+            } => q
                 .col_expr(task::Column::Result, Expr::value(text.as_str()))
                 .col_expr(
                     task::Column::ResultMeta,
                     Expr::value(serde_json::to_string(meta).unwrap_or_default()),
                 )
                 .col_expr(task::Column::SessionId, Expr::value(session_id.clone())),
-            Ending::Failed { error, cause, session_id } => {
+            Ending::Failed {
+                error,
+                cause,
+                session_id,
+            } => {
                 let q = q
                     .col_expr(task::Column::Error, Expr::value(error.as_str()))
                     .col_expr(task::Column::FailureCause, Expr::value(cause.as_str()));
@@ -369,7 +398,10 @@ impl Store {
                 q.col_expr(task::Column::Error, Expr::value(note.as_str()))
             }
         };
-        let res = q.exec(&self.db).await.context("Cannot record the task's end")?;
+        let res = q
+            .exec(&self.db)
+            .await
+            .context("Cannot record the task's end")?;
         Ok(res.rows_affected == 1)
     }
 
@@ -379,10 +411,7 @@ impl Store {
             .col_expr(task::Column::CancelRequested, Expr::value(true))
             .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
             .filter(task::Column::Id.eq(id))
-            .filter(
-                task::Column::State
-                    .is_in(states(&[TaskState::Dispatched, TaskState::Running])),
-            )
+            .filter(task::Column::State.is_in(states(&[TaskState::Dispatched, TaskState::Running])))
             .exec(&self.db)
             .await
             .context("Cannot record the cancel")?;
@@ -407,14 +436,12 @@ impl Store {
             .col_expr(task::Column::SlackSynced, Expr::value(true))
             .col_expr(task::Column::ResultPartsPosted, Expr::value(parts_posted))
             .filter(task::Column::Id.eq(id))
-            .filter(
-                task::Column::State.is_in(states(&[
-                    TaskState::Completed,
-                    TaskState::Failed,
-                    TaskState::Cancelled,
-                    TaskState::Expired,
-                ])),
-            )
+            .filter(task::Column::State.is_in(states(&[
+                TaskState::Completed,
+                TaskState::Failed,
+                TaskState::Cancelled,
+                TaskState::Expired,
+            ])))
             .exec(&self.db)
             .await
             .context("Cannot record that Slack is up to date")?;
@@ -538,7 +565,11 @@ impl Store {
             created_at: Set(now_ms()),
         };
         project::Entity::insert(row)
-            .on_conflict(OnConflict::column(project::Column::Name).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::column(project::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
             .do_nothing()
             .exec(&self.db)
             .await
@@ -550,7 +581,10 @@ impl Store {
     pub async fn bind_project(&self, name: &str, channel: &str) -> anyhow::Result<()> {
         self.ensure_project(name).await?;
         project::Entity::update_many()
-            .col_expr(project::Column::ChannelId, Expr::value(Option::<String>::None))
+            .col_expr(
+                project::Column::ChannelId,
+                Expr::value(Option::<String>::None),
+            )
             .filter(project::Column::ChannelId.eq(channel))
             .exec(&self.db)
             .await
@@ -616,7 +650,9 @@ impl Store {
                 row.revoked_at = Set(None);
                 row.created_at = Set(now_ms());
                 row.created_by = Set(Some(created_by.to_owned()));
-                row.update(&self.db).await.context("Cannot update the agent")?;
+                row.update(&self.db)
+                    .await
+                    .context("Cannot update the agent")?;
                 Ok(true)
             }
             None => {
@@ -656,7 +692,11 @@ impl Store {
             received_at: Set(now_ms()),
         };
         let res = slack_event::Entity::insert(row)
-            .on_conflict(OnConflict::column(slack_event::Column::EventId).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::column(slack_event::Column::EventId)
+                    .do_nothing()
+                    .to_owned(),
+            )
             .do_nothing()
             .exec(&self.db)
             .await
@@ -665,7 +705,13 @@ impl Store {
     }
 
     /// Writes one admin action to the audit log.
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> anyhow::Result<()> {
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
         audit::ActiveModel {
             at: Set(now_ms()),
             actor: Set(actor.to_owned()),
