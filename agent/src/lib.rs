@@ -191,11 +191,17 @@ impl Agent {
             if *stop.borrow() {
                 return;
             }
+            let started = Instant::now();
             let end = tokio::select! {
                 end = self.session() => end,
                 _ = stop.wait_for(|v| *v) => return,
             };
             self.connected.store(false, Ordering::SeqCst);
+            if started.elapsed() >= RECONNECT_MAX {
+                // A session that lasted was a success: start the backoff over.
+                backoff = new_backoff();
+                attempt = 0;
+            }
             let wait = match end {
                 SessionEnd::Stop => return,
                 SessionEnd::Refused => RECONNECT_REFUSED,
