@@ -14,7 +14,7 @@ async fn slash_command_runs_on_the_agent_and_ends_in_one_edited_message() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, slack_url) = fake_slack().await;
     let bot = Bot::start(&slack_url, dir.path(), |_| {}).await;
-    let project = project_dir(dir.path(), SCRIPT);
+    let project = project_dir(dir.path(), "project", SCRIPT);
     let _agent = start_agent(dir.path(), bot.addr, &project, 1);
     wait_agents(bot.addr, 1).await;
 
@@ -94,7 +94,7 @@ async fn bad_input_gets_a_clear_answer_and_no_task() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, slack_url) = fake_slack().await;
     let bot = Bot::start(&slack_url, dir.path(), |_| {}).await;
-    let project = project_dir(dir.path(), SCRIPT);
+    let project = project_dir(dir.path(), "project", SCRIPT);
     let _agent = start_agent(dir.path(), bot.addr, &project, 1);
     wait_agents(bot.addr, 1).await;
 

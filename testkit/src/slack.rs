@@ -1,0 +1,303 @@
+//! A fake Slack Web API served over real HTTP on 127.0.0.1.
+//!
+//! It records every call, answers the way Slack answers (`msg_too_long`,
+//! `invalid_blocks`, `not_authed`), can be told to rate-limit a method (429 with
+//! `Retry-After`, the way Slack's tiers do) and to fail the next calls of a method.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as AxPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// The bot token the fake accepts.
+pub const BOT_TOKEN: &str = "xoxb-test";
+
+/// One Web API call the fake Slack received (including the ones it refused).
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub body: Value,
+    /// When it arrived (tokio's clock, so paused-time tests see virtual time).
+    pub at: Instant,
+    /// What the fake answered: `None` for ok, else Slack's error code
+    /// (`ratelimited` for a 429).
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Limit {
+    max: usize,
+    window: Duration,
+    served: VecDeque<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: Vec<Call>,
+    next_ts: u64,
+    limits: HashMap<String, Limit>,
+    failures: HashMap<String, VecDeque<String>>,
+    delay: HashMap<String, Duration>,
+}
+
+/// The fake Slack Web API: records calls, enforces Slack's limits.
+#[derive(Debug, Default)]
+pub struct FakeSlack {
+    inner: Mutex<Inner>,
+}
+
+impl FakeSlack {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call so far, in arrival order.
+    pub fn all_calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The calls of one method that Slack accepted.
+    pub fn calls(&self, method: &str) -> Vec<Call> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.method == method && c.error.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// The calls of one method, accepted or not.
+    pub fn attempts(&self, method: &str) -> Vec<Call> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
+    }
+
+    /// Serve at most `max` calls of `method` per `window`; beyond that answer 429
+    /// with `Retry-After` (seconds until the oldest call leaves the window).
+    pub fn rate_limit(&self, method: &str, max: usize, window: Duration) {
+        self.lock().limits.insert(
+            method.to_owned(),
+            Limit {
+                max,
+                window,
+                served: VecDeque::new(),
+            },
+        );
+    }
+
+    /// Answer the next `n` calls of `method` with Slack error `error`
+    /// (`"ratelimited"` answers a 429 with `Retry-After: 1`).
+    pub fn fail_next(&self, method: &str, n: usize, error: &str) {
+        let mut inner = self.lock();
+        let q = inner.failures.entry(method.to_owned()).or_default();
+        q.extend(std::iter::repeat_n(error.to_owned(), n));
+    }
+
+    /// Delay every answer to `method` (a slow Slack).
+    pub fn delay(&self, method: &str, by: Duration) {
+        self.lock().delay.insert(method.to_owned(), by);
+    }
+
+    /// Decides the answer for one call and records it.
+    fn answer(&self, method: &str, body: &Value) -> Result<String, Refusal> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let refusal = if let Some(err) = inner.failures.get_mut(method).and_then(|q| q.pop_front())
+        {
+            Some(if err == "ratelimited" {
+                Refusal::RateLimited(1)
+            } else {
+                Refusal::Error(err)
+            })
+        } else if let Some(limit) = inner.limits.get_mut(method) {
+            while limit
+                .served
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= limit.window)
+            {
+                limit.served.pop_front();
+            }
+            if limit.served.len() >= limit.max {
+                let oldest = limit.served.front().copied().unwrap_or(now);
+                let wait = limit.window.saturating_sub(now.duration_since(oldest));
+                Some(Refusal::RateLimited(wait.as_secs().max(1)))
+            } else {
+                limit.served.push_back(now);
+                None
+            }
+        } else {
+            None
+        };
+        let refusal = refusal.or_else(|| check_limits(body).map(|e| Refusal::Error(e.to_owned())));
+        inner.calls.push(Call {
+            method: method.to_owned(),
+            body: body.clone(),
+            at: now,
+            error: refusal.as_ref().map(Refusal::code),
+        });
+        match refusal {
+            Some(r) => Err(r),
+            None => {
+                inner.next_ts += 1;
+                Ok(format!("1700000000.{:06}", inner.next_ts))
+            }
+        }
+    }
+}
+
+enum Refusal {
+    RateLimited(u64),
+    Error(String),
+}
+
+impl Refusal {
+    fn code(&self) -> String {
+        match self {
+            Refusal::RateLimited(_) => "ratelimited".to_owned(),
+            Refusal::Error(e) => e.clone(),
+        }
+    }
+}
+
+fn slack_error(code: &str) -> Response {
+    axum::Json(json!({"ok": false, "error": code})).into_response()
+}
+
+/// Checks a message payload the way Slack does.
+pub fn check_limits(body: &Value) -> Option<&'static str> {
+    if body["text"]
+        .as_str()
+        .is_some_and(|t| t.chars().count() > 4000)
+    {
+        return Some("msg_too_long");
+    }
+    if let Some(blocks) = body["blocks"].as_array() {
+        if blocks.len() > 50 {
+            return Some("invalid_blocks");
+        }
+        for b in blocks {
+            if b["text"]["text"]
+                .as_str()
+                .is_some_and(|t| t.chars().count() > 3000)
+            {
+                return Some("invalid_blocks");
+            }
+            if b["block_id"].as_str().is_some_and(|t| t.len() > 255) {
+                return Some("invalid_blocks");
+            }
+            for e in b["elements"].as_array().into_iter().flatten() {
+                if e["action_id"].as_str().is_some_and(|t| t.len() > 255)
+                    || e["value"].as_str().is_some_and(|t| t.len() > 2000)
+                    || e["text"]["text"]
+                        .as_str()
+                        .is_some_and(|t| t.chars().count() > 75 && e["type"] == "button")
+                {
+                    return Some("invalid_blocks");
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn api(
+    State(slack): State<Arc<FakeSlack>>,
+    AxPath(method): AxPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bearer = format!("Bearer {BOT_TOKEN}");
+    if headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v != bearer)
+    {
+        return slack_error("not_authed");
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return slack_error("invalid_json");
+    };
+    let delay = slack.lock().delay.get(&method).copied();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let ts = match slack.answer(&method, &body) {
+        Ok(ts) => ts,
+        Err(Refusal::RateLimited(secs)) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                axum::Json(json!({"ok": false, "error": "ratelimited"})),
+            )
+                .into_response();
+        }
+        Err(Refusal::Error(e)) => return slack_error(&e),
+    };
+    match method.as_str() {
+        "chat.postMessage" => {
+            let channel = body["channel"].as_str().unwrap_or("C?").to_owned();
+            axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "text": body["text"]}})).into_response()
+        }
+        "chat.update" => axum::Json(
+            json!({"ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"]}),
+        )
+        .into_response(),
+        "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
+        "auth.test" => axum::Json(
+            json!({"ok": true, "team_id": "T1", "user_id": "UBATON", "bot_id": "BBATON", "team": "Test", "user": "baton", "url": "https://test.slack.com/"}),
+        )
+        .into_response(),
+        _ => (StatusCode::NOT_FOUND, "unknown method").into_response(),
+    }
+}
+
+/// The fake Slack's router, for callers that serve it themselves.
+pub fn router(slack: Arc<FakeSlack>) -> Router {
+    Router::new()
+        .route("/api/{method}", axum::routing::post(api))
+        .with_state(slack)
+}
+
+/// Serves a fake Slack on 127.0.0.1; returns it and its Web API base URL
+/// (what `SLACK_API_URL` takes).
+pub async fn fake_slack() -> (Arc<FakeSlack>, String) {
+    let slack = Arc::new(FakeSlack::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the fake Slack");
+    let addr = listener.local_addr().expect("local addr");
+    let app = router(slack.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (slack, format!("http://{addr}/api"))
+}
+
+/// All text of a message payload (fallback text and block texts).
+pub fn message_text(body: &Value) -> String {
+    let mut s = body["text"].as_str().unwrap_or("").to_owned();
+    for b in body["blocks"].as_array().into_iter().flatten() {
+        if let Some(t) = b["text"]["text"].as_str() {
+            s.push('\n');
+            s.push_str(t);
+        }
+        for e in b["elements"].as_array().into_iter().flatten() {
+            if let Some(t) = e["text"].as_str().or(e["text"]["text"].as_str()) {
+                s.push('\n');
+                s.push_str(t);
+            }
+        }
+    }
+    s
+}
