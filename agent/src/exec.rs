@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use baton_shared::TaskId;
 use baton_shared::limits::{
     MAX_ERROR_BYTES, MAX_OUTPUT_CHUNK_BYTES, MAX_RESULT_BYTES, MAX_STEP_CHARS,
 };
@@ -181,13 +182,53 @@ enum LineParser {
     Claude(Box<StreamParser>),
 }
 
-/// Runs a task to its end. `stop` flips to a reason to stop it.
+/// Kills what is left of a task an earlier agent process started: every
+/// process in group `pgid` whose environment says it belongs to `task`. The
+/// check keeps a recycled process-group id from hitting unrelated processes.
+pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
+    let marker = format!("BATON_TASK_ID={}", task.0);
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The process group is the 5th field of /proc/PID/stat, after "(comm)".
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<u32>().ok());
+        if pgrp != Some(pgid) {
+            continue;
+        }
+        let ours = std::fs::read(entry.path().join("environ"))
+            .map(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+            .unwrap_or(false);
+        if ours && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Runs a task to its end. `stop` flips to a reason to stop it; `started`
+/// learns the process group once the executor is running.
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
     submit: &Submit,
     events: mpsc::UnboundedSender<ExecEvent>,
     mut stop: watch::Receiver<StopReason>,
+    started: impl FnOnce(u32),
 ) -> ExecEnd {
     let argv = argv(cfg, project, submit);
     let Some((prog, args)) = argv.split_first() else {
@@ -233,6 +274,9 @@ pub async fn run(
         }
     };
     let pid = child.id();
+    if let Some(pid) = pid {
+        started(pid);
+    }
     if let Some(mut stdin) = child.stdin.take() {
         let prompt = submit.prompt.clone();
         tokio::spawn(async move {

@@ -46,7 +46,7 @@ pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Wait after the bot refused a second connection with our key, or the key itself.
 pub const RECONNECT_REFUSED: Duration = Duration::from_secs(60);
-/// How long to wait for the welcome.
+/// How long to wait for the WebSocket handshake, and then for the welcome.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the bot to acknowledge the last results.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,6 +101,17 @@ impl Agent {
     /// An agent for a validated config.
     pub fn new(cfg: Config) -> std::io::Result<Arc<Self>> {
         let state = StateDir::open(&cfg.state_dir)?;
+        for (task, pgid) in state.leftovers() {
+            // An earlier process died with this task running: its processes
+            // must not outlive it. The bot fails the task ("agent restarted").
+            let killed = exec::kill_leftover(task, pgid);
+            tracing::warn!(
+                task = task.0,
+                killed,
+                "a task from before a crash was still running; stopped it"
+            );
+            state.clear_started(task);
+        }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Agent {
             cfg,
@@ -237,7 +248,12 @@ impl Agent {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
-        let ws = match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
+        let connect = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
+        let Ok(connected) = tokio::time::timeout(WELCOME_TIMEOUT, connect).await else {
+            tracing::warn!("the bot did not answer the connection in time");
+            return SessionEnd::Retry;
+        };
+        let ws = match connected {
             Ok((ws, _)) => ws,
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status();
@@ -301,6 +317,14 @@ impl Agent {
             _ => return SessionEnd::Retry,
         };
         self.connected.store(true, Ordering::SeqCst);
+        if self.draining.load(Ordering::SeqCst)
+            && sink
+                .send(Message::Text(AgentMessage::Draining.encode().into()))
+                .await
+                .is_err()
+        {
+            return SessionEnd::Retry;
+        }
         // Everything held is sent again; the bot applies each once and acknowledges.
         for msg in self.state.outbox() {
             if sink.send(Message::Text(msg.encode().into())).await.is_err() {
@@ -320,7 +344,14 @@ impl Agent {
                     match frame {
                         Message::Text(t) => match BotMessage::decode(&t) {
                             Ok(msg) => self.handle(msg),
-                            Err(e) => tracing::warn!(error = %e, "bad frame from the bot ignored"),
+                            Err(e) => match BotMessage::submit_task_of(&t) {
+                                // A submit we cannot run: say so, the bot must not wait for it.
+                                Some(task) => {
+                                    tracing::warn!(task = task.0, error = %e, "invalid submit refused");
+                                    self.reject(task, RejectReason::Invalid, format!("the agent could not read the task: {e}"));
+                                }
+                                None => tracing::warn!(error = %e, "bad frame from the bot ignored"),
+                            },
                         },
                         Message::Close(frame) => {
                             let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1000);
@@ -338,13 +369,13 @@ impl Agent {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() >= dead_after {
-                        tracing::warn!("the bot has been silent for two heartbeats; reconnecting");
-                        return SessionEnd::Retry;
-                    }
                     if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                         return SessionEnd::Retry;
                     }
+                }
+                _ = tokio::time::sleep_until(last_heard + dead_after) => {
+                    tracing::warn!("the bot has been silent for two heartbeats; reconnecting");
+                    return SessionEnd::Retry;
                 }
             }
         }
@@ -481,7 +512,12 @@ impl Agent {
                     }
                 }
             };
-            let run = exec::run(&agent.cfg, &project, &s, ev_tx, stop_rx);
+            let started = |pgid| {
+                if let Err(e) = agent.state.mark_started(id, pgid) {
+                    tracing::warn!(task = id.0, error = %e, "cannot record the task's process group");
+                }
+            };
+            let run = exec::run(&agent.cfg, &project, &s, ev_tx, stop_rx, started);
             let (end, ()) = tokio::join!(run, forward);
             let n = seq.fetch_add(1, Ordering::SeqCst);
             let msg = match end {
@@ -506,6 +542,7 @@ impl Agent {
             if let Err(e) = agent.state.put_outbox(id, &msg) {
                 tracing::error!(task = id.0, error = %e, "cannot keep the result on disk; sending it anyway");
             }
+            agent.state.clear_started(id);
             lock(&agent.tasks).remove(&id.0);
             agent.changed.notify_waiters();
             tracing::info!(task = id.0, "task ended");

@@ -17,6 +17,8 @@ pub struct StateDir {
     seen: PathBuf,
     /// Unacknowledged final events.
     outbox: PathBuf,
+    /// Process groups of tasks running now (to clean up after a crash).
+    running: PathBuf,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -41,9 +43,47 @@ impl StateDir {
     pub fn open(root: &Path) -> std::io::Result<Self> {
         let seen = root.join("seen");
         let outbox = root.join("outbox");
+        let running = root.join("running");
         std::fs::create_dir_all(&seen)?;
         std::fs::create_dir_all(&outbox)?;
-        Ok(StateDir { seen, outbox })
+        std::fs::create_dir_all(&running)?;
+        Ok(StateDir {
+            seen,
+            outbox,
+            running,
+        })
+    }
+
+    /// Records the process group a task runs in, until [`StateDir::clear_started`].
+    pub fn mark_started(&self, task: TaskId, pgid: u32) -> std::io::Result<()> {
+        write_atomic(
+            &self.running.join(task.0.to_string()),
+            pgid.to_string().as_bytes(),
+        )
+    }
+
+    /// Forgets a task's process group: it ended.
+    pub fn clear_started(&self, task: TaskId) {
+        let _ = std::fs::remove_file(self.running.join(task.0.to_string()));
+    }
+
+    /// Tasks an earlier process of this agent left running (it crashed or was
+    /// killed), with their process groups.
+    pub fn leftovers(&self) -> Vec<(TaskId, u32)> {
+        let Ok(dir) = std::fs::read_dir(&self.running) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let task = e.file_name().to_str()?.parse().ok()?;
+                let pgid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((TaskId(task), pgid))
+            })
+            .collect()
     }
 
     /// Records that a task was accepted. Done before answering `accepted`.
@@ -126,5 +166,16 @@ mod tests {
         assert!(!s.ack(TaskId(5), 2).expect("ack"), "a stale ack keeps it");
         assert!(s.ack(TaskId(5), 3).expect("ack"));
         assert!(s.outbox().is_empty());
+    }
+
+    #[test]
+    fn started_tasks_are_remembered_until_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = StateDir::open(dir.path()).expect("open");
+        s.mark_started(TaskId(9), 4242).expect("started");
+        let s = StateDir::open(dir.path()).expect("reopen");
+        assert_eq!(s.leftovers(), vec![(TaskId(9), 4242)]);
+        s.clear_started(TaskId(9));
+        assert!(s.leftovers().is_empty());
     }
 }

@@ -171,6 +171,7 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
             let mut ping = tokio::time::interval(heartbeat);
             ping.tick().await;
             loop {
+                let heard_deadline = *crate::slack::consolidator::lock(&last_heard) + dead_after;
                 tokio::select! {
                     out = rx.recv() => match out {
                         Some(Outgoing::Frame(msg)) => {
@@ -183,13 +184,17 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
                         None => break,
                     },
                     _ = ping.tick() => {
+                        if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break; }
+                    }
+                    // Silence is checked when it would reach two intervals, not at the next
+                    // ping: a dead peer is noticed `dead_after` after its last frame.
+                    _ = tokio::time::sleep_until(heard_deadline) => {
                         let silent = crate::slack::consolidator::lock(&last_heard).elapsed();
                         if silent >= dead_after {
                             tracing::warn!(silent_secs = silent.as_secs(), "agent silent for two heartbeats; dropping it");
                             let _ = sink.send(close(1001, "heartbeat timeout")).await;
                             break;
                         }
-                        if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break; }
                     }
                 }
             }
@@ -206,23 +211,15 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
                 let Ok(frame) = frame else { break };
                 *crate::slack::consolidator::lock(&last_heard) = Instant::now();
                 app.hub.seen(name.as_str());
-                let text = match frame {
-                    Message::Text(t) => t,
+                let decoded = match frame {
+                    Message::Text(t) => AgentMessage::decode(&t),
                     Message::Close(_) => break,
-                    Message::Binary(_) => {
-                        errors += 1;
-                        let err = ProtocolError::Malformed(
-                            "binary frames are not part of the protocol".into(),
-                        );
-                        let _ = tx.send(Outgoing::Frame(BotMessage::error(&err)));
-                        if errors >= MAX_PROTOCOL_ERRORS {
-                            break;
-                        }
-                        continue;
-                    }
+                    Message::Binary(_) => Err(ProtocolError::Malformed(
+                        "binary frames are not part of the protocol".into(),
+                    )),
                     _ => continue,
                 };
-                match AgentMessage::decode(&text) {
+                match decoded {
                     Ok(AgentMessage::Hello(_)) => {
                         let _ = tx.send(Outgoing::Frame(BotMessage::Error {
                             code: baton_shared::protocol::ErrorCode::Unexpected,

@@ -234,6 +234,7 @@ impl App {
         let task = self
             .store
             .insert_task(NewTask {
+                queued_at: self.clock.now_ms(),
                 persona: req.persona.as_str().to_owned(),
                 project,
                 prompt: req.prompt,
@@ -376,7 +377,10 @@ impl App {
         let ack = BotMessage::Ack { task: task_id, seq };
         let is_final = msg.is_final();
 
-        let live = lock(&self.live).get(&id).cloned();
+        let mut live = lock(&self.live).get(&id).cloned();
+        if live.is_none() && matches!(msg, AgentMessage::Accepted { .. }) {
+            live = self.rebind_late(agent, id).await;
+        }
         let Some(mut task) = live.filter(|t| t.agent.as_deref() == Some(agent)) else {
             // Not a task this agent holds now: a duplicate of something applied,
             // a stale event, or another agent's task. Never applied.
@@ -549,6 +553,30 @@ impl App {
             }
             AgentMessage::Hello(_) | AgentMessage::Draining => Vec::new(),
         }
+    }
+
+    /// A late `accepted` for a task whose accept timeout put it back in the
+    /// queue: if it is still queued, it is bound to this agent again (the agent
+    /// recorded it and runs it, so it must not go anywhere else).
+    async fn rebind_late(&self, agent: &str, id: i64) -> Option<Task> {
+        let task = self.store.task(id).await.ok().flatten()?;
+        if task.state != TaskState::Queued.as_str() {
+            return None;
+        }
+        if !self.hub.is_connected(agent) || !self.store.claim(id, agent).await.ok()? {
+            return None;
+        }
+        tracing::info!(
+            task = id,
+            agent,
+            "late accept: the task stays with this agent"
+        );
+        self.hub.adopt(agent, id, &task.project);
+        lock(&self.queue_shown).remove(&id);
+        let mut task = self.store.task(id).await.ok().flatten()?;
+        task.last_seq = 0;
+        lock(&self.live).insert(id, task.clone());
+        Some(task)
     }
 
     fn progress(&self, mut task: Task, seq: i64) {
@@ -743,10 +771,11 @@ impl App {
                         "dispatch not accepted in time; task back in its queue"
                     );
                     lock(&self.live).remove(&id);
-                    self.hub.release(&agent, id, Outcome::Failure);
-                    // Should it accept late, it must not run it.
-                    self.hub
-                        .send(&agent, BotMessage::Cancel { task: TaskId(id) });
+                    // Not counted against the agent: a slow answer is not a failed task.
+                    self.hub.release(&agent, id, Outcome::Ignored);
+                    // No cancel: should the agent accept late while the task is
+                    // still queued, it keeps it (see `rebind_late`); if the task
+                    // went elsewhere meanwhile, the late accept gets a cancel.
                     self.dispatch_wake.notify_one();
                 }
                 Ok(false) => {}
@@ -820,6 +849,13 @@ impl App {
         {
             if let Some(agent) = task.agent.clone() {
                 self.hub.adopt(&agent, task.id, &task.project);
+                if task.state == TaskState::Dispatched.as_str() {
+                    // Never acknowledged: the accept timeout runs again from now,
+                    // and reconciliation settles it if the agent comes back first.
+                    let deadline =
+                        Instant::now() + Duration::from_secs(self.settings.dispatch_timeout_secs);
+                    lock(&self.awaiting).insert(task.id, (agent, deadline));
+                }
                 lock(&self.live).insert(task.id, task);
             }
         }

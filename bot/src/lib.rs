@@ -48,7 +48,12 @@ use crate::store::Store;
 /// How long shutdown waits for the last Slack updates.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
-/// Writes the keys of `BATON_AGENT_KEYS` (as hashes). A key an admin revoked stays revoked.
+/// Who the keys of `BATON_AGENT_KEYS` are recorded as created by.
+const BOOTSTRAP: &str = "BATON_AGENT_KEYS";
+
+/// Writes the keys of `BATON_AGENT_KEYS` (as hashes). A key an admin revoked
+/// stays revoked, and a key an admin made with `agent add` is never replaced;
+/// a key that came from `BATON_AGENT_KEYS` follows it (rotation by restart).
 async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()> {
     let keys =
         keys::parse_bootstrap(settings.agent_keys.expose_secret()).map_err(anyhow::Error::msg)?;
@@ -60,9 +65,12 @@ async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()
                 tracing::warn!(agent = %name, "BATON_AGENT_KEYS names an agent an admin revoked; it stays revoked");
             }
             Some(a) if a.key_hash == hash => {}
+            Some(a) if a.created_by.as_deref() != Some(BOOTSTRAP) => {
+                tracing::warn!(agent = %name, "BATON_AGENT_KEYS names an agent an admin created; its key is kept");
+            }
             _ => {
                 store
-                    .put_agent(name.as_str(), &hash, "BATON_AGENT_KEYS", true)
+                    .put_agent(name.as_str(), &hash, BOOTSTRAP, true)
                     .await?;
             }
         }

@@ -121,8 +121,11 @@ pub enum FailureCause {
 
 impl FailureCause {
     /// Whether this failure counts against the agent's circuit breaker.
+    ///
+    /// The task's own failure does not, and neither does a planned shutdown:
+    /// deploying agents must not open their circuits.
     pub fn counts_against_agent(self) -> bool {
-        !matches!(self, FailureCause::Task)
+        !matches!(self, FailureCause::Task | FailureCause::AgentShutdown)
     }
 
     /// The cause as a short phrase for people.
@@ -392,6 +395,17 @@ impl BotMessage {
             }
             _ => Ok(msg),
         }
+    }
+
+    /// The task id of a frame that claims to be a `submit`, even one that
+    /// [`BotMessage::decode`] refuses: the agent answers such a submit with a
+    /// `rejected` (`invalid`) instead of leaving the bot waiting.
+    pub fn submit_task_of(frame: &str) -> Option<TaskId> {
+        let v: serde_json::Value = serde_json::from_str(frame).ok()?;
+        if v.get("type")?.as_str()? != "submit" {
+            return None;
+        }
+        v.get("task")?.as_i64().filter(|t| *t > 0).map(TaskId)
     }
 
     /// Serialises the frame.
@@ -782,10 +796,28 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_submit_still_names_its_task() {
+        let frame =
+            r#"{"v":1,"type":"submit","task":7,"project":"web","persona":"code","prompt":""}"#;
+        assert!(BotMessage::decode(frame).is_err());
+        assert_eq!(BotMessage::submit_task_of(frame), Some(TaskId(7)));
+        assert_eq!(
+            BotMessage::submit_task_of(r#"{"type":"cancel","task":7}"#),
+            None
+        );
+        assert_eq!(BotMessage::submit_task_of("not json"), None);
+        assert_eq!(
+            BotMessage::submit_task_of(r#"{"type":"submit","task":-1}"#),
+            None
+        );
+    }
+
+    #[test]
     fn only_health_failures_count() {
         assert!(!FailureCause::Task.counts_against_agent());
         assert!(FailureCause::Spawn.counts_against_agent());
         assert!(FailureCause::AgentLost.counts_against_agent());
+        assert!(!FailureCause::AgentShutdown.counts_against_agent());
     }
 
     proptest::proptest! {

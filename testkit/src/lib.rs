@@ -20,13 +20,21 @@ pub use slack::{Call, FakeSlack, fake_slack, message_text};
 pub const SIGNING_SECRET: &str = "test-signing-secret";
 pub const AGENT_KEY: &str = "e2e-agent-key-0123456789";
 
-/// A bot running in-process.
+/// A bot running in-process, on its own thread and tokio runtime, so that
+/// [`Bot::kill`] can take it down the way kill -9 would: every task dropped
+/// mid-flight, sockets closed, nothing flushed; only the database remains.
 #[derive(Debug)]
 pub struct Bot {
     pub addr: SocketAddr,
     pub db_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    ctl: Option<oneshot::Sender<Stop>>,
+    done: Option<oneshot::Receiver<anyhow::Result<()>>>,
+}
+
+#[derive(Debug)]
+enum Stop {
+    Graceful,
+    Kill,
 }
 
 impl Bot {
@@ -38,8 +46,9 @@ impl Bot {
         dir: &Path,
         tweak: impl FnOnce(&mut baton_bot::settings::Settings),
     ) -> Bot {
-        Self::start_on(
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Self::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(baton_bot::clock::SystemWallClock),
             slack_url,
             dir,
             tweak,
@@ -47,51 +56,102 @@ impl Bot {
         .await
     }
 
-    /// Like [`Bot::start`], on a listener the caller bound (to restart a bot on
-    /// the same address).
-    pub async fn start_on(
-        listener: tokio::net::TcpListener,
+    /// Like [`Bot::start`], listening on `addr` (to restart a bot where its
+    /// agents expect it) with the wall clock `clock`.
+    pub async fn start_with(
+        addr: SocketAddr,
+        clock: Arc<dyn baton_bot::clock::WallClock>,
         slack_url: &str,
         dir: &Path,
         tweak: impl FnOnce(&mut baton_bot::settings::Settings),
     ) -> Bot {
+        init_tracing();
         let db_url = format!("sqlite://{}?mode=rwc", dir.join("baton.db").display());
         let mut settings =
             baton_bot::settings::Settings::for_tests(slack_url, &db_url, SIGNING_SECRET);
         settings.agent_keys = format!("e2e:{AGENT_KEY}").into();
         settings.admins = vec!["UADMIN".into()];
         tweak(&mut settings);
+        let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let clock = Arc::new(baton_bot::clock::SystemWallClock);
-        let handle = tokio::spawn(baton_bot::run(settings, listener, clock, async {
-            let _ = rx.await;
-        }));
-        Bot {
+        let (ctl, ctl_rx) = oneshot::channel::<Stop>();
+        let (done_tx, done) = oneshot::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let res = rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
+                let run = baton_bot::run(settings, listener, clock, async {
+                    let _ = graceful_rx.await;
+                });
+                tokio::pin!(run);
+                tokio::select! {
+                    res = &mut run => res,
+                    stop = ctl_rx => match stop {
+                        Ok(Stop::Kill) => Ok(()),
+                        _ => {
+                            let _ = graceful_tx.send(());
+                            run.await
+                        }
+                    },
+                }
+            });
+            // Whatever is still running is dropped where it stands.
+            rt.shutdown_background();
+            let _ = done_tx.send(res);
+        });
+        let mut bot = Bot {
             addr,
             db_url,
-            stop: Some(stop),
-            handle: Some(handle),
+            ctl: Some(ctl),
+            done: Some(done),
+        };
+        bot.wait_ready().await;
+        bot
+    }
+
+    /// Waits until the bot answers `/readyz` (its database is migrated and it
+    /// serves); panics with the bot's error if it failed to start.
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(done) = self.done.as_mut()
+                && let Ok(res) = done.try_recv()
+            {
+                panic!("the bot stopped while starting: {res:?}");
+            }
+            if let Ok((200, _)) = try_http(self.addr, "GET", "/readyz", &[], "").await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bot never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Stops the bot gracefully and waits for it.
+    /// Stops the bot gracefully and waits for it; panics if it failed.
     pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        if let Some(c) = self.ctl.take() {
+            let _ = c.send(Stop::Graceful);
         }
-        if let Some(h) = self.handle.take() {
-            h.await.unwrap().unwrap();
+        if let Some(d) = self.done.take() {
+            d.await.unwrap().unwrap();
         }
     }
 
-    /// Stops the bot the hard way: its tasks are dropped mid-flight, nothing is
-    /// flushed (what a kill -9 leaves behind, as far as the database and the
-    /// sockets are concerned).
+    /// Takes the bot down the hard way (see [`Bot`]) and waits until it is gone.
     pub async fn kill(mut self) {
-        if let Some(h) = self.handle.take() {
-            h.abort();
-            let _ = h.await;
+        if let Some(c) = self.ctl.take() {
+            let _ = c.send(Stop::Kill);
+        }
+        if let Some(d) = self.done.take() {
+            let _ = d.await;
         }
     }
 
@@ -100,6 +160,34 @@ impl Bot {
         baton_bot::store::Store::connect(&self.db_url)
             .await
             .unwrap()
+    }
+}
+
+/// Binds `addr` (a port just released by a killed bot may take a moment).
+async fn bind_retrying(addr: SocketAddr) -> std::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true).unwrap();
+                return l;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    }
+}
+
+/// Logs of the in-process bot, when `RUST_LOG` is set (shown by the test runner).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -118,7 +206,20 @@ pub async fn http(
     headers: &[(&str, String)],
     body: &str,
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    try_http(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http`], with connection errors returned.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -128,9 +229,9 @@ pub async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
@@ -148,7 +249,7 @@ pub async fn http(
         Some((_, b)) => b.to_owned(),
         None => String::new(),
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -361,5 +462,101 @@ pub async fn wait_state(store: &baton_bot::store::Store, id: i64, state: &str, s
             "task #{id} never reached {state}: it is {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What a [`Proxy`] does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ProxyMode {
+    /// Forward both ways.
+    Pass = 0,
+    /// Forward client→server, silently drop server→client (a half-dead link:
+    /// the server's answers never arrive, nothing is closed).
+    DropReplies = 1,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `target`, to break links on purpose.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    cut: Arc<tokio::sync::Notify>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    /// Starts forwarding new connections to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            mode: Arc::new(std::sync::atomic::AtomicU8::new(ProxyMode::Pass as u8)),
+            cut: Arc::new(tokio::sync::Notify::new()),
+            closed: Arc::default(),
+        };
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.pipe(client, server).await;
+                    p.closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Sets what happens to traffic from now on.
+    pub fn set_mode(&self, mode: ProxyMode) {
+        self.mode
+            .store(mode as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many proxied connections have ended.
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops every open connection at once (both sides see the link reset).
+    pub fn cut(&self) {
+        self.cut.notify_waiters();
+    }
+
+    async fn pipe(&self, client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = cr.read(&mut buf).await {
+                if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let mode = self.mode.clone();
+        let down = async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = sr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if mode.load(std::sync::atomic::Ordering::SeqCst) == ProxyMode::DropReplies as u8 {
+                    continue;
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+            _ = self.cut.notified() => {}
+        }
     }
 }

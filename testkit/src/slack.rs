@@ -29,6 +29,8 @@ pub struct Call {
     /// What the fake answered: `None` for ok, else Slack's error code
     /// (`ratelimited` for a 429).
     pub error: Option<String>,
+    /// The message it made or changed: the new ts of a post, the ts an edit names.
+    pub ts: Option<String>,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,20 @@ impl FakeSlack {
             .collect()
     }
 
+    /// What message `ts` shows now: the text of its latest accepted post or edit.
+    pub fn shown(&self, ts: &str) -> Option<String> {
+        self.lock()
+            .calls
+            .iter()
+            .rev()
+            .find(|c| {
+                c.error.is_none()
+                    && (c.method == "chat.postMessage" || c.method == "chat.update")
+                    && c.ts.as_deref() == Some(ts)
+            })
+            .map(|c| message_text(&c.body))
+    }
+
     /// The calls of one method, accepted or not.
     pub fn attempts(&self, method: &str) -> Vec<Call> {
         self.lock()
@@ -104,9 +120,14 @@ impl FakeSlack {
         q.extend(std::iter::repeat_n(error.to_owned(), n));
     }
 
-    /// Delay every answer to `method` (a slow Slack).
+    /// Delay every answer to `method` (a slow Slack); zero ends the delay.
     pub fn delay(&self, method: &str, by: Duration) {
-        self.lock().delay.insert(method.to_owned(), by);
+        let mut inner = self.lock();
+        if by.is_zero() {
+            inner.delay.remove(method);
+        } else {
+            inner.delay.insert(method.to_owned(), by);
+        }
     }
 
     /// Decides the answer for one call and records it.
@@ -140,18 +161,24 @@ impl FakeSlack {
             None
         };
         let refusal = refusal.or_else(|| check_limits(body).map(|e| Refusal::Error(e.to_owned())));
+        let ts = match (&refusal, body["ts"].as_str()) {
+            (Some(_), _) => None,
+            (None, Some(ts)) => Some(ts.to_owned()),
+            (None, None) => {
+                inner.next_ts += 1;
+                Some(format!("1700000000.{:06}", inner.next_ts))
+            }
+        };
         inner.calls.push(Call {
             method: method.to_owned(),
             body: body.clone(),
             at: now,
             error: refusal.as_ref().map(Refusal::code),
+            ts: ts.clone(),
         });
         match refusal {
             Some(r) => Err(r),
-            None => {
-                inner.next_ts += 1;
-                Ok(format!("1700000000.{:06}", inner.next_ts))
-            }
+            None => Ok(ts.unwrap_or_default()),
         }
     }
 }
@@ -249,9 +276,10 @@ async fn api(
             let channel = body["channel"].as_str().unwrap_or("C?").to_owned();
             axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "text": body["text"]}})).into_response()
         }
-        "chat.update" => axum::Json(
-            json!({"ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"]}),
-        )
+        "chat.update" => axum::Json(json!({
+            "ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"],
+            "message": {"text": body["text"], "blocks": body["blocks"], "user": "UBATON", "bot_id": "BBATON"}
+        }))
         .into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
         "auth.test" => axum::Json(

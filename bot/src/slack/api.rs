@@ -46,6 +46,19 @@ impl SlackCallError {
     }
 }
 
+/// What the bot needs of a `chat.postMessage` answer. Read leniently: once
+/// Slack said `ok: true` the message exists, and a missing optional field in
+/// the answer must not make the bot post it again.
+#[derive(Debug, serde::Deserialize)]
+struct Posted {
+    ts: String,
+}
+
+/// An `ok: true` answer whose body the bot does not need. Failing to parse the
+/// echo of an edit must never count as a failed edit (it would be re-sent).
+#[derive(Debug, serde::Deserialize)]
+struct Acknowledged {}
+
 impl From<SlackClientError> for SlackCallError {
     fn from(err: SlackClientError) -> Self {
         match err {
@@ -130,12 +143,13 @@ impl SlackApi {
     ) -> Result<String, SlackCallError> {
         let req = SlackApiChatPostMessageRequest::new(channel.into(), body.content())
             .opt_thread_ts(thread_ts.map(Into::into));
-        let res = self
+        let res: Posted = self
             .client
             .open_session(&self.token)
-            .chat_post_message(&req)
+            .http_session_api
+            .http_post("chat.postMessage", &req, None)
             .await?;
-        Ok(res.ts.0)
+        Ok(res.ts)
     }
 
     /// Replaces a message's content.
@@ -146,9 +160,11 @@ impl SlackApi {
         body: &MessageBody,
     ) -> Result<(), SlackCallError> {
         let req = SlackApiChatUpdateRequest::new(channel.into(), body.content(), ts.into());
-        self.client
+        let _: Acknowledged = self
+            .client
             .open_session(&self.token)
-            .chat_update(&req)
+            .http_session_api
+            .http_post("chat.update", &req, None)
             .await?;
         Ok(())
     }

@@ -32,6 +32,8 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A task to create.
 #[derive(Debug, Clone)]
 pub struct NewTask {
+    /// When it entered its queue, on the bot's wall clock (the time to live counts from it).
+    pub queued_at: i64,
     /// `code`, `review`, `plan` or `ops`.
     pub persona: String,
     /// The project.
@@ -175,7 +177,7 @@ impl Store {
             model: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
-            queued_at: Set(now),
+            queued_at: Set(new.queued_at),
             dispatched_at: Set(None),
             started_at: Set(None),
             finished_at: Set(None),
@@ -236,6 +238,8 @@ impl Store {
             .col_expr(task::Column::Agent, Expr::value(agent))
             .col_expr(task::Column::DispatchedAt, Expr::value(now))
             .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            // Sequence numbers are per task and agent: a new holder starts over.
+            .col_expr(task::Column::LastSeq, Expr::value(0i64))
             .col_expr(
                 task::Column::WaitReason,
                 Expr::value(Option::<String>::None),
