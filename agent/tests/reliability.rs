@@ -656,3 +656,121 @@ async fn duplicate_and_stale_events_are_applied_once() {
     wait_edit(&slack, &ts, "all done").await;
     bot.stop().await;
 }
+
+// ---- chaos: random kills of both sides while tasks flow ----
+
+const CHAOS: &str = r#"#!/bin/sh
+echo "$BATON_TASK_ID" >> ./runs.log
+sleep "0.$(( BATON_TASK_ID % 4 ))"
+echo "done $BATON_TASK_ID"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_random_kills_lose_nothing_and_run_nothing_twice() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("chaos seed {seed} (set CHAOS_SEED to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    let tweak = |s: &mut baton_bot::settings::Settings| {
+        s.dispatch_timeout_secs = 2;
+        s.rate_limit_tasks = 1000;
+    };
+    let mut bot = Bot::start(&url, dir.path(), tweak).await;
+    let addr = bot.addr;
+    let store = bot.store().await;
+    let project = project_dir(dir.path(), "project", CHAOS);
+    let mut agent = start_agent(dir.path(), addr, &project, 4);
+    wait_agents(addr, 1).await;
+
+    let mut created = Vec::new();
+    let (mut bot_kills, mut agent_kills) = (0, 0);
+    while created.len() < 50 {
+        for _ in 0..rng.random_range(1..=4) {
+            let (status, body) = baton(addr, "chaos", "U1").await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.is_empty(), "{body}");
+            created.push(created.len() as i64 + 1);
+        }
+        match rng.random_range(0..10) {
+            0..=1 => {
+                bot.kill().await;
+                bot_kills += 1;
+                bot = Bot::start_with(
+                    addr,
+                    Arc::new(baton_bot::clock::SystemWallClock),
+                    &url,
+                    dir.path(),
+                    tweak,
+                )
+                .await;
+            }
+            2..=3 => {
+                kill9(&mut agent).await;
+                agent_kills += 1;
+                agent = start_agent(dir.path(), addr, &project, 4);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+    }
+    eprintln!("{bot_kills} bot kills, {agent_kills} agent kills");
+
+    let terminal = ["completed", "failed", "cancelled", "expired"];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in &created {
+        loop {
+            let task = store
+                .task(*id)
+                .await
+                .unwrap()
+                .expect("every task is recorded");
+            if terminal.contains(&task.state.as_str()) && task.slack_synced {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task #{id} stuck in {} (synced {})",
+                task.state,
+                task.slack_synced
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let ran = runs(&project);
+    let mut seen = std::collections::HashSet::new();
+    for id in &ran {
+        assert!(seen.insert(*id), "task #{id} ran twice: {ran:?}");
+    }
+    for id in &created {
+        let task = store.task(*id).await.unwrap().unwrap();
+        let ts = task.message_ts.clone().expect("every task has its message");
+        let shown = slack.shown(&ts).unwrap_or_default();
+        let label = match task.state.as_str() {
+            "completed" => "Completed",
+            "failed" => "Failed",
+            "cancelled" => "Cancelled",
+            _ => "Expired",
+        };
+        assert!(
+            shown.contains(label),
+            "#{id} is {} but Slack shows {shown}",
+            task.state
+        );
+        if task.state == "completed" {
+            assert!(seen.contains(id), "#{id} completed without running");
+            assert_eq!(
+                task.result.as_deref().map(str::trim),
+                Some(format!("done {id}").as_str())
+            );
+        }
+    }
+    kill9(&mut agent).await;
+    bot.stop().await;
+}
