@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::app::App;
+use crate::breaker::CircuitState;
 use crate::commands::{self, AdminCommand};
 use crate::model::TaskState;
 use crate::replies;
@@ -82,23 +83,41 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                         for p in &a.projects {
                             queued += app.store.queue_len(p).await?;
                         }
-                        let rate = a
-                            .breaker
-                            .failure_rate
-                            .map(|r| format!("{:.0}% failures", r))
-                            .unwrap_or_else(|| "too few calls to judge".into());
+                        let b = &a.breaker;
+                        let circuit = match b.state {
+                            CircuitState::Closed => format!(
+                                "circuit *closed* · {} ({} calls in window)",
+                                b.failure_rate
+                                    .map(|r| format!("{r:.0}% failures"))
+                                    .unwrap_or_else(|| "too few calls to judge".into()),
+                                b.calls
+                            ),
+                            CircuitState::Open => format!(
+                                "circuit *open* for {}s (half-open after {}s)",
+                                b.since.elapsed().as_secs(),
+                                app.settings.breaker_open_secs
+                            ),
+                            CircuitState::HalfOpen => format!(
+                                "circuit *half-open* · {} probe(s) running, {} succeeded",
+                                b.probes_in_flight, b.probe_successes
+                            ),
+                        };
                         out.push_str(&format!(
-                            "• *{}*{}: {} · circuit *{}* · {} ({} calls in window) · {}/{} running · {} queued · last seen {}\n",
+                            "• *{}*{}: {} · {} · {}/{} running · {} queued · last seen {}\n",
                             row.name,
                             revoked,
-                            if a.connected { if a.draining { "draining" } else { "connected" } } else { "disconnected" },
-                            a.breaker.state,
-                            rate,
-                            a.breaker.calls,
+                            if a.connected {
+                                if a.draining { "draining" } else { "connected" }
+                            } else {
+                                "disconnected"
+                            },
+                            circuit,
                             a.running,
                             a.capacity,
                             queued,
-                            a.last_seen_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
+                            a.last_seen_secs
+                                .map(|s| format!("{s}s ago"))
+                                .unwrap_or_else(|| "never".into()),
                         ));
                     }
                     None => out.push_str(&format!(
