@@ -102,7 +102,7 @@ async fn claude_tasks_show_steps_as_they_happen_and_end_with_result_and_cost() {
     let (_, body) = baton(bot.addr, "implement it", "U1").await;
     assert!(body.is_empty(), "{body}");
     wait_state(&store, 1, "running", 30).await;
-    let ts = store.task(1).await.unwrap().unwrap().message_ts.unwrap();
+    let ts = message_ts(&store, 1).await;
     // While it runs, its message shows the tool steps.
     wait_for(30, "a tool step shown while running", || {
         slack
@@ -186,7 +186,7 @@ async fn a_logged_out_claude_is_a_misconfigured_agent() {
     wait_state(&store, 1, "failed", 30).await;
     let task = store.task(1).await.unwrap().unwrap();
     assert_eq!(task.failure_cause.as_deref(), Some("misconfigured"));
-    let ts = task.message_ts.unwrap();
+    let ts = message_ts(&store, task.id).await;
     wait_for(30, "the failure in Slack", || {
         slack
             .shown(&ts)
@@ -230,7 +230,7 @@ async fn cancel_stops_the_whole_process_group() {
     assert!(body.contains("#1"), "{body}");
     wait_state(&store, 1, "cancelled", 30).await;
     wait_for(10, "no process left", || !alive(child) && !alive(parent)).await;
-    let ts = store.task(1).await.unwrap().unwrap().message_ts.unwrap();
+    let ts = message_ts(&store, 1).await;
     wait_for(30, "the cancelled message", || {
         slack.shown(&ts).is_some_and(|t| t.contains("Cancelled"))
     })
@@ -267,7 +267,7 @@ async fn a_task_past_its_time_limit_ends_as_timed_out() {
             && !alive(read_pid(&project.join("parent.pid")))
     })
     .await;
-    let ts = task.message_ts.unwrap();
+    let ts = message_ts(&store, task.id).await;
     wait_for(30, "timed out in Slack", || {
         slack.shown(&ts).is_some_and(|t| t.contains("timed out"))
     })

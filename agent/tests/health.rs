@@ -79,13 +79,21 @@ async fn a_failing_agent_opens_its_circuit_and_work_moves_to_a_healthy_one() {
     // With no healthy agent the next task waits, and its message says why.
     baton(bot.addr, "--project web wait for a healthy agent", "U1").await;
     wait_state(&store, 11, "queued", 10).await;
-    let ts = store.task(11).await.unwrap().unwrap().message_ts;
-    wait_for(10, "the queued message to say the circuit is open", || {
-        ts.as_deref()
-            .and_then(|ts| slack.shown(ts))
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ts = store.task(11).await.unwrap().unwrap().message_ts;
+        if ts
+            .and_then(|ts| slack.shown(&ts))
             .is_some_and(|t| t.contains("circuit open"))
-    })
-    .await;
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued message never said the circuit is open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A healthy agent for the same project takes it.
     let mut second = second_agent(dir.path(), bot.addr, &project);

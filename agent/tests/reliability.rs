@@ -70,20 +70,6 @@ async fn wait_edit(slack: &Arc<FakeSlack>, ts: &str, needle: &str) {
     .await;
 }
 
-async fn message_ts(store: &baton_bot::store::Store, id: i64) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(ts) = store.task(id).await.unwrap().and_then(|t| t.message_ts) {
-            return ts;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task #{id} has no message"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_mid_task_fails_it_once_and_leaves_no_process() {
     let dir = tempfile::tempdir().unwrap();

@@ -560,3 +560,18 @@ impl Proxy {
         }
     }
 }
+
+/// The ts of task `id`'s Slack message, once the bot has posted it.
+pub async fn message_ts(store: &baton_bot::store::Store, id: i64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(ts) = store.task(id).await.unwrap().and_then(|t| t.message_ts) {
+            return ts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task #{id} has no message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
