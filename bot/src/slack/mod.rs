@@ -7,4 +7,5 @@ pub mod handlers;
 pub mod intake;
 pub mod mrkdwn;
 pub mod render;
+pub mod socket_mode;
 pub mod verify;
