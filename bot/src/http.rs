@@ -13,7 +13,8 @@ use axum::{Json, Router, middleware};
 
 use crate::app::App;
 use crate::model::TaskState;
-use crate::slack::handlers::{self, EventEnvelope, Interaction, SlashCommand};
+use crate::slack::handlers::{EventEnvelope, Interaction, SlashCommand};
+use crate::slack::intake;
 use crate::slack::verify::{Verifier, verify_slack};
 
 /// Builds the router.
@@ -55,20 +56,16 @@ fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }
 
-fn reply_response(reply: handlers::Reply) -> Response {
-    match reply.to_json() {
-        Some(json) => Json(json).into_response(),
-        None => StatusCode::OK.into_response(),
-    }
-}
-
 async fn slack_commands(State(app): State<Arc<App>>, body: Bytes) -> Response {
     command_from_form(&app, &body).await
 }
 
 async fn command_from_form(app: &Arc<App>, body: &[u8]) -> Response {
     match serde_urlencoded::from_bytes::<SlashCommand>(body) {
-        Ok(cmd) => reply_response(handlers::handle_command(app, cmd).await),
+        Ok(cmd) => match intake::command(app, cmd).await {
+            Some(json) => Json(json).into_response(),
+            None => StatusCode::OK.into_response(),
+        },
         Err(e) => (
             StatusCode::BAD_REQUEST,
             format!("cannot read the slash command: {e}\n"),
@@ -92,9 +89,7 @@ async fn interaction_from_form(app: &Arc<App>, body: &[u8]) -> Response {
         .and_then(|f| serde_json::from_str::<Interaction>(&f.payload).map_err(|e| e.to_string()));
     match payload {
         Ok(p) => {
-            let app = app.clone();
-            // Acknowledge at once; the click is handled after.
-            tokio::spawn(async move { handlers::handle_interaction(&app, p).await });
+            intake::interaction(app, p);
             StatusCode::OK.into_response()
         }
         Err(e) => (
@@ -132,21 +127,14 @@ async fn slack_events(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         return Json(serde_json::json!({"challenge": env.challenge.unwrap_or_default()}))
             .into_response();
     }
-    if env.kind != "event_callback" {
-        return StatusCode::OK.into_response();
-    }
-    if !env.event_id.is_empty() {
-        match app.store.first_sighting(&env.event_id).await {
-            Ok(true) => {}
-            Ok(false) => return StatusCode::OK.into_response(),
-            Err(err) => {
-                tracing::error!(error = ?err, "cannot record the event id");
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            }
+    match intake::event(&app, env).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(err) => {
+            // Slack retries it; the event id dedupes the retry.
+            tracing::error!(error = ?err, "cannot record the event id");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-    tokio::spawn(async move { handlers::handle_event(&app, env).await });
-    StatusCode::OK.into_response()
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -9,7 +9,8 @@
 //! - [`app`]: the core: create, dispatch, apply agent events, cancel, retry, sweeps, recovery.
 //! - [`hub`]: connected agents, routing, their circuit breakers ([`breaker`]).
 //! - [`agents`]: the agents' WebSocket endpoint.
-//! - [`slack`]: Web API, rendering, the consolidator, handlers, signature checks.
+//! - [`slack`]: Web API, rendering, the consolidator, handlers, signature checks,
+//!   Socket Mode.
 //! - [`commands`]: the `/baton` and `/baton-admin` languages; [`admin`] runs the latter.
 //! - [`http`]: the axum router.
 //! - [`replies`]: every refusal and error text a person sees.
@@ -91,11 +92,14 @@ pub async fn run(
         Some(s) if !s.expose_secret().is_empty() => {
             Some(slack::verify::Verifier::new(s.expose_secret()))
         }
-        _ if settings.slack_app_token.is_some() => None,
+        _ if settings.socket_mode_token().is_some() => None,
         _ => anyhow::bail!(
             "SLACK_SIGNING_SECRET is required for HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)"
         ),
     };
+    if let Some(token) = settings.socket_mode_token() {
+        slack::socket_mode::check_app_token(token)?;
+    }
     let store = Store::connect(&settings.database_url).await?;
     bootstrap_keys(&store, &settings)
         .await
@@ -117,6 +121,11 @@ pub async fn run(
     );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
 
+    let socket_mode = match app.settings.socket_mode_token() {
+        Some(token) => Some(slack::socket_mode::SocketMode::start(app.clone(), token).await?),
+        None => None,
+    };
+
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "baton-bot listening");
     let router = http::router(app.clone(), verifier);
@@ -125,6 +134,9 @@ pub async fn run(
         shutdown.await;
         tracing::info!("shutting down: no new work, closing agent connections");
         shutdown_app.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(socket_mode) = socket_mode {
+            socket_mode.shutdown().await;
+        }
         shutdown_app.hub.close_all(1001, "bot shutting down");
     });
     server.await.context("HTTP server failed")?;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::breaker::BreakerConfig;
 
@@ -143,6 +143,13 @@ impl Settings {
         ]);
         s.slack_signing_secret = Some(signing_secret.to_owned().into());
         s
+    }
+
+    /// The app-level token when Socket Mode is on: `SLACK_APP_TOKEN` set and not blank.
+    pub fn socket_mode_token(&self) -> Option<&SecretString> {
+        self.slack_app_token
+            .as_ref()
+            .filter(|t| !t.expose_secret().trim().is_empty())
     }
 
     /// The circuit breaker's settings.

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod slack;
+pub mod socket_mode;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -53,6 +53,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct FakeSlack {
     inner: Mutex<Inner>,
+    /// Socket Mode: connections, envelopes and acks.
+    pub(crate) socket_mode: crate::socket_mode::SocketMode,
 }
 
 impl FakeSlack {
@@ -244,6 +246,9 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == crate::socket_mode::CONNECTIONS_OPEN {
+        return crate::socket_mode::connections_open(&slack, &headers);
+    }
     let bearer = format!("Bearer {BOT_TOKEN}");
     if headers
         .get("authorization")
@@ -294,6 +299,10 @@ async fn api(
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
         .route("/api/{method}", axum::routing::post(api))
+        .route(
+            crate::socket_mode::WS_PATH,
+            axum::routing::get(crate::socket_mode::upgrade),
+        )
         .with_state(slack)
 }
 

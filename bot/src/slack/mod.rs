@@ -4,6 +4,8 @@
 pub mod api;
 pub mod consolidator;
 pub mod handlers;
+pub mod intake;
 pub mod mrkdwn;
 pub mod render;
+pub mod socket_mode;
 pub mod verify;
