@@ -42,22 +42,6 @@ fn runs(project: &Path) -> Vec<i64> {
         .collect()
 }
 
-fn alive(pid: i32) -> bool {
-    // A zombie (exited, not yet reaped by whoever inherited it) is not alive.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.split_whitespace().next() != Some("Z"))
-        })
-        .unwrap_or(false)
-}
-
-async fn kill9(agent: &mut tokio::process::Child) {
-    agent.start_kill().unwrap();
-    agent.wait().await.unwrap();
-}
-
 /// What the message `ts` shows now.
 fn last_edit(slack: &FakeSlack, ts: &str) -> Option<String> {
     slack.shown(ts)
@@ -141,14 +125,7 @@ async fn bot_killed_mid_task_gets_the_result_after_restart_from_the_outbox() {
     assert!(outbox.exists());
     let mut agent = start_agent(dir.path(), addr, &project, 1);
 
-    let bot = Bot::start_with(
-        addr,
-        Arc::new(baton_bot::clock::SystemWallClock),
-        &url,
-        dir.path(),
-        |_| {},
-    )
-    .await;
+    let bot = Bot::restart(addr, &url, dir.path(), |_| {}).await;
     wait_state(&store, 1, "completed", 30).await;
     wait_edit(&slack, &ts, "done 1").await;
     wait_for(30, "the acknowledged result to leave the outbox", || {
@@ -187,14 +164,7 @@ async fn bot_killed_between_the_result_and_the_slack_edit_edits_after_restart() 
     bot.kill().await;
 
     slack.delay("chat.update", Duration::ZERO);
-    let bot = Bot::start_with(
-        addr,
-        Arc::new(baton_bot::clock::SystemWallClock),
-        &url,
-        dir.path(),
-        |_| {},
-    )
-    .await;
+    let bot = Bot::restart(addr, &url, dir.path(), |_| {}).await;
     wait_edit(&slack, &ts, "done 1").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !store.task(1).await.unwrap().unwrap().slack_synced {
@@ -687,14 +657,7 @@ async fn chaos_random_kills_lose_nothing_and_run_nothing_twice() {
             0..=1 => {
                 bot.kill().await;
                 bot_kills += 1;
-                bot = Bot::start_with(
-                    addr,
-                    Arc::new(baton_bot::clock::SystemWallClock),
-                    &url,
-                    dir.path(),
-                    tweak,
-                )
-                .await;
+                bot = Bot::restart(addr, &url, dir.path(), tweak).await;
             }
             2..=3 => {
                 kill9(&mut agent).await;

@@ -136,6 +136,18 @@ impl Bot {
         }
     }
 
+    /// Starts a bot again on `addr` (where its agents expect it) and the same
+    /// database, with the system clock.
+    pub async fn restart(
+        addr: SocketAddr,
+        slack_url: &str,
+        dir: &Path,
+        tweak: impl FnOnce(&mut baton_bot::settings::Settings),
+    ) -> Bot {
+        let clock = Arc::new(baton_bot::clock::SystemWallClock);
+        Self::start_with(addr, clock, slack_url, dir, tweak).await
+    }
+
     /// Stops the bot gracefully and waits for it; panics if it failed.
     pub async fn stop(mut self) {
         if let Some(c) = self.ctl.take() {

@@ -29,3 +29,30 @@ pub fn start_agent_with(dir: &Path, config: &AgentConfig) -> tokio::process::Chi
     config.write(&path);
     spawn_agent(&agent_bin(), &path)
 }
+
+/// Whether a process is alive; a zombie (exited, not yet reaped by whoever
+/// inherited it) is not.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().next() != Some("Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// A pid a task script wrote to `path`.
+pub fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// kill -9, and reap.
+pub async fn kill9(agent: &mut tokio::process::Child) {
+    agent.start_kill().unwrap();
+    agent.wait().await.unwrap();
+}
