@@ -48,6 +48,8 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const RECONNECT_REFUSED: Duration = Duration::from_secs(60);
 /// How long to wait for the WebSocket handshake, and then for the welcome.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Task markers older than this are forgotten (see [`StateDir::prune_seen`]).
+pub const SEEN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long shutdown waits for the bot to acknowledge the last results.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,6 +160,17 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let conn = tokio::spawn(self.clone().connection_loop(stop_rx));
+        let state = self.state.clone();
+        let pruner = tokio::spawn(async move {
+            let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
+            loop {
+                daily.tick().await;
+                let pruned = state.prune_seen(SEEN_RETENTION);
+                if pruned > 0 {
+                    tracing::info!(pruned, "forgot the markers of tasks older than 30 days");
+                }
+            }
+        });
         shutdown.await;
         tracing::info!("shutting down: taking no new tasks");
         self.draining.store(true, Ordering::SeqCst);
@@ -192,6 +205,7 @@ impl Agent {
         }
         let _ = stop_tx.send(true);
         let _ = conn.await;
+        pruner.abort();
         Ok(())
     }
 

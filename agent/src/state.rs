@@ -96,6 +96,38 @@ impl StateDir {
         self.seen.join(task.0.to_string()).exists()
     }
 
+    /// Forgets the markers of tasks accepted longer than `age` ago that hold
+    /// no result and are not running. The bot never re-sends a task that old
+    /// (its queue time to live and grace period are far shorter), so the
+    /// journal stays small without weakening de-duplication.
+    pub fn prune_seen(&self, age: std::time::Duration) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.seen) else {
+            return 0;
+        };
+        let cutoff = std::time::SystemTime::now() - age;
+        let mut pruned = 0;
+        for entry in dir.flatten() {
+            let Some(task) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .map(TaskId)
+            else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            let busy = self.outbox.join(format!("{}.json", task.0)).exists()
+                || self.running.join(task.0.to_string()).exists();
+            if old && !busy && std::fs::remove_file(entry.path()).is_ok() {
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+
     /// Keeps a final event until the bot acknowledges it.
     pub fn put_outbox(&self, task: TaskId, msg: &AgentMessage) -> std::io::Result<()> {
         write_atomic(
@@ -166,6 +198,32 @@ mod tests {
         assert!(!s.ack(TaskId(5), 2).expect("ack"), "a stale ack keeps it");
         assert!(s.ack(TaskId(5), 3).expect("ack"));
         assert!(s.outbox().is_empty());
+    }
+
+    #[test]
+    fn old_markers_are_pruned_unless_their_task_holds_a_result() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = StateDir::open(dir.path()).expect("open");
+        for t in 1..=3 {
+            s.mark_seen(TaskId(t)).expect("seen");
+        }
+        s.put_outbox(
+            TaskId(2),
+            &AgentMessage::Cancelled {
+                task: TaskId(2),
+                seq: 2,
+            },
+        )
+        .expect("put");
+        s.mark_started(TaskId(3), 1).expect("started");
+        assert_eq!(
+            s.prune_seen(std::time::Duration::from_secs(3600)),
+            0,
+            "all recent"
+        );
+        assert_eq!(s.prune_seen(std::time::Duration::ZERO), 1);
+        assert!(!s.was_seen(TaskId(1)));
+        assert!(s.was_seen(TaskId(2)) && s.was_seen(TaskId(3)));
     }
 
     #[test]

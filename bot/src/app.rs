@@ -32,6 +32,10 @@ use crate::store::{Ending, NewTask, Store, Task};
 
 /// How often the sweeps run.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often old Slack event ids are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a Slack event id is remembered (Slack retries for minutes).
+pub const EVENT_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// A request for a task, from a slash command, a mention, a thread reply or a retry.
 #[derive(Debug, Clone)]
@@ -877,9 +881,19 @@ impl App {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = prune.tick() => {
+                    let before = self.clock.now_ms() - EVENT_ID_RETENTION.as_millis() as i64;
+                    match self.store.prune_events(before).await {
+                        Ok(n) if n > 0 => tracing::info!(pruned = n, "old Slack event ids forgotten"),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = ?err, "cannot prune Slack event ids"),
+                    }
+                }
                 _ = self.dispatch_wake.notified() => self.dispatch_pass().await,
                 _ = tick.tick() => {
                     self.sweep().await;

@@ -708,6 +708,17 @@ impl Store {
         Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
     }
 
+    /// Forgets Slack event ids received before `before_ms` (Slack retries an
+    /// event for minutes, never days). Returns how many were dropped.
+    pub async fn prune_events(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let res = slack_event::Entity::delete_many()
+            .filter(slack_event::Column::ReceivedAt.lt(before_ms))
+            .exec(&self.db)
+            .await
+            .context("Cannot prune Slack event ids")?;
+        Ok(res.rows_affected)
+    }
+
     /// Writes one admin action to the audit log.
     pub async fn audit(
         &self,
@@ -749,5 +760,64 @@ fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        Store::connect(&url).await.expect("connect")
+    }
+
+    #[tokio::test]
+    async fn event_ids_dedupe_until_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        assert!(s.first_sighting("Ev1").await.expect("insert"));
+        assert!(!s.first_sighting("Ev1").await.expect("again"), "a retry");
+        assert_eq!(s.prune_events(now_ms() - 60_000).await.expect("prune"), 0);
+        assert_eq!(s.prune_events(now_ms() + 1).await.expect("prune"), 1);
+        assert!(s.first_sighting("Ev1").await.expect("forgotten"));
+    }
+
+    #[tokio::test]
+    async fn guarded_updates_change_only_the_expected_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        let t = s
+            .insert_task(NewTask {
+                queued_at: now_ms(),
+                persona: "code".into(),
+                project: "web".into(),
+                prompt: "p".into(),
+                requester: "U1".into(),
+                team_id: "T1".into(),
+                channel_id: "C1".into(),
+                thread_ts: None,
+                parent_id: None,
+                session_id: None,
+            })
+            .await
+            .expect("insert");
+        assert!(
+            !s.mark_running(t.id, "a", 1).await.expect("run"),
+            "not dispatched yet"
+        );
+        assert!(s.claim(t.id, "a").await.expect("claim"));
+        assert!(!s.claim(t.id, "b").await.expect("claim"), "claimed once");
+        assert!(
+            !s.requeue(t.id, "b", "x").await.expect("requeue"),
+            "not b's"
+        );
+        assert!(s.requeue(t.id, "a", "x").await.expect("requeue"));
+        assert!(s.claim(t.id, "b").await.expect("claim again"));
+        assert!(s.mark_running(t.id, "b", 1).await.expect("run"));
+        assert!(
+            !s.requeue(t.id, "b", "x").await.expect("requeue"),
+            "running stays"
+        );
     }
 }
