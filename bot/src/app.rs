@@ -95,6 +95,8 @@ pub struct App {
     user_limiter: UserLimiter,
     /// Set on SIGTERM: no new work.
     pub shutting_down: AtomicBool,
+    /// Time from a task entering its queue to its submit frame going out.
+    pub dispatch_latency: crate::metrics::Histogram,
 }
 
 impl std::fmt::Debug for App {
@@ -168,6 +170,7 @@ impl App {
             queue_shown: Mutex::new(HashMap::new()),
             user_limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
             shutting_down: AtomicBool::new(false),
+            dispatch_latency: crate::metrics::Histogram::new(&crate::metrics::DISPATCH_BUCKETS),
         }
     }
 
@@ -299,6 +302,8 @@ impl App {
         lock(&self.awaiting).insert(task.id, (route.agent.clone(), deadline));
         // If the connection is gone, the accept timeout puts the task back.
         let _ = route.tx.send(crate::hub::Outgoing::Frame(submit));
+        let waited = (self.clock.now_ms() - task.queued_at).max(0) as u64;
+        self.dispatch_latency.observe(Duration::from_millis(waited));
         tracing::info!(task = task.id, agent = %route.agent, "task dispatched");
         Ok(Some(task))
     }

@@ -188,6 +188,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         let n = app.store.queue_len(&p).await.unwrap_or(0);
         let _ = writeln!(out, "baton_queue_depth{{project=\"{p}\"}} {n}");
     }
+    app.dispatch_latency.render(
+        "baton_dispatch_latency_seconds",
+        "Time from a task entering its queue to its submit frame going to an agent.",
+        &mut out,
+    );
     let s = app.consolidator.stats();
     let _ = writeln!(
         out,

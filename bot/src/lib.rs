@@ -13,6 +13,7 @@
 //!   Socket Mode.
 //! - [`commands`]: the `/baton` and `/baton-admin` languages; [`admin`] runs the latter.
 //! - [`http`]: the axum router.
+//! - [`metrics`]: the histogram behind `/metrics`' latencies.
 //! - [`replies`]: every refusal and error text a person sees.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod http;
 pub mod hub;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod personas;
 pub mod replies;
