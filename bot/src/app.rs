@@ -140,8 +140,8 @@ impl App {
         clock: Arc<dyn WallClock>,
     ) -> Self {
         let consolidator = Consolidator::new(
-            slack.clone(),
-            store.clone(),
+            Arc::new(slack.clone()),
+            Arc::new(store.clone()),
             Duration::from_millis(settings.edit_interval_ms),
             settings.slack_updates_per_minute,
         );

@@ -35,6 +35,21 @@ pub const ACTION_CANCEL: &str = "baton_cancel";
 /// The action id of the Retry button.
 pub const ACTION_RETRY: &str = "baton_retry";
 
+/// Block id prefix of a result's continuation reply: `baton-result-{task}-{part}`.
+const PART_BLOCK_PREFIX: &str = "baton-result-";
+
+/// The block id of continuation part `part` (from 1) of `task`'s result, by
+/// which a thread read back shows which parts are already there.
+pub fn part_block_id(task: i64, part: usize) -> String {
+    format!("{PART_BLOCK_PREFIX}{task}-{part}")
+}
+
+/// The task and part a continuation reply's block id names.
+pub fn parse_part_block_id(block_id: &str) -> Option<(i64, usize)> {
+    let (task, part) = block_id.strip_prefix(PART_BLOCK_PREFIX)?.split_once('-')?;
+    Some((task.parse().ok()?, part.parse().ok()?))
+}
+
 /// A task rendered: the message and, for long results, the thread replies that continue it.
 #[derive(Debug, Clone)]
 pub struct Rendered {
@@ -223,9 +238,15 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
                 if i < RESULT_SECTIONS_IN_MESSAGE {
                     blocks.push(section(part));
                 } else {
+                    let n = continuation.len() + 1;
                     continuation.push(MessageBody {
                         text: mrkdwn::truncate_chars(&part, FALLBACK_TEXT_MAX, "…"),
-                        blocks: vec![section(part)],
+                        blocks: vec![
+                            SlackSectionBlock::new()
+                                .with_text(md!(part))
+                                .with_block_id(part_block_id(task.id, n).into())
+                                .into(),
+                        ],
                     });
                 }
             }

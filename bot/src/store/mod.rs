@@ -430,11 +430,11 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the task's message as showing its final state.
-    pub async fn mark_slack_synced(&self, id: i64, parts_posted: i32) -> anyhow::Result<()> {
+    /// Marks the task's message as showing its final state (the result's
+    /// continuation replies included).
+    pub async fn mark_slack_synced(&self, id: i64) -> anyhow::Result<()> {
         task::Entity::update_many()
             .col_expr(task::Column::SlackSynced, Expr::value(true))
-            .col_expr(task::Column::ResultPartsPosted, Expr::value(parts_posted))
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::State.is_in(states(&[
                 TaskState::Completed,
@@ -448,11 +448,13 @@ impl Store {
         Ok(())
     }
 
-    /// Records how many result continuation replies are posted.
+    /// Records that the first `parts` result continuation replies are in the
+    /// thread. Never lowers the count.
     pub async fn set_result_parts_posted(&self, id: i64, parts: i32) -> anyhow::Result<()> {
         task::Entity::update_many()
             .col_expr(task::Column::ResultPartsPosted, Expr::value(parts))
             .filter(task::Column::Id.eq(id))
+            .filter(task::Column::ResultPartsPosted.lt(parts))
             .exec(&self.db)
             .await
             .context("Cannot record the posted result parts")?;
