@@ -222,11 +222,23 @@ impl SlackApi {
         user: &str,
         text: &str,
     ) -> Result<(), SlackCallError> {
+        self.post_ephemeral_in(channel, None, user, text).await
+    }
+
+    /// Posts a message only `user` sees, in a thread when `thread_ts` is given.
+    pub async fn post_ephemeral_in(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        user: &str,
+        text: &str,
+    ) -> Result<(), SlackCallError> {
         let req = SlackApiChatPostEphemeralRequest::new(
             channel.into(),
             user.into(),
             SlackMessageContent::new().with_text(text.to_owned()),
-        );
+        )
+        .opt_thread_ts(thread_ts.map(Into::into));
         self.client
             .open_session(&self.token)
             .chat_post_ephemeral(&req)

@@ -339,6 +339,10 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     if let Some(agent) = task.agent.as_deref() {
         blocks.push(context(format!("Agent `{}`", name(agent))));
     }
+    let retried_as = task.retried_as.filter(|n| *n > 0);
+    if let Some(new) = retried_as {
+        blocks.push(context(format!(":repeat: Retried as *#{new}*")));
+    }
 
     let mut buttons = Vec::new();
     if state.can_cancel() {
@@ -349,7 +353,7 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
             Some(SlackBlockButtonStyle::Danger),
         ));
     }
-    if state.can_retry() {
+    if state.can_retry() && retried_as.is_none() {
         buttons.push(button(
             ACTION_RETRY,
             "Retry",
@@ -531,6 +535,7 @@ mod tests {
             failure_cause: None,
             slack_synced: false,
             result_parts_posted: 0,
+            retried_as: None,
         }
     }
 

@@ -436,6 +436,7 @@ fn task(id: i64, state: TaskState) -> Task {
         failure_cause: None,
         slack_synced: false,
         result_parts_posted: 0,
+        retried_as: None,
     }
 }
 
