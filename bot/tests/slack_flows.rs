@@ -557,6 +557,54 @@ async fn a_click_on_a_finished_task_gets_a_clear_answer_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_result_continues_in_the_thread_in_order_once() {
+    let rig = Rig::start().await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    rig.baton("write the report", "U1").await;
+    let submit = agent.submitted().await;
+    agent.start(submit.task);
+    let result: String = (1..=8)
+        .map(|i| {
+            format!(
+                "## Section {i}\n\n{}\n\n```\ncode {i} <&>\n```\n",
+                "Findings & notes. ".repeat(160)
+            )
+        })
+        .collect();
+    agent.complete(submit.task, &result, "sess-1");
+    let ts = rig.message_ts(1).await;
+    rig.task_when(1, "the final state shown", |t| t.slack_synced)
+        .await;
+
+    let message = rig.shown(&ts);
+    let text = message_text(&message);
+    assert!(
+        text.contains("*Section 1*") && text.contains("The result continues in this thread"),
+        "{text}"
+    );
+    let replies: Vec<Value> = rig.slack.thread(&ts).into_iter().skip(1).collect();
+    let ids: Vec<String> = replies
+        .iter()
+        .map(|m| m["blocks"][0]["block_id"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (1..=ids.len())
+        .map(|n| baton_bot::slack::render::part_block_id(1, n))
+        .collect();
+    assert!(ids.len() >= 3, "{ids:?}");
+    assert_eq!(ids, want, "each part once, in order");
+    let all = replies.iter().map(message_text).collect::<String>();
+    assert!(
+        all.contains("*Section 8*") && all.contains("code 8 &lt;&amp;&gt;"),
+        "the end is there"
+    );
+    let task = rig.store.task(1).await.unwrap().unwrap();
+    assert_eq!(task.result_parts_posted as usize, ids.len());
+    // Before posting parts it read the thread back, and Slack took the call.
+    assert_eq!(rig.slack.calls("conversations.replies").len(), 1);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_works_like_the_slash_command_once_per_event() {
     let rig = Rig::start().await;
     rig.event(
