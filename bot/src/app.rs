@@ -36,6 +36,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// How long a Slack event id is remembered (Slack retries for minutes).
 pub const EVENT_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How many times a cancel reads the task again when it moved meanwhile.
+const CANCEL_ROUNDS: usize = 3;
 
 /// A request for a task, from a slash command, a mention, a thread reply or a retry.
 #[derive(Debug, Clone)]
@@ -146,8 +148,8 @@ impl App {
         clock: Arc<dyn WallClock>,
     ) -> Self {
         let consolidator = Consolidator::new(
-            slack.clone(),
-            store.clone(),
+            Arc::new(slack.clone()),
+            Arc::new(store.clone()),
             Duration::from_millis(settings.edit_interval_ms),
             settings.slack_updates_per_minute,
         );
@@ -665,7 +667,8 @@ impl App {
 
     // ---- cancel and retry ----
 
-    /// Cancels a task for `user`. Returns the reply for the person.
+    /// Cancels a task for `user`. Returns the reply for the person. A
+    /// second cancel (a double click) changes nothing and says so.
     pub async fn cancel(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
         let task = self
             .store
@@ -675,44 +678,51 @@ impl App {
         if task.requester != user && !self.is_admin(user) {
             return Err(RequestError::User(replies::not_yours(id, "cancel")));
         }
-        let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
-        if state.is_terminal() {
-            return Err(RequestError::User(replies::already_ended(id, state)));
-        }
-        if state == TaskState::Queued {
-            let ending = Ending::Cancelled {
-                note: format!("Cancelled by <@{user}> while queued."),
-            };
-            if self
+        // The task may move between reading it and changing it (dispatched,
+        // put back in its queue, ended): each change is guarded, so read again.
+        let mut task = task;
+        for _ in 0..CANCEL_ROUNDS {
+            let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
+            if state.is_terminal() {
+                return Err(RequestError::User(replies::already_ended(id, state)));
+            }
+            if state == TaskState::Queued {
+                let ending = Ending::Cancelled {
+                    note: format!("Cancelled by <@{user}> while queued."),
+                };
+                if self
+                    .store
+                    .finish(id.0, None, None, &[TaskState::Queued], &ending)
+                    .await?
+                {
+                    lock(&self.queue_shown).remove(&id.0);
+                    self.show_from_db(id.0).await;
+                    self.show_queued(&task.project).await;
+                    return Ok(replies::cancel_requested(id, true));
+                }
+            } else if task.cancel_requested {
+                return Ok(replies::cancel_already_requested(id));
+            } else if self.store.set_cancel_requested(id.0).await? {
+                if let Some(agent) = task.agent.as_deref() {
+                    if let Some(t) = lock(&self.live).get_mut(&id.0) {
+                        t.cancel_requested = true;
+                    }
+                    // Delivered now if connected; otherwise on reconnect (reconciliation).
+                    self.hub.send(agent, BotMessage::Cancel { task: id });
+                }
+                return Ok(replies::cancel_requested(id, false));
+            }
+            task = self
                 .store
-                .finish(id.0, None, None, &[TaskState::Queued], &ending)
+                .task(id.0)
                 .await?
-            {
-                lock(&self.queue_shown).remove(&id.0);
-                self.show_from_db(id.0).await;
-                let project = task.project.clone();
-                self.show_queued(&project).await;
-                return Ok(replies::cancel_requested(id, true));
-            }
+                .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
         }
-        // Dispatched or running (or it just left the queue): the agent stops it.
-        let task = self
-            .store
-            .task(id.0)
-            .await?
-            .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
-        self.store.set_cancel_requested(id.0).await?;
-        if let Some(agent) = task.agent.as_deref() {
-            if let Some(t) = lock(&self.live).get_mut(&id.0) {
-                t.cancel_requested = true;
-            }
-            // Delivered now if connected; otherwise on reconnect (reconciliation).
-            self.hub.send(agent, BotMessage::Cancel { task: id });
-        }
-        Ok(replies::cancel_requested(id, false))
+        Err(RequestError::User(replies::cancel_try_again(id)))
     }
 
-    /// Runs an ended task again as a new task. Returns the reply.
+    /// Runs an ended task again as a new task, once: a second retry of the
+    /// same task (a double click) changes nothing and says so. Returns the reply.
     pub async fn retry(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
         let task = self
             .store
@@ -720,10 +730,19 @@ impl App {
             .await?
             .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
         let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
-        if !state.can_retry() {
-            return Err(RequestError::User(replies::cannot_retry(id, state)));
+        let refusal = |t: &Task| match t.retried_as {
+            Some(crate::store::RETRY_CLAIMED) => replies::retry_in_progress(id),
+            Some(new) => replies::already_retried(id, TaskId(new)),
+            None => replies::cannot_retry(id, state),
+        };
+        if !state.can_retry() || task.retried_as.is_some() {
+            return Err(RequestError::User(refusal(&task)));
         }
-        let new = self
+        if !self.store.claim_retry(id.0).await? {
+            let now = self.store.task(id.0).await?.unwrap_or(task);
+            return Err(RequestError::User(refusal(&now)));
+        }
+        let created = self
             .create_task(TaskRequest {
                 persona: task.persona.parse().unwrap_or_default(),
                 project: ProjectName::new(task.project.clone()).ok(),
@@ -735,15 +754,27 @@ impl App {
                 parent_id: Some(task.id),
                 session_id: None,
             })
-            .await?;
-        if let Some(ts) = task.message_ts.as_deref() {
+            .await;
+        let new = match created {
+            Ok(new) => new,
+            Err(err) => {
+                if let Err(e) = self.store.release_retry(id.0).await {
+                    tracing::error!(task = id.0, error = ?e, "cannot release a failed retry");
+                }
+                return Err(err);
+            }
+        };
+        self.store.set_retried_as(id.0, new.id).await?;
+        // The old message loses its Retry button and points to the new task.
+        self.show_from_db(id.0).await;
+        if let Some(root) = task.thread_ts.as_deref().or(task.message_ts.as_deref()) {
             let body = MessageBody {
-                text: format!("<@{user}> retried this task as #{}.", new.id),
+                text: replies::retried_note(user, TaskId(new.id)),
                 blocks: Vec::new(),
             };
             if let Err(err) = self
                 .slack
-                .post_message(&task.channel_id, Some(ts), &body)
+                .post_message(&task.channel_id, Some(root), &body)
                 .await
             {
                 tracing::warn!(task = task.id, error = %err, "cannot note the retry in the thread");
@@ -851,6 +882,7 @@ impl App {
     /// Rebuilds memory from the database after a start: tasks held by agents
     /// wait for them, and every message not up to date is shown again.
     pub async fn recover(&self) -> anyhow::Result<()> {
+        self.store.release_stale_retry_claims().await?;
         for task in self
             .store
             .tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX)

@@ -100,7 +100,43 @@ pub fn cancel_requested(id: TaskId, queued: bool) -> String {
 
 /// Retry accepted.
 pub fn retried(old: TaskId, new: TaskId) -> String {
-    format!("Task {old} is running again as {new}.")
+    format!("Task {old} runs again as {new}.")
+}
+
+/// Retry of a task that was already retried (a double click, or a second try).
+pub fn already_retried(old: TaskId, new: TaskId) -> String {
+    format!(
+        "Task {old} was already retried as {new}; nothing new was started. `/baton status {new}` shows how it is doing, and `/baton retry {new}` runs it again if it failed too."
+    )
+}
+
+/// Retry of a task whose retry is being created right now.
+pub fn retry_in_progress(id: TaskId) -> String {
+    format!("Task {id} is being retried right now; nothing more was started.")
+}
+
+/// A second cancel while the agent has not confirmed the first.
+pub fn cancel_already_requested(id: TaskId) -> String {
+    format!(
+        "Task {id} is already being cancelled; its message will show when the agent has stopped it."
+    )
+}
+
+/// A cancel that kept racing the task's own moves.
+pub fn cancel_try_again(id: TaskId) -> String {
+    format!("Task {id} changed while it was being cancelled; nothing was changed. Try again.")
+}
+
+/// A reply in a thread whose latest task has not finished.
+pub fn thread_busy(id: TaskId, state: TaskState) -> String {
+    format!(
+        "Task {id} in this thread is still {state}, so this reply did not start a follow-up. Reply again once it has finished, or cancel it with `/baton cancel {id}`."
+    )
+}
+
+/// The note in a task's thread when someone retried it.
+pub fn retried_note(user: &str, new: TaskId) -> String {
+    format!("<@{user}> retried this task as {new}.")
 }
 
 /// A click on a button of a task that moved on.

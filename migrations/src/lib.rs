@@ -6,6 +6,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_initial;
+mod m20261201_000001_thread_and_retry;
 
 /// Runs Baton's migrations in order.
 #[derive(Debug)]
@@ -14,6 +15,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261121_000001_initial::Migration)]
+        vec![
+            Box::new(m20261121_000001_initial::Migration),
+            Box::new(m20261201_000001_thread_and_retry::Migration),
+        ]
     }
 }

@@ -3,6 +3,7 @@
 //! It records every call, answers the way Slack answers (`msg_too_long`,
 //! `invalid_blocks`, `not_authed`), can be told to rate-limit a method (429 with
 //! `Retry-After`, the way Slack's tiers do) and to fail the next calls of a method.
+//! It keeps the messages posted, so `conversations.replies` reads a thread back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as AxPath, State};
+use axum::extract::{Path as AxPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -47,6 +48,8 @@ struct Inner {
     limits: HashMap<String, Limit>,
     failures: HashMap<String, VecDeque<String>>,
     delay: HashMap<String, Duration>,
+    /// Messages posted, in order: their ts and the `chat.postMessage` body.
+    posted: Vec<(String, Value)>,
 }
 
 /// The fake Slack Web API: records calls, enforces Slack's limits.
@@ -132,6 +135,21 @@ impl FakeSlack {
         }
     }
 
+    /// The messages of the thread of `ts` (its first message included), as
+    /// `conversations.replies` returns them.
+    pub fn thread(&self, ts: &str) -> Vec<Value> {
+        self.lock()
+            .posted
+            .iter()
+            .filter(|(t, b)| t == ts || b["thread_ts"].as_str() == Some(ts))
+            .map(|(t, b)| {
+                json!({"type": "message", "ts": t, "bot_id": "BBATON", "text": b["text"],
+                       "blocks": b.get("blocks").cloned().unwrap_or_else(|| json!([])),
+                       "thread_ts": b.get("thread_ts").cloned().unwrap_or_else(|| json!(t))})
+            })
+            .collect()
+    }
+
     /// Decides the answer for one call and records it.
     fn answer(&self, method: &str, body: &Value) -> Result<String, Refusal> {
         let mut inner = self.lock();
@@ -180,7 +198,13 @@ impl FakeSlack {
         });
         match refusal {
             Some(r) => Err(r),
-            None => Ok(ts.unwrap_or_default()),
+            None => {
+                let ts = ts.unwrap_or_default();
+                if method == "chat.postMessage" {
+                    inner.posted.push((ts.clone(), body.clone()));
+                }
+                Ok(ts)
+            }
         }
     }
 }
@@ -197,6 +221,16 @@ impl Refusal {
             Refusal::Error(e) => e.clone(),
         }
     }
+}
+
+/// Slack's 429: `Retry-After` in seconds.
+fn rate_limited(secs: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [("retry-after", secs.to_string())],
+        axum::Json(json!({"ok": false, "error": "ratelimited"})),
+    )
+        .into_response()
 }
 
 fn slack_error(code: &str) -> Response {
@@ -226,6 +260,11 @@ pub fn check_limits(body: &Value) -> Option<&'static str> {
                 return Some("invalid_blocks");
             }
             for e in b["elements"].as_array().into_iter().flatten() {
+                if b["type"] == "context"
+                    && e["text"].as_str().is_some_and(|t| t.chars().count() > 3000)
+                {
+                    return Some("invalid_blocks");
+                }
                 if e["action_id"].as_str().is_some_and(|t| t.len() > 255)
                     || e["value"].as_str().is_some_and(|t| t.len() > 2000)
                     || e["text"]["text"]
@@ -266,14 +305,7 @@ async fn api(
     }
     let ts = match slack.answer(&method, &body) {
         Ok(ts) => ts,
-        Err(Refusal::RateLimited(secs)) => {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [("retry-after", secs.to_string())],
-                axum::Json(json!({"ok": false, "error": "ratelimited"})),
-            )
-                .into_response();
-        }
+        Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
         Err(Refusal::Error(e)) => return slack_error(&e),
     };
     match method.as_str() {
@@ -295,9 +327,38 @@ async fn api(
     }
 }
 
+/// `conversations.replies` (a GET): the thread's messages.
+async fn replies(
+    State(slack): State<Arc<FakeSlack>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let bearer = format!("Bearer {BOT_TOKEN}");
+    if headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v != bearer)
+    {
+        return slack_error("not_authed");
+    }
+    let ts = query.get("ts").cloned().unwrap_or_default();
+    let body = json!({"channel": query.get("channel"), "ts": ts});
+    match slack.answer("conversations.replies", &body) {
+        Ok(_) => {}
+        Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
+        Err(Refusal::Error(e)) => return slack_error(&e),
+    }
+    let messages = slack.thread(&ts);
+    if messages.is_empty() {
+        return slack_error("thread_not_found");
+    }
+    axum::Json(json!({"ok": true, "messages": messages, "has_more": false})).into_response()
+}
+
 /// The fake Slack's router, for callers that serve it themselves.
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
+        .route("/api/conversations.replies", axum::routing::get(replies))
         .route("/api/{method}", axum::routing::post(api))
         .route(
             crate::socket_mode::WS_PATH,

@@ -2,17 +2,23 @@
 //!
 //! A thin layer that turns slack-morphism's errors into the three cases the
 //! bot branches on: rate limited (with `Retry-After`), a Slack error code, and
-//! a transport failure.
+//! a transport failure. [`ChatApi`] is the part of it the consolidator uses,
+//! so its tests can stand in for Slack on tokio's paused clock.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 /// When Slack answers 429 without `Retry-After`, wait this long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Replies asked for per `conversations.replies` page (Slack's maximum is 1,000).
+const REPLIES_PAGE: u16 = 200;
+/// Most `conversations.replies` pages read for one thread.
+const REPLIES_MAX_PAGES: usize = 20;
 
 /// A failed Web API call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +92,33 @@ impl MessageBody {
             .with_text(self.text.clone())
             .with_blocks(self.blocks.clone())
     }
+}
+
+/// The Web API calls the consolidator makes. [`SlackApi`] makes them over
+/// HTTP; the consolidator's tests use an in-memory Slack on paused time.
+pub trait ChatApi: Send + Sync + 'static {
+    /// `chat.postMessage`, in a thread when `thread_ts` is given; returns the new message's ts.
+    fn post_message<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: Option<&'a str>,
+        body: &'a MessageBody,
+    ) -> BoxFuture<'a, Result<String, SlackCallError>>;
+
+    /// `chat.update`: replaces a message's content.
+    fn update_message<'a>(
+        &'a self,
+        channel: &'a str,
+        ts: &'a str,
+        body: &'a MessageBody,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>>;
+
+    /// `conversations.replies`: the block ids of every message in the thread of `thread_ts`.
+    fn thread_block_ids<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, SlackCallError>>;
 }
 
 /// The Web API client. Cheap to clone.
@@ -169,6 +202,35 @@ impl SlackApi {
         Ok(())
     }
 
+    /// The block ids of every message in a thread (its first message included).
+    pub async fn thread_block_ids(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+    ) -> Result<Vec<String>, SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        let mut ids = Vec::new();
+        let mut cursor = None;
+        for _ in 0..REPLIES_MAX_PAGES {
+            let req = SlackApiConversationsRepliesRequest::new(channel.into(), thread_ts.into())
+                .with_limit(REPLIES_PAGE)
+                .opt_cursor(cursor);
+            let res = session.conversations_replies(&req).await?;
+            for message in res.messages {
+                for block in message.content.blocks.unwrap_or_default() {
+                    if let Some(id) = block_id(&block) {
+                        ids.push(id);
+                    }
+                }
+            }
+            cursor = res.response_metadata.and_then(|m| m.next_cursor);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
     /// Posts a message only `user` sees.
     pub async fn post_ephemeral(
         &self,
@@ -176,15 +238,65 @@ impl SlackApi {
         user: &str,
         text: &str,
     ) -> Result<(), SlackCallError> {
+        self.post_ephemeral_in(channel, None, user, text).await
+    }
+
+    /// Posts a message only `user` sees, in a thread when `thread_ts` is given.
+    pub async fn post_ephemeral_in(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        user: &str,
+        text: &str,
+    ) -> Result<(), SlackCallError> {
         let req = SlackApiChatPostEphemeralRequest::new(
             channel.into(),
             user.into(),
             SlackMessageContent::new().with_text(text.to_owned()),
-        );
+        )
+        .opt_thread_ts(thread_ts.map(Into::into));
         self.client
             .open_session(&self.token)
             .chat_post_ephemeral(&req)
             .await?;
         Ok(())
+    }
+}
+
+/// The block id of the blocks Baton posts (sections, context and actions).
+fn block_id(block: &SlackBlock) -> Option<String> {
+    match block {
+        SlackBlock::Section(b) => b.block_id.as_ref().map(|id| id.0.clone()),
+        SlackBlock::Context(b) => b.block_id.as_ref().map(|id| id.0.clone()),
+        SlackBlock::Actions(b) => b.block_id.as_ref().map(|id| id.0.clone()),
+        _ => None,
+    }
+}
+
+impl ChatApi for SlackApi {
+    fn post_message<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: Option<&'a str>,
+        body: &'a MessageBody,
+    ) -> BoxFuture<'a, Result<String, SlackCallError>> {
+        Box::pin(SlackApi::post_message(self, channel, thread_ts, body))
+    }
+
+    fn update_message<'a>(
+        &'a self,
+        channel: &'a str,
+        ts: &'a str,
+        body: &'a MessageBody,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>> {
+        Box::pin(SlackApi::update_message(self, channel, ts, body))
+    }
+
+    fn thread_block_ids<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, SlackCallError>> {
+        Box::pin(SlackApi::thread_block_ids(self, channel, thread_ts))
     }
 }

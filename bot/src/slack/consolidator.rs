@@ -3,12 +3,23 @@
 //! Callers hand it the task's latest state whenever it changes; the latest
 //! render wins. For each message it keeps at most one call in flight, edits
 //! at most once per `edit_interval`, draws every `chat.update` from a
-//! per-workspace budget (governor), serves terminal states first, pauses a
-//! method for its `Retry-After` on a 429 and retries other failures with
-//! backoff (backon). A terminal state is never dropped: once its final edit
-//! (and any result continuation in the thread) has landed, the task is marked
-//! synced in the database; a task not marked synced is shown again after a
-//! restart.
+//! per-workspace budget (governor) that holds in every 60-second window,
+//! serves terminal states first (then the least recently edited message),
+//! pauses a method for its `Retry-After` on a 429 and retries other failures
+//! with backoff (backon). A terminal state is never dropped nor overwritten
+//! by a late live one: once its final edit and the result's continuation
+//! replies have landed, the task is marked synced; a task not marked synced
+//! is shown again after a restart.
+//!
+//! Continuation replies are posted exactly once: each carries a block id
+//! naming its task and part, the count of parts that landed is kept in memory
+//! and in the database, and whenever that count may lag behind Slack (the
+//! first time this process finishes a thread, or after a post whose answer
+//! was lost) the thread is read back before anything more is posted.
+//!
+//! The outside world comes in through two seams, [`ChatApi`] (the Web API)
+//! and [`MessageLog`] (the database), so the tests run it on tokio's paused
+//! clock against an in-memory Slack.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -16,32 +27,91 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
 use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::TokioClock;
 use crate::model::{TaskState, now_ms};
-use crate::slack::api::{MessageBody, SlackApi, SlackCallError};
+use crate::slack::api::{ChatApi, MessageBody, SlackCallError};
 use crate::slack::render::{self, Rendered};
 use crate::store::{Store, Task};
+
+#[cfg(test)]
+mod tests;
 
 /// Shortest wait after a transient failure.
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
 /// Longest wait between retries of one message.
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
-/// Attempts at a non-terminal render before it is dropped (a newer one will come).
-const MAX_ATTEMPTS_NON_TERMINAL: u32 = 5;
-/// Burst of the per-workspace `chat.update` budget.
+/// Failed attempts at a live render before it is dropped (a newer one will
+/// come), and at reading a thread before the stored count of parts is trusted.
+const MAX_ATTEMPTS: u32 = 5;
+/// Largest burst of the per-workspace `chat.update` budget.
 const UPDATE_BURST: u32 = 5;
+/// The burst is at most this fraction of the budget (a burst costs sustained rate).
+const UPDATE_BURST_DIVISOR: u32 = 10;
+/// The window Slack counts calls in; the budget holds in every window this long.
+const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+/// How long a finished message is remembered after its final state landed,
+/// so a late live render of it is recognised as stale.
+const FINISHED_REMEMBERED: Duration = Duration::from_secs(600);
+/// How often, at most, finished messages past [`FINISHED_REMEMBERED`] are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long the driver sleeps when nothing is due.
+const IDLE_SLEEP: Duration = Duration::from_secs(3600);
+/// How often the shutdown flush looks again when nothing says when.
+const FLUSH_POLL: Duration = Duration::from_millis(50);
 
-/// A Web API method the consolidator calls; 429s pause one method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What the consolidator records about the messages it shows: where each one
+/// is, what it shows, and how far a result's continuation got. The database
+/// in production.
+pub trait MessageLog: Send + Sync + 'static {
+    /// The task's message was posted as `ts`.
+    fn message_posted<'a>(&'a self, task: i64, ts: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Slack is about to show this live state of the task (a restart shows it again).
+    fn progress_shown<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// The first `parts` continuation replies of the task's result are in its thread.
+    fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Slack shows the task's final state, its whole result included.
+    fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>>;
+}
+
+impl MessageLog for Store {
+    fn message_posted<'a>(&'a self, task: i64, ts: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.set_message_ts(task, ts))
+    }
+
+    fn progress_shown<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.save_progress(
+            task.id,
+            task.last_seq,
+            &task.steps,
+            task.step_count,
+            &task.output_tail,
+        ))
+    }
+
+    fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>> {
+        let parts = i32::try_from(parts).unwrap_or(i32::MAX);
+        Box::pin(self.set_result_parts_posted(task, parts))
+    }
+
+    fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(self.mark_slack_synced(task))
+    }
+}
+
+/// A Web API method the consolidator calls; a 429 pauses one method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Method {
-    /// `chat.postMessage`.
+    /// `chat.postMessage`: task messages and continuation replies.
     Post,
     /// `chat.update`.
     Update,
+    /// `conversations.replies`: reading a thread back.
+    Replies,
 }
 
 /// Scheduling priority: terminal states first, then running tasks, then queue positions.
@@ -58,24 +128,100 @@ fn priority(state: TaskState) -> u8 {
 struct Slot {
     /// The latest state not yet shown, with its queue position.
     pending: Option<(Task, Option<u64>)>,
-    /// A call for this message is in flight.
+    /// A call for this message is in flight; nothing else is sent for it meanwhile.
     in_flight: bool,
     /// The message's ts, once posted.
     ts: Option<String>,
-    /// When the last edit (or post) was sent.
+    /// When the message was last posted or edited (the edit interval counts from here).
     last_sent: Option<Instant>,
     /// Not before this instant (backoff after a failure).
     retry_at: Option<Instant>,
-    /// Failed attempts at the pending render.
+    /// Failed attempts at the pending render; 429s only wait and do not count.
     attempts: u32,
+    /// A terminal state was given: live renders arriving after it are stale.
+    finished: bool,
+    /// The message already shows the pending terminal render; only its thread is left.
+    final_edited: bool,
+    /// Continuation replies this process knows are in the thread; `None`:
+    /// read the thread before posting more.
+    parts_posted: Option<usize>,
+    /// When the final state was settled (shown, or given up on); forgotten later.
+    settled_at: Option<Instant>,
+}
+
+impl Slot {
+    /// The method the pending render starts with.
+    fn first_method(&self) -> Method {
+        match (&self.ts, self.final_edited) {
+            (None, _) | (Some(_), true) => Method::Post,
+            (Some(_), false) => Method::Update,
+        }
+    }
+}
+
+/// One render handed to a sender.
+#[derive(Debug)]
+struct Job {
+    /// The task as it should be shown.
+    task: Task,
+    /// Its queue position, when queued.
+    position: Option<u64>,
+    /// The message's ts; `None` posts it.
+    ts: Option<String>,
+    /// The message already shows this terminal render.
+    final_edited: bool,
+    /// Continuation replies known to be in the thread.
+    parts_posted: Option<usize>,
+    /// Failed attempts so far.
+    attempts: u32,
+}
+
+/// A failed step of a send: which method failed, and how.
+#[derive(Debug)]
+struct Failure {
+    /// The method Slack refused or did not answer.
+    method: Method,
+    /// What happened.
+    err: SlackCallError,
+}
+
+impl Failure {
+    fn of(method: Method) -> impl FnOnce(SlackCallError) -> Failure {
+        move |err| Failure { method, err }
+    }
+}
+
+/// The per-workspace `chat.update` budget.
+type Budget = RateLimiter<
+    String,
+    governor::state::keyed::HashMapStateStore<String>,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
+
+/// A quota that lets at most `per_minute` calls into any 60-second window.
+///
+/// GCRA lets `burst` calls through at once and then one per period, so a
+/// window of length W holds at most `burst + ceil(W / period) - 1` calls; the
+/// period is chosen to make that `per_minute` (rounded up a little, so the
+/// division's truncation cannot let one more in). The sustained rate is then
+/// `per_minute - burst + 1` a minute, so the burst stays a small fraction.
+fn update_quota(per_minute: u32) -> Quota {
+    let n = per_minute.max(1);
+    let burst = (n / UPDATE_BURST_DIVISOR).clamp(1, UPDATE_BURST);
+    let period = BUDGET_WINDOW / (n - burst + 1) + Duration::from_millis(1);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
 
 /// Shared state behind the handle.
 struct Inner {
     /// The Web API.
-    api: SlackApi,
-    /// Where messages' ts and sync marks are written.
-    store: Store,
+    api: Arc<dyn ChatApi>,
+    /// Where messages' ts, progress and sync marks are recorded.
+    log: Arc<dyn MessageLog>,
     /// Per task id.
     slots: Mutex<HashMap<i64, Slot>>,
     /// Ids with something pending, so a pass does not scan idle slots.
@@ -85,14 +231,11 @@ struct Inner {
     /// Shortest interval between two sends for one message.
     edit_interval: Duration,
     /// `chat.update` budget per workspace.
-    budget: RateLimiter<
-        String,
-        governor::state::keyed::HashMapStateStore<String>,
-        TokioClock,
-        governor::middleware::NoOpMiddleware<std::time::Instant>,
-    >,
+    budget: Budget,
     /// A method paused by a 429 until this instant.
     paused: Mutex<HashMap<Method, Instant>>,
+    /// When finished slots were last pruned.
+    pruned_at: Mutex<Option<Instant>>,
     /// Counters for metrics.
     stats: Mutex<Stats>,
 }
@@ -104,6 +247,8 @@ pub struct Stats {
     pub posts: u64,
     /// `chat.update` calls.
     pub updates: u64,
+    /// `conversations.replies` calls (reading a thread back).
+    pub thread_reads: u64,
     /// 429 answers.
     pub rate_limited: u64,
     /// Other failed calls.
@@ -124,48 +269,54 @@ impl std::fmt::Debug for Consolidator {
 }
 
 impl Consolidator {
-    /// A consolidator with `updates_per_minute` `chat.update` calls per workspace.
+    /// A consolidator calling `api`, recording in `log`, editing a message at
+    /// most once per `edit_interval` and making at most `updates_per_minute`
+    /// `chat.update` calls per workspace in any 60 seconds.
     pub fn new(
-        api: SlackApi,
-        store: Store,
+        api: Arc<dyn ChatApi>,
+        log: Arc<dyn MessageLog>,
         edit_interval: Duration,
         updates_per_minute: u32,
     ) -> Self {
-        let per_minute = NonZeroU32::new(updates_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(UPDATE_BURST.min(per_minute.get())).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_minute(per_minute).allow_burst(burst);
         Consolidator {
             inner: Arc::new(Inner {
                 api,
-                store,
+                log,
                 slots: Mutex::new(HashMap::new()),
                 dirty: Mutex::new(HashSet::new()),
                 wake: Notify::new(),
                 edit_interval,
-                budget: RateLimiter::hashmap_with_clock(quota, TokioClock),
+                budget: RateLimiter::hashmap_with_clock(
+                    update_quota(updates_per_minute),
+                    TokioClock,
+                ),
                 paused: Mutex::new(HashMap::new()),
+                pruned_at: Mutex::new(None),
                 stats: Mutex::new(Stats::default()),
             }),
         }
     }
 
     /// Shows `task` as it is now (the latest call wins). `position` is its
-    /// place in its queue, when queued.
+    /// place in its queue, when queued. A live state given after a terminal
+    /// one is stale and ignored.
     pub fn show(&self, task: Task, position: Option<u64>) {
         let id = task.id;
+        let terminal = render::task_state(&task).is_terminal();
         {
             let mut slots = lock(&self.inner.slots);
             let slot = slots.entry(id).or_default();
             if slot.ts.is_none() {
                 slot.ts = task.message_ts.clone();
             }
-            // A terminal state is never replaced by an older, live one.
-            let keep_old = matches!(&slot.pending, Some((old, _))
-                if render::task_state(old).is_terminal() && !render::task_state(&task).is_terminal());
-            if !keep_old {
-                slot.pending = Some((task, position));
-                slot.attempts = 0;
+            if slot.finished && !terminal {
+                return;
             }
+            slot.finished |= terminal;
+            slot.final_edited = false;
+            slot.settled_at = None;
+            slot.attempts = 0;
+            slot.pending = Some((task, position));
         }
         lock(&self.inner.dirty).insert(id);
         self.inner.wake.notify_one();
@@ -190,9 +341,8 @@ impl Consolidator {
         tokio::pin!(shutdown);
         loop {
             let next = self.pass();
-            let sleep = tokio::time::sleep_until(
-                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-            );
+            let sleep =
+                tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + IDLE_SLEEP));
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.inner.wake.notified() => {}
@@ -201,9 +351,7 @@ impl Consolidator {
         }
         let deadline = Instant::now() + flush_for;
         while !self.is_idle() && Instant::now() < deadline {
-            let next = self
-                .pass()
-                .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+            let next = self.pass().unwrap_or_else(|| Instant::now() + FLUSH_POLL);
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep_until(next.min(deadline)) => {}
@@ -214,10 +362,13 @@ impl Consolidator {
     /// Starts every send that is due; returns when the next one will be.
     fn pass(&self) -> Option<Instant> {
         let now = Instant::now();
+        self.prune(now);
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let paused = lock(&self.inner.paused).clone();
-        let mut ready: Vec<(u8, i64)> = Vec::new();
+        let paused_until = |m: Method| paused.get(&m).copied().unwrap_or(now);
+        // (priority, least recently sent first, id)
+        let mut ready: Vec<(u8, Option<Instant>, i64)> = Vec::new();
         {
             let mut dirty = lock(&self.inner.dirty);
             let slots = lock(&self.inner.slots);
@@ -225,26 +376,26 @@ impl Consolidator {
                 let Some(slot) = slots.get(id) else {
                     return false;
                 };
-                let Some((task, _)) = &slot.pending else {
-                    return slot.in_flight;
+                // An in-flight send marks its slot dirty again when it ends.
+                let Some((task, _)) = slot.pending.as_ref().filter(|_| !slot.in_flight) else {
+                    return false;
                 };
-                if slot.in_flight {
-                    return true;
-                }
-                let method = if slot.ts.is_some() {
-                    Method::Update
-                } else {
-                    Method::Post
-                };
-                let mut due = slot.retry_at.unwrap_or(now);
-                if let Some(last) = slot.last_sent {
+                let state = render::task_state(task);
+                let method = slot.first_method();
+                let mut due = slot.retry_at.unwrap_or(now).max(paused_until(method));
+                if (method == Method::Update || slot.ts.is_none())
+                    && let Some(last) = slot.last_sent
+                {
                     due = due.max(last + self.inner.edit_interval);
                 }
-                if let Some(p) = paused.get(&method) {
-                    due = due.max(*p);
+                if state.is_terminal() {
+                    // It may read the thread and post to it too.
+                    due = due
+                        .max(paused_until(Method::Post))
+                        .max(paused_until(Method::Replies));
                 }
                 if due <= now {
-                    ready.push((priority(render::task_state(task)), *id));
+                    ready.push((priority(state), slot.last_sent, *id));
                 } else {
                     earliest(due);
                 }
@@ -252,215 +403,305 @@ impl Consolidator {
             });
         }
         ready.sort_unstable();
-        for (_, id) in ready {
-            let (task, position, ts) = {
+        for (_, _, id) in ready {
+            let job = {
                 let mut slots = lock(&self.inner.slots);
                 let Some(slot) = slots.get_mut(&id) else {
                     continue;
                 };
-                if slot.ts.is_some() {
-                    let team = slot
-                        .pending
-                        .as_ref()
-                        .map(|(t, _)| t.team_id.clone())
-                        .unwrap_or_default();
-                    if let Err(not_until) = self.inner.budget.check_key(&team) {
-                        let wait = not_until.wait_time_from(tokio::time::Instant::now().into_std());
-                        earliest(now + wait);
-                        continue;
-                    }
+                let Some((task, _)) = slot.pending.as_ref().filter(|_| !slot.in_flight) else {
+                    continue;
+                };
+                let method = slot.first_method();
+                if method == Method::Update
+                    && let Err(not_until) = self.inner.budget.check_key(&task.team_id)
+                {
+                    earliest(now + not_until.wait_time_from(now.into_std()));
+                    continue;
                 }
                 let Some((task, position)) = slot.pending.take() else {
                     continue;
                 };
                 slot.in_flight = true;
-                slot.last_sent = Some(now);
-                (task, position, slot.ts.clone())
+                if method == Method::Update || slot.ts.is_none() {
+                    slot.last_sent = Some(now);
+                }
+                Job {
+                    task,
+                    position,
+                    ts: slot.ts.clone(),
+                    final_edited: slot.final_edited,
+                    parts_posted: slot.parts_posted,
+                    attempts: slot.attempts,
+                }
             };
             let this = self.clone();
-            tokio::spawn(async move { this.send(task, position, ts).await });
+            tokio::spawn(async move { this.send(job).await });
         }
         next
     }
 
-    /// Sends one render: a post if the message does not exist yet, else an edit.
-    async fn send(&self, task: Task, position: Option<u64>, ts: Option<String>) {
-        let id = task.id;
-        let state = render::task_state(&task);
-        let rendered = render::render(&task, position, now_ms());
-        let result = match ts {
-            None => self.post(&task, &rendered).await,
-            Some(ts) => self.update(&task, &ts, &rendered).await,
-        };
-        let mut slots = lock(&self.inner.slots);
-        let Some(slot) = slots.get_mut(&id) else {
-            return;
-        };
-        slot.in_flight = false;
-        match result {
-            Ok(new_ts) => {
-                if let Some(ts) = new_ts {
-                    slot.ts = Some(ts);
-                }
-                slot.retry_at = None;
-                slot.attempts = 0;
-                if state.is_terminal() && slot.pending.is_none() {
-                    slots.remove(&id);
-                }
+    /// Forgets finished messages whose final state landed long ago.
+    fn prune(&self, now: Instant) {
+        {
+            let mut pruned_at = lock(&self.inner.pruned_at);
+            if pruned_at.is_some_and(|t| now.duration_since(t) < PRUNE_EVERY) {
+                return;
             }
-            Err(err) => {
-                let method = if slot.ts.is_some() {
-                    Method::Update
-                } else {
-                    Method::Post
-                };
-                slot.attempts += 1;
-                let give_up = !err.is_retryable()
-                    || (!state.is_terminal() && slot.attempts >= MAX_ATTEMPTS_NON_TERMINAL);
-                match &err {
-                    SlackCallError::RateLimited { retry_after } => {
-                        lock(&self.inner.stats).rate_limited += 1;
-                        let until = Instant::now() + *retry_after;
-                        let mut paused = lock(&self.inner.paused);
-                        let p = paused.entry(method).or_insert(until);
-                        *p = (*p).max(until);
-                    }
-                    _ => {
-                        lock(&self.inner.stats).errors += 1;
-                        let delay = ExponentialBuilder::default()
-                            .with_min_delay(RETRY_MIN_DELAY)
-                            .with_max_delay(RETRY_MAX_DELAY)
-                            .with_jitter()
-                            .without_max_times()
-                            .build()
-                            .nth(slot.attempts.saturating_sub(1) as usize)
-                            .unwrap_or(RETRY_MAX_DELAY);
-                        slot.retry_at = Some(Instant::now() + delay);
+            *pruned_at = Some(now);
+        }
+        lock(&self.inner.slots).retain(|_, s| {
+            s.in_flight
+                || s.pending.is_some()
+                || s.settled_at
+                    .is_none_or(|t| now.duration_since(t) < FINISHED_REMEMBERED)
+        });
+    }
+
+    /// Runs `f` on the task's slot, if it still has one.
+    fn with_slot(&self, id: i64, f: impl FnOnce(&mut Slot)) {
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+            f(slot);
+        }
+    }
+
+    /// Sends one render, then settles the slot: done, to retry, or given up.
+    async fn send(&self, job: Job) {
+        let id = job.task.id;
+        let terminal = render::task_state(&job.task).is_terminal();
+        let result = self.deliver(&job).await;
+        let now = Instant::now();
+        {
+            let mut slots = lock(&self.inner.slots);
+            let Some(slot) = slots.get_mut(&id) else {
+                return;
+            };
+            slot.in_flight = false;
+            match result {
+                Ok(()) => {
+                    slot.retry_at = None;
+                    slot.attempts = 0;
+                    if terminal && slot.pending.is_none() {
+                        slot.settled_at = Some(now);
                     }
                 }
-                if give_up {
-                    tracing::warn!(task = id, error = %err, "Slack did not take the task's message; giving up on this render");
-                } else if slot.pending.is_none() {
-                    // Put this render back unless a newer one arrived meanwhile.
-                    slot.pending = Some((task, position));
+                Err(Failure { method, err }) => {
+                    let give_up = match &err {
+                        SlackCallError::RateLimited { retry_after } => {
+                            lock(&self.inner.stats).rate_limited += 1;
+                            let until = now + *retry_after;
+                            let mut paused = lock(&self.inner.paused);
+                            let p = paused.entry(method).or_insert(until);
+                            *p = (*p).max(until);
+                            false
+                        }
+                        _ => {
+                            lock(&self.inner.stats).errors += 1;
+                            slot.attempts += 1;
+                            slot.retry_at = Some(now + backoff(slot.attempts));
+                            !err.is_retryable() || (!terminal && slot.attempts >= MAX_ATTEMPTS)
+                        }
+                    };
+                    if give_up {
+                        tracing::warn!(task = id, error = %err, "Slack did not take the task's message; giving up on this render");
+                        if terminal && slot.pending.is_none() {
+                            slot.settled_at = Some(now);
+                        }
+                    } else if slot.pending.is_none() {
+                        // Put this render back: no newer one arrived meanwhile.
+                        slot.pending = Some((job.task, job.position));
+                    }
                 }
             }
         }
-        drop(slots);
         lock(&self.inner.dirty).insert(id);
         self.inner.wake.notify_one();
     }
 
-    /// Posts the task's message and records its ts.
-    async fn post(
-        &self,
-        task: &Task,
-        rendered: &Rendered,
-    ) -> Result<Option<String>, SlackCallError> {
-        lock(&self.inner.stats).posts += 1;
-        let ts = self
-            .inner
-            .api
-            .post_message(
-                &task.channel_id,
-                task.thread_ts.as_deref(),
-                &rendered.message,
-            )
-            .await?;
-        if let Err(err) = self.inner.store.set_message_ts(task.id, &ts).await {
-            tracing::error!(task = task.id, error = %err, "Cannot record the task's message ts");
-        }
-        if render::task_state(task).is_terminal() {
-            self.finish_thread(task, &ts, rendered).await?;
-        }
-        Ok(Some(ts))
-    }
-
-    /// Edits the task's message; a terminal edit also completes the thread and marks it synced.
-    async fn update(
-        &self,
-        task: &Task,
-        ts: &str,
-        rendered: &Rendered,
-    ) -> Result<Option<String>, SlackCallError> {
-        let state = render::task_state(task);
-        if !state.is_terminal() {
-            // What Slack is about to show is what a restart will show again.
-            let _ = self
-                .inner
-                .store
-                .save_progress(
-                    task.id,
-                    task.last_seq,
-                    &task.steps,
-                    task.step_count,
-                    &task.output_tail,
-                )
-                .await;
-        }
-        lock(&self.inner.stats).updates += 1;
-        match self
-            .inner
-            .api
-            .update_message(&task.channel_id, ts, &rendered.message)
-            .await
-        {
-            Err(SlackCallError::Api(code))
-                if code == "msg_too_long" || code == "invalid_blocks" =>
-            {
-                tracing::warn!(
-                    task = task.id,
-                    code,
-                    "Slack refused the render; sending a plain one"
-                );
-                let plain = MessageBody {
-                    text: rendered.message.text.clone(),
-                    blocks: Vec::new(),
-                };
-                self.inner
-                    .api
-                    .update_message(&task.channel_id, ts, &plain)
-                    .await?;
+    /// Posts or edits the task's message; for a terminal state, then finishes its thread.
+    async fn deliver(&self, job: &Job) -> Result<(), Failure> {
+        let task = &job.task;
+        let terminal = render::task_state(task).is_terminal();
+        let rendered = render::render(task, job.position, now_ms());
+        let ts = match &job.ts {
+            None => {
+                let ts = self
+                    .post(
+                        &task.channel_id,
+                        task.thread_ts.as_deref(),
+                        &rendered.message,
+                    )
+                    .await
+                    .map_err(Failure::of(Method::Post))?;
+                self.with_slot(task.id, |s| {
+                    s.ts = Some(ts.clone());
+                    s.final_edited = terminal && s.pending.is_none();
+                });
+                if let Err(err) = self.inner.log.message_posted(task.id, &ts).await {
+                    tracing::error!(task = task.id, error = ?err, "Cannot record the task's message ts");
+                }
+                ts
             }
-            other => other?,
-        }
-        if state.is_terminal() {
-            self.finish_thread(task, ts, rendered).await?;
-        }
-        Ok(None)
-    }
-
-    /// Posts the result's continuation replies not yet posted, then marks the task synced.
-    async fn finish_thread(
-        &self,
-        task: &Task,
-        ts: &str,
-        rendered: &Rendered,
-    ) -> Result<(), SlackCallError> {
-        let mut posted = task.result_parts_posted.max(0) as usize;
-        for part in rendered.continuation.iter().skip(posted) {
-            lock(&self.inner.stats).posts += 1;
-            self.inner
-                .api
-                .post_message(&task.channel_id, Some(ts), part)
-                .await?;
-            posted += 1;
-            let _ = self
-                .inner
-                .store
-                .set_result_parts_posted(task.id, posted as i32)
-                .await;
-        }
-        if let Err(err) = self
-            .inner
-            .store
-            .mark_slack_synced(task.id, posted as i32)
-            .await
-        {
-            tracing::error!(task = task.id, error = %err, "Cannot record that the final state is shown");
+            Some(ts) if job.final_edited => ts.clone(),
+            Some(ts) => {
+                if !terminal && let Err(err) = self.inner.log.progress_shown(task).await {
+                    tracing::warn!(task = task.id, error = ?err, "Cannot record the progress shown");
+                }
+                self.update(&task.channel_id, ts, &rendered.message)
+                    .await
+                    .map_err(Failure::of(Method::Update))?;
+                if terminal {
+                    self.with_slot(task.id, |s| s.final_edited = s.pending.is_none());
+                }
+                ts.clone()
+            }
+        };
+        if terminal {
+            self.finish_thread(job, &ts, &rendered).await?;
         }
         Ok(())
     }
+
+    /// `chat.postMessage`; a render Slack refuses as too long goes again as plain text.
+    async fn post(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        body: &MessageBody,
+    ) -> Result<String, SlackCallError> {
+        lock(&self.inner.stats).posts += 1;
+        match self.inner.api.post_message(channel, thread_ts, body).await {
+            Err(SlackCallError::Api(code)) if refused_render(&code) => {
+                tracing::warn!(code, "Slack refused the render; posting a plain one");
+                lock(&self.inner.stats).posts += 1;
+                self.inner
+                    .api
+                    .post_message(channel, thread_ts, &plain(body))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// `chat.update`; a render Slack refuses as too long goes again as plain text.
+    async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        body: &MessageBody,
+    ) -> Result<(), SlackCallError> {
+        lock(&self.inner.stats).updates += 1;
+        match self.inner.api.update_message(channel, ts, body).await {
+            Err(SlackCallError::Api(code)) if refused_render(&code) => {
+                tracing::warn!(code, "Slack refused the render; sending a plain one");
+                lock(&self.inner.stats).updates += 1;
+                self.inner
+                    .api
+                    .update_message(channel, ts, &plain(body))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Posts the result's continuation replies not yet in the thread, in
+    /// order and each once, then records that Slack shows the final state.
+    async fn finish_thread(&self, job: &Job, ts: &str, rendered: &Rendered) -> Result<(), Failure> {
+        let task = &job.task;
+        let root = task.thread_ts.as_deref().unwrap_or(ts);
+        let parts = &rendered.continuation;
+        let mut posted = match job.parts_posted {
+            Some(n) => n,
+            None if parts.is_empty() => 0,
+            None => self.parts_in_thread(job, root).await?,
+        };
+        for (i, part) in parts.iter().enumerate().skip(posted) {
+            lock(&self.inner.stats).posts += 1;
+            match self
+                .inner
+                .api
+                .post_message(&task.channel_id, Some(root), part)
+                .await
+            {
+                Ok(_) => {
+                    posted = i + 1;
+                    self.with_slot(task.id, |s| s.parts_posted = Some(posted));
+                    if let Err(err) = self.inner.log.parts_posted(task.id, posted).await {
+                        tracing::error!(task = task.id, error = ?err, "Cannot record the posted result parts");
+                    }
+                }
+                Err(err) => {
+                    // Without an answer the part may have landed: read the thread first next time.
+                    let known = (!matches!(err, SlackCallError::Transport(_))).then_some(posted);
+                    self.with_slot(task.id, |s| s.parts_posted = known);
+                    return Err(Failure::of(Method::Post)(err));
+                }
+            }
+        }
+        self.with_slot(task.id, |s| s.parts_posted = Some(posted));
+        if let Err(err) = self.inner.log.final_shown(task.id).await {
+            tracing::error!(task = task.id, error = ?err, "Cannot record that the final state is shown");
+        }
+        Ok(())
+    }
+
+    /// How many of the task's continuation parts are in the thread: what
+    /// Slack shows, never less than what the database recorded.
+    async fn parts_in_thread(&self, job: &Job, root: &str) -> Result<usize, Failure> {
+        let task = &job.task;
+        let stored = usize::try_from(task.result_parts_posted).unwrap_or(0);
+        lock(&self.inner.stats).thread_reads += 1;
+        match self
+            .inner
+            .api
+            .thread_block_ids(&task.channel_id, root)
+            .await
+        {
+            Ok(ids) => {
+                let seen = ids
+                    .iter()
+                    .filter_map(|b| render::parse_part_block_id(b))
+                    .filter(|(t, _)| *t == task.id)
+                    .map(|(_, n)| n)
+                    .max()
+                    .unwrap_or(0);
+                Ok(seen.max(stored))
+            }
+            Err(err @ SlackCallError::RateLimited { .. }) => Err(Failure::of(Method::Replies)(err)),
+            Err(err) if err.is_retryable() && job.attempts + 1 < MAX_ATTEMPTS => {
+                Err(Failure::of(Method::Replies)(err))
+            }
+            Err(err) => {
+                tracing::warn!(task = task.id, error = %err, stored, "Cannot read the task's thread; trusting the recorded count of result parts");
+                Ok(stored)
+            }
+        }
+    }
+}
+
+/// Whether Slack refused a render for its size or shape.
+fn refused_render(code: &str) -> bool {
+    code == "msg_too_long" || code == "invalid_blocks"
+}
+
+/// The message as plain fallback text, without blocks.
+fn plain(body: &MessageBody) -> MessageBody {
+    MessageBody {
+        text: body.text.clone(),
+        blocks: Vec::new(),
+    }
+}
+
+/// The wait before retry number `attempt` (from 1) after a transient failure.
+fn backoff(attempt: u32) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN_DELAY)
+        .with_max_delay(RETRY_MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(RETRY_MAX_DELAY)
 }
 
 /// Locks a mutex, recovering from poisoning (no invariant spans a panic here).

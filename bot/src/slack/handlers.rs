@@ -13,7 +13,7 @@ use crate::app::{App, RequestError, TaskRequest};
 use crate::commands::{self, Command};
 use crate::model::TaskState;
 use crate::replies;
-use crate::slack::render::{ACTION_CANCEL, ACTION_RETRY};
+use crate::slack::render::{self, ACTION_CANCEL, ACTION_RETRY};
 
 /// A slash command as Slack posts it (form fields).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -189,6 +189,17 @@ pub struct Interaction {
     /// The buttons clicked.
     #[serde(default)]
     pub actions: Vec<Action>,
+    /// The message the buttons are on: its thread is where the answer goes.
+    #[serde(default)]
+    pub message: Option<ClickedMessage>,
+}
+
+/// The message a button was clicked on (the part Baton uses).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClickedMessage {
+    /// The thread the message is in, when it is a reply.
+    #[serde(default)]
+    pub thread_ts: Option<String>,
 }
 
 /// An object of which only the id matters.
@@ -243,11 +254,15 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
                 None
             }
         };
+        let thread = payload
+            .message
+            .as_ref()
+            .and_then(|m| m.thread_ts.as_deref());
         if let Some(text) = reply
             && !payload.channel.id.is_empty()
             && let Err(err) = app
                 .slack
-                .post_ephemeral(&payload.channel.id, &user, &text)
+                .post_ephemeral_in(&payload.channel.id, thread, &user, &text)
                 .await
         {
             tracing::warn!(error = %err, "cannot answer a button click");
@@ -363,17 +378,23 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
         _ => return,
     }
     let text = strip_mentions(&event.text, bot);
-    let parent = match event.thread_ts.as_deref() {
-        Some(thread) if thread != event.ts => app
-            .store
-            .task_by_message(&event.channel, thread)
-            .await
-            .ok()
-            .flatten(),
-        _ => None,
+    // A reply in the thread of a task's message continues that thread's session.
+    let root = event
+        .thread_ts
+        .as_deref()
+        .filter(|thread| *thread != event.ts);
+    let task_thread = match root {
+        Some(root) => match app.store.task_by_message(&event.channel, root).await {
+            Ok(found) => found.map(|_| root),
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot look up the thread's task");
+                None
+            }
+        },
+        None => None,
     };
-    let reply = match parent {
-        Some(parent) => follow_up(app, parent, &text, &event, &env.team_id).await,
+    let reply = match task_thread {
+        Some(root) => follow_up(app, root, &text, &event, &env.team_id).await,
         None if event.kind == "app_mention" => {
             handle_baton(
                 app,
@@ -390,27 +411,52 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     if let Reply::Ephemeral(text) = reply
         && let Err(err) = app
             .slack
-            .post_ephemeral(&event.channel, &event.user, &text)
+            .post_ephemeral_in(
+                &event.channel,
+                event.thread_ts.as_deref(),
+                &event.user,
+                &text,
+            )
             .await
     {
         tracing::warn!(error = %err, "cannot answer a mention");
     }
 }
 
-/// A reply in a task's thread: a follow-up task resuming its session.
-async fn follow_up(
-    app: &Arc<App>,
-    parent: crate::store::Task,
-    text: &str,
-    event: &Event,
-    team: &str,
-) -> Reply {
+/// A reply in a task's thread: a follow-up task that resumes the session of
+/// the thread's latest task, posted in the same thread. Refused while a task
+/// of the thread has not finished (two runs cannot resume one session).
+async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: &str) -> Reply {
     let (persona, prompt) = match commands::parse(text) {
         Ok(Command::Run {
             persona, prompt, ..
         }) => (persona, prompt),
-        Ok(_) => return handle_baton(app, text, &event.user, team, &event.channel, None).await,
+        Ok(_) => {
+            return handle_baton(app, text, &event.user, team, &event.channel, Some(root)).await;
+        }
         Err(e) => return Reply::Ephemeral(e.0),
+    };
+    let tasks = match app.store.thread_tasks(&event.channel, root).await {
+        Ok(tasks) => tasks,
+        Err(err) => return Reply::Ephemeral(RequestError::Internal(err).user_text()),
+    };
+    if let Some(busy) = tasks
+        .iter()
+        .rev()
+        .find(|t| !render::task_state(t).is_terminal())
+    {
+        return Reply::Ephemeral(replies::thread_busy(
+            TaskId(busy.id),
+            render::task_state(busy),
+        ));
+    }
+    let Some(parent) = tasks
+        .iter()
+        .rev()
+        .find(|t| t.session_id.is_some())
+        .or(tasks.first())
+    else {
+        return Reply::Empty;
     };
     let req = TaskRequest {
         persona,
@@ -423,7 +469,7 @@ async fn follow_up(
             team.to_owned()
         },
         channel_id: parent.channel_id.clone(),
-        thread_ts: parent.message_ts.clone(),
+        thread_ts: Some(root.to_owned()),
         parent_id: Some(parent.id),
         session_id: parent.session_id.clone(),
     };

@@ -41,6 +41,59 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// Escapes text shown as it is (a prompt, a step, a name): Slack's control
+/// characters, and ``` runs broken up so they cannot open a code block.
+pub fn escape_text(text: &str) -> String {
+    break_fences(&escape(text))
+}
+
+/// Like [`escape_text`], except that user mentions (`<@U123ABC>`) stay
+/// mentions. Only for text Baton writes itself (a "cancelled by" note), never
+/// for what a person or an agent wrote.
+pub fn escape_text_keeping_mentions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("<@") {
+        out.push_str(&escape_text(&rest[..i]));
+        let after = &rest[i + 2..];
+        let id = after
+            .bytes()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            .count();
+        if id > 0 && after[id..].starts_with('>') {
+            out.push_str(&rest[i..i + 2 + id + 1]);
+            rest = &after[id + 1..];
+        } else {
+            out.push_str("&lt;@");
+            rest = after;
+        }
+    }
+    out.push_str(&escape_text(rest));
+    out
+}
+
+/// The end of `text` as shown inside a code block: the longest tail whose
+/// escaped form has at most `max_chars` characters, escaped, with ``` runs
+/// broken up so it cannot close the block. Never starts inside a character
+/// or an entity.
+pub fn code_tail(text: &str, max_chars: usize) -> String {
+    let text = break_fences(text);
+    let (mut width, mut start) = (0, text.len());
+    for (i, c) in text.char_indices().rev() {
+        let w = match c {
+            '&' => "&amp;".len(),
+            '<' | '>' => "&lt;".len(),
+            _ => 1,
+        };
+        if width + w > max_chars {
+            break;
+        }
+        width += w;
+        start = i;
+    }
+    escape(&text[start..])
+}
+
 /// Escapes code content and breaks up ``` runs with a zero-width space so they cannot end
 /// Slack's code block early (the only change made to code besides escaping); the same is
 /// done to stray ``` outside code so only real fences ever read as ```.
@@ -550,7 +603,7 @@ pub fn tail_chars(text: &str, max_chars: usize) -> &str {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -777,7 +830,7 @@ mod tests {
 
     /// Long, hostile, multi-byte text: a mix of Markdown/Slack syntax, emoji, CJK,
     /// combining characters, words and arbitrary chars.
-    fn hostile() -> impl Strategy<Value = String> {
+    pub(crate) fn hostile() -> impl Strategy<Value = String> {
         let atom = prop_oneof![
             prop::sample::select(ATOMS).prop_map(String::from),
             prop::sample::select(CHUNKS).prop_map(String::from),

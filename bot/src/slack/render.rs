@@ -29,11 +29,30 @@ pub const RESULT_SECTIONS_IN_MESSAGE: usize = 2;
 pub const STEP_SHOWN_CHARS: usize = 200;
 /// Longest error text shown.
 pub const ERROR_SHOWN_CHARS: usize = 2_000;
+/// Longest persona, project or agent name shown.
+pub const NAME_SHOWN_CHARS: usize = 64;
+/// Prompt characters in the fallback text (notifications).
+pub const PROMPT_FALLBACK_CHARS: usize = 200;
 
 /// The action id of the Cancel button.
 pub const ACTION_CANCEL: &str = "baton_cancel";
 /// The action id of the Retry button.
 pub const ACTION_RETRY: &str = "baton_retry";
+
+/// Block id prefix of a result's continuation reply: `baton-result-{task}-{part}`.
+const PART_BLOCK_PREFIX: &str = "baton-result-";
+
+/// The block id of continuation part `part` (from 1) of `task`'s result, by
+/// which a thread read back shows which parts are already there.
+pub fn part_block_id(task: i64, part: usize) -> String {
+    format!("{PART_BLOCK_PREFIX}{task}-{part}")
+}
+
+/// The task and part a continuation reply's block id names.
+pub fn parse_part_block_id(block_id: &str) -> Option<(i64, usize)> {
+    let (task, part) = block_id.strip_prefix(PART_BLOCK_PREFIX)?.split_once('-')?;
+    Some((task.parse().ok()?, part.parse().ok()?))
+}
 
 /// A task rendered: the message and, for long results, the thread replies that continue it.
 #[derive(Debug, Clone)]
@@ -66,15 +85,43 @@ pub fn format_elapsed(ms: i64) -> String {
     }
 }
 
+/// A section block. Callers build text within [`SECTION_TEXT_MAX`]; the cut
+/// here is only a last defence.
 fn section(text: String) -> SlackBlock {
-    SlackSectionBlock::new().with_text(md!(text)).into()
+    SlackSectionBlock::new()
+        .with_text(md!(within_section(text)))
+        .into()
 }
 
+/// A context block with one mrkdwn element.
 fn context(text: String) -> SlackBlock {
     SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(
-        SlackBlockMarkDownText::new(text),
+        SlackBlockMarkDownText::new(within_section(text)),
     )])
     .into()
+}
+
+/// `text`, cut to [`SECTION_TEXT_MAX`] characters if longer.
+fn within_section(text: String) -> String {
+    if text.chars().count() <= SECTION_TEXT_MAX {
+        text
+    } else {
+        mrkdwn::truncate_chars(&text, SECTION_TEXT_MAX, "…")
+    }
+}
+
+/// `text` in a code block of at most [`SECTION_TEXT_MAX`] characters, its tail kept.
+fn code_block_tail(text: &str) -> String {
+    let fences = "```\n\n```".chars().count();
+    format!(
+        "```\n{}\n```",
+        mrkdwn::code_tail(text, SECTION_TEXT_MAX - fences)
+    )
+}
+
+/// A name (persona, project, agent) as shown: escaped, at most [`NAME_SHOWN_CHARS`].
+fn name(text: &str) -> String {
+    mrkdwn::escape_text(&mrkdwn::truncate_chars(text, NAME_SHOWN_CHARS, "…"))
 }
 
 fn button(
@@ -102,8 +149,8 @@ fn header(task: &Task, state: TaskState, now_ms: i64) -> String {
     let end = task.finished_at.unwrap_or(now_ms);
     format!(
         "{emoji} *{label}* · {} · `{}` · *#{}* · {}",
-        mrkdwn::escape(&task.persona),
-        mrkdwn::escape(&task.project),
+        name(&task.persona),
+        name(&task.project),
         task.id,
         format_elapsed(end - task.created_at)
     )
@@ -118,10 +165,10 @@ fn waiting_line(task: &Task, position: Option<u64>) -> String {
     match position {
         Some(p) => format!(
             ":hourglass: Position {p} in the `{}` queue — {}",
-            mrkdwn::escape(&task.project),
-            mrkdwn::escape(reason)
+            name(&task.project),
+            mrkdwn::escape_text(reason)
         ),
-        None => format!(":hourglass: {}", mrkdwn::escape(reason)),
+        None => format!(":hourglass: {}", mrkdwn::escape_text(reason)),
     }
 }
 
@@ -150,6 +197,80 @@ fn meta_line(meta: &ResultMeta) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
+/// The steps section: the latest steps that fit, oldest first, after "+N earlier".
+fn steps_text(task: &Task) -> Option<String> {
+    let steps = steps_of(task);
+    if steps.is_empty() {
+        return None;
+    }
+    let total = (task.step_count.max(0) as usize).max(steps.len());
+    // Room for the "+N earlier" line.
+    let budget = SECTION_TEXT_MAX - "_+99999999999 earlier_\n".len();
+    let mut lines: Vec<String> = Vec::new();
+    let mut used = 0;
+    for step in steps.iter().rev().take(SHOWN_STEPS) {
+        let line = format!(
+            "• {}",
+            mrkdwn::escape_text(&mrkdwn::truncate_chars(step, STEP_SHOWN_CHARS, "…"))
+        );
+        let cost = line.chars().count() + 1;
+        if used + cost > budget {
+            break;
+        }
+        used += cost;
+        lines.push(line);
+    }
+    lines.reverse();
+    let earlier = total - lines.len();
+    let mut text = String::new();
+    if earlier > 0 {
+        text.push_str(&format!("_+{earlier} earlier_\n"));
+    }
+    text.push_str(&lines.join("\n"));
+    Some(text)
+}
+
+/// The prompt, shortened and quoted.
+fn prompt_text(task: &Task) -> String {
+    let prompt = mrkdwn::truncate_chars(task.prompt.trim(), PROMPT_SHOWN_CHARS, "…");
+    let quoted: Vec<String> = prompt
+        .lines()
+        .map(|l| format!("> {}", mrkdwn::escape_text(l)))
+        .collect();
+    mrkdwn::truncate_chars(&quoted.join("\n"), SECTION_TEXT_MAX, "…")
+}
+
+/// Why a task failed, was cancelled or expired.
+fn ending_text(task: &Task, state: TaskState) -> Option<String> {
+    let err = task
+        .error
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())?;
+    let err = mrkdwn::tail_chars(err, ERROR_SHOWN_CHARS);
+    if state == TaskState::Failed {
+        return Some(code_block_tail(err));
+    }
+    // Cancel and expiry notes are Baton's own and may mention who cancelled.
+    let note = mrkdwn::escape_text_keeping_mentions(err);
+    Some(if note.chars().count() <= SECTION_TEXT_MAX {
+        note
+    } else {
+        mrkdwn::truncate_chars(&mrkdwn::escape_text(err), SECTION_TEXT_MAX, "…")
+    })
+}
+
+/// The result's sections: the first go in the message, the rest continue in the thread.
+fn result_sections(task: &Task) -> Vec<String> {
+    let text = task.result.as_deref().unwrap_or("");
+    let converted = if text.trim().is_empty() {
+        "_(no output)_".to_owned()
+    } else {
+        mrkdwn::markdown_to_mrkdwn(text)
+    };
+    mrkdwn::split_mrkdwn(&converted, SECTION_TEXT_MAX)
+}
+
 /// Renders the task's message as of `now_ms`. `position` is its place in the
 /// queue when queued.
 pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
@@ -158,86 +279,44 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     let mut continuation = Vec::new();
 
     blocks.push(section(header(task, state, now_ms)));
-    let prompt = mrkdwn::truncate_chars(task.prompt.trim(), PROMPT_SHOWN_CHARS, "…");
-    let quoted: String = prompt
-        .lines()
-        .map(|l| format!("> {}\n", mrkdwn::escape(l)))
-        .collect();
-    blocks.push(section(mrkdwn::truncate_chars(
-        quoted.trim_end(),
-        SECTION_TEXT_MAX,
-        "…",
-    )));
-
+    blocks.push(section(prompt_text(task)));
     if state == TaskState::Queued {
-        blocks.push(context(mrkdwn::truncate_chars(
-            &waiting_line(task, position),
-            SECTION_TEXT_MAX,
-            "…",
-        )));
+        blocks.push(context(waiting_line(task, position)));
     }
-
-    let steps = steps_of(task);
-    if !steps.is_empty() {
-        let earlier = (task.step_count as usize).saturating_sub(steps.len().min(SHOWN_STEPS));
-        let mut text = String::new();
-        if earlier > 0 {
-            text.push_str(&format!("_+{earlier} earlier_\n"));
-        }
-        for step in steps.iter().rev().take(SHOWN_STEPS).rev() {
-            text.push_str("• ");
-            text.push_str(&mrkdwn::escape(&mrkdwn::truncate_chars(
-                step,
-                STEP_SHOWN_CHARS,
-                "…",
-            )));
-            text.push('\n');
-        }
-        blocks.push(section(mrkdwn::truncate_chars(
-            text.trim_end(),
-            SECTION_TEXT_MAX,
-            "…",
-        )));
+    if let Some(steps) = steps_text(task) {
+        blocks.push(section(steps));
     }
-
     let live = !state.is_terminal();
     if live && !task.output_tail.trim().is_empty() {
         let tail = mrkdwn::tail_chars(task.output_tail.trim_end(), OUTPUT_TAIL_SHOWN_CHARS);
-        blocks.push(section(format!(
-            "```\n{}\n```",
-            mrkdwn::escape(tail).replace("```", "ˋˋˋ")
-        )));
+        blocks.push(section(code_block_tail(tail)));
     }
 
     match state {
         TaskState::Completed => {
-            let text = task.result.as_deref().unwrap_or("");
-            let converted = if text.trim().is_empty() {
-                "_(no output)_".to_owned()
-            } else {
-                mrkdwn::markdown_to_mrkdwn(text)
-            };
-            let parts = mrkdwn::split_mrkdwn(&converted, SECTION_TEXT_MAX);
+            let parts = result_sections(task);
             let total = parts.len();
             for (i, part) in parts.into_iter().enumerate() {
                 if i < RESULT_SECTIONS_IN_MESSAGE {
                     blocks.push(section(part));
                 } else {
+                    let n = continuation.len() + 1;
                     continuation.push(MessageBody {
                         text: mrkdwn::truncate_chars(&part, FALLBACK_TEXT_MAX, "…"),
-                        blocks: vec![section(part)],
+                        blocks: vec![
+                            SlackSectionBlock::new()
+                                .with_text(md!(part))
+                                .with_block_id(part_block_id(task.id, n).into())
+                                .into(),
+                        ],
                     });
                 }
             }
             if total > RESULT_SECTIONS_IN_MESSAGE {
+                let more = total - RESULT_SECTIONS_IN_MESSAGE;
                 blocks.push(context(format!(
-                    ":thread: The result continues in this thread ({} more part{}).",
-                    total - RESULT_SECTIONS_IN_MESSAGE,
-                    if total - RESULT_SECTIONS_IN_MESSAGE == 1 {
-                        ""
-                    } else {
-                        "s"
-                    }
+                    ":thread: The result continues in this thread ({more} more part{}).",
+                    if more == 1 { "" } else { "s" }
                 )));
             }
             let meta: ResultMeta = task
@@ -250,25 +329,19 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
             }
         }
         TaskState::Failed | TaskState::Cancelled | TaskState::Expired => {
-            if let Some(err) = task.error.as_deref().filter(|e| !e.trim().is_empty()) {
-                let err = mrkdwn::tail_chars(err.trim(), ERROR_SHOWN_CHARS);
-                let text = if state == TaskState::Failed {
-                    format!("```\n{}\n```", mrkdwn::escape(err).replace("```", "ˋˋˋ"))
-                } else {
-                    mrkdwn::escape(err)
-                };
-                blocks.push(section(mrkdwn::truncate_chars(
-                    &text,
-                    SECTION_TEXT_MAX,
-                    "…",
-                )));
+            if let Some(text) = ending_text(task, state) {
+                blocks.push(section(text));
             }
         }
         _ => {}
     }
 
     if let Some(agent) = task.agent.as_deref() {
-        blocks.push(context(format!("Agent `{}`", mrkdwn::escape(agent))));
+        blocks.push(context(format!("Agent `{}`", name(agent))));
+    }
+    let retried_as = task.retried_as.filter(|n| *n > 0);
+    if let Some(new) = retried_as {
+        blocks.push(context(format!(":repeat: Retried as *#{new}*")));
     }
 
     let mut buttons = Vec::new();
@@ -280,7 +353,7 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
             Some(SlackBlockButtonStyle::Danger),
         ));
     }
-    if state.can_retry() {
+    if state.can_retry() && retried_as.is_none() {
         buttons.push(button(
             ACTION_RETRY,
             "Retry",
@@ -302,7 +375,11 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         "#{} {}: {}",
         task.id,
         label.to_lowercase(),
-        mrkdwn::truncate_chars(task.prompt.trim(), 200, "…")
+        mrkdwn::escape_text(&mrkdwn::truncate_chars(
+            task.prompt.trim(),
+            PROMPT_FALLBACK_CHARS,
+            "…"
+        ))
     );
     Rendered {
         message: MessageBody {
@@ -310,5 +387,332 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
             blocks,
         },
         continuation,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::slack::mrkdwn::tests::hostile;
+
+    /// Slack's limit on a message's `text` (it documents 40,000; it refuses far less).
+    const SLACK_TEXT_MAX: usize = 4_000;
+    /// Slack's limit on a button's text.
+    const BUTTON_TEXT_MAX: usize = 75;
+    /// Slack's limit on a button's value.
+    const BUTTON_VALUE_MAX: usize = 2_000;
+    /// Slack's limit on a block_id or an action_id.
+    const ID_MAX: usize = 255;
+    /// Slack's limit on a context block's elements.
+    const CONTEXT_ELEMENTS_MAX: usize = 10;
+    /// Slack's limit on an actions block's elements.
+    const ACTIONS_ELEMENTS_MAX: usize = 25;
+
+    fn chars(v: &Value) -> usize {
+        v.as_str().map_or(0, |s| s.chars().count())
+    }
+
+    /// Everything in `body` that Slack would refuse or that would break:
+    /// Slack's limits, a code block left open, a channel-wide mention.
+    fn violations(body: &MessageBody) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut texts = vec![body.text.clone()];
+        if body.text.chars().count() > SLACK_TEXT_MAX.min(FALLBACK_TEXT_MAX) {
+            out.push(format!("text of {} chars", body.text.chars().count()));
+        }
+        if body.blocks.len() > MAX_BLOCKS {
+            out.push(format!("{} blocks", body.blocks.len()));
+        }
+        let blocks = serde_json::to_value(&body.blocks).unwrap();
+        for b in blocks.as_array().unwrap() {
+            if b["block_id"].as_str().is_some_and(|id| id.len() > ID_MAX) {
+                out.push("long block_id".into());
+            }
+            match b["type"].as_str() {
+                Some("section") => {
+                    if chars(&b["text"]["text"]) > SECTION_TEXT_MAX {
+                        out.push(format!("section of {}", chars(&b["text"]["text"])));
+                    }
+                    texts.extend(b["text"]["text"].as_str().map(str::to_owned));
+                }
+                Some("context") => {
+                    let elements = b["elements"].as_array().unwrap();
+                    if elements.len() > CONTEXT_ELEMENTS_MAX {
+                        out.push("too many context elements".into());
+                    }
+                    for e in elements {
+                        if chars(&e["text"]) > SECTION_TEXT_MAX {
+                            out.push(format!("context of {}", chars(&e["text"])));
+                        }
+                        texts.extend(e["text"].as_str().map(str::to_owned));
+                    }
+                }
+                Some("actions") => {
+                    let elements = b["elements"].as_array().unwrap();
+                    if elements.len() > ACTIONS_ELEMENTS_MAX {
+                        out.push("too many buttons".into());
+                    }
+                    for e in elements {
+                        if chars(&e["text"]["text"]) > BUTTON_TEXT_MAX
+                            || e["action_id"].as_str().is_none_or(|a| a.len() > ID_MAX)
+                            || e["value"]
+                                .as_str()
+                                .is_some_and(|v| v.len() > BUTTON_VALUE_MAX)
+                        {
+                            out.push(format!("bad button {e}"));
+                        }
+                    }
+                }
+                other => out.push(format!("unexpected block {other:?}")),
+            }
+        }
+        for t in texts {
+            if t.matches(mrkdwn::FENCE).count() % 2 == 1 {
+                out.push(format!("a code block left open: {t:?}"));
+            }
+            if t.contains("<!") {
+                out.push(format!("a special mention: {t:?}"));
+            }
+        }
+        out
+    }
+
+    /// The mrkdwn texts of a message's sections, in order.
+    fn section_texts(body: &MessageBody) -> Vec<String> {
+        let blocks = serde_json::to_value(&body.blocks).unwrap();
+        blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "section")
+            .filter_map(|b| b["text"]["text"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// `text` without fence lines and whitespace: what a reader sees of it.
+    fn content(text: &str) -> String {
+        text.lines()
+            .filter(|l| *l != mrkdwn::FENCE)
+            .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+            .collect()
+    }
+
+    fn task(id: i64, state: TaskState) -> Task {
+        Task {
+            id,
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "fix it".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            message_ts: None,
+            state: state.as_str().into(),
+            agent: None,
+            parent_id: None,
+            session_id: None,
+            model: None,
+            created_at: 0,
+            updated_at: 0,
+            queued_at: 0,
+            dispatched_at: None,
+            started_at: None,
+            finished_at: None,
+            last_seq: 0,
+            cancel_requested: false,
+            wait_reason: None,
+            steps: "[]".into(),
+            step_count: 0,
+            output_tail: String::new(),
+            result: None,
+            result_meta: None,
+            error: None,
+            failure_cause: None,
+            slack_synced: false,
+            result_parts_posted: 0,
+            retried_as: None,
+        }
+    }
+
+    /// Hostile text up to about 100,000 characters: hostile fragments,
+    /// repeated, or one troublesome character many times.
+    fn long_hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => hostile(),
+            2 => (hostile(), 1..60usize).prop_map(|(s, k)| s.repeat(k)),
+            1 => (
+                prop::sample::select(vec!["&", "<", ">", "`", "```\n", "😀", "| a |\n", "x"]),
+                1..100_000usize
+            )
+                .prop_map(|(c, n)| c.repeat(n).chars().take(100_000).collect()),
+        ]
+    }
+
+    /// A name: usually a real one, sometimes hostile.
+    fn any_name() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "[a-z][a-z0-9-]{0,20}", 1 => hostile()]
+    }
+
+    prop_compose! {
+        fn any_task()(
+            id in 1i64..i64::MAX,
+            state in prop::sample::select(TaskState::ALL.to_vec()),
+            names in (any_name(), any_name(), prop::option::of(any_name())),
+            prompt in long_hostile(),
+            steps in prop::collection::vec(hostile(), 0..=SHOWN_STEPS),
+            step_count in 0i64..1_000_000,
+            output in long_hostile(),
+            result in long_hostile(),
+            error in prop::option::of(long_hostile()),
+            wait_reason in prop::option::of(hostile()),
+        ) -> Task {
+            let mut t = task(id, state);
+            (t.persona, t.project, t.agent) = names;
+            t.prompt = prompt;
+            t.steps = serde_json::to_string(&steps).unwrap();
+            t.step_count = step_count;
+            t.output_tail = output;
+            t.result = Some(result);
+            t.error = error;
+            t.wait_reason = wait_reason;
+            t
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_render_respects_slacks_limits(t in any_task(), position in prop::option::of(0u64..1000)) {
+            let rendered = render(&t, position, 0);
+            let bad = violations(&rendered.message);
+            prop_assert!(bad.is_empty(), "{bad:?}");
+            for part in &rendered.continuation {
+                let bad = violations(part);
+                prop_assert!(bad.is_empty(), "{bad:?}");
+            }
+            prop_assert!(!rendered.message.text.trim().is_empty());
+        }
+
+        #[test]
+        fn a_long_result_continues_in_order_and_whole(mut t in any_task()) {
+            t.state = TaskState::Completed.as_str().into();
+            let rendered = render(&t, None, 0);
+            let result = t.result.as_deref().unwrap();
+            let whole = mrkdwn::markdown_to_mrkdwn(result);
+            let in_message = section_texts(&rendered.message);
+            let mut shown: Vec<String> = in_message
+                .iter()
+                .skip(2 + usize::from(!steps_of(&t).is_empty()))
+                .take(RESULT_SECTIONS_IN_MESSAGE)
+                .cloned()
+                .collect();
+            for (i, part) in rendered.continuation.iter().enumerate() {
+                prop_assert_eq!(
+                    block_ids(part),
+                    vec![part_block_id(t.id, i + 1)]
+                );
+                shown.extend(section_texts(part));
+            }
+            if result.trim().is_empty() {
+                prop_assert_eq!(shown, vec!["_(no output)_".to_owned()]);
+            } else {
+                let got: String = shown.iter().map(|p| content(p)).collect();
+                let want = content(&whole);
+                prop_assert!(got == want, "the parts differ from the result: {}", first_difference(&got, &want));
+                // A code block is never broken across parts: fences are whole
+                // lines and every part closes what it opens.
+                for part in &shown {
+                    prop_assert!(part.lines().all(|l| l == mrkdwn::FENCE || !l.contains(mrkdwn::FENCE)));
+                }
+            }
+        }
+    }
+
+    /// Where two strings first differ, with a little context, for failure messages.
+    fn first_difference(a: &str, b: &str) -> String {
+        let at = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        let around =
+            |s: &str| -> String { s.chars().skip(at.saturating_sub(40)).take(120).collect() };
+        format!(
+            "at char {at} of {}/{}: {:?} vs {:?}",
+            a.chars().count(),
+            b.chars().count(),
+            around(a),
+            around(b)
+        )
+    }
+
+    fn block_ids(body: &MessageBody) -> Vec<String> {
+        let blocks = serde_json::to_value(&body.blocks).unwrap();
+        blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["block_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn part_block_ids_read_back() {
+        assert_eq!(parse_part_block_id(&part_block_id(42, 7)), Some((42, 7)));
+        assert_eq!(parse_part_block_id("task-42"), None);
+        assert_eq!(parse_part_block_id("baton-result-x-1"), None);
+    }
+
+    #[test]
+    fn the_worst_characters_stay_within_limits() {
+        for c in ["&", "<", "```", "😀", "\n"] {
+            let mut t = task(1, TaskState::Failed);
+            t.prompt = c.repeat(100_000);
+            t.steps = serde_json::to_string(&vec![c.repeat(500); SHOWN_STEPS]).unwrap();
+            t.step_count = 1_000;
+            t.error = Some(c.repeat(8_000));
+            let bad = violations(&render(&t, None, 0).message);
+            assert!(bad.is_empty(), "{c:?}: {bad:?}");
+            t.state = TaskState::Running.as_str().into();
+            t.output_tail = c.repeat(OUTPUT_TAIL_KEPT_CHARS);
+            let bad = violations(&render(&t, None, 0).message);
+            assert!(bad.is_empty(), "{c:?}: {bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_latest_steps_are_the_ones_shown() {
+        let mut t = task(1, TaskState::Running);
+        let steps: Vec<String> = (1..=8).map(|i| format!("{i}{}", "&".repeat(199))).collect();
+        t.steps = serde_json::to_string(&steps).unwrap();
+        t.step_count = 20;
+        let text = section_texts(&render(&t, None, 0).message)[2].clone();
+        assert!(text.contains("• 8&amp;"), "the newest step is shown");
+        assert!(!text.contains("• 1&amp;"), "the oldest gives way");
+        let shown = text.matches("• ").count();
+        assert!(
+            text.starts_with(&format!("_+{} earlier_", 20 - shown)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_note_mentions_who_cancelled_and_nothing_else() {
+        let mut t = task(1, TaskState::Cancelled);
+        t.error = Some("Cancelled by <@U123ABC> while queued. <!channel> <@here>".into());
+        let text = section_texts(&render(&t, None, 0).message).join("\n");
+        assert!(
+            text.contains("Cancelled by <@U123ABC> while queued."),
+            "{text}"
+        );
+        assert!(text.contains("&lt;!channel&gt; &lt;@here&gt;"), "{text}");
+        t.state = TaskState::Failed.as_str().into();
+        let text = section_texts(&render(&t, None, 0).message).join("\n");
+        assert!(
+            text.contains("&lt;@U123ABC&gt;"),
+            "an agent's error mentions no one: {text}"
+        );
     }
 }

@@ -117,6 +117,9 @@ fn states(list: &[TaskState]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str()).collect()
 }
 
+/// `retried_as` while the retry is being created.
+pub const RETRY_CLAIMED: i64 = 0;
+
 const ACTIVE: [TaskState; 3] = [TaskState::Queued, TaskState::Dispatched, TaskState::Running];
 
 impl Store {
@@ -193,6 +196,7 @@ impl Store {
             failure_cause: Set(None),
             slack_synced: Set(false),
             result_parts_posted: Set(0),
+            retried_as: Set(None),
             ..Default::default()
         };
         row.insert(&self.db).await.context("Cannot write the task")
@@ -409,12 +413,14 @@ impl Store {
         Ok(res.rows_affected == 1)
     }
 
-    /// Remembers that a cancel was asked for a task whose agent has it.
+    /// Remembers that a cancel was asked for a task whose agent has it. False
+    /// when the task is not with an agent or a cancel was already asked.
     pub async fn set_cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
         let res = task::Entity::update_many()
             .col_expr(task::Column::CancelRequested, Expr::value(true))
             .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
             .filter(task::Column::Id.eq(id))
+            .filter(task::Column::CancelRequested.eq(false))
             .filter(task::Column::State.is_in(states(&[TaskState::Dispatched, TaskState::Running])))
             .exec(&self.db)
             .await
@@ -434,11 +440,11 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the task's message as showing its final state.
-    pub async fn mark_slack_synced(&self, id: i64, parts_posted: i32) -> anyhow::Result<()> {
+    /// Marks the task's message as showing its final state (the result's
+    /// continuation replies included).
+    pub async fn mark_slack_synced(&self, id: i64) -> anyhow::Result<()> {
         task::Entity::update_many()
             .col_expr(task::Column::SlackSynced, Expr::value(true))
-            .col_expr(task::Column::ResultPartsPosted, Expr::value(parts_posted))
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::State.is_in(states(&[
                 TaskState::Completed,
@@ -452,15 +458,88 @@ impl Store {
         Ok(())
     }
 
-    /// Records how many result continuation replies are posted.
+    /// Records that the first `parts` result continuation replies are in the
+    /// thread. Never lowers the count.
     pub async fn set_result_parts_posted(&self, id: i64, parts: i32) -> anyhow::Result<()> {
         task::Entity::update_many()
             .col_expr(task::Column::ResultPartsPosted, Expr::value(parts))
             .filter(task::Column::Id.eq(id))
+            .filter(task::Column::ResultPartsPosted.lt(parts))
             .exec(&self.db)
             .await
             .context("Cannot record the posted result parts")?;
         Ok(())
+    }
+
+    /// Claims the right to retry an ended task: true for the one caller that
+    /// gets it, false if the task was retried (or is being retried) already,
+    /// or cannot be retried.
+    pub async fn claim_retry(&self, id: i64) -> anyhow::Result<bool> {
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::RetriedAs, Expr::value(RETRY_CLAIMED))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::RetriedAs.is_null())
+            .filter(task::Column::State.is_in(states(&[
+                TaskState::Failed,
+                TaskState::Cancelled,
+                TaskState::Expired,
+            ])))
+            .exec(&self.db)
+            .await
+            .context("Cannot claim the retry")?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Records the task a claimed retry created.
+    pub async fn set_retried_as(&self, id: i64, new: i64) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::RetriedAs, Expr::value(new))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::RetriedAs.eq(RETRY_CLAIMED))
+            .exec(&self.db)
+            .await
+            .context("Cannot record the retry")?;
+        Ok(())
+    }
+
+    /// Gives up a claimed retry that created nothing.
+    pub async fn release_retry(&self, id: i64) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::RetriedAs, Expr::value(Option::<i64>::None))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::RetriedAs.eq(RETRY_CLAIMED))
+            .exec(&self.db)
+            .await
+            .context("Cannot release the retry")?;
+        Ok(())
+    }
+
+    /// Releases retry claims a crash left behind (a claim lives for the few
+    /// milliseconds it takes to create the retry). Run at start-up.
+    pub async fn release_stale_retry_claims(&self) -> anyhow::Result<u64> {
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::RetriedAs, Expr::value(Option::<i64>::None))
+            .filter(task::Column::RetriedAs.eq(RETRY_CLAIMED))
+            .exec(&self.db)
+            .await
+            .context("Cannot release stale retry claims")?;
+        Ok(res.rows_affected)
+    }
+
+    /// The tasks of a thread, oldest first: the one whose message starts it
+    /// and those posted in it.
+    pub async fn thread_tasks(&self, channel: &str, root_ts: &str) -> anyhow::Result<Vec<Task>> {
+        task::Entity::find()
+            .filter(task::Column::ChannelId.eq(channel))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(task::Column::MessageTs.eq(root_ts))
+                    .add(task::Column::ThreadTs.eq(root_ts)),
+            )
+            .order_by_asc(task::Column::Id)
+            .all(&self.db)
+            .await
+            .context("Cannot read the thread's tasks")
     }
 
     /// Queued tasks of a project in queue order, at most `limit`.

@@ -1,0 +1,824 @@
+//! Buttons, mentions, threads and the read-only commands, driven the way Slack
+//! drives them: signed HTTP requests to the bot's real routes, the Web API
+//! answered by the fake Slack, and (where a task must run) an agent speaking
+//! the wire protocol over a real WebSocket. Every wait is for an observable
+//! outcome, with a deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_shared::protocol::{
+    AgentMessage, BotMessage, Hello, PROTOCOL_VERSION, ProjectInfo, Submit, TaskResult,
+};
+use baton_shared::{ProjectName, TaskId};
+use baton_testkit::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// How long any one outcome may take to show.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// How often a condition is looked at again.
+const POLL: Duration = Duration::from_millis(20);
+/// The bot's user id in the events Slack sends.
+const BOT_USER: &str = "UBATON";
+
+/// Waits until `probe` returns something, failing after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A bot with project `web` bound to channel C1, no agent, and the fake Slack.
+struct Rig {
+    slack: Arc<FakeSlack>,
+    bot: Bot,
+    store: baton_bot::store::Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (slack, url) = fake_slack().await;
+        let bot = Bot::start(&url, dir.path(), |_| {}).await;
+        let bound = admin(bot.addr, "project bind web").await;
+        assert!(bound.contains("project `web`"), "{bound}");
+        let store = bot.store().await;
+        Rig {
+            slack,
+            bot,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.bot.addr
+    }
+
+    /// `/baton TEXT` as `user`: the acknowledgement's ephemeral text, or "" for none.
+    async fn baton(&self, text: &str, user: &str) -> String {
+        let (status, body) = baton(self.addr(), text, user).await;
+        assert_eq!(status, 200, "{body}");
+        if body.is_empty() {
+            return body;
+        }
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["response_type"], "ephemeral");
+        json["text"].as_str().unwrap().to_owned()
+    }
+
+    /// The task row, once `pred` holds for it.
+    async fn task_when(
+        &self,
+        id: i64,
+        what: &str,
+        pred: impl Fn(&baton_bot::store::Task) -> bool,
+    ) -> baton_bot::store::Task {
+        eventually(what, || async {
+            self.store.task(id).await.unwrap().filter(|t| pred(t))
+        })
+        .await
+    }
+
+    /// Task `id`'s message ts, once posted.
+    async fn message_ts(&self, id: i64) -> String {
+        self.task_when(id, "the task's message", |t| t.message_ts.is_some())
+            .await
+            .message_ts
+            .unwrap()
+    }
+
+    /// What message `ts` shows now: its last accepted edit, or as posted.
+    fn shown(&self, ts: &str) -> Value {
+        self.slack
+            .calls("chat.update")
+            .into_iter()
+            .rev()
+            .find(|c| c.body["ts"] == ts)
+            .map(|c| c.body)
+            .or_else(|| self.slack.thread(ts).into_iter().next())
+            .expect("the message exists")
+    }
+
+    /// Waits until message `ts` shows something containing `text`; returns it.
+    async fn shows(&self, ts: &str, text: &str) -> Value {
+        eventually(&format!("message {ts} to show {text:?}"), || async {
+            let body = self.shown(ts);
+            message_text(&body).contains(text).then_some(body)
+        })
+        .await
+    }
+
+    /// The ephemeral answers `user` got so far, in order.
+    fn ephemerals(&self, user: &str) -> Vec<Value> {
+        self.slack
+            .calls("chat.postEphemeral")
+            .into_iter()
+            .filter(|c| c.body["user"] == user)
+            .map(|c| c.body)
+            .collect()
+    }
+
+    /// Waits for `user`'s ephemeral answer number `n` (from 1); returns its text.
+    async fn ephemeral(&self, user: &str, n: usize) -> String {
+        eventually(&format!("answer {n} to {user}"), || async {
+            self.ephemerals(user)
+                .get(n - 1)
+                .map(|b| b["text"].as_str().unwrap().to_owned())
+        })
+        .await
+    }
+
+    /// Clicks `button` (as rendered) on message `ts`, as `user`.
+    async fn click(&self, user: &str, button: &Value) {
+        let payload = json!({
+            "type": "block_actions",
+            "team": {"id": "T1"},
+            "user": {"id": user},
+            "channel": {"id": "C1"},
+            "container": {"type": "message", "channel_id": "C1"},
+            "actions": [{
+                "type": "button",
+                "block_id": "b",
+                "action_id": button["action_id"],
+                "value": button["value"],
+                "action_ts": "1700000000.1",
+            }],
+        })
+        .to_string();
+        let (status, body) = post_signed(
+            self.addr(),
+            "/slack/interactions",
+            &[("payload", payload.as_str())],
+            SIGNING_SECRET,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// An Events API callback carrying `event`, as Slack signs and sends it.
+    async fn event(&self, event_id: &str, event: Value, retry: Option<u32>) {
+        let payload = json!({
+            "type": "event_callback",
+            "team_id": "T1",
+            "event_id": event_id,
+            "authorizations": [{"user_id": BOT_USER}],
+            "event": event,
+        });
+        let (status, body) = post_event(self.addr(), &payload, retry).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Stops the bot, after checking that Slack took every call it made
+    /// (a reply the bot could not read would show as an error here).
+    async fn stop(self) {
+        let (_, metrics) = http(self.addr(), "GET", "/metrics", &[], "").await;
+        for counter in ["baton_slack_errors_total", "baton_slack_rate_limited_total"] {
+            assert!(
+                metrics.contains(&format!("{counter} 0\n")),
+                "{counter} is not 0:\n{metrics}"
+            );
+        }
+        self.bot.stop().await;
+    }
+
+    /// How many tasks exist.
+    async fn task_count(&self) -> usize {
+        self.store.recent_tasks(1_000).await.unwrap().len()
+    }
+}
+
+/// The button labelled `label` in a message body, if it has one.
+fn button(body: &Value, label: &str) -> Option<Value> {
+    body["blocks"]
+        .as_array()?
+        .iter()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
+        .find(|e| e["text"]["text"] == label)
+        .cloned()
+}
+
+/// A user's message in channel C1 (a thread reply when `thread` is given).
+fn message(user: &str, text: &str, ts: &str, thread: Option<&str>) -> Value {
+    let mut m = json!({"type": "message", "user": user, "text": text, "channel": "C1", "ts": ts});
+    if let Some(thread) = thread {
+        m["thread_ts"] = json!(thread);
+    }
+    m
+}
+
+/// A mention of the bot in channel C1.
+fn mention(user: &str, text: &str, ts: &str, thread: Option<&str>) -> Value {
+    let mut m = message(user, &format!("<@{BOT_USER}> {text}"), ts, thread);
+    m["type"] = json!("app_mention");
+    m
+}
+
+/// An agent speaking the wire protocol over a real WebSocket, serving `web`.
+struct FakeAgent {
+    /// Frames to send.
+    out: mpsc::UnboundedSender<AgentMessage>,
+    /// Frames the bot sent.
+    frames: mpsc::UnboundedReceiver<BotMessage>,
+}
+
+impl FakeAgent {
+    async fn connect(addr: SocketAddr) -> FakeAgent {
+        let mut req = format!("ws://{addr}/agents").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {AGENT_KEY}").parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut to_send) = mpsc::unbounded_channel::<AgentMessage>();
+        let (got, frames) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(msg) = to_send.recv().await {
+                if sink.send(Message::Text(msg.encode().into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = stream.next().await {
+                if let Message::Text(text) = frame
+                    && let Ok(msg) = BotMessage::decode(&text)
+                    && got.send(msg).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let agent = FakeAgent { out, frames };
+        agent.send(AgentMessage::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "fake".into(),
+            capacity: 1,
+            projects: vec![ProjectInfo {
+                name: ProjectName::new("web").unwrap(),
+                max_concurrent: 1,
+            }],
+            running: Vec::new(),
+            held_results: Vec::new(),
+        }));
+        wait_agents(addr, 1).await;
+        agent
+    }
+
+    fn send(&self, msg: AgentMessage) {
+        self.out.send(msg).unwrap();
+    }
+
+    /// The next task the bot hands over.
+    async fn submitted(&mut self) -> Submit {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.frames.recv())
+                .await
+                .expect("a task in time")
+                .expect("the connection is open");
+            if let BotMessage::Submit(s) = frame {
+                return s;
+            }
+        }
+    }
+
+    /// The frames the bot sends until it acknowledges `task`'s final event.
+    async fn frames_until_ack(&mut self, task: TaskId) -> Vec<BotMessage> {
+        let mut seen = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.frames.recv())
+                .await
+                .expect("the ack in time")
+                .expect("the connection is open");
+            if matches!(frame, BotMessage::Ack { task: t, .. } if t == task) {
+                return seen;
+            }
+            seen.push(frame);
+        }
+    }
+
+    /// Accepts `task`, one step.
+    fn start(&self, task: TaskId) {
+        self.send(AgentMessage::Accepted { task, seq: 1 });
+        self.send(AgentMessage::Step {
+            task,
+            seq: 2,
+            text: "thinking".into(),
+        });
+    }
+
+    /// Completes `task` with `text`, producing `session`.
+    fn complete(&self, task: TaskId, text: &str, session: &str) {
+        self.send(AgentMessage::Completed {
+            task,
+            seq: 3,
+            result: TaskResult {
+                text: text.into(),
+                session_id: Some(session.into()),
+                ..TaskResult::default()
+            },
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_a_queued_task_removes_it_for_its_requester_or_an_admin_only() {
+    let rig = Rig::start().await;
+    assert_eq!(rig.baton("fix the flaky login test", "U1").await, "");
+    let ts = rig.message_ts(1).await;
+    let queued = rig.shows(&ts, "Queued").await;
+    let cancel = button(&queued, "Cancel").expect("a Cancel button while queued");
+    assert_eq!(
+        (cancel["action_id"].as_str(), cancel["value"].as_str()),
+        (Some("baton_cancel"), Some("1"))
+    );
+
+    // Someone else: refused, nothing changes.
+    rig.click("U2", &cancel).await;
+    let answer = rig.ephemeral("U2", 1).await;
+    assert!(
+        answer.contains("Only the person who started task #1 (or an admin)"),
+        "{answer}"
+    );
+    assert_eq!(rig.store.task(1).await.unwrap().unwrap().state, "queued");
+
+    // The requester: removed from the queue, and the message says so.
+    rig.click("U1", &cancel).await;
+    let answer = rig.ephemeral("U1", 1).await;
+    assert!(
+        answer.contains("Task #1 was removed from the queue"),
+        "{answer}"
+    );
+    rig.task_when(1, "task #1 cancelled", |t| t.state == "cancelled")
+        .await;
+    let cancelled = rig.shows(&ts, "Cancelled").await;
+    let text = message_text(&cancelled);
+    assert!(text.contains("Cancelled by <@U1> while queued."), "{text}");
+    assert!(
+        button(&cancelled, "Cancel").is_none(),
+        "no Cancel once cancelled"
+    );
+    assert!(
+        button(&cancelled, "Retry").is_some(),
+        "Retry once cancelled"
+    );
+    assert!(
+        rig.baton("queue", "U1")
+            .await
+            .contains("every queue is empty")
+    );
+
+    // The old button again: a clear answer, and nothing changes.
+    let before = rig.store.task(1).await.unwrap().unwrap();
+    let edits = rig.slack.calls("chat.update").len();
+    rig.click("U1", &cancel).await;
+    let answer = rig.ephemeral("U1", 2).await;
+    assert!(
+        answer.contains("already cancelled; that button no longer applies"),
+        "{answer}"
+    );
+    assert_eq!(rig.store.task(1).await.unwrap().unwrap(), before);
+    assert_eq!(rig.slack.calls("chat.update").len(), edits);
+
+    // An admin may cancel someone else's task.
+    assert_eq!(rig.baton("another one", "U1").await, "");
+    let ts2 = rig.message_ts(2).await;
+    let cancel2 = button(&rig.shows(&ts2, "Queued").await, "Cancel").unwrap();
+    rig.click("UADMIN", &cancel2).await;
+    assert!(
+        rig.ephemeral("UADMIN", 1)
+            .await
+            .contains("Task #2 was removed from the queue")
+    );
+    rig.task_when(2, "task #2 cancelled", |t| t.state == "cancelled")
+        .await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_click_on_cancel_cancels_once_and_says_so() {
+    let rig = Rig::start().await;
+    rig.baton("fix the flaky login test", "U1").await;
+    let ts = rig.message_ts(1).await;
+    let cancel = button(&rig.shows(&ts, "Queued").await, "Cancel").unwrap();
+    tokio::join!(rig.click("U1", &cancel), rig.click("U1", &cancel));
+    rig.ephemeral("U1", 2).await;
+    let answers: Vec<String> = rig
+        .ephemerals("U1")
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_owned())
+        .collect();
+    let removed = answers
+        .iter()
+        .filter(|a| a.contains("removed from the queue"))
+        .count();
+    assert_eq!(removed, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.contains("already cancelled") || a.contains("already ended (cancelled)")),
+        "{answers:?}"
+    );
+    let task = rig
+        .task_when(1, "task #1 cancelled", |t| t.state == "cancelled")
+        .await;
+    assert_eq!(
+        task.error.as_deref(),
+        Some("Cancelled by <@U1> while queued.")
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_creates_one_new_task_and_says_so_in_the_old_thread() {
+    let rig = Rig::start().await;
+    rig.baton("review the auth module", "U1").await;
+    let ts = rig.message_ts(1).await;
+    let cancel = button(&rig.shows(&ts, "Queued").await, "Cancel").unwrap();
+    rig.click("U1", &cancel).await;
+    let retry = button(&rig.shows(&ts, "Cancelled").await, "Retry").unwrap();
+    assert_eq!(retry["action_id"], "baton_retry");
+
+    // Two clicks at once, by two people: one new task.
+    tokio::join!(rig.click("U2", &retry), rig.click("U3", &retry));
+    let (a, b) = (rig.ephemeral("U2", 1).await, rig.ephemeral("U3", 1).await);
+    let started: Vec<&String> = [&a, &b]
+        .into_iter()
+        .filter(|t| t.contains("runs again as #2"))
+        .collect();
+    assert_eq!(started.len(), 1, "{a:?} / {b:?}");
+    let other = if a.contains("runs again") { &b } else { &a };
+    assert!(
+        other.contains("already retried as #2") || other.contains("being retried right now"),
+        "{other}"
+    );
+    let new = rig
+        .task_when(2, "the retry", |t| t.message_ts.is_some())
+        .await;
+    assert_eq!(
+        (new.prompt.as_str(), new.persona.as_str()),
+        ("the auth module", "review")
+    );
+    assert_eq!(new.parent_id, Some(1));
+    assert_eq!(
+        rig.store.task(1).await.unwrap().unwrap().retried_as,
+        Some(2)
+    );
+
+    // The old thread says so, once; the old message points to the new task.
+    let notes = eventually("the note in the old thread", || async {
+        let notes: Vec<Value> = rig
+            .slack
+            .calls("chat.postMessage")
+            .into_iter()
+            .filter(|c| c.body["thread_ts"] == ts.as_str())
+            .map(|c| c.body)
+            .collect();
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes.len(), 1);
+    let note = notes[0]["text"].as_str().unwrap();
+    assert!(note.ends_with("retried this task as #2."), "{note}");
+    let old = rig.shows(&ts, "Retried as *#2*").await;
+    assert!(button(&old, "Retry").is_none(), "retried: no Retry button");
+
+    // Later, the old button once more: nothing new.
+    rig.click("U1", &retry).await;
+    let answer = rig.ephemeral("U1", 2).await;
+    assert!(answer.contains("already retried as #2"), "{answer}");
+    assert_eq!(rig.task_count().await, 2);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_on_a_finished_task_gets_a_clear_answer_and_changes_nothing() {
+    let rig = Rig::start().await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    rig.baton("say hello", "U1").await;
+    let submit = agent.submitted().await;
+    agent.start(submit.task);
+    let ts = rig.message_ts(1).await;
+    let cancel = button(&rig.shows(&ts, "Running").await, "Cancel").unwrap();
+
+    // Cancel twice while it runs: the agent is asked once.
+    rig.click("U1", &cancel).await;
+    let first = rig.ephemeral("U1", 1).await;
+    assert!(first.contains("Cancelling task #1"), "{first}");
+    rig.click("U1", &cancel).await;
+    let second = rig.ephemeral("U1", 2).await;
+    assert!(
+        second.contains("Task #1 is already being cancelled"),
+        "{second}"
+    );
+
+    // It finishes before it stops.
+    agent.complete(submit.task, "hello", "sess-1");
+    let frames = agent.frames_until_ack(submit.task).await;
+    let cancels = frames
+        .iter()
+        .filter(|f| matches!(f, BotMessage::Cancel { task } if *task == submit.task))
+        .count();
+    assert_eq!(cancels, 1, "{frames:?}");
+    rig.shows(&ts, "Completed").await;
+    let before = rig.store.task(1).await.unwrap().unwrap();
+
+    rig.click("U1", &cancel).await;
+    let answer = rig.ephemeral("U1", 3).await;
+    assert!(
+        answer.contains("Task #1 is already completed; that button no longer applies"),
+        "{answer}"
+    );
+    assert_eq!(rig.store.task(1).await.unwrap().unwrap(), before);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_result_continues_in_the_thread_in_order_once() {
+    let rig = Rig::start().await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    rig.baton("write the report", "U1").await;
+    let submit = agent.submitted().await;
+    agent.start(submit.task);
+    let result: String = (1..=8)
+        .map(|i| {
+            format!(
+                "## Section {i}\n\n{}\n\n```\ncode {i} <&>\n```\n",
+                "Findings & notes. ".repeat(160)
+            )
+        })
+        .collect();
+    agent.complete(submit.task, &result, "sess-1");
+    let ts = rig.message_ts(1).await;
+    rig.task_when(1, "the final state shown", |t| t.slack_synced)
+        .await;
+
+    let message = rig.shown(&ts);
+    let text = message_text(&message);
+    assert!(
+        text.contains("*Section 1*") && text.contains("The result continues in this thread"),
+        "{text}"
+    );
+    let replies: Vec<Value> = rig.slack.thread(&ts).into_iter().skip(1).collect();
+    let ids: Vec<String> = replies
+        .iter()
+        .map(|m| m["blocks"][0]["block_id"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (1..=ids.len())
+        .map(|n| baton_bot::slack::render::part_block_id(1, n))
+        .collect();
+    assert!(ids.len() >= 3, "{ids:?}");
+    assert_eq!(ids, want, "each part once, in order");
+    let all = replies.iter().map(message_text).collect::<String>();
+    assert!(
+        all.contains("*Section 8*") && all.contains("code 8 &lt;&amp;&gt;"),
+        "the end is there"
+    );
+    let task = rig.store.task(1).await.unwrap().unwrap();
+    assert_eq!(task.result_parts_posted as usize, ids.len());
+    // Before posting parts it read the thread back, and Slack took the call.
+    assert_eq!(rig.slack.calls("conversations.replies").len(), 1);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_works_like_the_slash_command_once_per_event() {
+    let rig = Rig::start().await;
+    rig.event(
+        "Ev1",
+        mention("U1", "review the auth module", "1700000100.000100", None),
+        None,
+    )
+    .await;
+    let task = rig
+        .task_when(1, "the mention's task", |t| t.message_ts.is_some())
+        .await;
+    assert_eq!(
+        (
+            task.persona.as_str(),
+            task.prompt.as_str(),
+            task.requester.as_str(),
+            task.channel_id.as_str()
+        ),
+        ("review", "the auth module", "U1", "C1")
+    );
+    assert_eq!(
+        task.thread_ts, None,
+        "a channel mention starts a top-level message"
+    );
+
+    // Slack's retry of the same event, and the `message` event that
+    // duplicates the mention, and the bot's own messages: nothing new.
+    rig.event(
+        "Ev1",
+        mention("U1", "review the auth module", "1700000100.000100", None),
+        Some(1),
+    )
+    .await;
+    rig.event(
+        "Ev2",
+        message(
+            "U1",
+            &format!("<@{BOT_USER}> review the auth module"),
+            "1700000100.000100",
+            None,
+        ),
+        None,
+    )
+    .await;
+    let ts = task.message_ts.clone().unwrap();
+    let mut own = message(BOT_USER, "fix it", "1700000100.000300", Some(&ts));
+    own["bot_id"] = json!("BBATON");
+    own["subtype"] = json!("bot_message");
+    rig.event("Ev3", own, None).await;
+    rig.event(
+        "Ev4",
+        message(BOT_USER, "fix it", "1700000100.000400", Some(&ts)),
+        None,
+    )
+    .await;
+    // The next mention is the signal that the ones before it were handled.
+    rig.event(
+        "Ev5",
+        mention("U1", "help", "1700000100.000500", None),
+        None,
+    )
+    .await;
+    let help = rig.ephemeral("U1", 1).await;
+    assert_eq!(help, baton_bot::commands::help());
+    assert_eq!(rig.task_count().await, 1, "one task for one mention");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
+    let rig = Rig::start().await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    rig.baton("plan the migration", "U1").await;
+    let first = agent.submitted().await;
+    assert_eq!(first.session_id, None);
+    agent.start(first.task);
+    agent.complete(first.task, "the plan", "sess-1");
+    let root = rig.message_ts(1).await;
+    rig.shows(&root, "Completed").await;
+
+    // A reply in the thread: a follow-up resuming the session, posted in the thread.
+    rig.event(
+        "Ev10",
+        message("U2", "now do step one", "1700000200.000100", Some(&root)),
+        None,
+    )
+    .await;
+    let second = agent.submitted().await;
+    assert_eq!(second.task, TaskId(2));
+    assert_eq!(second.session_id.as_deref(), Some("sess-1"));
+    assert_eq!(second.prompt, "now do step one");
+    let task = rig
+        .task_when(2, "the follow-up's message", |t| t.message_ts.is_some())
+        .await;
+    assert_eq!(
+        (task.parent_id, task.thread_ts.as_deref()),
+        (Some(1), Some(root.as_str()))
+    );
+    assert_eq!(task.requester, "U2");
+    let posted_in_thread = rig.slack.thread(&root);
+    assert!(
+        posted_in_thread
+            .iter()
+            .any(|m| m["ts"] == task.message_ts.clone().unwrap().as_str()),
+        "the follow-up's message is in the thread"
+    );
+    // Slack retries the reply's event: no second follow-up.
+    rig.event(
+        "Ev10",
+        message("U2", "now do step one", "1700000200.000100", Some(&root)),
+        Some(1),
+    )
+    .await;
+
+    // While it runs, another reply does not start a second run of the session.
+    agent.start(second.task);
+    rig.task_when(2, "the follow-up running", |t| t.state == "running")
+        .await;
+    rig.event(
+        "Ev11",
+        message("U1", "and step two", "1700000200.000200", Some(&root)),
+        None,
+    )
+    .await;
+    let busy = eventually("the busy answer", || async {
+        rig.ephemerals("U1").into_iter().next()
+    })
+    .await;
+    assert!(
+        busy["text"]
+            .as_str()
+            .unwrap()
+            .contains("Task #2 in this thread is still running"),
+        "{busy}"
+    );
+    assert_eq!(busy["thread_ts"], root.as_str(), "answered in the thread");
+    assert_eq!(rig.task_count().await, 2);
+
+    // Once it ended, a reply mentioning the bot (Slack sends it as both
+    // `app_mention` and `message`) continues the latest session, once.
+    agent.complete(second.task, "step one done", "sess-2");
+    rig.task_when(2, "the follow-up completed", |t| t.state == "completed")
+        .await;
+    let text = format!("<@{BOT_USER}> and step two");
+    rig.event(
+        "Ev12",
+        message("U1", &text, "1700000200.000300", Some(&root)),
+        None,
+    )
+    .await;
+    rig.event(
+        "Ev13",
+        mention("U1", "and step two", "1700000200.000300", Some(&root)),
+        None,
+    )
+    .await;
+    let third = agent.submitted().await;
+    assert_eq!(third.task, TaskId(3));
+    assert_eq!(
+        third.session_id.as_deref(),
+        Some("sess-2"),
+        "the thread's latest session"
+    );
+    assert_eq!(third.prompt, "and step two");
+    agent.start(third.task);
+    agent.complete(third.task, "step two done", "sess-3");
+    rig.task_when(3, "the third task completed", |t| t.state == "completed")
+        .await;
+    assert_eq!(rig.task_count().await, 3);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_queue_and_help_answer() {
+    let rig = Rig::start().await;
+    assert_eq!(rig.baton("help", "U1").await, baton_bot::commands::help());
+    assert_eq!(rig.baton("", "U1").await, baton_bot::commands::help());
+    assert!(
+        rig.baton("status", "U1")
+            .await
+            .contains("You have no tasks yet")
+    );
+    assert!(
+        rig.baton("queue", "U1")
+            .await
+            .contains("every queue is empty")
+    );
+
+    rig.baton("fix the flaky login test", "U1").await;
+    rig.baton("ops restart the cache", "U2").await;
+    rig.message_ts(2).await;
+    let status = rig.baton("status #1", "U2").await;
+    assert!(
+        status.contains("#1")
+            && status.contains("queued")
+            && status.contains("fix the flaky login test"),
+        "{status}"
+    );
+    let mine = rig.baton("status", "U1").await;
+    assert!(
+        mine.contains("Your recent tasks") && mine.contains("#1") && !mine.contains("#2"),
+        "{mine}"
+    );
+    assert!(
+        rig.baton("status #99", "U1")
+            .await
+            .contains("There is no task #99")
+    );
+    let queue = rig.baton("queue", "U1").await;
+    assert!(queue.contains("`web`: 2 waiting"), "{queue}");
+    assert!(
+        rig.baton("cancel #1", "U2")
+            .await
+            .contains("Only the person who started task #1")
+    );
+    rig.stop().await;
+}
