@@ -181,6 +181,42 @@ async fn bot_killed_between_the_result_and_the_slack_edit_edits_after_restart() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_killed_after_slack_posted_but_before_it_stored_the_ts_posts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let addr = bot.addr;
+    let store = bot.store().await;
+    store.ensure_project("web").await.unwrap();
+    // Slack creates the message, but its answer never reaches the bot.
+    slack.lose_answers("chat.postMessage", 1);
+    baton(addr, "--project web posted once", "U1").await;
+    wait_for(30, "the post to reach Slack", || {
+        slack.calls("chat.postMessage").len() == 1
+    })
+    .await;
+    bot.kill().await;
+    assert_eq!(store.task(1).await.unwrap().unwrap().message_ts, None);
+
+    let bot = Bot::restart(addr, &url, dir.path(), |_| {}).await;
+    let ts = message_ts(&store, 1).await;
+    assert_eq!(Some(ts.clone()), slack.calls("chat.postMessage")[0].ts);
+    wait_for(30, "the found message to be edited", || {
+        slack
+            .calls("chat.update")
+            .iter()
+            .any(|c| c.ts.as_deref() == Some(ts.as_str()))
+    })
+    .await;
+    assert_eq!(
+        slack.calls("chat.postMessage").len(),
+        1,
+        "one message, found again"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_loses_the_bots_answers_delivers_the_result_once() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, url) = fake_slack().await;
@@ -712,6 +748,13 @@ async fn chaos_random_kills_lose_nothing_and_run_nothing_twice() {
             "#{id} is {} but Slack shows {shown}",
             task.state
         );
+        let block = format!("baton-task-{id}");
+        let posts = slack
+            .calls("chat.postMessage")
+            .iter()
+            .filter(|c| c.body["blocks"][0]["block_id"] == block.as_str())
+            .count();
+        assert_eq!(posts, 1, "#{id} has exactly one message");
         if task.state == "completed" {
             assert!(seen.contains(id), "#{id} completed without running");
             assert_eq!(

@@ -901,6 +901,9 @@ impl App {
             }
         }
         for task in self.store.unsynced_tasks().await? {
+            if task.message_ts.is_none() {
+                self.consolidator.may_have_posted(task.id);
+            }
             let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
             if state != TaskState::Queued {
                 self.consolidator.show(task, None);

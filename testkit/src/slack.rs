@@ -48,6 +48,7 @@ struct Inner {
     limits: HashMap<String, Limit>,
     failures: HashMap<String, VecDeque<String>>,
     delay: HashMap<String, Duration>,
+    lose: HashMap<String, usize>,
     /// Messages posted, in order: their ts and the `chat.postMessage` body.
     posted: Vec<(String, Value)>,
 }
@@ -125,6 +126,12 @@ impl FakeSlack {
         q.extend(std::iter::repeat_n(error.to_owned(), n));
     }
 
+    /// The next `n` calls of `method` take effect but are never answered
+    /// (the connection hangs, as when an answer is lost on the way).
+    pub fn lose_answers(&self, method: &str, n: usize) {
+        *self.lock().lose.entry(method.to_owned()).or_default() += n;
+    }
+
     /// Delay every answer to `method` (a slow Slack); zero ends the delay.
     pub fn delay(&self, method: &str, by: Duration) {
         let mut inner = self.lock();
@@ -148,6 +155,38 @@ impl FakeSlack {
                        "thread_ts": b.get("thread_ts").cloned().unwrap_or_else(|| json!(t))})
             })
             .collect()
+    }
+
+    /// Whether this call's answer is to be lost.
+    fn take_lost(&self, method: &str) -> bool {
+        match self.lock().lose.get_mut(method) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The channel's own messages (not thread replies) after `oldest`,
+    /// newest first, as `conversations.history` returns them.
+    pub fn history(&self, channel: &str, oldest: f64) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .lock()
+            .posted
+            .iter()
+            .filter(|(t, b)| {
+                b["channel"].as_str() == Some(channel)
+                    && b.get("thread_ts").is_none_or(Value::is_null)
+                    && t.parse::<f64>().is_ok_and(|t| t > oldest)
+            })
+            .map(|(t, b)| {
+                json!({"type": "message", "ts": t, "bot_id": "BBATON", "text": b["text"],
+                       "blocks": b.get("blocks").cloned().unwrap_or_else(|| json!([]))})
+            })
+            .collect();
+        out.reverse();
+        out
     }
 
     /// Decides the answer for one call and records it.
@@ -184,10 +223,15 @@ impl FakeSlack {
         let ts = match (&refusal, body["ts"].as_str()) {
             (Some(_), _) => None,
             (None, Some(ts)) => Some(ts.to_owned()),
-            (None, None) => {
+            (None, None) if method.starts_with("chat.post") => {
                 inner.next_ts += 1;
-                Some(format!("1700000000.{:06}", inner.next_ts))
+                // Like Slack: the post's Unix time, made unique.
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                Some(format!("{secs}.{:06}", inner.next_ts))
             }
+            (None, None) => None,
         };
         inner.calls.push(Call {
             method: method.to_owned(),
@@ -304,6 +348,11 @@ async fn api(
         tokio::time::sleep(d).await;
     }
     let ts = match slack.answer(&method, &body) {
+        Ok(ts) if slack.take_lost(&method) => {
+            let _ = ts;
+            std::future::pending::<()>().await;
+            unreachable!("a lost answer never comes")
+        }
         Ok(ts) => ts,
         Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
         Err(Refusal::Error(e)) => return slack_error(&e),
@@ -355,10 +404,40 @@ async fn replies(
     axum::Json(json!({"ok": true, "messages": messages, "has_more": false})).into_response()
 }
 
+/// `conversations.history` (a GET): the channel's messages after `oldest`.
+async fn history(
+    State(slack): State<Arc<FakeSlack>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let bearer = format!("Bearer {BOT_TOKEN}");
+    if headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v != bearer)
+    {
+        return slack_error("not_authed");
+    }
+    let channel = query.get("channel").cloned().unwrap_or_default();
+    let oldest = query
+        .get("oldest")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0.0);
+    let body = json!({"channel": channel, "oldest": query.get("oldest")});
+    match slack.answer("conversations.history", &body) {
+        Ok(_) => {}
+        Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
+        Err(Refusal::Error(e)) => return slack_error(&e),
+    }
+    let messages = slack.history(&channel, oldest);
+    axum::Json(json!({"ok": true, "messages": messages, "has_more": false})).into_response()
+}
+
 /// The fake Slack's router, for callers that serve it themselves.
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
         .route("/api/conversations.replies", axum::routing::get(replies))
+        .route("/api/conversations.history", axum::routing::get(history))
         .route("/api/{method}", axum::routing::post(api))
         .route(
             crate::socket_mode::WS_PATH,

@@ -119,6 +119,17 @@ pub trait ChatApi: Send + Sync + 'static {
         channel: &'a str,
         thread_ts: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, SlackCallError>>;
+
+    /// The ts of the message carrying block `block_id`: in the thread of
+    /// `thread_ts` (`conversations.replies`), or among the channel's messages
+    /// since `oldest` (`conversations.history`).
+    fn find_message<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: Option<&'a str>,
+        oldest: &'a str,
+        block_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, SlackCallError>>;
 }
 
 /// The Web API client. Cheap to clone.
@@ -231,6 +242,62 @@ impl SlackApi {
         Ok(ids)
     }
 
+    /// The ts of the message carrying block `block_id`, in a thread or among
+    /// the channel's messages since `oldest` (see [`ChatApi::find_message`]).
+    pub async fn find_message(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        oldest: &str,
+        wanted: &str,
+    ) -> Result<Option<String>, SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        let mut cursor = None;
+        for _ in 0..REPLIES_MAX_PAGES {
+            let (messages, next) = match thread_ts {
+                Some(thread) => {
+                    let req =
+                        SlackApiConversationsRepliesRequest::new(channel.into(), thread.into())
+                            .with_limit(REPLIES_PAGE)
+                            .opt_cursor(cursor);
+                    let res = session.conversations_replies(&req).await?;
+                    (
+                        res.messages,
+                        res.response_metadata.and_then(|m| m.next_cursor),
+                    )
+                }
+                None => {
+                    let req = SlackApiConversationsHistoryRequest::new()
+                        .with_channel(channel.into())
+                        .with_oldest(oldest.into())
+                        .with_limit(REPLIES_PAGE)
+                        .opt_cursor(cursor);
+                    let res = session.conversations_history(&req).await?;
+                    (
+                        res.messages,
+                        res.response_metadata.and_then(|m| m.next_cursor),
+                    )
+                }
+            };
+            for message in messages {
+                let carries = message
+                    .content
+                    .blocks
+                    .iter()
+                    .flatten()
+                    .any(|b| block_id(b).as_deref() == Some(wanted));
+                if carries {
+                    return Ok(Some(message.origin.ts.0));
+                }
+            }
+            cursor = next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// Posts a message only `user` sees.
     pub async fn post_ephemeral(
         &self,
@@ -273,6 +340,19 @@ fn block_id(block: &SlackBlock) -> Option<String> {
     }
 }
 
+/// The longest a Web API call may take before it counts as unanswered (a
+/// transport failure: retried, and a post is looked for before it is repeated).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds a call by [`CALL_TIMEOUT`].
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, SlackCallError>>,
+) -> Result<T, SlackCallError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(SlackCallError::Transport("no answer in time".into())))
+}
+
 impl ChatApi for SlackApi {
     fn post_message<'a>(
         &'a self,
@@ -280,7 +360,9 @@ impl ChatApi for SlackApi {
         thread_ts: Option<&'a str>,
         body: &'a MessageBody,
     ) -> BoxFuture<'a, Result<String, SlackCallError>> {
-        Box::pin(SlackApi::post_message(self, channel, thread_ts, body))
+        Box::pin(timed(SlackApi::post_message(
+            self, channel, thread_ts, body,
+        )))
     }
 
     fn update_message<'a>(
@@ -289,7 +371,7 @@ impl ChatApi for SlackApi {
         ts: &'a str,
         body: &'a MessageBody,
     ) -> BoxFuture<'a, Result<(), SlackCallError>> {
-        Box::pin(SlackApi::update_message(self, channel, ts, body))
+        Box::pin(timed(SlackApi::update_message(self, channel, ts, body)))
     }
 
     fn thread_block_ids<'a>(
@@ -297,6 +379,18 @@ impl ChatApi for SlackApi {
         channel: &'a str,
         thread_ts: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, SlackCallError>> {
-        Box::pin(SlackApi::thread_block_ids(self, channel, thread_ts))
+        Box::pin(timed(SlackApi::thread_block_ids(self, channel, thread_ts)))
+    }
+
+    fn find_message<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: Option<&'a str>,
+        oldest: &'a str,
+        block_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, SlackCallError>> {
+        Box::pin(SlackApi::find_message(
+            self, channel, thread_ts, oldest, block_id,
+        ))
     }
 }

@@ -110,7 +110,7 @@ enum Method {
     Post,
     /// `chat.update`.
     Update,
-    /// `conversations.replies`: reading a thread back.
+    /// `conversations.replies` or `conversations.history`: reading Slack back.
     Replies,
 }
 
@@ -147,6 +147,9 @@ struct Slot {
     parts_posted: Option<usize>,
     /// When the final state was settled (shown, or given up on); forgotten later.
     settled_at: Option<Instant>,
+    /// No ts is known, but the message may exist (a post whose answer was
+    /// lost, or one an earlier process made): look for it before posting.
+    post_uncertain: bool,
 }
 
 impl Slot {
@@ -174,6 +177,8 @@ struct Job {
     parts_posted: Option<usize>,
     /// Failed attempts so far.
     attempts: u32,
+    /// Look for the message in Slack before posting it.
+    post_uncertain: bool,
 }
 
 /// A failed step of a send: which method failed, and how.
@@ -433,6 +438,7 @@ impl Consolidator {
                     final_edited: slot.final_edited,
                     parts_posted: slot.parts_posted,
                     attempts: slot.attempts,
+                    post_uncertain: slot.post_uncertain,
                 }
             };
             let this = self.clone();
@@ -525,16 +531,36 @@ impl Consolidator {
         let rendered = render::render(task, job.position, now_ms());
         let ts = match &job.ts {
             None => {
-                let ts = self
-                    .post(
-                        &task.channel_id,
-                        task.thread_ts.as_deref(),
-                        &rendered.message,
-                    )
-                    .await
-                    .map_err(Failure::of(Method::Post))?;
+                let found = match job.post_uncertain {
+                    true => self.find_posted(task).await?,
+                    false => None,
+                };
+                let ts = match found {
+                    Some(ts) => {
+                        // It was posted after all: bring it up to date instead.
+                        self.update(&task.channel_id, &ts, &rendered.message)
+                            .await
+                            .map_err(Failure::of(Method::Update))?;
+                        ts
+                    }
+                    None => self
+                        .post(
+                            &task.channel_id,
+                            task.thread_ts.as_deref(),
+                            &rendered.message,
+                        )
+                        .await
+                        .map_err(|err| {
+                            if matches!(err, SlackCallError::Transport(_)) {
+                                // No answer: it may have landed. Look before posting again.
+                                self.with_slot(task.id, |s| s.post_uncertain = true);
+                            }
+                            Failure::of(Method::Post)(err)
+                        })?,
+                };
                 self.with_slot(task.id, |s| {
                     s.ts = Some(ts.clone());
+                    s.post_uncertain = false;
                     s.final_edited = terminal && s.pending.is_none();
                 });
                 if let Err(err) = self.inner.log.message_posted(task.id, &ts).await {
@@ -643,6 +669,44 @@ impl Consolidator {
             tracing::error!(task = task.id, error = ?err, "Cannot record that the final state is shown");
         }
         Ok(())
+    }
+
+    /// The task's message, if Slack has it although this process never
+    /// learned its ts. Read errors are retried like a failed post.
+    async fn find_posted(&self, task: &Task) -> Result<Option<String>, Failure> {
+        lock(&self.inner.stats).thread_reads += 1;
+        // A minute before the task was created: room for clock skew.
+        let oldest = format!("{}.000000", (task.created_at / 1000 - 60).max(0));
+        let found = self
+            .inner
+            .api
+            .find_message(
+                &task.channel_id,
+                task.thread_ts.as_deref(),
+                &oldest,
+                &render::message_block_id(task.id),
+            )
+            .await
+            .map_err(Failure::of(Method::Replies))?;
+        if let Some(ts) = &found {
+            tracing::info!(
+                task = task.id,
+                ts,
+                "the task's message was already posted; editing it"
+            );
+        }
+        Ok(found)
+    }
+
+    /// Marks that task `id`'s message may already exist though no ts is
+    /// known (an earlier process may have posted it just before it stopped):
+    /// it is looked for in Slack before it is posted.
+    pub fn may_have_posted(&self, id: i64) {
+        let mut slots = lock(&self.inner.slots);
+        let slot = slots.entry(id).or_default();
+        if slot.ts.is_none() {
+            slot.post_uncertain = true;
+        }
     }
 
     /// How many of the task's continuation parts are in the thread: what

@@ -48,6 +48,12 @@ pub fn part_block_id(task: i64, part: usize) -> String {
     format!("{PART_BLOCK_PREFIX}{task}-{part}")
 }
 
+/// Block id of a task message's first block: `baton-task-{task}`, by which a
+/// channel read back shows whether the message was already posted.
+pub fn message_block_id(task: i64) -> String {
+    format!("baton-task-{task}")
+}
+
 /// The task and part a continuation reply's block id names.
 pub fn parse_part_block_id(block_id: &str) -> Option<(i64, usize)> {
     let (task, part) = block_id.strip_prefix(PART_BLOCK_PREFIX)?.split_once('-')?;
@@ -278,7 +284,12 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     let mut blocks: Vec<SlackBlock> = Vec::new();
     let mut continuation = Vec::new();
 
-    blocks.push(section(header(task, state, now_ms)));
+    blocks.push(
+        SlackSectionBlock::new()
+            .with_text(md!(within_section(header(task, state, now_ms))))
+            .with_block_id(message_block_id(task.id).into())
+            .into(),
+    );
     blocks.push(section(prompt_text(task)));
     if state == TaskState::Queued {
         blocks.push(context(waiting_line(task, position)));

@@ -307,6 +307,30 @@ impl ChatApi for FakeSlack {
                 .collect())
         })
     }
+
+    fn find_message<'a>(
+        &'a self,
+        _channel: &'a str,
+        thread_ts: Option<&'a str>,
+        _oldest: &'a str,
+        block_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, SlackCallError>> {
+        Box::pin(async move {
+            self.call(REPLIES, thread_ts, None).await?;
+            let state = self.state();
+            Ok(state
+                .messages
+                .iter()
+                .find(|(ts, m)| {
+                    let in_place = match thread_ts {
+                        Some(root) => *ts == root || m.thread_ts.as_deref() == Some(root),
+                        None => m.thread_ts.is_none(),
+                    };
+                    in_place && block_ids(&m.body).iter().any(|b| b == block_id)
+                })
+                .map(|(ts, _)| ts.clone()))
+        })
+    }
 }
 
 /// What the consolidator recorded, per task.
@@ -914,4 +938,60 @@ async fn the_budget_never_lets_more_than_the_setting_into_a_minute() {
             allowed.len()
         );
     }
+}
+
+/// The messages Slack holds for task `id` (by the block id of their first block).
+fn messages_of(rig: &Rig, id: i64) -> usize {
+    let want = render::message_block_id(id);
+    rig.slack
+        .state()
+        .messages
+        .values()
+        .filter(|m| block_ids(&m.body).contains(&want))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_whose_answer_was_lost_is_found_not_posted_again() {
+    let rig = Rig::new(UNLIMITED);
+    rig.slack.script(POST, 0, Scripted::LandThenLose);
+    let t = task(1, TaskState::Running);
+    rig.consolidator.show(t.clone(), None);
+    rig.settle().await;
+    assert_eq!(messages_of(&rig, 1), 1, "one message for the task");
+    let ts = rig
+        .log
+        .get(1)
+        .ts
+        .expect("its ts was learned by reading Slack");
+    rig.consolidator.show(completed(&t, "done"), None);
+    rig.settle().await;
+    assert!(is_final(rig.edits_of(&ts).last().expect("edited")));
+    assert_eq!(messages_of(&rig, 1), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_bot_finds_the_message_an_earlier_process_posted() {
+    let rig = Rig::new(UNLIMITED);
+    let t = task(1, TaskState::Running);
+    rig.consolidator.show(t.clone(), None);
+    rig.settle().await;
+    let ts = rig.log.get(1).ts.expect("posted");
+    rig.driver.abort();
+
+    // The process died before it stored the ts: the database has none.
+    let restarted = Rig::with(rig.slack.clone(), Arc::default(), UNLIMITED);
+    restarted.consolidator.may_have_posted(1);
+    restarted.consolidator.show(completed(&t, "done"), None);
+    restarted.settle().await;
+    assert_eq!(messages_of(&restarted, 1), 1, "not posted twice");
+    assert_eq!(restarted.log.get(1).ts.as_deref(), Some(ts.as_str()));
+    assert!(is_final(restarted.edits_of(&ts).last().expect("edited")));
+    // A task that was never posted is posted once after the lookup.
+    restarted.consolidator.may_have_posted(2);
+    restarted
+        .consolidator
+        .show(task(2, TaskState::Queued), Some(1));
+    restarted.settle().await;
+    assert_eq!(messages_of(&restarted, 2), 1);
 }
