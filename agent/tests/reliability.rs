@@ -2,8 +2,9 @@
 //! a bot killed between a result and its Slack edit, a link that drops the
 //! bot's answers, an agent gone longer than the grace period, the offline
 //! queue (TTL on an injected clock, bound, order, cancel), a redelivered
-//! submit and duplicate or stale events. Real bot, real `baton-agent` binary,
-//! real SQLite file, fake Slack over HTTP.
+//! submit and duplicate or stale events. Real `baton-agent` binary, the bot
+//! in-process or (where it is killed) the real `baton-bot` binary, a real
+//! SQLite file, fake Slack over HTTP.
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,6 +29,11 @@ echo '::step:: started'
 while [ ! -e "./release-$BATON_TASK_ID" ] && [ ! -e ./release-all ]; do sleep 0.05; done
 echo "done $BATON_TASK_ID"
 "#;
+
+/// Any free port on loopback.
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
 
 fn release(project: &Path, id: i64) {
     std::fs::write(project.join(format!("release-{id}")), "").unwrap();
@@ -104,7 +110,7 @@ async fn agent_killed_mid_task_fails_it_once_and_leaves_no_process() {
 async fn bot_killed_mid_task_gets_the_result_after_restart_from_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, url) = fake_slack().await;
-    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let bot = BotProcess::start(any_port(), &url, dir.path(), &[]).await;
     let addr = bot.addr;
     let project = project_dir(dir.path(), "project", HOLD);
     let mut agent = start_agent(dir.path(), addr, &project, 1);
@@ -125,7 +131,7 @@ async fn bot_killed_mid_task_gets_the_result_after_restart_from_the_outbox() {
     assert!(outbox.exists());
     let mut agent = start_agent(dir.path(), addr, &project, 1);
 
-    let bot = Bot::restart(addr, &url, dir.path(), |_| {}).await;
+    let bot = BotProcess::start(addr, &url, dir.path(), &[]).await;
     wait_state(&store, 1, "completed", 30).await;
     wait_edit(&slack, &ts, "done 1").await;
     wait_for(30, "the acknowledged result to leave the outbox", || {
@@ -146,7 +152,7 @@ async fn bot_killed_mid_task_gets_the_result_after_restart_from_the_outbox() {
 async fn bot_killed_between_the_result_and_the_slack_edit_edits_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, url) = fake_slack().await;
-    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let bot = BotProcess::start(any_port(), &url, dir.path(), &[]).await;
     let addr = bot.addr;
     let project = project_dir(dir.path(), "project", HOLD);
     let mut agent = start_agent(dir.path(), addr, &project, 1);
@@ -164,7 +170,7 @@ async fn bot_killed_between_the_result_and_the_slack_edit_edits_after_restart() 
     bot.kill().await;
 
     slack.delay("chat.update", Duration::ZERO);
-    let bot = Bot::restart(addr, &url, dir.path(), |_| {}).await;
+    let bot = BotProcess::start(addr, &url, dir.path(), &[]).await;
     wait_edit(&slack, &ts, "done 1").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !store.task(1).await.unwrap().unwrap().slack_synced {
@@ -184,7 +190,7 @@ async fn bot_killed_between_the_result_and_the_slack_edit_edits_after_restart() 
 async fn bot_killed_after_slack_posted_but_before_it_stored_the_ts_posts_once() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, url) = fake_slack().await;
-    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let bot = BotProcess::start(any_port(), &url, dir.path(), &[]).await;
     let addr = bot.addr;
     let store = bot.store().await;
     store.ensure_project("web").await.unwrap();
@@ -198,7 +204,7 @@ async fn bot_killed_after_slack_posted_but_before_it_stored_the_ts_posts_once() 
     bot.kill().await;
     assert_eq!(store.task(1).await.unwrap().unwrap().message_ts, None);
 
-    let bot = Bot::restart(addr, &url, dir.path(), |_| {}).await;
+    let bot = BotProcess::start(addr, &url, dir.path(), &[]).await;
     let ts = message_ts(&store, 1).await;
     assert_eq!(Some(ts.clone()), slack.calls("chat.postMessage")[0].ts);
     wait_for(30, "the found message to be edited", || {
@@ -669,11 +675,11 @@ async fn chaos_random_kills_lose_nothing_and_run_nothing_twice() {
 
     let dir = tempfile::tempdir().unwrap();
     let (slack, url) = fake_slack().await;
-    let tweak = |s: &mut baton_bot::settings::Settings| {
-        s.dispatch_timeout_secs = 2;
-        s.rate_limit_tasks = 1000;
-    };
-    let mut bot = Bot::start(&url, dir.path(), tweak).await;
+    let env = [
+        ("BATON_DISPATCH_TIMEOUT_SECS", "2".to_owned()),
+        ("BATON_RATE_LIMIT_TASKS", "1000".to_owned()),
+    ];
+    let mut bot = BotProcess::start(any_port(), &url, dir.path(), &env).await;
     let addr = bot.addr;
     let store = bot.store().await;
     let project = project_dir(dir.path(), "project", CHAOS);
@@ -693,7 +699,7 @@ async fn chaos_random_kills_lose_nothing_and_run_nothing_twice() {
             0..=1 => {
                 bot.kill().await;
                 bot_kills += 1;
-                bot = Bot::restart(addr, &url, dir.path(), tweak).await;
+                bot = BotProcess::start(addr, &url, dir.path(), &env).await;
             }
             2..=3 => {
                 kill9(&mut agent).await;

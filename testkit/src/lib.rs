@@ -588,3 +588,119 @@ pub async fn message_ts(store: &baton_bot::store::Store, id: i64) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The real `baton-bot` binary of this workspace. Tests of other packages
+/// cannot name it through `CARGO_BIN_EXE_*`; `cargo nextest run --workspace`
+/// (the README's test command) builds it next to the test binaries, in
+/// `target/<profile>/`.
+pub fn bot_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join("baton-bot");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo nextest run --workspace` (or `cargo build -p baton-bot` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// The real `baton-bot` as a child process, on `dir/baton.db`, with agent
+/// `e2e` (key [`AGENT_KEY`]) and admin `UADMIN`. [`BotProcess::kill`] is a
+/// real `kill -9`.
+#[derive(Debug)]
+pub struct BotProcess {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    child: tokio::process::Child,
+}
+
+impl BotProcess {
+    /// Starts the bot listening on `addr` (port 0: any) with the extra
+    /// environment `env` (`BATON_*` settings), and waits until it is ready.
+    pub async fn start(
+        addr: SocketAddr,
+        slack_url: &str,
+        dir: &Path,
+        env: &[(&str, String)],
+    ) -> BotProcess {
+        let addr = if addr.port() == 0 {
+            // Pick a free port now: agents need to know it across restarts.
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.local_addr())
+                .unwrap()
+        } else {
+            addr
+        };
+        let db_url = format!("sqlite://{}?mode=rwc", dir.join("baton.db").display());
+        let mut cmd = tokio::process::Command::new(bot_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SLACK_BOT_TOKEN", slack::BOT_TOKEN)
+            .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+            .env("SLACK_API_URL", slack_url)
+            .env("DATABASE_URL", &db_url)
+            .env("BATON_LISTEN", addr.to_string())
+            .env("BATON_AGENT_KEYS", format!("e2e:{AGENT_KEY}"))
+            .env("BATON_ADMINS", "UADMIN")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .current_dir(dir)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("baton-bot starts");
+        let mut bot = BotProcess {
+            addr,
+            db_url,
+            child,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = bot.child.try_wait() {
+                panic!("baton-bot exited while starting: {status}");
+            }
+            if let Ok((200, _)) = try_http(addr, "GET", "/readyz", &[], "").await {
+                return bot;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "baton-bot never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// kill -9, and reap.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("baton-bot stops after SIGTERM")
+            .expect("reaped");
+        assert!(status.success(), "baton-bot exited with {status}");
+    }
+
+    /// A connection to the bot's database.
+    pub async fn store(&self) -> baton_bot::store::Store {
+        baton_bot::store::Store::connect(&self.db_url)
+            .await
+            .unwrap()
+    }
+}
