@@ -66,19 +66,25 @@ async fn claude_tasks_show_steps_as_they_happen_and_end_with_result_and_cost() {
     let bot = Bot::start(&url, dir.path(), |_| {}).await;
     let store = bot.store().await;
     let project = project_dir(dir.path(), "project", "");
-    let claude = fake_claude(
+    // The stand-in is found as `claude` on the PATH, like the real CLI.
+    fake_claude(
         dir.path(),
         &fixture("success-many-tools-todowrite.jsonl"),
         0,
     );
-    let cfg = config(
-        dir.path(),
-        bot.addr,
-        &project,
-        "executor = \"claude\"",
-        &format!("claude_bin = \"{}\"", claude.display()),
+    let cfg = config(dir.path(), bot.addr, &project, "executor = \"claude\"", "");
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
     );
-    let mut agent = spawn_agent(&agent_bin(), &cfg);
+    let mut agent = tokio::process::Command::new(agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .env("PATH", path)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     wait_agents(bot.addr, 1).await;
 
     let (_, body) = baton(bot.addr, "implement it", "U1").await;
