@@ -261,3 +261,27 @@ async fn the_per_user_rate_limit_says_when_to_try_again() {
     assert!(store.task(3).await.unwrap().is_some());
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_a_project_no_agent_serves_warns_of_a_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let store = bot.store().await;
+    store.ensure_project("web").await.unwrap();
+    let reply = admin(bot.addr, "project bind web").await;
+    assert!(
+        reply.contains("now go to project `web`") && !reply.contains("warning"),
+        "{reply}"
+    );
+    let reply = admin(bot.addr, "project bind wbe").await;
+    assert!(
+        reply.contains("No agent has served `wbe`") && reply.contains("`web`"),
+        "{reply}"
+    );
+    assert_eq!(
+        store.project_for_channel("C1").await.unwrap().as_deref(),
+        Some("wbe")
+    );
+    bot.stop().await;
+}

@@ -200,11 +200,30 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
         }
         AdminCommand::ProjectBind { project, channel } => {
             let channel = channel.unwrap_or_else(|| cmd.channel_id.clone());
+            let known: Vec<String> = app
+                .store
+                .projects()
+                .await?
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
             app.store.bind_project(project.as_str(), &channel).await?;
             app.store
                 .audit(actor, "project.bind", project.as_str(), &channel)
                 .await?;
-            format!("Tasks from <#{channel}> now go to project `{project}`.")
+            let mut reply = format!("Tasks from <#{channel}> now go to project `{project}`.");
+            if !known.iter().any(|k| k == project.as_str()) {
+                // Allowed (the agent may connect later), but a typo would go unnoticed.
+                reply.push_str(&format!(
+                    "\n:warning: No agent has served `{project}` yet; check the spelling. Known projects: {}.",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    }
+                ));
+            }
+            reply
         }
         AdminCommand::Projects => {
             let rows = app.store.projects().await?;
