@@ -257,31 +257,7 @@ impl Hub {
 
     /// Why a task of `project` would wait now; None when an agent could take it.
     pub fn why_waiting(&self, project: &str) -> Option<WaitReason> {
-        let now = now();
-        let mut map = lock(&self.agents);
-        let mut serving = false;
-        let mut open = false;
-        for e in map.values_mut() {
-            let Some(conn) = &e.conn else { continue };
-            if !conn.projects.contains_key(project) || conn.draining {
-                continue;
-            }
-            serving = true;
-            if e.free_for(project) == 0 {
-                continue;
-            }
-            if e.breaker.would_allow(now) {
-                return None;
-            }
-            open = true;
-        }
-        Some(if !serving {
-            WaitReason::NoAgent
-        } else if open {
-            WaitReason::CircuitOpen
-        } else {
-            WaitReason::Busy
-        })
+        pick(&mut lock(&self.agents), project, now()).err()
     }
 
     /// Picks the least loaded agent that can take a task of `project` now and
@@ -289,45 +265,7 @@ impl Hub {
     pub fn route(&self, project: &str, task: i64) -> Result<Route, WaitReason> {
         let now = now();
         let mut map = lock(&self.agents);
-        let mut serving = false;
-        let mut open = false;
-        let mut best: Option<(&String, u32, u32)> = None; // name, load, capacity
-        for (name, e) in map.iter_mut() {
-            let Some(conn) = &e.conn else { continue };
-            if !conn.projects.contains_key(project) || conn.draining {
-                continue;
-            }
-            serving = true;
-            if e.free_for(project) == 0 {
-                continue;
-            }
-            if !e.breaker.would_allow(now) {
-                open = true;
-                continue;
-            }
-            let load = e.tasks.len() as u32;
-            let cap = conn.capacity;
-            // Least loaded first: compare load/capacity without floats.
-            let better = match best {
-                None => true,
-                Some((bn, bl, bc)) => {
-                    (load as u64 * bc as u64, name) < (bl as u64 * cap as u64, bn)
-                }
-            };
-            if better {
-                best = Some((name, load, cap));
-            }
-        }
-        let Some((name, _, _)) = best else {
-            return Err(if !serving {
-                WaitReason::NoAgent
-            } else if open {
-                WaitReason::CircuitOpen
-            } else {
-                WaitReason::Busy
-            });
-        };
-        let name = name.clone();
+        let name = pick(&mut map, project, now)?;
         let e = map.get_mut(&name).ok_or(WaitReason::NoAgent)?;
         let permit = e.breaker.try_acquire(now).ok_or(WaitReason::CircuitOpen)?;
         let conn = e.conn.as_ref().ok_or(WaitReason::NoAgent)?;
@@ -454,6 +392,49 @@ impl Hub {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+/// The least loaded connected agent that serves `project`, has room and whose
+/// circuit would let a task through now; or why there is none (no agent
+/// serves it, every circuit that could take it is open, or all are busy).
+fn pick(
+    map: &mut HashMap<String, AgentEntry>,
+    project: &str,
+    now: Instant,
+) -> Result<String, WaitReason> {
+    let mut serving = false;
+    let mut open = false;
+    let mut best: Option<(&String, u32, u32)> = None; // name, load, capacity
+    for (name, e) in map.iter_mut() {
+        let Some(conn) = &e.conn else { continue };
+        if !conn.projects.contains_key(project) || conn.draining {
+            continue;
+        }
+        serving = true;
+        if e.free_for(project) == 0 {
+            continue;
+        }
+        if !e.breaker.would_allow(now) {
+            open = true;
+            continue;
+        }
+        let load = e.tasks.len() as u32;
+        let cap = conn.capacity;
+        // Least loaded first: compare load/capacity without floats.
+        let better = match best {
+            None => true,
+            Some((bn, bl, bc)) => (load as u64 * bc as u64, name) < (bl as u64 * cap as u64, bn),
+        };
+        if better {
+            best = Some((name, load, cap));
+        }
+    }
+    match best {
+        Some((name, _, _)) => Ok(name.clone()),
+        None if !serving => Err(WaitReason::NoAgent),
+        None if open => Err(WaitReason::CircuitOpen),
+        None => Err(WaitReason::Busy),
     }
 }
 
