@@ -332,12 +332,7 @@ async fn api(
     if method == crate::socket_mode::CONNECTIONS_OPEN {
         return crate::socket_mode::connections_open(&slack, &headers);
     }
-    let bearer = format!("Bearer {BOT_TOKEN}");
-    if headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v != bearer)
-    {
+    if !authorized(&headers) {
         return slack_error("not_authed");
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
@@ -376,18 +371,21 @@ async fn api(
     }
 }
 
+/// Whether the request carries the bot token, as the Web API requires.
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.strip_prefix("Bearer ") == Some(BOT_TOKEN))
+}
+
 /// `conversations.replies` (a GET): the thread's messages.
 async fn replies(
     State(slack): State<Arc<FakeSlack>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let bearer = format!("Bearer {BOT_TOKEN}");
-    if headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v != bearer)
-    {
+    if !authorized(&headers) {
         return slack_error("not_authed");
     }
     let ts = query.get("ts").cloned().unwrap_or_default();
@@ -410,12 +408,7 @@ async fn history(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let bearer = format!("Bearer {BOT_TOKEN}");
-    if headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v != bearer)
-    {
+    if !authorized(&headers) {
         return slack_error("not_authed");
     }
     let channel = query.get("channel").cloned().unwrap_or_default();

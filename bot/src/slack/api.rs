@@ -219,30 +219,16 @@ impl SlackApi {
         channel: &str,
         thread_ts: &str,
     ) -> Result<Vec<String>, SlackCallError> {
-        let session = self.client.open_session(&self.token);
         let mut ids = Vec::new();
-        let mut cursor = None;
-        for _ in 0..REPLIES_MAX_PAGES {
-            let req = SlackApiConversationsRepliesRequest::new(channel.into(), thread_ts.into())
-                .with_limit(REPLIES_PAGE)
-                .opt_cursor(cursor);
-            let res = session.conversations_replies(&req).await?;
-            for message in res.messages {
-                for block in message.content.blocks.unwrap_or_default() {
-                    if let Some(id) = block_id(&block) {
-                        ids.push(id);
-                    }
-                }
-            }
-            cursor = res.response_metadata.and_then(|m| m.next_cursor);
-            if cursor.is_none() {
-                break;
-            }
-        }
+        self.read_back(channel, Some(thread_ts), "0", |message| {
+            ids.extend(message.content.blocks.iter().flatten().filter_map(block_id));
+            false
+        })
+        .await?;
         Ok(ids)
     }
 
-    /// The ts of the message carrying block `block_id`, in a thread or among
+    /// The ts of the message carrying block `wanted`, in a thread or among
     /// the channel's messages since `oldest` (see [`ChatApi::find_message`]).
     pub async fn find_message(
         &self,
@@ -251,6 +237,34 @@ impl SlackApi {
         oldest: &str,
         wanted: &str,
     ) -> Result<Option<String>, SlackCallError> {
+        let mut found = None;
+        self.read_back(channel, thread_ts, oldest, |message| {
+            let carries = message
+                .content
+                .blocks
+                .iter()
+                .flatten()
+                .any(|b| block_id(b).as_deref() == Some(wanted));
+            if carries {
+                found = Some(message.origin.ts.0.clone());
+            }
+            carries
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Reads messages back, page by page (at most [`REPLIES_MAX_PAGES`]): the
+    /// thread of `thread_ts` (`conversations.replies`), or the channel's
+    /// messages since `oldest` (`conversations.history`). `visit` returns true
+    /// to stop.
+    async fn read_back(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        oldest: &str,
+        mut visit: impl FnMut(&SlackHistoryMessage) -> bool,
+    ) -> Result<(), SlackCallError> {
         let session = self.client.open_session(&self.token);
         let mut cursor = None;
         for _ in 0..REPLIES_MAX_PAGES {
@@ -261,10 +275,7 @@ impl SlackApi {
                             .with_limit(REPLIES_PAGE)
                             .opt_cursor(cursor);
                     let res = session.conversations_replies(&req).await?;
-                    (
-                        res.messages,
-                        res.response_metadata.and_then(|m| m.next_cursor),
-                    )
+                    (res.messages, res.response_metadata)
                 }
                 None => {
                     let req = SlackApiConversationsHistoryRequest::new()
@@ -273,29 +284,18 @@ impl SlackApi {
                         .with_limit(REPLIES_PAGE)
                         .opt_cursor(cursor);
                     let res = session.conversations_history(&req).await?;
-                    (
-                        res.messages,
-                        res.response_metadata.and_then(|m| m.next_cursor),
-                    )
+                    (res.messages, res.response_metadata)
                 }
             };
-            for message in messages {
-                let carries = message
-                    .content
-                    .blocks
-                    .iter()
-                    .flatten()
-                    .any(|b| block_id(b).as_deref() == Some(wanted));
-                if carries {
-                    return Ok(Some(message.origin.ts.0));
-                }
+            if messages.iter().any(&mut visit) {
+                return Ok(());
             }
-            cursor = next;
+            cursor = next.and_then(|m| m.next_cursor);
             if cursor.is_none() {
-                break;
+                return Ok(());
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Posts a message only `user` sees.
