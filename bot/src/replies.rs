@@ -163,3 +163,10 @@ fn human_secs(s: u64) -> String {
         ),
     }
 }
+
+/// Slack refused a task's message for good (for example `not_in_channel`).
+pub fn cannot_post(id: TaskId, why: &str) -> String {
+    format!(
+        "Task {id} was created, but its message cannot be posted here ({why}). Invite the app to this channel (`/invite @Baton`) to follow it; `/baton status {id}` shows it meanwhile."
+    )
+}

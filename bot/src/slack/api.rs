@@ -120,6 +120,15 @@ pub trait ChatApi: Send + Sync + 'static {
         thread_ts: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, SlackCallError>>;
 
+    /// `chat.postEphemeral`: a message only `user` sees, in a thread when given.
+    fn post_ephemeral<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: Option<&'a str>,
+        user: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>>;
+
     /// The ts of the message carrying block `block_id`: in the thread of
     /// `thread_ts` (`conversations.replies`), or among the channel's messages
     /// since `oldest` (`conversations.history`).
@@ -389,8 +398,20 @@ impl ChatApi for SlackApi {
         oldest: &'a str,
         block_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, SlackCallError>> {
-        Box::pin(SlackApi::find_message(
+        Box::pin(timed(SlackApi::find_message(
             self, channel, thread_ts, oldest, block_id,
-        ))
+        )))
+    }
+
+    fn post_ephemeral<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: Option<&'a str>,
+        user: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>> {
+        Box::pin(timed(SlackApi::post_ephemeral_in(
+            self, channel, thread_ts, user, text,
+        )))
     }
 }

@@ -32,6 +32,8 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use baton_shared::TaskId;
+
 use crate::clock::TokioClock;
 use crate::model::{TaskState, now_ms};
 use crate::slack::api::{ChatApi, MessageBody, SlackCallError};
@@ -150,6 +152,8 @@ struct Slot {
     /// No ts is known, but the message may exist (a post whose answer was
     /// lost, or one an earlier process made): look for it before posting.
     post_uncertain: bool,
+    /// The requester was told that Slack refused the message (told once).
+    told_unpostable: bool,
 }
 
 impl Slot {
@@ -510,6 +514,11 @@ impl Consolidator {
                     };
                     if give_up {
                         tracing::warn!(task = id, error = %err, "Slack did not take the task's message; giving up on this render");
+                        if method == Method::Post && job.ts.is_none() && !slot.told_unpostable {
+                            // The message cannot exist: say so to the person, once.
+                            slot.told_unpostable = true;
+                            self.tell_unpostable(job.task.clone(), err.to_string());
+                        }
                         if terminal && slot.pending.is_none() {
                             slot.settled_at = Some(now);
                         }
@@ -669,6 +678,21 @@ impl Consolidator {
             tracing::error!(task = task.id, error = ?err, "Cannot record that the final state is shown");
         }
         Ok(())
+    }
+
+    /// Tells the requester, privately, that the task's message cannot be posted.
+    fn tell_unpostable(&self, task: Task, why: String) {
+        let api = self.inner.api.clone();
+        tokio::spawn(async move {
+            let text = crate::replies::cannot_post(TaskId(task.id), &why);
+            let thread = task.thread_ts.as_deref();
+            if let Err(e) = api
+                .post_ephemeral(&task.channel_id, thread, &task.requester, &text)
+                .await
+            {
+                tracing::warn!(task = task.id, error = %e, "cannot tell the requester either");
+            }
+        });
     }
 
     /// The task's message, if Slack has it although this process never

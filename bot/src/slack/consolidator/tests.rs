@@ -12,6 +12,8 @@ use super::*;
 
 /// `chat.postMessage`.
 const POST: &str = "chat.postMessage";
+/// `chat.postEphemeral`.
+const EPHEMERAL: &str = "chat.postEphemeral";
 /// `chat.update`.
 const UPDATE: &str = "chat.update";
 /// `conversations.replies`.
@@ -305,6 +307,22 @@ impl ChatApi for FakeSlack {
                 .filter(|(ts, m)| *ts == thread_ts || m.thread_ts.as_deref() == Some(thread_ts))
                 .flat_map(|(_, m)| block_ids(&m.body))
                 .collect())
+        })
+    }
+
+    fn post_ephemeral<'a>(
+        &'a self,
+        _channel: &'a str,
+        thread_ts: Option<&'a str>,
+        _user: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>> {
+        Box::pin(async move {
+            let body = MessageBody {
+                text: text.to_owned(),
+                blocks: Vec::new(),
+            };
+            self.call(EPHEMERAL, thread_ts, Some(&body)).await.map(drop)
         })
     }
 
@@ -994,4 +1012,29 @@ async fn a_restarted_bot_finds_the_message_an_earlier_process_posted() {
         .show(task(2, TaskState::Queued), Some(1));
     restarted.settle().await;
     assert_eq!(messages_of(&restarted, 2), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_slack_refuses_for_good_is_explained_to_the_requester_once() {
+    let rig = Rig::new(UNLIMITED);
+    for n in 0..3 {
+        rig.slack.script(
+            POST,
+            n,
+            Scripted::Refuse(SlackCallError::Api("not_in_channel".into())),
+        );
+    }
+    let t = task(1, TaskState::Running);
+    rig.consolidator.show(t.clone(), None);
+    rig.settle().await;
+    rig.consolidator.show(stepped(&t, 1), None);
+    rig.settle().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let told = rig.slack.taken(EPHEMERAL);
+    assert_eq!(told.len(), 1, "told once");
+    let text = shown(&told[0]);
+    assert!(
+        text.contains("#1") && text.contains("not_in_channel"),
+        "{text}"
+    );
 }
