@@ -544,7 +544,10 @@ async fn a_click_on_a_finished_task_gets_a_clear_answer_and_changes_nothing() {
         .count();
     assert_eq!(cancels, 1, "{frames:?}");
     rig.shows(&ts, "Completed").await;
-    let before = rig.store.task(1).await.unwrap().unwrap();
+    // Settled: the final state is shown and recorded as such.
+    let before = rig
+        .task_when(1, "the final state recorded as shown", |t| t.slack_synced)
+        .await;
 
     rig.click("U1", &cancel).await;
     let answer = rig.ephemeral("U1", 3).await;
