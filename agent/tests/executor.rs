@@ -217,7 +217,7 @@ async fn cancel_stops_the_whole_process_group() {
     let (_, body) = baton(bot.addr, "cancel #1", "U1").await;
     assert!(body.contains("#1"), "{body}");
     wait_state(&store, 1, "cancelled", 30).await;
-    wait_for(10, "no process left", || !alive(child) && !alive(parent)).await;
+    wait_for(30, "no process left", || !alive(child) && !alive(parent)).await;
     let ts = message_ts(&store, 1).await;
     wait_for(30, "the cancelled message", || {
         slack.shown(&ts).is_some_and(|t| t.contains("Cancelled"))
@@ -250,7 +250,7 @@ async fn a_task_past_its_time_limit_ends_as_timed_out() {
     wait_state(&store, 1, "failed", 30).await;
     let task = store.task(1).await.unwrap().unwrap();
     assert_eq!(task.failure_cause.as_deref(), Some("timeout"));
-    wait_for(10, "no process left", || {
+    wait_for(30, "no process left", || {
         !alive(read_pid(&project.join("child.pid")))
             && !alive(read_pid(&project.join("parent.pid")))
     })
@@ -338,7 +338,7 @@ async fn a_draining_agent_takes_no_new_task_and_a_second_signal_exits_at_once() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     baton(bot.addr, "must wait", "U1").await;
-    wait_state(&store, 2, "queued", 10).await;
+    wait_state(&store, 2, "queued", 30).await;
     assert_eq!(
         store.task(1).await.unwrap().unwrap().state,
         "running",

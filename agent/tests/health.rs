@@ -78,7 +78,7 @@ async fn a_failing_agent_opens_its_circuit_and_work_moves_to_a_healthy_one() {
 
     // With no healthy agent the next task waits, and its message says why.
     baton(bot.addr, "--project web wait for a healthy agent", "U1").await;
-    wait_state(&store, 11, "queued", 10).await;
+    wait_state(&store, 11, "queued", 30).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ts = store.task(11).await.unwrap().unwrap().message_ts;

@@ -90,7 +90,7 @@ async fn agent_killed_mid_task_fails_it_once_and_leaves_no_process() {
     wait_state(&store, 1, "failed", 30).await;
     let task = store.task(1).await.unwrap().unwrap();
     assert!(task.error.unwrap().contains("agent restarted"));
-    wait_for(10, "the orphaned process to be killed", || !alive(pid)).await;
+    wait_for(30, "the orphaned process to be killed", || !alive(pid)).await;
     let ts = message_ts(&store, 1).await;
     wait_edit(&slack, &ts, "agent restarted").await;
     assert!(last_edit(&slack, &ts).unwrap().contains("Retry"));
@@ -298,7 +298,7 @@ async fn agent_gone_past_the_grace_period_fails_its_task_as_lost_with_retry() {
     let new = store.task(2).await.unwrap().unwrap();
     assert_eq!(new.prompt, "lost");
     assert_eq!(new.parent_id, Some(1));
-    wait_for(10, "the note in the old thread", || {
+    wait_for(30, "the note in the old thread", || {
         slack
             .calls("chat.postMessage")
             .iter()
@@ -330,7 +330,7 @@ async fn the_offline_queue_keeps_order_bound_cancel_and_time_to_live() {
         assert_eq!(status, 200, "{body}");
     }
     for id in 1..=4 {
-        wait_state(&store, id, "queued", 10).await;
+        wait_state(&store, id, "queued", 30).await;
     }
     let (_, body) = baton(bot.addr, "--project web one too many", "U1").await;
     assert!(body.contains("queue") && body.contains("full"), "{body}");
@@ -347,7 +347,7 @@ async fn the_offline_queue_keeps_order_bound_cancel_and_time_to_live() {
     // Cancelling a queued task removes it for good.
     let (_, body) = baton(bot.addr, "cancel #1", "U1").await;
     assert!(body.contains("#1"), "{body}");
-    wait_state(&store, 1, "cancelled", 10).await;
+    wait_state(&store, 1, "cancelled", 30).await;
     let (_, body) = baton(bot.addr, "cancel #2", "USOMEONE").await;
     assert!(!body.is_empty());
     assert_eq!(
@@ -360,7 +360,7 @@ async fn the_offline_queue_keeps_order_bound_cancel_and_time_to_live() {
     clock.advance(Duration::from_secs(24 * 3600 + 1));
     baton(bot.addr, "--project web fresh", "U1").await;
     for id in 2..=4 {
-        wait_state(&store, id, "expired", 10).await;
+        wait_state(&store, id, "expired", 30).await;
     }
     let ts3 = message_ts(&store, 3).await;
     wait_edit(&slack, &ts3, "Expired").await;
