@@ -285,3 +285,79 @@ async fn binding_a_project_no_agent_serves_warns_of_a_typo() {
     );
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_tasks_projects_and_purge_for_admins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let store = bot.store().await;
+    store.ensure_project("web").await.unwrap();
+    for i in 1..=3 {
+        baton(bot.addr, &format!("--project web waiting {i}"), "U1").await;
+    }
+    for id in 1..=3 {
+        wait_state(&store, id, "queued", 30).await;
+    }
+
+    let queue = admin(bot.addr, "queue web").await;
+    assert!(queue.contains("#1") && queue.contains("#3"), "{queue}");
+    let tasks = admin(bot.addr, "tasks queued").await;
+    assert!(tasks.contains("#2"), "{tasks}");
+    let projects = admin(bot.addr, "projects").await;
+    assert!(projects.contains("web"), "{projects}");
+
+    // Every admin command is refused to others, revealing nothing.
+    for cmd in [
+        "queue web",
+        "queue purge web",
+        "tasks",
+        "projects",
+        "agents",
+        "health reset e2e",
+    ] {
+        let (_, body) = post_signed(
+            bot.addr,
+            "/slack/commands",
+            &slash("/baton-admin", cmd, "U1"),
+            SIGNING_SECRET,
+        )
+        .await;
+        assert!(
+            body.contains("admins only") && !body.contains("#1"),
+            "{cmd}: {body}"
+        );
+    }
+    assert_eq!(store.queue_len("web").await.unwrap(), 3, "nothing changed");
+
+    let reply = admin(bot.addr, "queue purge web").await;
+    assert!(reply.contains("Removed 3"), "{reply}");
+    for id in 1..=3 {
+        wait_state(&store, id, "cancelled", 30).await;
+        let ts = message_ts(&store, id).await;
+        wait_for(30, "the purged task's message to say so", || {
+            slack.shown(&ts).is_some_and(|t| t.contains("queue purge"))
+        })
+        .await;
+    }
+    let audit = store.audit_log(10).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "queue.purge" && a.target == "web")
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admins_configured_admin_commands_say_how_to_configure_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |s| s.admins = Vec::new()).await;
+    let body = admin(bot.addr, "health").await;
+    assert!(
+        body.contains("BATON_ADMINS") && !body.contains("e2e"),
+        "{body}"
+    );
+    bot.stop().await;
+}

@@ -270,6 +270,42 @@ async fn a_link_that_loses_the_bots_answers_delivers_the_result_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_for_an_offline_agent_is_delivered_when_it_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |_| {}).await;
+    let proxy = Proxy::start(bot.addr).await;
+    let project = project_dir(dir.path(), "project", HOLD);
+    let mut agent = start_agent(dir.path(), proxy.addr, &project, 1);
+    wait_agents(bot.addr, 1).await;
+    let store = bot.store().await;
+    baton(bot.addr, "cancel me offline", "U1").await;
+    wait_state(&store, 1, "running", 30).await;
+    wait_for(30, "the task's process", || project.join("pid-1").exists()).await;
+    let pid = read_pid(&project.join("pid-1"));
+
+    // The link goes down; the agent keeps running the task meanwhile.
+    proxy.set_mode(ProxyMode::Refuse);
+    proxy.cut();
+    wait_agents(bot.addr, 0).await;
+    let (_, body) = baton(bot.addr, "cancel #1", "U1").await;
+    assert!(body.contains("#1"), "{body}");
+    assert_eq!(store.task(1).await.unwrap().unwrap().state, "running");
+    assert!(store.task(1).await.unwrap().unwrap().cancel_requested);
+    assert!(alive(pid));
+
+    // Back online: the remembered cancel reaches the agent, which stops it.
+    proxy.set_mode(ProxyMode::Pass);
+    wait_state(&store, 1, "cancelled", 60).await;
+    wait_for(30, "the task's processes to be gone", || !alive(pid)).await;
+    let ts = message_ts(&store, 1).await;
+    wait_edit(&slack, &ts, "Cancelled").await;
+    assert_eq!(runs(&project), vec![1]);
+    kill9(&mut agent).await;
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_gone_past_the_grace_period_fails_its_task_as_lost_with_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (slack, url) = fake_slack().await;

@@ -487,6 +487,8 @@ pub enum ProxyMode {
     /// Forward client→server, silently drop server→client (a half-dead link:
     /// the server's answers never arrive, nothing is closed).
     DropReplies = 1,
+    /// Close every new connection at once (the server looks unreachable).
+    Refuse = 2,
 }
 
 /// A TCP proxy on 127.0.0.1 in front of `target`, to break links on purpose.
@@ -511,6 +513,10 @@ impl Proxy {
         let p = proxy.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if p.mode.load(std::sync::atomic::Ordering::SeqCst) == ProxyMode::Refuse as u8 {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                     continue;
                 };
