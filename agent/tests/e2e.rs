@@ -154,3 +154,26 @@ async fn bad_input_gets_a_clear_answer_and_no_task() {
     assert!(slack.calls("chat.postMessage").is_empty());
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, slack_url) = fake_slack().await;
+    let bot = Bot::start(&slack_url, dir.path(), |s| {
+        s.metrics_token = Some("metrics-secret".to_owned().into());
+    })
+    .await;
+    let (status, body) = http(bot.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 401);
+    assert!(!body.contains("baton_"), "{body}");
+    let wrong = [("Authorization", "Bearer nope".to_owned())];
+    assert_eq!(http(bot.addr, "GET", "/metrics", &wrong, "").await.0, 401);
+    let right = [("Authorization", "Bearer metrics-secret".to_owned())];
+    let (status, body) = http(bot.addr, "GET", "/metrics", &right, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("baton_dispatch_latency_seconds_count 0"),
+        "{body}"
+    );
+    bot.stop().await;
+}

@@ -148,7 +148,22 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &app.settings.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(
+            presented.as_bytes(),
+            secrecy::ExposeSecret::expose_secret(token).as_bytes(),
+        )
+        .into();
+        if !ok {
+            return (StatusCode::UNAUTHORIZED, "metrics need the bearer token\n").into_response();
+        }
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -62,6 +62,11 @@ pub struct Settings {
     #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
+    /// When set, `GET /metrics` requires `Authorization: Bearer TOKEN` (the
+    /// listener is public; metrics name agents and projects).
+    #[arg(long, env = "BATON_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
+
     /// Seconds an agent has to accept a dispatched task before it goes back to its queue.
     #[arg(long, env = "BATON_DISPATCH_TIMEOUT_SECS", default_value_t = 10)]
     pub dispatch_timeout_secs: u64,
