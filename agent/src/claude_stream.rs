@@ -529,16 +529,14 @@ impl<'de> Deserialize<'de> for ToolInput {
 mod tests {
     use super::*;
 
-    const SIMPLE: &str =
-        include_str!("../../../shared/fixtures/claude-code/success-simple-write.jsonl");
+    const SIMPLE: &str = include_str!("../tests/fixtures/claude-code/success-simple-write.jsonl");
     const MANY: &str =
-        include_str!("../../../shared/fixtures/claude-code/success-many-tools-todowrite.jsonl");
-    const MAX_TURNS: &str =
-        include_str!("../../../shared/fixtures/claude-code/error-max-turns.jsonl");
+        include_str!("../tests/fixtures/claude-code/success-many-tools-todowrite.jsonl");
+    const MAX_TURNS: &str = include_str!("../tests/fixtures/claude-code/error-max-turns.jsonl");
     const ABORTED: &str =
-        include_str!("../../../shared/fixtures/claude-code/error-during-execution-aborted.jsonl");
+        include_str!("../tests/fixtures/claude-code/error-during-execution-aborted.jsonl");
     const NOT_LOGGED_IN: &str =
-        include_str!("../../../shared/fixtures/claude-code/error-is-error-not-logged-in.jsonl");
+        include_str!("../tests/fixtures/claude-code/error-is-error-not-logged-in.jsonl");
 
     /// One line per event: `step …`, `output …` (clipped) or `finished …` (text's first line).
     fn render(event: &ClaudeEvent) -> String {

@@ -16,7 +16,7 @@ use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/claude-code")
+        .join("tests/fixtures/claude-code")
         .join(name)
 }
 
