@@ -41,9 +41,19 @@ struct Limit {
     served: VecDeque<Instant>,
 }
 
+/// Receives every call instead of the record (see [`FakeSlack::tap`]).
+struct Tap(Box<dyn Fn(&Call) + Send + Sync>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     calls: Vec<Call>,
+    tap: Option<Tap>,
     next_ts: u64,
     limits: HashMap<String, Limit>,
     failures: HashMap<String, VecDeque<String>>,
@@ -130,6 +140,12 @@ impl FakeSlack {
     /// (the connection hangs, as when an answer is lost on the way).
     pub fn lose_answers(&self, method: &str, n: usize) {
         *self.lock().lose.entry(method.to_owned()).or_default() += n;
+    }
+
+    /// Hands every call to `tap` as it is answered, instead of keeping it:
+    /// the benchmark makes more calls than it can afford to keep.
+    pub fn tap(&self, tap: impl Fn(&Call) + Send + Sync + 'static) {
+        self.lock().tap = Some(Tap(Box::new(tap)));
     }
 
     /// Delay every answer to `method` (a slow Slack); zero ends the delay.
@@ -233,18 +249,23 @@ impl FakeSlack {
             }
             (None, None) => None,
         };
-        inner.calls.push(Call {
+        let call = Call {
             method: method.to_owned(),
             body: body.clone(),
             at: now,
             error: refusal.as_ref().map(Refusal::code),
             ts: ts.clone(),
-        });
+        };
+        match &inner.tap {
+            Some(tap) => (tap.0)(&call),
+            None => inner.calls.push(call),
+        }
         match refusal {
             Some(r) => Err(r),
             None => {
                 let ts = ts.unwrap_or_default();
-                if method == "chat.postMessage" {
+                // (Tapped, as the benchmark does, nothing is kept.)
+                if method == "chat.postMessage" && inner.tap.is_none() {
                     inner.posted.push((ts.clone(), body.clone()));
                 }
                 Ok(ts)

@@ -1,0 +1,82 @@
+//! The HTTP side of the load: signed slash commands (as Slack sends them) and
+//! plain GETs, over kept-alive connections (hyper's pooled client).
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as Hyper;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Idle connections kept per host: enough for the highest offered rate.
+const POOL_IDLE_PER_HOST: usize = 4096;
+
+/// A pooled HTTP/1.1 client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// hyper's client.
+    inner: Hyper<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// A client with `TCP_NODELAY`, as any latency-minded HTTP client sets.
+    pub fn new() -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let inner = Hyper::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .build(connector);
+        Client { inner }
+    }
+
+    /// GETs `path`; the status, or None when the bot does not answer.
+    pub async fn get_status(&self, addr: SocketAddr, path: &str) -> Option<u16> {
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let res = self.inner.request(req).await.ok()?;
+        let status = res.status().as_u16();
+        let _ = res.into_body().collect().await;
+        Some(status)
+    }
+
+    /// GETs `path` and returns the body.
+    pub async fn get_text(&self, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+        let req =
+            http::Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new()))?;
+        let res = self.inner.request(req).await.context("GET failed")?;
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Sends `/baton TEXT` as `user`, signed like Slack signs it. Returns the
+    /// status and the body (empty when the task was created).
+    pub async fn slash(
+        &self,
+        addr: SocketAddr,
+        text: &str,
+        user: &str,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let form = baton_testkit::slash("/baton", text, user);
+        let body = serde_urlencoded::to_string(&form)?;
+        let headers = baton_testkit::signed_headers(
+            baton_testkit::SIGNING_SECRET,
+            "application/x-www-form-urlencoded",
+            &body,
+        );
+        let mut req = http::Request::post(format!("http://{addr}/slack/commands"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let res = self
+            .inner
+            .request(req.body(Full::new(Bytes::from(body)))?)
+            .await
+            .context("slash command failed")?;
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
