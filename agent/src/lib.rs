@@ -127,6 +127,14 @@ impl Agent {
         }))
     }
 
+    /// Kills every running task's process group at once (SIGKILL): the
+    /// second shutdown signal, where nothing may be waited for.
+    pub fn kill_tasks_now(&self) {
+        for (task, pgid) in self.state.leftovers() {
+            exec::kill_leftover(task, pgid);
+        }
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             protocol: PROTOCOL_VERSION,

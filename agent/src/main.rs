@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
         return check(&cfg);
     }
     let agent = baton_agent::Agent::new(cfg).context("Cannot open the state directory")?;
-    agent.run(shutdown_signal()).await
+    let on_second = agent.clone();
+    agent
+        .run(shutdown_signal(move || on_second.kill_tasks_now()))
+        .await
 }
 
 /// Validates the executors without connecting.
@@ -71,7 +74,9 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGTERM or Ctrl-C; a second one runs `last_words`
+/// and exits at once.
+async fn shutdown_signal(last_words: impl FnOnce() + Send + 'static) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
@@ -86,7 +91,8 @@ async fn shutdown_signal() {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("second signal: exiting now");
+        eprintln!("second signal: stopping the tasks and exiting now");
+        last_words();
         std::process::exit(130);
     });
 }

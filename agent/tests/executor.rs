@@ -186,7 +186,8 @@ async fn a_logged_out_claude_is_a_misconfigured_agent() {
 }
 
 /// Forks a background child, records both pids, then waits forever.
-const FORKS: &str = "#!/bin/sh\nsleep 1000 &\necho $! > ./child.pid\necho $$ > ./parent.pid\necho '::step:: forked'\nwhile true; do sleep 0.05; done\n";
+/// (Bounded to two minutes, so a failed test leaves nothing running for long.)
+const FORKS: &str = "#!/bin/sh\nsleep 120 &\necho $! > ./child.pid\necho $$ > ./parent.pid\necho '::step:: forked'\ni=0; while [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_the_whole_process_group() {
@@ -351,6 +352,12 @@ async fn a_draining_agent_takes_no_new_task_and_a_second_signal_exits_at_once() 
         .expect("a second signal exits at once")
         .unwrap();
     assert!(!status.success());
+    // Even exiting at once, it leaves no task process behind.
+    let (child, parent) = (
+        read_pid(&project.join("child.pid")),
+        read_pid(&project.join("parent.pid")),
+    );
+    wait_for(30, "no process left", || !alive(child) && !alive(parent)).await;
     assert_eq!(
         store.task(2).await.unwrap().unwrap().state,
         "queued",

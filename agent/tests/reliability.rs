@@ -21,12 +21,14 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Records each run in `runs.log`, reports a step, then waits until the test
-/// drops `release-ID` (or `release-all`) in the project directory.
+/// drops `release-ID` (or `release-all`) in the project directory (two
+/// minutes at most, so a failed test leaves nothing running for long).
 const HOLD: &str = r#"#!/bin/sh
 echo "$BATON_TASK_ID" >> ./runs.log
 echo $$ > "./pid-$BATON_TASK_ID"
 echo '::step:: started'
-while [ ! -e "./release-$BATON_TASK_ID" ] && [ ! -e ./release-all ]; do sleep 0.05; done
+i=0
+while [ ! -e "./release-$BATON_TASK_ID" ] && [ ! -e ./release-all ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done
 echo "done $BATON_TASK_ID"
 "#;
 
