@@ -132,6 +132,17 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
             return;
         }
     };
+    // Its projects exist before it can be seen as connected: a task sent the
+    // moment it shows up must find them.
+    for p in &hello.projects {
+        if let Err(err) = app.store.ensure_project(p.name.as_str()).await {
+            tracing::error!(error = ?err, "cannot record the agent's projects");
+            let _ = socket
+                .send(close(1011, "the bot cannot record this agent's projects"))
+                .await;
+            return;
+        }
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let conn_id = match app.hub.register(name.as_str(), tx.clone(), &hello) {
         Register::Ok(id) => id,

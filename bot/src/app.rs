@@ -609,9 +609,6 @@ impl App {
         let running: HashSet<i64> = hello.running.iter().map(|t| t.0).collect();
         let held: HashSet<i64> = hello.held_results.iter().map(|t| t.0).collect();
         let mut out = Vec::new();
-        for p in &hello.projects {
-            self.store.ensure_project(p.name.as_str()).await?;
-        }
         let mine = self
             .store
             .agent_tasks(agent, &[TaskState::Dispatched, TaskState::Running])
