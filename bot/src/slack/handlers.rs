@@ -62,21 +62,25 @@ impl Reply {
 /// Handles `/baton` and `/baton-admin`.
 pub async fn handle_command(app: &Arc<App>, cmd: SlashCommand) -> Reply {
     let span = tracing::info_span!("command", command = %cmd.command, user = %cmd.user_id);
-    let _enter = span.enter();
-    match cmd.command.trim() {
-        "/baton-admin" => Reply::Ephemeral(admin::handle(app, &cmd).await),
-        _ => {
-            handle_baton(
-                app,
-                &cmd.text,
-                &cmd.user_id,
-                &cmd.team_id,
-                &cmd.channel_id,
-                None,
-            )
-            .await
+    // Instrumented, not entered: a guard held across an await leaves the span
+    // entered on whichever thread polls next, and spans pile up in every log line.
+    let work = async {
+        match cmd.command.trim() {
+            "/baton-admin" => Reply::Ephemeral(admin::handle(app, &cmd).await),
+            _ => {
+                handle_baton(
+                    app,
+                    &cmd.text,
+                    &cmd.user_id,
+                    &cmd.team_id,
+                    &cmd.channel_id,
+                    None,
+                )
+                .await
+            }
         }
-    }
+    };
+    tracing::Instrument::instrument(work, span).await
 }
 
 /// Handles the words of `/baton` (or a mention), from `user` in `channel`.
