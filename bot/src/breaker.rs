@@ -170,7 +170,11 @@ struct Bucket {
 struct Window {
     /// Width of one bucket in nanoseconds (at least one second).
     width_ns: u128,
-    /// The ring; absolute bucket `i` lives in slot `i % len`.
+    /// Buckets in the ring.
+    len: usize,
+    /// The ring; absolute bucket `i` lives in slot `i % len`. Allocated at the
+    /// first call and freed when the window empties: an agent with no call in
+    /// its window (most idle agents) holds no buckets (600 of them are 9.6 KiB).
     buckets: Vec<Bucket>,
     /// Absolute index of the newest bucket.
     head: u64,
@@ -188,7 +192,8 @@ impl Window {
         let n = usize::try_from(n).unwrap_or(1);
         Self {
             width_ns,
-            buckets: vec![Bucket::default(); n],
+            len: n,
+            buckets: Vec::new(),
             head: 0,
             calls: 0,
             failures: 0,
@@ -202,7 +207,7 @@ impl Window {
 
     /// The bucket of absolute index `i`.
     fn slot(&mut self, i: u64) -> Option<&mut Bucket> {
-        let n = u64::try_from(self.buckets.len()).unwrap_or(1);
+        let n = u64::try_from(self.len).unwrap_or(1);
         let slot = usize::try_from(i.checked_rem(n).unwrap_or(0)).unwrap_or(0);
         self.buckets.get_mut(slot)
     }
@@ -212,10 +217,10 @@ impl Window {
         if i <= self.head {
             return;
         }
-        let n = u64::try_from(self.buckets.len()).unwrap_or(1);
+        let n = u64::try_from(self.len).unwrap_or(1);
         if i - self.head >= n {
             self.clear();
-        } else {
+        } else if !self.buckets.is_empty() {
             for j in self.head + 1..=i {
                 if let Some(b) = self.slot(j) {
                     let old = std::mem::take(b);
@@ -225,11 +230,17 @@ impl Window {
             }
         }
         self.head = i;
+        if self.calls == 0 {
+            self.buckets = Vec::new();
+        }
     }
 
     /// Counts one outcome in the head bucket.
     fn add(&mut self, failure: bool) {
         let f = u64::from(failure);
+        if self.buckets.is_empty() {
+            self.buckets = vec![Bucket::default(); self.len];
+        }
         if let Some(b) = self.slot(self.head) {
             b.calls = b.calls.saturating_add(1);
             b.failures = b.failures.saturating_add(f);
@@ -238,11 +249,9 @@ impl Window {
         }
     }
 
-    /// Empties the window (free when already empty).
+    /// Empties the window and frees its buckets.
     fn clear(&mut self) {
-        if self.calls != 0 || self.failures != 0 {
-            self.buckets.fill(Bucket::default());
-        }
+        self.buckets = Vec::new();
         self.calls = 0;
         self.failures = 0;
     }
