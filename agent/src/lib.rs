@@ -409,7 +409,7 @@ impl Agent {
 
     fn handle(self: &Arc<Self>, msg: BotMessage) {
         match msg {
-            BotMessage::Submit(s) => self.submit(s),
+            BotMessage::Submit(s) => self.submit(*s),
             BotMessage::Cancel { task } => {
                 if let Some(r) = lock(&self.tasks).get(&task.0) {
                     tracing::info!(task = task.0, "cancelling");

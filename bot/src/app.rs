@@ -284,7 +284,7 @@ impl App {
         }
         let persona: Persona = task.persona.parse().unwrap_or_default();
         let def = personas::definition(persona);
-        let submit = BotMessage::Submit(Submit {
+        let submit = BotMessage::Submit(Box::new(Submit {
             task: TaskId(task.id),
             project: ProjectName::new(task.project.clone()).map_err(|_| WaitReason::NoAgent)?,
             persona,
@@ -293,7 +293,7 @@ impl App {
             system_prompt: Some(def.system_prompt.to_owned()),
             allowed_tools: def.allowed_tools.iter().map(|t| (*t).to_owned()).collect(),
             model: task.model.clone(),
-        });
+        }));
         let mut task = task;
         task.state = TaskState::Dispatched.as_str().to_owned();
         task.agent = Some(route.agent.clone());

@@ -357,7 +357,9 @@ pub enum BotMessage {
         heartbeat_secs: u64,
     },
     /// Run this task. The agent records it, then answers `accepted`.
-    Submit(Submit),
+    /// Boxed: it is by far the largest frame, and a queue of frames sizes
+    /// every slot by the largest variant (the bot keeps one queue per agent).
+    Submit(Box<Submit>),
     /// Cancel this task; the agent answers `cancelled` (or the task's final event, if it already ended).
     Cancel {
         /// The task.
@@ -617,7 +619,7 @@ mod tests {
                 agent: AgentName::new("laptop").expect("valid"),
                 heartbeat_secs: 15,
             },
-            BotMessage::Submit(Submit {
+            BotMessage::Submit(Box::new(Submit {
                 task: TaskId(42),
                 project: project("web"),
                 persona: Persona::Review,
@@ -626,7 +628,7 @@ mod tests {
                 system_prompt: Some("You review.".into()),
                 allowed_tools: vec!["Read".into()],
                 model: None,
-            }),
+            })),
             BotMessage::Cancel { task: TaskId(42) },
             BotMessage::Ack {
                 task: TaskId(42),
@@ -765,12 +767,12 @@ mod tests {
         };
         assert!(AgentMessage::decode(&output.encode()).is_err());
         let mut submit = match bot_messages().remove(1) {
-            BotMessage::Submit(s) => s,
+            BotMessage::Submit(s) => *s,
             _ => unreachable!(),
         };
         submit.prompt = "p".repeat(MAX_PROMPT_CHARS + 1);
         assert!(matches!(
-            BotMessage::decode(&BotMessage::Submit(submit).encode()),
+            BotMessage::decode(&BotMessage::Submit(Box::new(submit)).encode()),
             Err(ProtocolError::TooLarge { what: "prompt", .. })
         ));
     }
