@@ -27,7 +27,7 @@ pub const MAX_PROTOCOL_ERRORS: u32 = 5;
 /// Read buffer of each agent's socket. tungstenite's default, 128 KiB, is
 /// zero-filled at the first read: 128 KiB resident per idle agent. Agents'
 /// frames are small; a larger one grows the buffer while it is read.
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 
 /// `GET /agents`: authenticates the key, then upgrades.
 pub async fn upgrade(
@@ -81,9 +81,15 @@ pub async fn upgrade(
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
-            let span = tracing::info_span!("agent", agent = %name);
-            let _ = tracing::Instrument::instrument(serve(app, name, socket), span).await;
+        .on_upgrade(move |socket| {
+            // Boxed until it is split: the futures that hand it on would
+            // otherwise each keep a copy's worth of room for it, for the
+            // life of the connection.
+            let socket = Box::new(socket);
+            async move {
+                let span = tracing::info_span!("agent", agent = %name);
+                let _ = tracing::Instrument::instrument(serve(app, name, socket), span).await;
+            }
         })
 }
 
@@ -123,7 +129,7 @@ async fn read_hello(
     }
 }
 
-async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
+async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
     let hello = match read_hello(&mut socket).await {
         Ok(h) => h,
         Err((code, reason)) => {
@@ -168,7 +174,7 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
         heartbeat_secs: heartbeat.as_secs(),
     };
     let _ = tx.send(Outgoing::Frame(welcome));
-    match app.reconcile(name.as_str(), &hello).await {
+    match Box::pin(app.reconcile(name.as_str(), &hello)).await {
         Ok(frames) => {
             for f in frames {
                 let _ = tx.send(Outgoing::Frame(f));
@@ -176,8 +182,10 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
         }
         Err(err) => tracing::error!(error = ?err, "cannot reconcile the agent's tasks"),
     }
+    // Not needed past this point; dropped now, it takes no room in the connection's task.
+    drop(hello);
 
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = (*socket).split();
     let dead_after = heartbeat * HEARTBEAT_MISSES_DEAD;
     let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
 
@@ -249,7 +257,9 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: WebSocket) {
                     }
                     Ok(msg) => {
                         errors = 0;
-                        for reply in app.apply_event(name.as_str(), msg).await {
+                        // Boxed: its state lives on the heap only while an event is applied,
+                        // not in every idle connection's task.
+                        for reply in Box::pin(app.apply_event(name.as_str(), msg)).await {
                             let _ = tx.send(Outgoing::Frame(reply));
                         }
                     }
