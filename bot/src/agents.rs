@@ -14,11 +14,10 @@ use baton_shared::protocol::{
     AgentMessage, BotMessage, PROTOCOL_VERSION, ProtocolError, close_code,
 };
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::hub::{Outgoing, Register};
+use crate::hub::{Outbox, Outgoing, Register};
 
 /// How long a new connection has to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,7 +148,7 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
             return;
         }
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (tx, mut rx) = Outbox::new();
     let conn_id = match app.hub.register(name.as_str(), tx.clone(), &hello) {
         Register::Ok(id) => id,
         Register::Duplicate => {
@@ -197,7 +196,7 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
             loop {
                 let heard_deadline = *crate::slack::consolidator::lock(&last_heard) + dead_after;
                 tokio::select! {
-                    out = rx.recv() => match out {
+                    out = rx.next() => match out {
                         Some(Outgoing::Frame(msg)) => {
                             if sink.send(Message::Text(msg.encode().into())).await.is_err() { break; }
                         }
