@@ -26,7 +26,7 @@ pub const MAX_PROTOCOL_ERRORS: u32 = 5;
 /// Read buffer of each agent's socket. tungstenite's default, 128 KiB, is
 /// zero-filled at the first read: 128 KiB resident per idle agent. Agents'
 /// frames are small; a larger one grows the buffer while it is read.
-pub const READ_BUFFER_BYTES: usize = 2 * 1024;
+pub const READ_BUFFER_BYTES: usize = 1024;
 
 /// `GET /agents`: authenticates the key, then upgrades.
 pub async fn upgrade(
