@@ -194,6 +194,12 @@ impl App {
         explicit: Option<&ProjectName>,
         channel: &str,
     ) -> Result<String, RequestError> {
+        // The channel's binding first: the common case needs one query.
+        if explicit.is_none()
+            && let Some(bound) = self.store.project_for_channel(channel).await?
+        {
+            return Ok(bound);
+        }
         let known: Vec<String> = self
             .store
             .projects()
@@ -210,9 +216,6 @@ impl App {
                     &known,
                 )))
             };
-        }
-        if let Some(bound) = self.store.project_for_channel(channel).await? {
-            return Ok(bound);
         }
         match known.as_slice() {
             [only] => Ok(only.clone()),
