@@ -231,7 +231,11 @@ impl App {
         let project = self
             .resolve_project(req.project.as_ref(), &req.channel_id)
             .await?;
-        if self.store.queue_len(&project).await? >= self.settings.queue_max {
+        // The bound is on the queue: a task an agent can take now does not join
+        // it, so the queue is counted only when the task would wait.
+        if self.hub.why_waiting(&project).is_some()
+            && self.store.queue_len(&project).await? >= self.settings.queue_max
+        {
             return Err(RequestError::User(replies::queue_full(
                 &project,
                 self.settings.queue_max,
