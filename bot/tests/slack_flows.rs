@@ -300,7 +300,7 @@ impl FakeAgent {
                 .expect("a task in time")
                 .expect("the connection is open");
             if let BotMessage::Submit(s) = frame {
-                return s;
+                return *s;
             }
         }
     }
