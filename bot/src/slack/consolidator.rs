@@ -21,7 +21,7 @@
 //! and [`MessageLog`] (the database), so the tests run it on tokio's paused
 //! clock against an in-memory Slack.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -233,8 +233,13 @@ struct Inner {
     log: Arc<dyn MessageLog>,
     /// Per task id.
     slots: Mutex<HashMap<i64, Slot>>,
-    /// Ids with something pending, so a pass does not scan idle slots.
+    /// Ids shown (or whose send ended) since the last pass.
     dirty: Mutex<HashSet<i64>>,
+    /// Ids with a render waiting for its time (edit interval, backoff, a 429
+    /// pause, the budget), by when it is due. A pass looks at these two sets
+    /// only, never at every message: a busy bot has thousands of messages
+    /// waiting for their next edit.
+    waiting: Mutex<BTreeSet<(Instant, i64)>>,
     /// Wakes the driver.
     wake: Notify,
     /// Shortest interval between two sends for one message.
@@ -293,6 +298,7 @@ impl Consolidator {
                 log,
                 slots: Mutex::new(HashMap::new()),
                 dirty: Mutex::new(HashSet::new()),
+                waiting: Mutex::new(BTreeSet::new()),
                 wake: Notify::new(),
                 edit_interval,
                 budget: RateLimiter::hashmap_with_clock(
@@ -376,18 +382,29 @@ impl Consolidator {
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let paused = lock(&self.inner.paused).clone();
         let paused_until = |m: Method| paused.get(&m).copied().unwrap_or(now);
+        let mut candidates: Vec<i64> = lock(&self.inner.dirty).drain().collect();
+        {
+            let mut waiting = lock(&self.inner.waiting);
+            while let Some(&(due, id)) = waiting.first() {
+                if due > now {
+                    break;
+                }
+                waiting.pop_first();
+                candidates.push(id);
+            }
+        }
         // (priority, least recently sent first, id)
         let mut ready: Vec<(u8, Option<Instant>, i64)> = Vec::new();
+        let mut later: Vec<(Instant, i64)> = Vec::new();
         {
-            let mut dirty = lock(&self.inner.dirty);
             let slots = lock(&self.inner.slots);
-            dirty.retain(|id| {
-                let Some(slot) = slots.get(id) else {
-                    return false;
+            for id in candidates {
+                let Some(slot) = slots.get(&id) else {
+                    continue;
                 };
                 // An in-flight send marks its slot dirty again when it ends.
                 let Some((task, _)) = slot.pending.as_ref().filter(|_| !slot.in_flight) else {
-                    return false;
+                    continue;
                 };
                 let state = render::task_state(task);
                 let method = slot.first_method();
@@ -404,12 +421,11 @@ impl Consolidator {
                         .max(paused_until(Method::Replies));
                 }
                 if due <= now {
-                    ready.push((priority(state), slot.last_sent, *id));
+                    ready.push((priority(state), slot.last_sent, id));
                 } else {
-                    earliest(due);
+                    later.push((due, id));
                 }
-                true
-            });
+            }
         }
         ready.sort_unstable();
         for (_, _, id) in ready {
@@ -425,7 +441,7 @@ impl Consolidator {
                 if method == Method::Update
                     && let Err(not_until) = self.inner.budget.check_key(&task.team_id)
                 {
-                    earliest(now + not_until.wait_time_from(now.into_std()));
+                    later.push((now + not_until.wait_time_from(now.into_std()), id));
                     continue;
                 }
                 let Some((task, position)) = slot.pending.take() else {
@@ -447,6 +463,11 @@ impl Consolidator {
             };
             let this = self.clone();
             tokio::spawn(async move { this.send(job).await });
+        }
+        let mut waiting = lock(&self.inner.waiting);
+        waiting.extend(later);
+        if let Some(&(due, _)) = waiting.first() {
+            earliest(due);
         }
         next
     }
