@@ -28,7 +28,7 @@ use crate::settings::Settings;
 use crate::slack::api::{MessageBody, SlackApi};
 use crate::slack::consolidator::{Consolidator, lock};
 use crate::slack::render::{OUTPUT_TAIL_KEPT_CHARS, SHOWN_STEPS};
-use crate::store::{Ending, NewTask, Store, Task};
+use crate::store::{Ending, NewTask, Progress, Store, Task};
 
 /// How often the sweeps run.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -532,32 +532,32 @@ impl App {
                         note: "Cancelled.".into(),
                     },
                 };
-                let _ = self
-                    .store
-                    .save_progress(
-                        id,
-                        task.last_seq,
-                        &task.steps,
-                        task.step_count,
-                        &task.output_tail,
-                    )
-                    .await;
+                // The end and the progress shown so far, in one statement that returns the row.
+                let progress = Progress {
+                    steps_json: &task.steps,
+                    step_count: task.step_count,
+                    output_tail: &task.output_tail,
+                };
                 match self
                     .store
-                    .finish(
+                    .finish_with_progress(
                         id,
-                        Some(agent),
-                        Some(seq_i),
+                        agent,
+                        seq_i,
                         &[TaskState::Dispatched, TaskState::Running],
                         &ending,
+                        progress,
                     )
                     .await
                 {
-                    Ok(_) => {
+                    Ok(ended) => {
                         lock(&self.live).remove(&id);
                         lock(&self.awaiting).remove(&id);
                         self.hub.release(agent, id, outcome);
-                        self.show_from_db(id).await;
+                        match ended {
+                            Some(ended) => self.consolidator.show(ended, None),
+                            None => self.show_from_db(id).await,
+                        }
                         self.dispatch_wake.notify_one();
                         tracing::info!(task = id, agent, "task ended");
                         vec![ack]

@@ -51,6 +51,26 @@ use crate::store::Store;
 
 /// How long shutdown waits for the last Slack updates.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// How often SQLite's write-ahead log is copied into the database file, in
+/// the background (see [`Store::checkpoint`]).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checkpoints the database every [`CHECKPOINT_INTERVAL`] until `shutdown`.
+async fn run_checkpoints(store: Store, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                if let Err(err) = store.checkpoint().await {
+                    tracing::warn!(error = ?err, "background checkpoint failed");
+                }
+            }
+        }
+    }
+}
 
 /// Who the keys of `BATON_AGENT_KEYS` are recorded as created by.
 const BOOTSTRAP: &str = "BATON_AGENT_KEYS";
@@ -108,6 +128,7 @@ pub async fn run(
         .await
         .context("Cannot store BATON_AGENT_KEYS")?;
     let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)?;
+    let checkpoint_store = store.clone();
     let app = Arc::new(App::new(settings, store, slack, clock));
     app.recover()
         .await
@@ -123,6 +144,7 @@ pub async fn run(
             .run(stopped(stop_rx.clone()), SHUTDOWN_FLUSH),
     );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
+    let checkpointer = tokio::spawn(run_checkpoints(checkpoint_store, stopped(stop_rx.clone())));
 
     let socket_mode = match app.settings.socket_mode_token() {
         Some(token) => Some(slack::socket_mode::SocketMode::start(app.clone(), token).await?),
@@ -154,6 +176,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
     let _ = consolidator.await;
+    let _ = checkpointer.await;
     tracing::info!("bye");
     Ok(())
 }

@@ -13,8 +13,8 @@ use anyhow::Context;
 use baton_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 pub use entities::task::Model as Task;
@@ -22,8 +22,15 @@ use entities::{agent, audit, project, slack_event, task};
 
 use crate::model::{ResultMeta, TaskState, now_ms};
 
-/// Connections kept to SQLite; writes serialise anyway, reads run beside them.
-const SQLITE_POOL_SIZE: u32 = 4;
+/// Connections that write to SQLite: one. SQLite takes one writer at a time;
+/// a second writing connection only waits in SQLite's busy handler, which
+/// sleeps in steps of milliseconds.
+const SQLITE_WRITERS: u32 = 1;
+/// Connections that read SQLite, beside the writer (WAL: readers never wait for it).
+const SQLITE_READERS: u32 = 3;
+/// WAL pages after which the writer checkpoints by itself, should the
+/// background checkpoint ([`Store::checkpoint`]) not keep up; SQLite's default is 1,000.
+const SQLITE_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// Connections kept to PostgreSQL.
 const POSTGRES_POOL_SIZE: u32 = 16;
 /// How long a writer waits for SQLite's lock before it fails.
@@ -109,8 +116,23 @@ pub type AuditRow = audit::Model;
 /// Handle to the database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The connection pool.
+    /// The pool that writes (and reads what it is about to change).
     db: DatabaseConnection,
+    /// The pool for plain reads: SQLite's readers, or the same pool as `db`.
+    read: DatabaseConnection,
+    /// Whether `read` is a separate SQLite pool that can checkpoint.
+    sqlite_file: bool,
+}
+
+/// The view a task's message shows: its last steps and the tail of its output.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// The last steps, a JSON array of strings.
+    pub steps_json: &'a str,
+    /// How many steps there were in all.
+    pub step_count: i64,
+    /// The tail of the output.
+    pub output_tail: &'a str,
 }
 
 fn states(list: &[TaskState]) -> Vec<&'static str> {
@@ -125,33 +147,51 @@ const ACTIVE: [TaskState; 3] = [TaskState::Queued, TaskState::Dispatched, TaskSt
 impl Store {
     /// Connects and runs the migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let mut opts = ConnectOptions::new(url.to_owned());
         let sqlite = url.starts_with("sqlite:");
-        opts.sqlx_logging(false)
-            .max_connections(if sqlite {
-                SQLITE_POOL_SIZE
-            } else {
-                POSTGRES_POOL_SIZE
-            })
-            .min_connections(1)
-            .map_sqlx_sqlite_opts(|o| {
-                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-                o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            });
-        let db = Database::connect(opts)
-            .await
-            .with_context(|| format!("Cannot open the database at {}", redact_url(url)))?;
+        // An in-memory database exists once per connection: one pool for everything.
+        let sqlite_file = sqlite && !url.contains(":memory:") && !url.contains("mode=memory");
+        let connections = match (sqlite, sqlite_file) {
+            (false, _) => POSTGRES_POOL_SIZE,
+            (true, true) => SQLITE_WRITERS,
+            (true, false) => SQLITE_WRITERS + SQLITE_READERS,
+        };
+        let open = |connections: u32| async move {
+            Database::connect(pool_options(url, sqlite, connections))
+                .await
+                .with_context(|| format!("Cannot open the database at {}", redact_url(url)))
+        };
+        let db = open(connections).await?;
         Migrator::up(&db, None)
             .await
             .context("Cannot run the database migrations")?;
-        Ok(Store { db })
+        let read = if sqlite_file {
+            open(SQLITE_READERS).await?
+        } else {
+            db.clone()
+        };
+        Ok(Store {
+            db,
+            read,
+            sqlite_file,
+        })
+    }
+
+    /// Copies SQLite's write-ahead log into the database file from a reader
+    /// connection, so that writers never pay for it (nor for its fsync).
+    /// Does not wait for readers; a no-op for PostgreSQL and in-memory SQLite.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        if self.sqlite_file {
+            self.read
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+                .context("Cannot checkpoint the database")?;
+        }
+        Ok(())
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
-        self.db.ping().await.is_ok()
+        self.db.ping().await.is_ok() && self.read.ping().await.is_ok()
     }
 
     /// The underlying connection, for tests and tools.
@@ -205,7 +245,7 @@ impl Store {
     /// One task.
     pub async fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
         task::Entity::find_by_id(id)
-            .one(&self.db)
+            .one(&self.read)
             .await
             .context("Cannot read the task")
     }
@@ -215,7 +255,7 @@ impl Store {
         task::Entity::find()
             .filter(task::Column::ChannelId.eq(channel))
             .filter(task::Column::MessageTs.eq(ts))
-            .one(&self.db)
+            .one(&self.read)
             .await
             .context("Cannot find the task for a thread")
     }
@@ -302,7 +342,7 @@ impl Store {
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .filter(task::Column::QueuedAt.lt(cutoff_ms))
             .order_by_asc(task::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot read the queue")
     }
@@ -360,57 +400,33 @@ impl Store {
         from: &[TaskState],
         ending: &Ending,
     ) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let mut q = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::value(ending.state().as_str()))
-            .col_expr(task::Column::FinishedAt, Expr::value(now))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .col_expr(task::Column::SlackSynced, Expr::value(false))
-            .col_expr(task::Column::CancelRequested, Expr::value(false))
-            .filter(task::Column::Id.eq(id))
-            .filter(task::Column::State.is_in(states(from)));
-        if let Some(agent) = agent {
-            q = q.filter(task::Column::Agent.eq(agent));
-        }
-        if let Some(seq) = seq {
-            q = q
-                .col_expr(task::Column::LastSeq, Expr::value(seq))
-                .filter(task::Column::LastSeq.lt(seq));
-        }
-        q = match ending {
-            Ending::Completed {
-                text,
-                session_id,
-                meta,
-            } => q
-                .col_expr(task::Column::Result, Expr::value(text.as_str()))
-                .col_expr(
-                    task::Column::ResultMeta,
-                    Expr::value(serde_json::to_string(meta).unwrap_or_default()),
-                )
-                .col_expr(task::Column::SessionId, Expr::value(session_id.clone())),
-            Ending::Failed {
-                error,
-                cause,
-                session_id,
-            } => {
-                let q = q
-                    .col_expr(task::Column::Error, Expr::value(error.as_str()))
-                    .col_expr(task::Column::FailureCause, Expr::value(cause.as_str()));
-                match session_id {
-                    Some(s) => q.col_expr(task::Column::SessionId, Expr::value(s.as_str())),
-                    None => q,
-                }
-            }
-            Ending::Cancelled { note } | Ending::Expired { note } => {
-                q.col_expr(task::Column::Error, Expr::value(note.as_str()))
-            }
-        };
-        let res = q
+        let res = finish_query(id, agent, seq, from, ending)
             .exec(&self.db)
             .await
             .context("Cannot record the task's end")?;
         Ok(res.rows_affected == 1)
+    }
+
+    /// Ends a task on its agent's final event (see [`Store::finish`]) and
+    /// records the progress its message shows, in one statement. Returns
+    /// the ended task, or None when nothing changed.
+    pub async fn finish_with_progress(
+        &self,
+        id: i64,
+        agent: &str,
+        seq: i64,
+        from: &[TaskState],
+        ending: &Ending,
+        progress: Progress<'_>,
+    ) -> anyhow::Result<Option<Task>> {
+        let rows = finish_query(id, Some(agent), Some(seq), from, ending)
+            .col_expr(task::Column::Steps, Expr::value(progress.steps_json))
+            .col_expr(task::Column::StepCount, Expr::value(progress.step_count))
+            .col_expr(task::Column::OutputTail, Expr::value(progress.output_tail))
+            .exec_with_returning(&self.db)
+            .await
+            .context("Cannot record the task's end")?;
+        Ok(rows.into_iter().next())
     }
 
     /// Remembers that a cancel was asked for a task whose agent has it. False
@@ -537,7 +553,7 @@ impl Store {
                     .add(task::Column::ThreadTs.eq(root_ts)),
             )
             .order_by_asc(task::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot read the thread's tasks")
     }
@@ -549,7 +565,7 @@ impl Store {
             .filter(task::Column::Project.eq(project))
             .order_by_asc(task::Column::Id)
             .limit(limit.min(i64::MAX as u64))
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot read the queue")
     }
@@ -559,7 +575,7 @@ impl Store {
         task::Entity::find()
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .filter(task::Column::Project.eq(project))
-            .count(&self.db)
+            .count(&self.read)
             .await
             .context("Cannot count the queue")
     }
@@ -568,7 +584,7 @@ impl Store {
     pub async fn count_in(&self, state: TaskState) -> anyhow::Result<u64> {
         task::Entity::find()
             .filter(task::Column::State.eq(state.as_str()))
-            .count(&self.db)
+            .count(&self.read)
             .await
             .context("Cannot count tasks")
     }
@@ -581,7 +597,7 @@ impl Store {
             .distinct()
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .into_tuple::<String>()
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot read the queues")
     }
@@ -592,7 +608,7 @@ impl Store {
             .filter(task::Column::State.is_in(states(list)))
             .order_by_asc(task::Column::Id)
             .limit(limit.min(i64::MAX as u64))
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot list tasks")
     }
@@ -602,7 +618,7 @@ impl Store {
         task::Entity::find()
             .order_by_desc(task::Column::Id)
             .limit(limit.min(i64::MAX as u64))
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot list tasks")
     }
@@ -613,7 +629,7 @@ impl Store {
             .filter(task::Column::Agent.eq(agent))
             .filter(task::Column::State.is_in(states(list)))
             .order_by_asc(task::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot list the agent's tasks")
     }
@@ -624,7 +640,7 @@ impl Store {
         task::Entity::find()
             .filter(task::Column::SlackSynced.eq(false))
             .order_by_asc(task::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot list tasks to show in Slack")
     }
@@ -635,7 +651,7 @@ impl Store {
     pub async fn projects(&self) -> anyhow::Result<Vec<ProjectRow>> {
         project::Entity::find()
             .order_by_asc(project::Column::Name)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot list projects")
     }
@@ -685,7 +701,7 @@ impl Store {
     pub async fn project_for_channel(&self, channel: &str) -> anyhow::Result<Option<String>> {
         Ok(project::Entity::find()
             .filter(project::Column::ChannelId.eq(channel))
-            .one(&self.db)
+            .one(&self.read)
             .await
             .context("Cannot read the channel's project")?
             .map(|p| p.name))
@@ -697,7 +713,7 @@ impl Store {
     pub async fn agents(&self) -> anyhow::Result<Vec<AgentRow>> {
         agent::Entity::find()
             .order_by_asc(agent::Column::Name)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot list agents")
     }
@@ -707,7 +723,7 @@ impl Store {
         agent::Entity::find()
             .filter(agent::Column::KeyHash.eq(hash))
             .filter(agent::Column::RevokedAt.is_null())
-            .one(&self.db)
+            .one(&self.read)
             .await
             .context("Cannot look up the agent key")
     }
@@ -825,10 +841,90 @@ impl Store {
         audit::Entity::find()
             .order_by_desc(audit::Column::Id)
             .limit(limit.min(i64::MAX as u64))
-            .all(&self.db)
+            .all(&self.read)
             .await
             .context("Cannot read the audit log")
     }
+}
+
+/// The guarded `UPDATE` that ends a task (see [`Store::finish`]).
+fn finish_query(
+    id: i64,
+    agent: Option<&str>,
+    seq: Option<i64>,
+    from: &[TaskState],
+    ending: &Ending,
+) -> sea_orm::UpdateMany<task::Entity> {
+    let now = now_ms();
+    let mut q = task::Entity::update_many()
+        .col_expr(task::Column::State, Expr::value(ending.state().as_str()))
+        .col_expr(task::Column::FinishedAt, Expr::value(now))
+        .col_expr(task::Column::UpdatedAt, Expr::value(now))
+        .col_expr(task::Column::SlackSynced, Expr::value(false))
+        .col_expr(task::Column::CancelRequested, Expr::value(false))
+        .filter(task::Column::Id.eq(id))
+        .filter(task::Column::State.is_in(states(from)));
+    if let Some(agent) = agent {
+        q = q.filter(task::Column::Agent.eq(agent));
+    }
+    if let Some(seq) = seq {
+        q = q
+            .col_expr(task::Column::LastSeq, Expr::value(seq))
+            .filter(task::Column::LastSeq.lt(seq));
+    }
+    q = match ending {
+        Ending::Completed {
+            text,
+            session_id,
+            meta,
+        } => q
+            .col_expr(task::Column::Result, Expr::value(text.as_str()))
+            .col_expr(
+                task::Column::ResultMeta,
+                Expr::value(serde_json::to_string(meta).unwrap_or_default()),
+            )
+            .col_expr(task::Column::SessionId, Expr::value(session_id.clone())),
+        Ending::Failed {
+            error,
+            cause,
+            session_id,
+        } => {
+            let q = q
+                .col_expr(task::Column::Error, Expr::value(error.as_str()))
+                .col_expr(task::Column::FailureCause, Expr::value(cause.as_str()));
+            match session_id {
+                Some(s) => q.col_expr(task::Column::SessionId, Expr::value(s.as_str())),
+                None => q,
+            }
+        }
+        Ending::Cancelled { note } | Ending::Expired { note } => {
+            q.col_expr(task::Column::Error, Expr::value(note.as_str()))
+        }
+    };
+    q
+}
+
+/// Pool settings: WAL, `synchronous = NORMAL` (a commit survives the
+/// process dying; only an OS crash can lose the last ones), a busy timeout,
+/// and for SQLite no test query before each use (a connection to a local file
+/// does not go stale; the test costs a round trip to its worker thread).
+fn pool_options(url: &str, sqlite: bool, connections: u32) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .max_connections(connections)
+        .min_connections(1)
+        .test_before_acquire(!sqlite)
+        .map_sqlx_sqlite_opts(|o| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .pragma(
+                    "wal_autocheckpoint",
+                    SQLITE_AUTOCHECKPOINT_PAGES.to_string(),
+                )
+        });
+    opts
 }
 
 /// The URL without a password, for error messages.
@@ -866,21 +962,7 @@ mod tests {
     async fn guarded_updates_change_only_the_expected_state() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(&dir).await;
-        let t = s
-            .insert_task(NewTask {
-                queued_at: now_ms(),
-                persona: "code".into(),
-                project: "web".into(),
-                prompt: "p".into(),
-                requester: "U1".into(),
-                team_id: "T1".into(),
-                channel_id: "C1".into(),
-                thread_ts: None,
-                parent_id: None,
-                session_id: None,
-            })
-            .await
-            .expect("insert");
+        let t = s.insert_task(new_task()).await.expect("insert");
         assert!(
             !s.mark_running(t.id, "a", 1).await.expect("run"),
             "not dispatched yet"
@@ -898,5 +980,86 @@ mod tests {
             !s.requeue(t.id, "b", "x").await.expect("requeue"),
             "running stays"
         );
+    }
+
+    fn new_task() -> NewTask {
+        NewTask {
+            queued_at: now_ms(),
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "p".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_see_each_committed_write_and_the_log_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        assert!(s.sqlite_file, "a file gets a reader pool of its own");
+        for _ in 0..50 {
+            let t = s.insert_task(new_task()).await.expect("insert");
+            assert!(s.claim(t.id, "a").await.expect("claim"));
+            // Read at once through the reader pool: the write is there.
+            let seen = s.task(t.id).await.expect("read").expect("row");
+            assert_eq!(seen.state, TaskState::Dispatched.as_str());
+        }
+        s.checkpoint().await.expect("checkpoint");
+        let wal = dir.path().join("t.db-wal");
+        let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(before > 0, "writes went to the log");
+        s.insert_task(new_task()).await.expect("insert");
+        assert_eq!(s.count_in(TaskState::Queued).await.expect("count"), 1);
+
+        let memory = Store::connect("sqlite::memory:").await.expect("memory");
+        assert!(!memory.sqlite_file, "in memory: one pool");
+        memory.checkpoint().await.expect("a no-op");
+        let t = memory.insert_task(new_task()).await.expect("insert");
+        assert_eq!(
+            memory.task(t.id).await.expect("read").expect("row").id,
+            t.id
+        );
+    }
+
+    #[tokio::test]
+    async fn a_final_event_ends_the_task_with_its_progress_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        let t = s.insert_task(new_task()).await.expect("insert");
+        assert!(s.claim(t.id, "a").await.expect("claim"));
+        assert!(s.mark_running(t.id, "a", 1).await.expect("run"));
+        let ending = Ending::Cancelled {
+            note: "Cancelled.".into(),
+        };
+        let progress = Progress {
+            steps_json: r#"["one","two"]"#,
+            step_count: 2,
+            output_tail: "out",
+        };
+        let from = [TaskState::Dispatched, TaskState::Running];
+        let other = s
+            .finish_with_progress(t.id, "b", 5, &from, &ending, progress)
+            .await
+            .expect("finish");
+        assert!(other.is_none(), "another agent's event changes nothing");
+        let ended = s
+            .finish_with_progress(t.id, "a", 5, &from, &ending, progress)
+            .await
+            .expect("finish")
+            .expect("ended");
+        assert_eq!(ended.state, TaskState::Cancelled.as_str());
+        assert_eq!((ended.step_count, ended.output_tail.as_str()), (2, "out"));
+        assert_eq!(ended.last_seq, 5);
+        assert_eq!(s.task(t.id).await.expect("read"), Some(ended));
+        let again = s
+            .finish_with_progress(t.id, "a", 6, &from, &ending, progress)
+            .await
+            .expect("finish");
+        assert!(again.is_none(), "ended once");
     }
 }
