@@ -33,6 +33,8 @@ const OUTSTANDING_MAX: usize = 8000;
 const CONNECT_PARALLEL: usize = 128;
 /// Gap between two progress events in the edit-rate run.
 const EDIT_RUN_SPACING: Duration = Duration::from_millis(20);
+/// How long the drain run's agent works on each task it accepted.
+const DRAIN_TASK_TIME: Duration = Duration::from_secs(2);
 /// Longest wait for a run's last task frames and final edits.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -175,7 +177,7 @@ async fn send_one(client: &Client, addr: SocketAddr, probe: &Probe, failures: &F
 struct Sent {
     /// First command.
     from: Instant,
-    /// After the last command.
+    /// After the last command was answered.
     to: Instant,
     /// How many.
     count: u64,
@@ -198,10 +200,12 @@ async fn paced(ctx: &Ctx, addr: SocketAddr, probe: &Arc<Probe>, rate: f64, secs:
             send_one(&client, addr, &probe, &failures).await;
         }));
     }
-    let to = Instant::now();
     for p in pending {
         let _ = p.await;
     }
+    // After the last answer: every command of this pattern was sent before it
+    // (each notes its own send time when its task first runs).
+    let to = Instant::now();
     Sent {
         from,
         to,
@@ -450,7 +454,7 @@ impl Ctx {
             let (p50, p99) = p50_p99(&lat);
             let failed = run.failures.count.load(Ordering::Relaxed);
             let sustained = failed == 0 && got == sent && p99 <= STABLE_P99_MS;
-            let delivered = got as f64 / run.to.duration_since(run.from).as_secs_f64();
+            let delivered = got as f64 / plan.rate_secs;
             let cpu_ms = (bot.cpu_secs()? - cpu0) * 1e3 / (got.max(1) as f64);
             println!(
                 "  {rate:>6.0}/s offered → {delivered:>6.0}/s delivered, p50 {p50:.3} ms, p99 {p99:.3} ms, failed {failed}{}",
@@ -601,9 +605,10 @@ impl Ctx {
             bot.addr,
             &crate::bot::agent_key(30),
             n as u32,
+            // Accepts each task at once and works on it for a while, as an agent does.
             Work {
                 events: 0,
-                spacing: None,
+                spacing: Some(DRAIN_TASK_TIME),
             },
             probe.clone(),
         )
@@ -612,7 +617,7 @@ impl Ctx {
         let last = probe.last_received().context("no task arrived")?;
         report.queue_drain_ms = Some(round(last.duration_since(t0).as_secs_f64() * 1e3, 1));
         report.workloads.insert("queue_drain_ms".into(), format!(
-            "{n} tasks queued by signed /baton commands while no agent serves the project (their messages posted); then one simulated agent with capacity {n} connects: from the start of its WebSocket handshake to the last submit frame it reads (it accepts and completes each one as it arrives)"));
+            "{n} tasks queued by signed /baton commands while no agent serves the project (their messages posted); then one simulated agent with capacity {n} connects: from the start of its WebSocket handshake to the last submit frame it reads (it accepts each one as it arrives and completes it {DRAIN_TASK_TIME:?} later)"));
         quiesce(bot, &probe, n as u64).await?;
         drop(agent);
         Ok(())
@@ -699,6 +704,9 @@ impl Ctx {
             )
             .await?;
             agents.extend(more);
+            // A welcome comes before the bot has finished with a new agent
+            // (reconciliation writes): let the arrivals settle first.
+            tokio::time::sleep(plan.settle).await;
             let (lat, _) = self.latency_sample(&bot, &probe, plan.curve_secs).await?;
             let (p50, p99) = p50_p99(&lat);
             println!("  {n:>6} agents: dispatch p50 {p50:.3} ms, p99 {p99:.3} ms");
@@ -721,8 +729,8 @@ impl Ctx {
             }
         }
         report.workloads.insert("curves.agents".into(), format!(
-            "memory: one bot, simulated agents connected in steps and left idle (VmRSS after {:?} of quiet); latency: a second bot, agents (capacity 4, 10 progress events per task) connected in steps, {} s of signed /baton commands at 200/s at each step; every agent serves the one project, so each dispatch chooses among all of them",
-            plan.settle, plan.curve_secs));
+            "memory: one bot, simulated agents connected in steps and left idle (VmRSS after {:?} of quiet); latency: a second bot, agents (capacity 4, 10 progress events per task) connected in steps, {:?} of quiet, then {} s of signed /baton commands at 200/s at each step; every agent serves the one project, so each dispatch chooses among all of them",
+            plan.settle, plan.settle, plan.curve_secs));
         drop(agents);
         bot.stop().await
     }

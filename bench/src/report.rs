@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Everything one run measured. Headline figures use the JSON keys issue 7
 /// names; a figure not measured (`--only`) is left out.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// Slash command sent → task frame at the agent, p50, at 200 commands/s.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +54,7 @@ pub struct Report {
 
 /// One offered rate of the highest-rate search.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RateStep {
     /// Commands per second offered.
     pub offered_per_s: f64,
@@ -72,6 +74,7 @@ pub struct RateStep {
 
 /// The growth curves.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Curves {
     /// Dispatch latency and memory as connected agents grow.
     pub agents: Vec<AgentsPoint>,
@@ -83,6 +86,7 @@ pub struct Curves {
 
 /// One point of the connected-agents curve.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AgentsPoint {
     /// Connected agents.
     pub agents: u64,
@@ -98,6 +102,7 @@ pub struct AgentsPoint {
 
 /// One point of the task-table curve.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RowsPoint {
     /// Rows in the tasks table when the bot started.
     pub rows: u64,
@@ -111,6 +116,7 @@ pub struct RowsPoint {
 
 /// One point of the events-per-task curve.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EventsPoint {
     /// Progress events per task.
     pub events: u64,
@@ -124,6 +130,7 @@ pub struct EventsPoint {
 
 /// Where the figures come from.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Environment {
     /// CPUs available.
     pub cores: usize,
