@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::breaker::Outcome;
 use crate::clock::{TokioClock, WallClock};
-use crate::hub::{Hub, WaitReason};
+use crate::hub::{Hub, Route, WaitReason};
 use crate::model::TaskState;
 use crate::personas;
 use crate::replies;
@@ -38,6 +38,8 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const EVENT_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How many times a cancel reads the task again when it moved meanwhile.
 const CANCEL_ROUNDS: usize = 3;
+/// Queued tasks a dispatch pass reads, routes and claims at once.
+pub const DISPATCH_BATCH: u64 = 64;
 
 /// A request for a task, from a slash command, a mention, a thread reply or a retry.
 #[derive(Debug, Clone)]
@@ -289,6 +291,11 @@ impl App {
                 return Err(WaitReason::Busy);
             }
         }
+        self.hand_out(task, &route)
+    }
+
+    /// Sends a task claimed for `route`'s agent to it, and waits for its `accepted`.
+    fn hand_out(&self, task: Task, route: &Route) -> Result<Option<Task>, WaitReason> {
         let persona: Persona = task.persona.parse().unwrap_or_default();
         let def = personas::definition(persona);
         let submit = BotMessage::Submit(Box::new(Submit {
@@ -305,6 +312,8 @@ impl App {
         task.state = TaskState::Dispatched.as_str().to_owned();
         task.agent = Some(route.agent.clone());
         task.wait_reason = None;
+        // As the claim wrote: a new holder's sequence numbers start over.
+        task.last_seq = 0;
         lock(&self.live).insert(task.id, task.clone());
         lock(&self.queue_shown).remove(&task.id);
         let deadline = Instant::now() + Duration::from_secs(self.settings.dispatch_timeout_secs);
@@ -333,20 +342,65 @@ impl App {
                 if !room.contains(&project) {
                     break;
                 }
-                let batch = match self.store.queued(&project, 64).await {
+                let batch = match self.store.queued(&project, DISPATCH_BATCH).await {
                     Ok(b) if !b.is_empty() => b,
                     _ => break,
                 };
+                // Route the batch in queue order (each route holds a slot on its
+                // agent), then claim it with one statement per agent.
+                let mut routed = Vec::with_capacity(batch.len());
+                let mut full = false;
                 for task in batch {
-                    match self.dispatch_one(task).await {
+                    match self.hub.route(&task.project, task.id) {
+                        Ok(route) => routed.push((task, route)),
+                        Err(_) => {
+                            full = true;
+                            break;
+                        }
+                    }
+                }
+                let (claimed, failed) = self.claim_routed(&routed).await;
+                // As for a single claim: a database error ends this pass.
+                full |= failed;
+                for (task, route) in routed {
+                    if !claimed.contains(&task.id) {
+                        // No longer queued (cancelled meanwhile), or the claim failed.
+                        self.hub.release(&route.agent, task.id, Outcome::Ignored);
+                        continue;
+                    }
+                    match self.hand_out(task, &route) {
                         Ok(Some(t)) => self.consolidator.show(t, None),
                         Ok(None) => {}
-                        Err(_) => break 'project,
+                        Err(_) => full = true,
                     }
+                }
+                if full {
+                    break 'project;
                 }
             }
             self.show_queued(&project).await;
         }
+    }
+
+    /// Claims routed tasks for their agents, one statement per agent. Returns
+    /// the ids claimed, and whether a claim failed (then none of that agent's is).
+    async fn claim_routed(&self, routed: &[(Task, Route)]) -> (HashSet<i64>, bool) {
+        let mut by_agent: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (task, route) in routed {
+            by_agent.entry(&route.agent).or_default().push(task.id);
+        }
+        let mut claimed = HashSet::new();
+        let mut failed = false;
+        for (agent, ids) in by_agent {
+            match self.store.claim_many(&ids, agent).await {
+                Ok(got) => claimed.extend(got),
+                Err(err) => {
+                    tracing::error!(agent, error = ?err, "cannot claim queued tasks");
+                    failed = true;
+                }
+            }
+        }
+        (claimed, failed)
     }
 
     /// Updates the messages of a project's queued tasks whose position or reason changed.

@@ -273,27 +273,23 @@ impl Store {
 
     /// Moves a queued task to `dispatched` for `agent`. False if it was no longer queued.
     pub async fn claim(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let res = task::Entity::update_many()
-            .col_expr(
-                task::Column::State,
-                Expr::value(TaskState::Dispatched.as_str()),
-            )
-            .col_expr(task::Column::Agent, Expr::value(agent))
-            .col_expr(task::Column::DispatchedAt, Expr::value(now))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            // Sequence numbers are per task and agent: a new holder starts over.
-            .col_expr(task::Column::LastSeq, Expr::value(0i64))
-            .col_expr(
-                task::Column::WaitReason,
-                Expr::value(Option::<String>::None),
-            )
+        let res = claim_query(agent)
             .filter(task::Column::Id.eq(id))
-            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .exec(&self.db)
             .await
             .context("Cannot claim the task")?;
         Ok(res.rows_affected == 1)
+    }
+
+    /// Claims those of `ids` that are still queued for `agent` (as
+    /// [`Store::claim`] does), in one statement. Returns the ids it moved.
+    pub async fn claim_many(&self, ids: &[i64], agent: &str) -> anyhow::Result<Vec<i64>> {
+        let rows = claim_query(agent)
+            .filter(task::Column::Id.is_in(ids.iter().copied()))
+            .exec_with_returning(&self.db)
+            .await
+            .context("Cannot claim the tasks")?;
+        Ok(rows.into_iter().map(|t| t.id).collect())
     }
 
     /// Marks a dispatched task as running on `agent` (its `accepted` event).
@@ -847,6 +843,26 @@ impl Store {
     }
 }
 
+/// The guarded `UPDATE` that hands queued tasks to `agent`.
+fn claim_query(agent: &str) -> sea_orm::UpdateMany<task::Entity> {
+    let now = now_ms();
+    task::Entity::update_many()
+        .col_expr(
+            task::Column::State,
+            Expr::value(TaskState::Dispatched.as_str()),
+        )
+        .col_expr(task::Column::Agent, Expr::value(agent))
+        .col_expr(task::Column::DispatchedAt, Expr::value(now))
+        .col_expr(task::Column::UpdatedAt, Expr::value(now))
+        // Sequence numbers are per task and agent: a new holder starts over.
+        .col_expr(task::Column::LastSeq, Expr::value(0i64))
+        .col_expr(
+            task::Column::WaitReason,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+}
+
 /// The guarded `UPDATE` that ends a task (see [`Store::finish`]).
 fn finish_query(
     id: i64,
@@ -1061,5 +1077,28 @@ mod tests {
             .await
             .expect("finish");
         assert!(again.is_none(), "ended once");
+    }
+
+    #[tokio::test]
+    async fn a_batch_claim_takes_only_what_is_still_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(s.insert_task(new_task()).await.expect("insert").id);
+        }
+        assert!(
+            s.claim(ids[1], "b").await.expect("claim"),
+            "one went elsewhere"
+        );
+        let mut got = s.claim_many(&ids, "a").await.expect("claim many");
+        got.sort_unstable();
+        assert_eq!(got, vec![ids[0], ids[2], ids[3]]);
+        for id in &got {
+            let t = s.task(*id).await.expect("read").expect("row");
+            assert_eq!(t.agent.as_deref(), Some("a"));
+            assert_eq!((t.state.as_str(), t.last_seq), ("dispatched", 0));
+        }
+        assert!(s.claim_many(&ids, "c").await.expect("again").is_empty());
     }
 }
