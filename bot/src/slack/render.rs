@@ -125,9 +125,12 @@ fn code_block_tail(text: &str) -> String {
     )
 }
 
-/// A name (persona, project, agent) as shown: escaped, at most [`NAME_SHOWN_CHARS`].
+/// A name (persona, project, agent) as shown: escaped, at most
+/// [`NAME_SHOWN_CHARS`], without backticks (it is shown in inline code, whose
+/// own backticks would make a fence of the name's).
 fn name(text: &str) -> String {
-    mrkdwn::escape_text(&mrkdwn::truncate_chars(text, NAME_SHOWN_CHARS, "…"))
+    let shown = mrkdwn::truncate_chars(text, NAME_SHOWN_CHARS, "…").replace('`', "'");
+    mrkdwn::escape_text(&shown)
 }
 
 fn button(
