@@ -233,5 +233,12 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         "# HELP baton_slack_errors_total Other failed Slack calls.\n# TYPE baton_slack_errors_total counter"
     );
     let _ = writeln!(out, "baton_slack_errors_total {}", s.errors);
+    if let Some(commits) = app.store.commits() {
+        let _ = writeln!(
+            out,
+            "# HELP baton_db_commits_total SQLite transactions committed by the group writer (each holds every write that was waiting).\n# TYPE baton_db_commits_total counter"
+        );
+        let _ = writeln!(out, "baton_db_commits_total {commits}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

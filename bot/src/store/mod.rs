@@ -6,6 +6,7 @@
 //! nothing.
 
 pub mod entities;
+mod group;
 
 use std::time::Duration;
 
@@ -14,8 +15,11 @@ use baton_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect, QueryTrait, Set, Statement,
 };
+
+use group::GroupWriter;
 
 pub use entities::task::Model as Task;
 use entities::{agent, audit, project, slack_event, task};
@@ -122,6 +126,9 @@ pub struct Store {
     read: DatabaseConnection,
     /// Whether `read` is a separate SQLite pool that can checkpoint.
     sqlite_file: bool,
+    /// SQLite's group commit for the task writes; None for PostgreSQL, whose
+    /// pool writes in parallel.
+    writer: Option<GroupWriter>,
 }
 
 /// The view a task's message shows: its last steps and the tail of its output.
@@ -169,10 +176,12 @@ impl Store {
         } else {
             db.clone()
         };
+        let writer = sqlite.then(|| GroupWriter::start(db.clone()));
         Ok(Store {
             db,
             read,
             sqlite_file,
+            writer,
         })
     }
 
@@ -192,6 +201,27 @@ impl Store {
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         self.db.ping().await.is_ok() && self.read.ping().await.is_ok()
+    }
+
+    /// Transactions the group writer committed; None without one (PostgreSQL).
+    pub fn commits(&self) -> Option<u64> {
+        self.writer.as_ref().map(GroupWriter::commits)
+    }
+
+    /// Runs a write: through the group writer when there is one.
+    async fn write(&self, stmt: Statement) -> Result<u64, DbErr> {
+        match &self.writer {
+            Some(w) => w.execute(stmt).await,
+            None => Ok(self.db.execute(stmt).await?.rows_affected()),
+        }
+    }
+
+    /// Runs a write with a `RETURNING` clause; its rows.
+    async fn write_rows(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match &self.writer {
+            Some(w) => w.query(stmt).await,
+            None => self.db.query_all(stmt).await,
+        }
     }
 
     /// The underlying connection, for tests and tools.
@@ -239,7 +269,15 @@ impl Store {
             retried_as: Set(None),
             ..Default::default()
         };
-        row.insert(&self.db).await.context("Cannot write the task")
+        let mut insert = task::Entity::insert(row).into_query();
+        insert.returning_all();
+        let stmt = self.db.get_database_backend().build(&insert);
+        let rows = self
+            .write_rows(stmt)
+            .await
+            .context("Cannot write the task")?;
+        let row = rows.first().context("The database returned no task")?;
+        Task::from_query_result(row, "").context("Cannot read the written task")
     }
 
     /// One task.
@@ -265,7 +303,7 @@ impl Store {
         task::Entity::update_many()
             .col_expr(task::Column::MessageTs, Expr::value(ts))
             .filter(task::Column::Id.eq(id))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record the task's message")?;
         Ok(())
@@ -275,10 +313,10 @@ impl Store {
     pub async fn claim(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
         let res = claim_query(agent)
             .filter(task::Column::Id.eq(id))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot claim the task")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Claims those of `ids` that are still queued for `agent` (as
@@ -286,7 +324,7 @@ impl Store {
     pub async fn claim_many(&self, ids: &[i64], agent: &str) -> anyhow::Result<Vec<i64>> {
         let rows = claim_query(agent)
             .filter(task::Column::Id.is_in(ids.iter().copied()))
-            .exec_with_returning(&self.db)
+            .write_returning(self)
             .await
             .context("Cannot claim the tasks")?;
         Ok(rows.into_iter().map(|t| t.id).collect())
@@ -307,10 +345,10 @@ impl Store {
             .filter(task::Column::Agent.eq(agent))
             .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
             .filter(task::Column::LastSeq.lt(seq))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot mark the task running")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Marks a dispatched task running without an event (the agent's hello says it runs it).
@@ -326,10 +364,10 @@ impl Store {
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Agent.eq(agent))
             .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot mark the task running")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Queued tasks that entered the queue before `cutoff_ms`.
@@ -354,10 +392,10 @@ impl Store {
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Agent.eq(from_agent))
             .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot put the task back in its queue")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Records progress (the view the message shows) after events up to `seq`.
@@ -378,7 +416,7 @@ impl Store {
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::LastSeq.lt(seq))
             .filter(task::Column::State.is_in(states(&ACTIVE)))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record the task's progress")?;
         Ok(())
@@ -397,10 +435,10 @@ impl Store {
         ending: &Ending,
     ) -> anyhow::Result<bool> {
         let res = finish_query(id, agent, seq, from, ending)
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record the task's end")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Ends a task on its agent's final event (see [`Store::finish`]) and
@@ -419,7 +457,7 @@ impl Store {
             .col_expr(task::Column::Steps, Expr::value(progress.steps_json))
             .col_expr(task::Column::StepCount, Expr::value(progress.step_count))
             .col_expr(task::Column::OutputTail, Expr::value(progress.output_tail))
-            .exec_with_returning(&self.db)
+            .write_returning(self)
             .await
             .context("Cannot record the task's end")?;
         Ok(rows.into_iter().next())
@@ -434,10 +472,10 @@ impl Store {
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::CancelRequested.eq(false))
             .filter(task::Column::State.is_in(states(&[TaskState::Dispatched, TaskState::Running])))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record the cancel")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Updates why a queued task waits.
@@ -446,7 +484,7 @@ impl Store {
             .col_expr(task::Column::WaitReason, Expr::value(reason))
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record why the task waits")?;
         Ok(())
@@ -464,7 +502,7 @@ impl Store {
                 TaskState::Cancelled,
                 TaskState::Expired,
             ])))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record that Slack is up to date")?;
         Ok(())
@@ -477,7 +515,7 @@ impl Store {
             .col_expr(task::Column::ResultPartsPosted, Expr::value(parts))
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::ResultPartsPosted.lt(parts))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record the posted result parts")?;
         Ok(())
@@ -496,10 +534,10 @@ impl Store {
                 TaskState::Cancelled,
                 TaskState::Expired,
             ])))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot claim the retry")?;
-        Ok(res.rows_affected == 1)
+        Ok(res == 1)
     }
 
     /// Records the task a claimed retry created.
@@ -508,7 +546,7 @@ impl Store {
             .col_expr(task::Column::RetriedAs, Expr::value(new))
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::RetriedAs.eq(RETRY_CLAIMED))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot record the retry")?;
         Ok(())
@@ -520,7 +558,7 @@ impl Store {
             .col_expr(task::Column::RetriedAs, Expr::value(Option::<i64>::None))
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::RetriedAs.eq(RETRY_CLAIMED))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot release the retry")?;
         Ok(())
@@ -532,10 +570,10 @@ impl Store {
         let res = task::Entity::update_many()
             .col_expr(task::Column::RetriedAs, Expr::value(Option::<i64>::None))
             .filter(task::Column::RetriedAs.eq(RETRY_CLAIMED))
-            .exec(&self.db)
+            .write(self)
             .await
             .context("Cannot release stale retry claims")?;
-        Ok(res.rows_affected)
+        Ok(res)
     }
 
     /// The tasks of a thread, oldest first: the one whose message starts it
@@ -840,6 +878,33 @@ impl Store {
             .all(&self.read)
             .await
             .context("Cannot read the audit log")
+    }
+}
+
+/// A guarded `UPDATE` of the store, run by its writer.
+trait Write {
+    /// Runs it; the number of rows it changed.
+    async fn write(self, store: &Store) -> Result<u64, DbErr>;
+    /// Runs it; the rows it changed, as they are now.
+    async fn write_returning(self, store: &Store) -> Result<Vec<Task>, DbErr>;
+}
+
+impl Write for sea_orm::UpdateMany<task::Entity> {
+    async fn write(self, store: &Store) -> Result<u64, DbErr> {
+        store
+            .write(self.build(store.db.get_database_backend()))
+            .await
+    }
+
+    async fn write_returning(self, store: &Store) -> Result<Vec<Task>, DbErr> {
+        let mut update = self.into_query();
+        update.returning_all();
+        let rows = store
+            .write_rows(store.db.get_database_backend().build(&update))
+            .await?;
+        rows.iter()
+            .map(|row| Task::from_query_result(row, ""))
+            .collect()
     }
 }
 
