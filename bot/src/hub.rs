@@ -79,8 +79,12 @@ pub struct AgentEntry {
     pub conn: Option<Conn>,
     /// Its circuit breaker; it survives reconnects.
     pub breaker: CircuitBreaker,
-    /// Tasks dispatched to it or running on it, with their project and breaker permit.
+    /// Tasks dispatched to it or running on it, with their project and breaker
+    /// permit. Changed only through `hold`, `adopt` and `drop_task`, which keep
+    /// `per_project` in step.
     pub tasks: HashMap<i64, (String, Option<Permit>)>,
+    /// How many of `tasks` each project has (routing reads it for every task).
+    per_project: HashMap<String, u32>,
     /// When a frame last arrived from it.
     pub last_seen: Option<Instant>,
     /// When it disconnected (for the grace period).
@@ -89,7 +93,36 @@ pub struct AgentEntry {
 
 impl AgentEntry {
     fn running_in(&self, project: &str) -> u32 {
-        self.tasks.values().filter(|(p, _)| p == project).count() as u32
+        self.per_project.get(project).copied().unwrap_or(0)
+    }
+
+    /// Records that it holds `task` of `project` with `permit` (replacing
+    /// what it held for that task).
+    fn hold(&mut self, task: i64, project: &str, permit: Permit) {
+        self.drop_task(task);
+        self.tasks.insert(task, (project.to_owned(), Some(permit)));
+        *self.per_project.entry(project.to_owned()).or_default() += 1;
+    }
+
+    /// Records that it holds `task` of `project`, known from the database or
+    /// its hello (no permit), unless it already does.
+    fn adopt(&mut self, task: i64, project: &str) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.tasks.entry(task) {
+            v.insert((project.to_owned(), None));
+            *self.per_project.entry(project.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Forgets `task`; its breaker permit, if it held it.
+    fn drop_task(&mut self, task: i64) -> Option<Option<Permit>> {
+        let (project, permit) = self.tasks.remove(&task)?;
+        if let Some(n) = self.per_project.get_mut(&project) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_project.remove(&project);
+            }
+        }
+        Some(permit)
     }
 
     /// Free slots for `project` now (0 when disconnected, draining or not serving it).
@@ -185,6 +218,7 @@ impl Hub {
             conn: None,
             breaker: CircuitBreaker::new(self.breaker.clone(), now()),
             tasks: HashMap::new(),
+            per_project: HashMap::new(),
             last_seen: None,
             disconnected_at: None,
         })
@@ -299,7 +333,7 @@ impl Hub {
             conn_id: conn.id,
             tx: conn.tx.clone(),
         };
-        e.tasks.insert(task, (project.to_owned(), Some(permit)));
+        e.hold(task, project, permit);
         Ok(route)
     }
 
@@ -311,16 +345,14 @@ impl Hub {
             // Known only from the database: the grace period starts now.
             e.disconnected_at = Some(now());
         }
-        e.tasks
-            .entry(task)
-            .or_insert_with(|| (project.to_owned(), None));
+        e.adopt(task, project);
     }
 
     /// Releases a task from its agent and records its outcome in the breaker.
     pub fn release(&self, name: &str, task: i64, outcome: Outcome) {
         let mut map = lock(&self.agents);
         if let Some(e) = map.get_mut(name)
-            && let Some((_, permit)) = e.tasks.remove(&task)
+            && let Some(permit) = e.drop_task(task)
         {
             let now = now();
             match permit {
@@ -490,4 +522,61 @@ pub struct AgentStatus {
     pub last_seen_secs: Option<u64>,
     /// Its build.
     pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_shared::ids::ProjectName;
+    use baton_shared::protocol::{Hello, ProjectInfo};
+
+    use super::*;
+
+    fn hello(capacity: u32, projects: &[(&str, u32)]) -> Hello {
+        Hello {
+            protocol: baton_shared::protocol::PROTOCOL_VERSION,
+            agent_version: "test".into(),
+            capacity,
+            projects: projects
+                .iter()
+                .map(|(name, max)| ProjectInfo {
+                    name: ProjectName::new(*name).expect("name"),
+                    max_concurrent: *max,
+                })
+                .collect(),
+            running: Vec::new(),
+            held_results: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn slots_per_project_follow_routes_adoptions_and_releases() {
+        let hub = Hub::new(BreakerConfig::default());
+        let (tx, _rx) = Outbox::new();
+        assert!(matches!(
+            hub.register("a", tx, &hello(3, &[("web", 2), ("api", 3)])),
+            Register::Ok(_)
+        ));
+        let free = |p: &str| lock(&hub.agents)["a"].free_for(p);
+        assert_eq!((free("web"), free("api")), (2, 3));
+
+        hub.route("web", 1).expect("a slot");
+        hub.adopt("a", 2, "web");
+        hub.adopt("a", 2, "web"); // known twice, held once
+        assert_eq!(
+            (free("web"), free("api")),
+            (0, 1),
+            "web full; one slot left"
+        );
+        assert_eq!(hub.route("web", 3).err(), Some(WaitReason::Busy));
+        hub.route("api", 4).expect("the last slot");
+        assert_eq!(free("api"), 0, "the agent is full");
+
+        hub.release("a", 2, Outcome::Ignored);
+        hub.release("a", 2, Outcome::Ignored); // released twice, freed once
+        assert_eq!((free("web"), free("api")), (1, 1));
+        hub.release("a", 1, Outcome::Ignored);
+        hub.release("a", 4, Outcome::Ignored);
+        assert_eq!((free("web"), free("api")), (2, 3));
+        assert!(lock(&hub.agents)["a"].per_project.is_empty());
+    }
 }
