@@ -274,6 +274,9 @@ async fn binding_a_project_no_agent_serves_warns_of_a_typo() {
         reply.contains("now go to project `web`") && !reply.contains("warning"),
         "{reply}"
     );
+    let (_, body) = baton(bot.addr, "first", "U1").await;
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(store.task(1).await.unwrap().unwrap().project, "web");
     let reply = admin(bot.addr, "project bind wbe").await;
     assert!(
         reply.contains("No agent has served `wbe`") && reply.contains("`web`"),
@@ -283,6 +286,10 @@ async fn binding_a_project_no_agent_serves_warns_of_a_typo() {
         store.project_for_channel("C1").await.unwrap().as_deref(),
         Some("wbe")
     );
+    // The bot reads the new binding at once (it caches bindings).
+    let (_, body) = baton(bot.addr, "second", "U1").await;
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(store.task(2).await.unwrap().unwrap().project, "wbe");
     bot.stop().await;
 }
 

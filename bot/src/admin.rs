@@ -207,7 +207,7 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                 .into_iter()
                 .map(|p| p.name)
                 .collect();
-            app.store.bind_project(project.as_str(), &channel).await?;
+            app.bind_project(project.as_str(), &channel).await?;
             app.store
                 .audit(actor, "project.bind", project.as_str(), &channel)
                 .await?;

@@ -93,6 +93,10 @@ pub struct App {
     live: Mutex<HashMap<i64, Task>>,
     /// What each queued task's message last showed: position and reason.
     queue_shown: Mutex<HashMap<i64, (u64, Option<String>)>>,
+    /// Channel → bound project (None: not bound), as read from the database;
+    /// cleared by [`App::bind_project`], which also bumps the generation (a
+    /// read that raced a bind is not kept). Every `/baton` needs it.
+    bindings: Mutex<(u64, HashMap<String, Option<String>>)>,
     /// Slack user ids allowed to use `/baton-admin`.
     admins: HashSet<String>,
     /// Per-user task creation limit.
@@ -172,6 +176,7 @@ impl App {
             awaiting: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             queue_shown: Mutex::new(HashMap::new()),
+            bindings: Mutex::new((0, HashMap::new())),
             user_limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
             shutting_down: AtomicBool::new(false),
             dispatch_latency: crate::metrics::Histogram::new(&crate::metrics::DISPATCH_BUCKETS),
@@ -198,7 +203,7 @@ impl App {
     ) -> Result<String, RequestError> {
         // The channel's binding first: the common case needs one query.
         if explicit.is_none()
-            && let Some(bound) = self.store.project_for_channel(channel).await?
+            && let Some(bound) = self.binding(channel).await?
         {
             return Ok(bound);
         }
@@ -225,6 +230,33 @@ impl App {
         }
     }
 
+    /// The project `channel` is bound to, if any (cached).
+    async fn binding(&self, channel: &str) -> anyhow::Result<Option<String>> {
+        let generation = {
+            let cache = lock(&self.bindings);
+            if let Some(known) = cache.1.get(channel) {
+                return Ok(known.clone());
+            }
+            cache.0
+        };
+        let bound = self.store.project_for_channel(channel).await?;
+        let mut cache = lock(&self.bindings);
+        if cache.0 == generation {
+            cache.1.insert(channel.to_owned(), bound.clone());
+        }
+        Ok(bound)
+    }
+
+    /// Binds `channel` to `project`: its tasks go there from now on.
+    pub async fn bind_project(&self, project: &str, channel: &str) -> anyhow::Result<()> {
+        self.store.bind_project(project, channel).await?;
+        // A binding moved: forget them all (binding is rare).
+        let mut cache = lock(&self.bindings);
+        cache.0 += 1;
+        cache.1.clear();
+        Ok(())
+    }
+
     /// Validates, writes and dispatches a new task. Nothing is written when it is refused.
     pub async fn create_task(&self, req: TaskRequest) -> Result<Task, RequestError> {
         if self.shutting_down.load(Ordering::Relaxed) {
@@ -233,23 +265,30 @@ impl App {
         let project = self
             .resolve_project(req.project.as_ref(), &req.channel_id)
             .await?;
-        // The bound is on the queue: a task an agent can take now does not join
-        // it, so the queue is counted only when the task would wait.
-        if self.hub.why_waiting(&project).is_some()
-            && self.store.queue_len(&project).await? >= self.settings.queue_max
-        {
+        // An agent that can take it now is chosen before it is written, so it
+        // is written dispatched to that agent: one write, not insert then claim.
+        let routed = self.hub.route_new(&project);
+        let release = |routed: &Result<(Route, i64), WaitReason>| {
+            if let Ok((route, placeholder)) = routed {
+                self.hub
+                    .release(&route.agent, *placeholder, Outcome::Ignored);
+            }
+        };
+        // The bound is on the queue: a task an agent takes now does not join it.
+        if routed.is_err() && self.store.queue_len(&project).await? >= self.settings.queue_max {
             return Err(RequestError::User(replies::queue_full(
                 &project,
                 self.settings.queue_max,
             )));
         }
         if let Err(not_until) = self.user_limiter.check_key(&req.requester) {
+            release(&routed);
             let wait = not_until.wait_time_from(tokio::time::Instant::now().into_std());
             return Err(RequestError::User(replies::rate_limited(
                 wait.as_secs().max(1),
             )));
         }
-        let task = self
+        let written = self
             .store
             .insert_task(NewTask {
                 queued_at: self.clock.now_ms(),
@@ -262,36 +301,40 @@ impl App {
                 thread_ts: req.thread_ts,
                 parent_id: req.parent_id,
                 session_id: req.session_id,
+                agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
             })
-            .await?;
+            .await;
+        let task = match written {
+            Ok(task) => task,
+            Err(err) => {
+                release(&routed);
+                return Err(err.into());
+            }
+        };
         tracing::info!(task = task.id, project = %task.project, "task created");
-        match self.dispatch_one(task.clone()).await {
-            Ok(Some(dispatched)) => self.consolidator.show(dispatched, None),
-            Ok(None) => {}
+        match routed {
+            Ok((route, placeholder)) => {
+                self.hub.bind_new(&route.agent, placeholder, task.id);
+                match self.hand_out(task.clone(), &route) {
+                    Ok(Some(dispatched)) => self.consolidator.show(dispatched, None),
+                    Ok(None) => {}
+                    // Not sendable (a project name that is not valid): back to its queue.
+                    Err(reason) => {
+                        tracing::warn!(task = task.id, reason = reason.describe(), "task not sent");
+                        self.hub.release(&route.agent, task.id, Outcome::Ignored);
+                        let _ = self
+                            .store
+                            .requeue(task.id, &route.agent, reason.describe())
+                            .await;
+                    }
+                }
+            }
             Err(reason) => {
                 self.show_queued(&task.project).await;
                 tracing::debug!(task = task.id, reason = reason.describe(), "task waits");
             }
         }
         Ok(task)
-    }
-
-    /// Tries to send a queued task to an agent now. Ok(None): it was no longer queued.
-    async fn dispatch_one(&self, task: Task) -> Result<Option<Task>, WaitReason> {
-        let route = self.hub.route(&task.project, task.id)?;
-        match self.store.claim(task.id, &route.agent).await {
-            Ok(true) => {}
-            Ok(false) => {
-                self.hub.release(&route.agent, task.id, Outcome::Ignored);
-                return Ok(None);
-            }
-            Err(err) => {
-                tracing::error!(task = task.id, error = ?err, "cannot claim task");
-                self.hub.release(&route.agent, task.id, Outcome::Ignored);
-                return Err(WaitReason::Busy);
-            }
-        }
-        self.hand_out(task, &route)
     }
 
     /// Sends a task claimed for `route`'s agent to it, and waits for its `accepted`.

@@ -188,6 +188,8 @@ pub struct Hub {
     breaker: BreakerConfig,
     /// Next connection id.
     next_conn: std::sync::atomic::AtomicU64,
+    /// Next placeholder id for a task routed before it is written (negative).
+    next_placeholder: std::sync::atomic::AtomicI64,
 }
 
 /// Result of trying to register a connection.
@@ -206,6 +208,7 @@ impl Hub {
             agents: Mutex::new(HashMap::new()),
             breaker,
             next_conn: 1.into(),
+            next_placeholder: (-1).into(),
         }
     }
 
@@ -335,6 +338,25 @@ impl Hub {
         };
         e.hold(task, project, permit);
         Ok(route)
+    }
+
+    /// Routes a task that is not written yet: like [`Hub::route`], with the
+    /// slot held under a placeholder id until [`Hub::bind_new`] names the task
+    /// (or [`Hub::release`] gives it back).
+    pub fn route_new(&self, project: &str) -> Result<(Route, i64), WaitReason> {
+        let placeholder = self
+            .next_placeholder
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((self.route(project, placeholder)?, placeholder))
+    }
+
+    /// The task routed under `placeholder` was written as `task`.
+    pub fn bind_new(&self, agent: &str, placeholder: i64, task: i64) {
+        if let Some(e) = lock(&self.agents).get_mut(agent)
+            && let Some(held) = e.tasks.remove(&placeholder)
+        {
+            e.tasks.insert(task, held);
+        }
     }
 
     /// Records that the agent holds a task (reconciliation, restart recovery).
@@ -578,5 +600,27 @@ mod tests {
         hub.release("a", 4, Outcome::Ignored);
         assert_eq!((free("web"), free("api")), (2, 3));
         assert!(lock(&hub.agents)["a"].per_project.is_empty());
+    }
+
+    #[test]
+    fn a_task_routed_before_it_is_written_keeps_its_slot_under_its_new_id() {
+        let hub = Hub::new(BreakerConfig::default());
+        let (tx, _rx) = Outbox::new();
+        hub.register("a", tx, &hello(2, &[("web", 2)]));
+        let free = || lock(&hub.agents)["a"].free_for("web");
+
+        let (route, placeholder) = hub.route_new("web").expect("a slot");
+        assert!(placeholder < 0, "placeholders never collide with task ids");
+        let (_, refused) = hub.route_new("web").expect("the other slot");
+        assert_eq!(free(), 0);
+        // Refused after routing (rate limit): the slot comes back.
+        hub.release(&route.agent, refused, Outcome::Ignored);
+        assert_eq!(free(), 1);
+
+        hub.bind_new(&route.agent, placeholder, 7);
+        assert!(hub.holds("a", 7) && !hub.holds("a", placeholder));
+        assert_eq!(free(), 1, "still held, under its id");
+        hub.release("a", 7, Outcome::Success);
+        assert_eq!(free(), 2);
     }
 }

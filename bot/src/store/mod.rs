@@ -63,6 +63,9 @@ pub struct NewTask {
     pub parent_id: Option<i64>,
     /// The executor session to resume.
     pub session_id: Option<String>,
+    /// The agent it goes to at once, when one was routed before it was
+    /// written: it is written `dispatched` to that agent, not `queued`.
+    pub agent: Option<String>,
 }
 
 /// How a task ended, as written by [`Store::finish`].
@@ -243,15 +246,20 @@ impl Store {
             channel_id: Set(new.channel_id),
             thread_ts: Set(new.thread_ts),
             message_ts: Set(None),
-            state: Set(TaskState::Queued.as_str().to_owned()),
-            agent: Set(None),
+            state: Set(match new.agent {
+                Some(_) => TaskState::Dispatched,
+                None => TaskState::Queued,
+            }
+            .as_str()
+            .to_owned()),
+            dispatched_at: Set(new.agent.is_some().then_some(now)),
+            agent: Set(new.agent),
             parent_id: Set(new.parent_id),
             session_id: Set(new.session_id),
             model: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
             queued_at: Set(new.queued_at),
-            dispatched_at: Set(None),
             started_at: Set(None),
             finished_at: Set(None),
             last_seq: Set(0),
@@ -1075,6 +1083,7 @@ mod tests {
             thread_ts: None,
             parent_id: None,
             session_id: None,
+            agent: None,
         }
     }
 
