@@ -1035,7 +1035,13 @@ impl App {
                         Err(err) => tracing::warn!(error = ?err, "cannot prune Slack event ids"),
                     }
                 }
-                _ = self.dispatch_wake.notified() => self.dispatch_pass().await,
+                // Woken by a task's end or an agent's arrival: nothing to do
+                // without a queue (the tick's pass reads the database anyway).
+                _ = self.dispatch_wake.notified() => {
+                    if self.store.may_have_queue() {
+                        self.dispatch_pass().await;
+                    }
+                }
                 _ = tick.tick() => {
                     self.sweep().await;
                     self.dispatch_pass().await;

@@ -8,6 +8,8 @@
 pub mod entities;
 mod group;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -132,6 +134,10 @@ pub struct Store {
     /// SQLite's group commit for the task writes; None for PostgreSQL, whose
     /// pool writes in parallel.
     writer: Option<GroupWriter>,
+    /// False only when no task can be queued: cleared just before
+    /// [`Store::projects_with_queue`] reads, set after every write that
+    /// queues a task. Lets the dispatcher skip its read when there is no queue.
+    maybe_queued: Arc<AtomicBool>,
 }
 
 /// The view a task's message shows: its last steps and the tail of its output.
@@ -185,6 +191,7 @@ impl Store {
             read,
             sqlite_file,
             writer,
+            maybe_queued: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -285,7 +292,11 @@ impl Store {
             .await
             .context("Cannot write the task")?;
         let row = rows.first().context("The database returned no task")?;
-        Task::from_query_result(row, "").context("Cannot read the written task")
+        let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
+        if task.agent.is_none() {
+            self.maybe_queued.store(true, Ordering::SeqCst);
+        }
+        Ok(task)
     }
 
     /// One task.
@@ -403,6 +414,9 @@ impl Store {
             .write(self)
             .await
             .context("Cannot put the task back in its queue")?;
+        if res == 1 {
+            self.maybe_queued.store(true, Ordering::SeqCst);
+        }
         Ok(res == 1)
     }
 
@@ -633,15 +647,25 @@ impl Store {
 
     /// Projects that have queued tasks.
     pub async fn projects_with_queue(&self) -> anyhow::Result<Vec<String>> {
-        task::Entity::find()
+        // Cleared before the read: a task queued meanwhile sets it again.
+        self.maybe_queued.store(false, Ordering::SeqCst);
+        let projects = task::Entity::find()
             .select_only()
             .column(task::Column::Project)
             .distinct()
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .into_tuple::<String>()
             .all(&self.read)
-            .await
-            .context("Cannot read the queues")
+            .await;
+        if !matches!(&projects, Ok(p) if p.is_empty()) {
+            self.maybe_queued.store(true, Ordering::SeqCst);
+        }
+        projects.context("Cannot read the queues")
+    }
+
+    /// Whether a task may be queued (false: certainly none is; see `maybe_queued`).
+    pub fn may_have_queue(&self) -> bool {
+        self.maybe_queued.load(Ordering::SeqCst)
     }
 
     /// Tasks in any of `states`, oldest first, at most `limit`.
@@ -1174,5 +1198,36 @@ mod tests {
             assert_eq!((t.state.as_str(), t.last_seq), ("dispatched", 0));
         }
         assert!(s.claim_many(&ids, "c").await.expect("again").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_queue_hint_is_false_only_when_no_task_can_be_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        assert!(s.may_have_queue(), "unknown at start");
+        assert!(s.projects_with_queue().await.expect("read").is_empty());
+        assert!(!s.may_have_queue());
+
+        let dispatched = s
+            .insert_task(NewTask {
+                agent: Some("a".into()),
+                ..new_task()
+            })
+            .await
+            .expect("insert");
+        assert!(!s.may_have_queue(), "written dispatched: no queue");
+        let queued = s.insert_task(new_task()).await.expect("insert");
+        assert!(s.may_have_queue());
+        assert_eq!(s.projects_with_queue().await.expect("read"), ["web"]);
+        assert!(s.may_have_queue(), "still queued");
+        assert!(s.claim(queued.id, "a").await.expect("claim"));
+        assert!(s.projects_with_queue().await.expect("read").is_empty());
+        assert!(!s.may_have_queue());
+        assert!(
+            s.requeue(dispatched.id, "a", "busy")
+                .await
+                .expect("requeue")
+        );
+        assert!(s.may_have_queue(), "put back in its queue");
     }
 }
