@@ -23,10 +23,12 @@ use crate::hub::{Outbox, Outgoing, Register};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Malformed frames in a row before the connection is closed.
 pub const MAX_PROTOCOL_ERRORS: u32 = 5;
-/// Read buffer of each agent's socket. tungstenite's default, 128 KiB, is
-/// zero-filled at the first read: 128 KiB resident per idle agent. Agents'
-/// frames are small; a larger one grows the buffer while it is read.
-pub const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of each agent's socket, and the most one read takes.
+/// tungstenite's default, 128 KiB, is zero-filled at the first read: 128 KiB
+/// resident per idle agent. Agents' frames are mostly pongs and events of a
+/// few hundred bytes; a larger frame gets room for its whole length when its
+/// header is read, and is read in steps of this size.
+pub const READ_BUFFER_BYTES: usize = 512;
 
 /// `GET /agents`: authenticates the key, then upgrades.
 pub async fn upgrade(
