@@ -258,7 +258,18 @@ impl App {
     }
 
     /// Validates, writes and dispatches a new task. Nothing is written when it is refused.
-    pub async fn create_task(&self, req: TaskRequest) -> Result<Task, RequestError> {
+    ///
+    /// Runs to its end even if the caller stops waiting (Slack's HTTP request
+    /// closed): a task written dispatched must also be handed out, or nothing
+    /// would ever time it out.
+    pub async fn create_task(self: &Arc<Self>, req: TaskRequest) -> Result<Task, RequestError> {
+        let app = self.clone();
+        tokio::spawn(async move { app.create_task_now(req).await })
+            .await
+            .map_err(|e| RequestError::Internal(anyhow::anyhow!("task creation stopped: {e}")))?
+    }
+
+    async fn create_task_now(&self, req: TaskRequest) -> Result<Task, RequestError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(RequestError::User(replies::shutting_down()));
         }
@@ -824,7 +835,7 @@ impl App {
 
     /// Runs an ended task again as a new task, once: a second retry of the
     /// same task (a double click) changes nothing and says so. Returns the reply.
-    pub async fn retry(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
+    pub async fn retry(self: &Arc<Self>, id: TaskId, user: &str) -> Result<String, RequestError> {
         let task = self
             .store
             .task(id.0)
@@ -1057,5 +1068,77 @@ fn reason_text(reason: baton_shared::protocol::RejectReason) -> &'static str {
         Busy => "the agent was busy; waiting for another",
         Draining => "the agent is shutting down; waiting for another",
         _ => "the agent refused it",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::hub::{Outbox, Outgoing, Register};
+    use baton_shared::protocol::{Hello, PROTOCOL_VERSION, ProjectInfo};
+
+    #[tokio::test]
+    async fn a_task_is_created_and_handed_out_even_if_the_caller_stops_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        let store = Store::connect(&url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        let app = Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ));
+        let (tx, mut frames) = Outbox::new();
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "test".into(),
+            capacity: 1,
+            projects: vec![ProjectInfo {
+                name: ProjectName::new("web").expect("name"),
+                max_concurrent: 1,
+            }],
+            running: Vec::new(),
+            held_results: Vec::new(),
+        };
+        assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
+
+        // The caller (Slack's HTTP request) gives up after the first poll.
+        let mut creating = Box::pin(app.create_task(TaskRequest {
+            persona: Persona::default(),
+            project: None,
+            prompt: "fix it".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+        }));
+        assert!(futures::poll!(creating.as_mut()).is_pending());
+        drop(creating);
+
+        let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+            .await
+            .expect("the task frame is sent")
+            .expect("a frame");
+        assert!(
+            matches!(&frame, Outgoing::Frame(BotMessage::Submit(s)) if s.task == TaskId(1)),
+            "{frame:?}"
+        );
+        let task = store.task(1).await.expect("read").expect("written");
+        assert_eq!(
+            (task.state.as_str(), task.agent.as_deref()),
+            ("dispatched", Some("a"))
+        );
+        assert!(
+            lock(&app.awaiting).contains_key(&1),
+            "its accept timeout runs"
+        );
     }
 }
