@@ -200,13 +200,7 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
         }
         AdminCommand::ProjectBind { project, channel } => {
             let channel = channel.unwrap_or_else(|| cmd.channel_id.clone());
-            let known: Vec<String> = app
-                .store
-                .projects()
-                .await?
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
+            let known = app.store.project_names().await?;
             app.bind_project(project.as_str(), &channel).await?;
             app.store
                 .audit(actor, "project.bind", project.as_str(), &channel)

@@ -207,13 +207,7 @@ impl App {
         {
             return Ok(bound);
         }
-        let known: Vec<String> = self
-            .store
-            .projects()
-            .await?
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
+        let known = self.store.project_names().await?;
         if let Some(p) = explicit {
             return if known.iter().any(|k| k == p.as_str()) {
                 Ok(p.to_string())
@@ -326,19 +320,7 @@ impl App {
         match routed {
             Ok((route, placeholder)) => {
                 self.hub.bind_new(&route.agent, placeholder, task.id);
-                match self.hand_out(task.clone(), &route) {
-                    Ok(Some(dispatched)) => self.consolidator.show(dispatched, None),
-                    Ok(None) => {}
-                    // Not sendable (a project name that is not valid): back to its queue.
-                    Err(reason) => {
-                        tracing::warn!(task = task.id, reason = reason.describe(), "task not sent");
-                        self.hub.release(&route.agent, task.id, Outcome::Ignored);
-                        let _ = self
-                            .store
-                            .requeue(task.id, &route.agent, reason.describe())
-                            .await;
-                    }
-                }
+                self.hand_out(task.clone(), &route).await;
             }
             Err(reason) => {
                 self.show_queued(&task.project).await;
@@ -348,13 +330,31 @@ impl App {
         Ok(task)
     }
 
-    /// Sends a task claimed for `route`'s agent to it, and waits for its `accepted`.
-    fn hand_out(&self, task: Task, route: &Route) -> Result<Option<Task>, WaitReason> {
+    /// Sends a task claimed for `route`'s agent to it, starts its accept
+    /// timeout and shows it. A task that cannot be sent (its project name is not
+    /// a valid one, which the names' sources rule out) fails visibly rather than
+    /// stay dispatched with nothing to time it out.
+    async fn hand_out(&self, task: Task, route: &Route) {
+        let Ok(project) = ProjectName::new(task.project.clone()) else {
+            tracing::error!(task = task.id, project = %task.project, "task has an invalid project name");
+            self.hub.release(&route.agent, task.id, Outcome::Ignored);
+            let ending = Ending::Failed {
+                error: format!("`{}` is not a valid project name.", task.project),
+                cause: "invalid".into(),
+                session_id: None,
+            };
+            let from = [TaskState::Dispatched];
+            if let Err(err) = self.store.finish(task.id, None, None, &from, &ending).await {
+                tracing::error!(task = task.id, error = ?err, "cannot record the task's end");
+            }
+            self.show_from_db(task.id).await;
+            return;
+        };
         let persona: Persona = task.persona.parse().unwrap_or_default();
         let def = personas::definition(persona);
         let submit = BotMessage::Submit(Box::new(Submit {
             task: TaskId(task.id),
-            project: ProjectName::new(task.project.clone()).map_err(|_| WaitReason::NoAgent)?,
+            project,
             persona,
             prompt: task.prompt.clone(),
             session_id: task.session_id.clone(),
@@ -377,7 +377,7 @@ impl App {
         let waited = (self.clock.now_ms() - task.queued_at).max(0) as u64;
         self.dispatch_latency.observe(Duration::from_millis(waited));
         tracing::info!(task = task.id, agent = %route.agent, "task dispatched");
-        Ok(Some(task))
+        self.consolidator.show(task, None);
     }
 
     /// Hands queued tasks to agents with room, in queue order, then refreshes
@@ -422,11 +422,7 @@ impl App {
                         self.hub.release(&route.agent, task.id, Outcome::Ignored);
                         continue;
                     }
-                    match self.hand_out(task, &route) {
-                        Ok(Some(t)) => self.consolidator.show(t, None),
-                        Ok(None) => {}
-                        Err(_) => full = true,
-                    }
+                    self.hand_out(task, &route).await;
                 }
                 if full {
                     break 'project;
@@ -1077,7 +1073,6 @@ mod tests {
 
     use super::*;
     use crate::hub::{Outbox, Outgoing, Register};
-    use baton_shared::protocol::{Hello, PROTOCOL_VERSION, ProjectInfo};
 
     #[tokio::test]
     async fn a_task_is_created_and_handed_out_even_if_the_caller_stops_waiting() {
@@ -1095,17 +1090,7 @@ mod tests {
             Arc::new(crate::clock::SystemWallClock),
         ));
         let (tx, mut frames) = Outbox::new();
-        let hello = Hello {
-            protocol: PROTOCOL_VERSION,
-            agent_version: "test".into(),
-            capacity: 1,
-            projects: vec![ProjectInfo {
-                name: ProjectName::new("web").expect("name"),
-                max_concurrent: 1,
-            }],
-            running: Vec::new(),
-            held_results: Vec::new(),
-        };
+        let hello = crate::hub::tests::hello(1, &[("web", 1)]);
         assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
 
         // The caller (Slack's HTTP request) gives up after the first poll.

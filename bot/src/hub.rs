@@ -547,13 +547,14 @@ pub struct AgentStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use baton_shared::ids::ProjectName;
     use baton_shared::protocol::{Hello, ProjectInfo};
 
     use super::*;
 
-    fn hello(capacity: u32, projects: &[(&str, u32)]) -> Hello {
+    /// A hello from an agent of `capacity` serving `projects` (name, at most at once).
+    pub(crate) fn hello(capacity: u32, projects: &[(&str, u32)]) -> Hello {
         Hello {
             protocol: baton_shared::protocol::PROTOCOL_VERSION,
             agent_version: "test".into(),

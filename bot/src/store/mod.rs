@@ -722,6 +722,11 @@ impl Store {
             .context("Cannot list projects")
     }
 
+    /// The known projects' names, in name order.
+    pub async fn project_names(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.projects().await?.into_iter().map(|p| p.name).collect())
+    }
+
     /// Records that a project exists (an agent serves it).
     pub async fn ensure_project(&self, name: &str) -> anyhow::Result<()> {
         let row = project::ActiveModel {
