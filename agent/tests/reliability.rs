@@ -281,7 +281,7 @@ async fn a_cancel_for_an_offline_agent_is_delivered_when_it_reconnects() {
     let mut agent = start_agent(dir.path(), proxy.addr, &project, 1);
     wait_agents(bot.addr, 1).await;
     let store = bot.store().await;
-    baton(bot.addr, "cancel me offline", "U1").await;
+    baton(bot.addr, "please cancel me offline", "U1").await;
     wait_state(&store, 1, "running", 30).await;
     wait_for(30, "the task's process", || project.join("pid-1").exists()).await;
     let pid = read_pid(&project.join("pid-1"));

@@ -80,22 +80,45 @@ struct Entry<C: 'static> {
 }
 
 fn task_id(word: &str, usage: &str) -> Result<TaskId, ParseError> {
-    word.parse()
-        .map_err(|_| ParseError(format!("`{word}` is not a task id. Usage: `{usage}`")))
+    word.parse().map_err(|_| {
+        ParseError(format!(
+            "`{word}` is not a task id (like `#42`). Usage: `{usage}`"
+        ))
+    })
 }
+
+/// A subcommand's word used with arguments it does not take: its usage line,
+/// and how to start a task whose prompt begins with that word instead.
+fn bad_subcommand(word: &str, usage: &str) -> ParseError {
+    ParseError(format!(
+        "`{word}` is a Baton command, and this is not how it is used. Usage: `{usage}`. To start a task whose prompt begins with \"{word}\", name the persona first: `/baton code {word} …`."
+    ))
+}
+
+/// The words that are always subcommands of `/baton` when they come first.
+pub const SUBCOMMANDS: [&str; 5] = ["help", "status", "cancel", "retry", "queue"];
 
 const BATON: &[Entry<Command>] = &[
     Entry {
         usage: "/baton help",
         about: "show this help",
-        parse: |w, _| (w.first() == Some(&"help") && w.len() == 1).then_some(Ok(Command::Help)),
+        parse: |w, _| match w {
+            ["help"] => Some(Ok(Command::Help)),
+            ["help", ..] => Some(Err(bad_subcommand("help", "/baton help"))),
+            _ => None,
+        },
     },
     Entry {
         usage: "/baton status [#ID]",
         about: "show a task, or your recent tasks",
         parse: |w, _| match w {
             ["status"] => Some(Ok(Command::Status(None))),
-            ["status", id] => id.parse().ok().map(|id| Ok(Command::Status(Some(id)))),
+            ["status", id] => Some(
+                task_id(id, "/baton status [#ID]")
+                    .map(|id| Command::Status(Some(id)))
+                    .map_err(|_| bad_subcommand("status", "/baton status [#ID]")),
+            ),
+            ["status", ..] => Some(Err(bad_subcommand("status", "/baton status [#ID]"))),
             _ => None,
         },
     },
@@ -107,6 +130,7 @@ const BATON: &[Entry<Command>] = &[
                 "Which task? Usage: `/baton cancel #ID`".into(),
             ))),
             ["cancel", id] => Some(task_id(id, "/baton cancel #ID").map(Command::Cancel)),
+            ["cancel", ..] => Some(Err(bad_subcommand("cancel", "/baton cancel #ID"))),
             _ => None,
         },
     },
@@ -118,13 +142,18 @@ const BATON: &[Entry<Command>] = &[
                 "Which task? Usage: `/baton retry #ID`".into(),
             ))),
             ["retry", id] => Some(task_id(id, "/baton retry #ID").map(Command::Retry)),
+            ["retry", ..] => Some(Err(bad_subcommand("retry", "/baton retry #ID"))),
             _ => None,
         },
     },
     Entry {
         usage: "/baton queue",
         about: "show what is waiting for an agent",
-        parse: |w, _| (w == ["queue"]).then_some(Ok(Command::Queue)),
+        parse: |w, _| match w {
+            ["queue"] => Some(Ok(Command::Queue)),
+            ["queue", ..] => Some(Err(bad_subcommand("queue", "/baton queue"))),
+            _ => None,
+        },
     },
     Entry {
         usage: "/baton [code|review|plan|ops] [--project NAME] PROMPT",
@@ -442,24 +471,47 @@ mod tests {
     }
 
     #[test]
-    fn subcommands_and_their_fallbacks() {
+    fn subcommands_parse() {
         assert_eq!(parse("help"), Ok(Command::Help));
         assert_eq!(parse(""), Ok(Command::Help));
         assert_eq!(parse("status"), Ok(Command::Status(None)));
         assert_eq!(parse("status #4"), Ok(Command::Status(Some(TaskId(4)))));
-        assert_eq!(
-            parse("status of the build"),
-            Ok(run(Persona::Code, None, "status of the build"))
-        );
         assert_eq!(parse("cancel #7"), Ok(Command::Cancel(TaskId(7))));
-        assert!(parse("cancel").is_err());
-        assert!(parse("cancel seven").is_err());
         assert_eq!(parse("retry 9"), Ok(Command::Retry(TaskId(9))));
         assert_eq!(parse("queue"), Ok(Command::Queue));
+    }
+
+    /// Issue 13, finding 1: a first word that is a subcommand always means the
+    /// subcommand; a bad argument gets its usage line, never a task.
+    #[test]
+    fn malformed_subcommands_get_their_usage_not_a_task() {
+        for (text, usage) in [
+            ("cancel 42 now", "/baton cancel #ID"),
+            ("status foo", "/baton status [#ID]"),
+            ("retry", "/baton retry #ID"),
+            ("cancel #abc", "/baton cancel #ID"),
+            ("cancel", "/baton cancel #ID"),
+            ("cancel seven", "/baton cancel #ID"),
+            ("retry #1 #2", "/baton retry #ID"),
+            ("status of the build", "/baton status [#ID]"),
+            ("status #4 please", "/baton status [#ID]"),
+            ("queue up the jobs", "/baton queue"),
+            ("help me", "/baton help"),
+        ] {
+            match parse(text) {
+                Err(e) => assert!(e.0.contains(usage), "{text:?} answered {:?}", e.0),
+                Ok(c) => panic!("{text:?} parsed as {c:?}"),
+            }
+        }
+        // The way out, named in the answer: the persona first makes it a prompt.
+        assert!(parse("queue up the jobs").is_err_and(|e| e.0.contains("/baton code queue")));
         assert_eq!(
-            parse("queue up the jobs"),
-            Ok(run(Persona::Code, None, "queue up the jobs"))
+            parse("code status of the build"),
+            Ok(run(Persona::Code, None, "status of the build"))
         );
+        for word in SUBCOMMANDS {
+            assert!(parse(&format!("{word} x y")).is_err(), "{word}");
+        }
     }
 
     #[test]
