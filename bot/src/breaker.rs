@@ -14,9 +14,15 @@
 //!
 //! Late outcomes: every transition (and every reset) starts a new *generation*,
 //! and a [`Permit`] remembers the generation it was issued in. An outcome
-//! recorded for a permit from an earlier generation is discarded: it neither
-//! counts in the window, nor as a probe result, nor frees a probe slot (the
-//! slots it held belonged to a half-open episode that is over).
+//! recorded for a permit from an earlier generation does not count in the
+//! window and frees no probe slot (the slots it held belonged to a half-open
+//! period that is over). One exception: a probe that outlived its half-open
+//! period (`max_half_open` sent the circuit back to Open while it ran) still
+//! counts as a probe result, as long as no verdict (a probe result, a
+//! failure-rate trip, a reset) came meanwhile: a success counts towards
+//! closing (from Open it starts a half-open period at once), a failure
+//! reopens. Otherwise probes slower than `max_half_open` (Claude tasks take
+//! minutes) would be thrown away and the circuit could stay open for good.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![deny(clippy::panic, clippy::indexing_slicing)]
@@ -36,8 +42,9 @@ pub const DEFAULT_OPEN_WAIT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HALF_OPEN_PROBES: u32 = 3;
 /// Default number of probe successes that close a HalfOpen circuit.
 pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 3;
-/// Default longest time in HalfOpen before going back to Open.
-pub const DEFAULT_MAX_HALF_OPEN: Duration = Duration::from_secs(120);
+/// Default longest time in HalfOpen before going back to Open: no limit (as
+/// in resilience4j); the probes' own outcomes decide.
+pub const DEFAULT_MAX_HALF_OPEN: Duration = Duration::ZERO;
 /// Most buckets a window is split into; longer windows get wider buckets.
 const MAX_BUCKETS: u128 = 600;
 /// Nanoseconds in one second, the narrowest bucket.
@@ -126,6 +133,8 @@ pub enum Outcome {
 pub struct Permit {
     /// Generation of the breaker state the permit was issued in.
     generation: u64,
+    /// Verdict episode it was issued in (see [`CircuitBreaker`]'s `episode`).
+    episode: u64,
     /// Whether it was issued while HalfOpen, as a probe.
     probe: bool,
 }
@@ -274,6 +283,10 @@ pub struct CircuitBreaker {
     since: Instant,
     /// Bumped at every transition and reset; stamps permits.
     generation: u64,
+    /// Bumped at every verdict (a transition caused by an outcome, and a
+    /// reset), not by the timed ones: probes of the same episode still count
+    /// after their half-open period timed out.
+    episode: u64,
     /// Probe permits issued and not yet recorded (HalfOpen only).
     in_flight: u32,
     /// Probe successes recorded (HalfOpen only).
@@ -299,6 +312,7 @@ impl CircuitBreaker {
             state: CircuitState::Closed,
             since: now,
             generation: 0,
+            episode: 0,
             in_flight: 0,
             successes: 0,
             window,
@@ -337,6 +351,7 @@ impl CircuitBreaker {
         self.in_flight += u32::from(probe);
         Some(Permit {
             generation: self.generation,
+            episode: self.episode,
             probe,
         })
     }
@@ -346,6 +361,9 @@ impl CircuitBreaker {
     pub fn record(&mut self, permit: Permit, outcome: Outcome, now: Instant) {
         let now = self.advance(now);
         if permit.generation != self.generation {
+            if permit.probe && permit.episode == self.episode {
+                self.record_late_probe(outcome, now);
+            }
             return;
         }
         match (self.state, permit.probe, outcome) {
@@ -367,6 +385,31 @@ impl CircuitBreaker {
                     if self.successes >= self.config.success_threshold {
                         self.transition(CircuitState::Closed, now);
                     }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A probe whose half-open period timed out while it ran, with no
+    /// verdict since: its outcome still counts (its slot was freed already).
+    fn record_late_probe(&mut self, outcome: Outcome, now: Instant) {
+        match (self.state, outcome) {
+            (CircuitState::HalfOpen | CircuitState::Open, Outcome::Failure) => {
+                self.transition(CircuitState::Open, now);
+            }
+            (CircuitState::HalfOpen, Outcome::Success) => {
+                self.successes = self.successes.saturating_add(1);
+                if self.successes >= self.config.success_threshold {
+                    self.transition(CircuitState::Closed, now);
+                }
+            }
+            (CircuitState::Open, Outcome::Success) => {
+                // The agent works: probe again now rather than after the wait.
+                self.timed_transition(CircuitState::HalfOpen, now);
+                self.successes = self.successes.saturating_add(1);
+                if self.successes >= self.config.success_threshold {
+                    self.transition(CircuitState::Closed, now);
                 }
             }
             _ => {}
@@ -399,9 +442,19 @@ impl CircuitBreaker {
         }
     }
 
-    /// Enters `state` at `at`: new generation, no probes, empty window.
+    /// Enters `state` at `at` on a verdict: new generation and episode, no
+    /// probes, empty window.
     fn transition(&mut self, state: CircuitState, at: Instant) {
-        (self.state, self.since, self.in_flight, self.successes) = (state, at, 0, 0);
+        self.timed_transition(state, at);
+        self.successes = 0;
+        self.episode = self.episode.wrapping_add(1);
+    }
+
+    /// Enters `state` at `at` because a deadline passed: new generation (the
+    /// same episode: probe successes so far still count), no probes in
+    /// flight, empty window.
+    fn timed_transition(&mut self, state: CircuitState, at: Instant) {
+        (self.state, self.since, self.in_flight) = (state, at, 0);
         self.generation = self.generation.wrapping_add(1);
         self.window.clear();
     }
@@ -425,7 +478,7 @@ impl CircuitBreaker {
         let elapsed = now.saturating_duration_since(half_start);
         if max_half.is_zero() || elapsed < max_half {
             if self.state == CircuitState::Open {
-                self.transition(CircuitState::HalfOpen, half_start);
+                self.timed_transition(CircuitState::HalfOpen, half_start);
             }
             return now;
         }
@@ -438,9 +491,9 @@ impl CircuitBreaker {
         let start = half_start.checked_add(duration_from_nanos(elapsed - elapsed % cycle));
         let start = start.unwrap_or(now);
         if elapsed % cycle < max_half.as_nanos() {
-            self.transition(CircuitState::HalfOpen, start);
+            self.timed_transition(CircuitState::HalfOpen, start);
         } else {
-            self.transition(
+            self.timed_transition(
                 CircuitState::Open,
                 start.checked_add(max_half).unwrap_or(now),
             );
@@ -469,9 +522,17 @@ mod tests {
         }
     }
 
-    /// A default breaker; opened by ten failures at `t0` if `open`.
+    /// The defaults, with half-open periods limited to 120 s.
+    fn limited() -> BreakerConfig {
+        BreakerConfig {
+            max_half_open: secs(120),
+            ..BreakerConfig::default()
+        }
+    }
+
+    /// A breaker with [`limited`] settings; opened by ten failures at `t0` if `open`.
     fn breaker(t0: Instant, open: bool) -> CircuitBreaker {
-        let mut b = CircuitBreaker::new(BreakerConfig::default(), t0);
+        let mut b = CircuitBreaker::new(limited(), t0);
         calls(&mut b, if open { 10 } else { 0 }, Failure, t0);
         b
     }
@@ -567,11 +628,12 @@ mod tests {
         assert_eq!(b.state(t0 + secs(179)), HalfOpen);
         let s = b.snapshot(t0 + secs(180));
         assert_eq!((s.state, s.since), (Open, t0 + secs(180)));
+        // The probe that outlived its period still counts: it reopens.
         b.record(stuck, Failure, t0 + secs(181));
-        assert_eq!(b.snapshot(t0 + secs(181)).since, t0 + secs(180));
+        assert_eq!(b.snapshot(t0 + secs(181)).since, t0 + secs(181));
         // Untouched for a long time: the deadlines are applied in closed form.
-        let s = b.snapshot(t0 + secs(240 + 180 * 1000 + 5));
-        assert_eq!((s.state, s.since), (HalfOpen, t0 + secs(240 + 180 * 1000)));
+        let s = b.snapshot(t0 + secs(241 + 180 * 1000 + 5));
+        assert_eq!((s.state, s.since), (HalfOpen, t0 + secs(241 + 180 * 1000)));
         // Zero means no limit.
         let no_limit = BreakerConfig {
             max_half_open: Duration::ZERO,
@@ -580,6 +642,62 @@ mod tests {
         let mut b = CircuitBreaker::new(no_limit, t0);
         calls(&mut b, 10, Failure, t0);
         assert_eq!(b.snapshot(t0 + secs(86_400)).since, t0 + secs(60));
+    }
+
+    /// Issue 13, finding 2: no half-open limit by default, and probes that
+    /// take longer than a configured limit still close the circuit.
+    #[test]
+    fn slow_probes_still_close_the_circuit() {
+        assert_eq!(BreakerConfig::default().max_half_open, Duration::ZERO);
+        let settings =
+            crate::settings::Settings::for_tests("http://127.0.0.1:9", "sqlite::memory:", "s");
+        assert_eq!(
+            settings.breaker().max_half_open,
+            Duration::ZERO,
+            "BATON_BREAKER_MAX_HALF_OPEN_SECS"
+        );
+        let t0 = Instant::now();
+        // By default a probe may take as long as it takes.
+        let mut b = CircuitBreaker::new(BreakerConfig::default(), t0);
+        calls(&mut b, 10, Failure, t0);
+        let probes: Vec<Permit> = (0..3)
+            .map(|_| b.try_acquire(t0 + secs(60)).expect("probe"))
+            .collect();
+        let late = t0 + secs(60 + 20 * 60);
+        assert_eq!(b.state(late), HalfOpen, "twenty minutes later");
+        probes.into_iter().for_each(|p| b.record(p, Success, late));
+        assert_eq!(b.state(late), Closed);
+
+        // With a limit: the period times out while the probes run (Open at
+        // 180 s, HalfOpen again at 240 s); their successes still count.
+        let mut b = half_open(t0);
+        let probes: Vec<Permit> = (0..3)
+            .map(|_| b.try_acquire(t0 + secs(61)).expect("probe"))
+            .collect();
+        assert_eq!(b.state(t0 + secs(180)), Open);
+        let mut probes = probes.into_iter();
+        b.record(probes.next().expect("probe"), Success, t0 + secs(200));
+        let s = b.snapshot(t0 + secs(200));
+        assert_eq!(
+            (s.state, s.since, s.probe_successes),
+            (HalfOpen, t0 + secs(200), 1),
+            "a success while Open probes again at once"
+        );
+        // Open again at 320 s, HalfOpen at 380 s: the successes so far still count.
+        b.record(probes.next().expect("probe"), Success, t0 + secs(400));
+        assert_eq!(b.snapshot(t0 + secs(400)).probe_successes, 2);
+        b.record(probes.next().expect("probe"), Success, t0 + secs(401));
+        assert_eq!(b.state(t0 + secs(401)), Closed);
+
+        // A verdict in between makes them stale: a reset, here.
+        let mut b = half_open(t0);
+        let probe = b.try_acquire(t0 + secs(61)).expect("probe");
+        assert_eq!(b.state(t0 + secs(180)), Open);
+        b.reset(t0 + secs(181));
+        calls(&mut b, 9, Failure, t0 + secs(182));
+        b.record(probe, Failure, t0 + secs(183));
+        let s = b.snapshot(t0 + secs(183));
+        assert_eq!((s.state, s.calls), (Closed, 9), "not counted");
     }
 
     #[test]
@@ -718,8 +836,10 @@ mod tests {
         log: Vec<(Instant, bool)>,
         /// When a recorded outcome last opened the circuit.
         opened_at: Option<Instant>,
-        /// Permits held, with the model epoch they were issued in.
-        held: Vec<(Permit, u64)>,
+        /// Permits held, with the model epoch and episode they were issued in.
+        held: Vec<(Permit, u64, u64)>,
+        /// Bumped at every verdict: an outcome that changed the state, a reset.
+        episode: u64,
     }
 
     impl Model {
@@ -743,7 +863,7 @@ mod tests {
             let probes = self
                 .held
                 .iter()
-                .filter(|(p, e)| p.is_probe() && *e == self.epoch);
+                .filter(|(p, e, _)| p.is_probe() && *e == self.epoch);
             match s.state {
                 Closed => assert_eq!((s.calls, s.failures), self.recount(now)),
                 Open => assert!(now < s.since + self.cfg.open_wait),
@@ -770,7 +890,7 @@ mod tests {
             let mut now = t0;
             let mut b = CircuitBreaker::new(cfg.clone(), t0);
             let (log, held) = (Vec::new(), Vec::new());
-            let mut m = Model { t0, cfg, epoch: 0, seen: (Closed, t0), log, opened_at: None, held };
+            let mut m = Model { t0, cfg, epoch: 0, seen: (Closed, t0), log, opened_at: None, held, episode: 0 };
             for op in ops {
                 let pre = m.observe(&mut b, now);
                 let is_record = matches!(op, Op::Record(..));
@@ -789,7 +909,7 @@ mod tests {
                             prop_assert!(pre.state != Open);
                             prop_assert!(m.opened_at.is_none_or(|at| now >= at + m.cfg.open_wait));
                             prop_assert_eq!(p.is_probe(), pre.state == HalfOpen);
-                            m.held.push((p, m.epoch));
+                            m.held.push((p, m.epoch, m.episode));
                         } else {
                             let full = pre.probes_in_flight >= m.cfg.half_open_probes;
                             prop_assert!(pre.state == Open || full);
@@ -797,8 +917,9 @@ mod tests {
                     }
                     Op::Record(i, outcome) => {
                         if m.held.is_empty() { continue; }
-                        let (p, epoch) = m.held.swap_remove(i % m.held.len());
+                        let (p, epoch, episode) = m.held.swap_remove(i % m.held.len());
                         let current = epoch == m.epoch && p.is_probe() == (pre.state == HalfOpen);
+                        let late_probe = !current && p.is_probe() && episode == m.episode;
                         let closed = pre.state == Closed;
                         if current && closed && outcome != Ignored {
                             m.log.push((now, outcome == Failure));
@@ -807,7 +928,25 @@ mod tests {
                         b.record(p, outcome, now);
                         let s = b.snapshot(now);
                         let successes = pre.probe_successes + u32::from(outcome == Success);
-                        if !current || (closed && outcome == Ignored) {
+                        if late_probe && pre.state != Closed && outcome != Ignored {
+                            // A probe that outlived its half-open period still counts.
+                            m.episode += 1;
+                            if outcome == Failure {
+                                prop_assert_eq!((s.state, s.since), (Open, now));
+                                m.opened_at = Some(now);
+                            } else {
+                                if successes >= succ {
+                                    prop_assert_eq!((s.state, s.since), (Closed, now));
+                                } else {
+                                    m.episode -= 1;
+                                    prop_assert_eq!((s.state, s.probe_successes), (HalfOpen, successes));
+                                    if pre.state == Open {
+                                        prop_assert_eq!(s.since, now);
+                                        m.opened_at = None;
+                                    }
+                                }
+                            }
+                        } else if !current || (closed && outcome == Ignored) {
                             prop_assert_eq!(s, pre);
                         } else if closed {
                             let rate_hit = failures as f64 * 100.0 >= f64::from(thr) * calls as f64;
@@ -816,12 +955,15 @@ mod tests {
                             if trips {
                                 prop_assert!(calls >= u64::from(min));
                                 m.opened_at = Some(now);
+                                m.episode += 1;
                             }
                         } else if outcome == Failure {
                             prop_assert_eq!((s.state, s.since), (Open, now));
                             m.opened_at = Some(now);
+                            m.episode += 1;
                         } else if successes >= succ {
                             prop_assert_eq!((s.state, s.since), (Closed, now));
+                            m.episode += 1;
                         } else {
                             prop_assert_eq!((s.state, s.probe_successes), (HalfOpen, successes));
                         }
@@ -829,6 +971,7 @@ mod tests {
                     Op::Reset => {
                         b.reset(now);
                         (m.epoch, m.seen, m.opened_at) = (m.epoch + 1, (Closed, now), None);
+                        m.episode += 1;
                         m.log.clear();
                     }
                 }

@@ -111,8 +111,9 @@ pub struct Settings {
     #[arg(long, env = "BATON_BREAKER_SUCCESS_THRESHOLD", default_value_t = 3)]
     pub breaker_success_threshold: u32,
 
-    /// Circuit breaker: longest time half-open before it opens again, in seconds.
-    #[arg(long, env = "BATON_BREAKER_MAX_HALF_OPEN_SECS", default_value_t = 120)]
+    /// Circuit breaker: longest time half-open before it opens again, in
+    /// seconds; 0 (the default) means no limit.
+    #[arg(long, env = "BATON_BREAKER_MAX_HALF_OPEN_SECS", default_value_t = 0)]
     pub breaker_max_half_open_secs: u64,
 
     /// Tasks one user may create per rate-limit window.
