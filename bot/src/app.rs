@@ -28,7 +28,7 @@ use crate::settings::Settings;
 use crate::slack::api::{MessageBody, SlackApi};
 use crate::slack::consolidator::{Consolidator, lock};
 use crate::slack::render::{OUTPUT_TAIL_KEPT_CHARS, SHOWN_STEPS};
-use crate::store::{Ending, NewTask, Progress, Store, Task};
+use crate::store::{Ending, NewTask, Progress, Requeued, Store, Task};
 
 /// How often the sweeps run.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -496,6 +496,14 @@ impl App {
         };
         let id = task_id.0;
         let seq_i = seq as i64;
+        // Any event but a `busy` says the agent may have room again.
+        match &msg {
+            AgentMessage::Rejected {
+                reason: baton_shared::protocol::RejectReason::Busy,
+                ..
+            } => self.hub.set_full(agent),
+            _ => self.hub.heard_from(agent),
+        }
         let ack = BotMessage::Ack { task: task_id, seq };
         let is_final = msg.is_final();
 
@@ -561,7 +569,14 @@ impl App {
                 lock(&self.live).remove(&id);
                 self.hub.release(agent, id, Outcome::Ignored);
                 if reason.is_transient() {
-                    let _ = self.store.requeue(id, agent, reason_text(reason)).await;
+                    // A task with a cancel asked for ends here instead.
+                    if let Ok(Requeued::Cancelled) = self
+                        .store
+                        .requeue_or_cancel(id, agent, reason_text(reason))
+                        .await
+                    {
+                        self.show_from_db(id).await;
+                    }
                 } else {
                     let ending = Ending::Failed {
                         error: format!("Agent {agent} refused the task: {message}"),
@@ -746,9 +761,14 @@ impl App {
                 lock(&self.awaiting).remove(&task.id);
                 lock(&self.live).remove(&task.id);
                 self.hub.release(agent, task.id, Outcome::Ignored);
-                self.store
-                    .requeue(task.id, agent, "agent reconnected without it")
-                    .await?;
+                if self
+                    .store
+                    .requeue_or_cancel(task.id, agent, "agent reconnected without it")
+                    .await?
+                    == Requeued::Cancelled
+                {
+                    self.show_from_db(task.id).await;
+                }
             } else {
                 lock(&self.live).remove(&task.id);
                 self.hub.release(agent, task.id, Outcome::Failure);
@@ -905,14 +925,27 @@ impl App {
             lock(&self.awaiting).remove(&id);
             match self
                 .store
-                .requeue(
+                .requeue_or_cancel(
                     id,
                     &agent,
                     "the agent did not accept it in time; waiting for another try",
                 )
                 .await
             {
-                Ok(true) => {
+                Ok(Requeued::Cancelled) => {
+                    // Cancelled while it waited for the agent: it ends here,
+                    // and never goes to another agent.
+                    tracing::info!(
+                        task = id,
+                        agent,
+                        "dispatch not accepted; cancelled as asked"
+                    );
+                    lock(&self.live).remove(&id);
+                    self.hub.release(&agent, id, Outcome::Ignored);
+                    self.show_from_db(id).await;
+                    self.dispatch_wake.notify_one();
+                }
+                Ok(Requeued::Queued) => {
                     tracing::warn!(
                         task = id,
                         agent,
@@ -926,7 +959,7 @@ impl App {
                     // went elsewhere meanwhile, the late accept gets a cancel.
                     self.dispatch_wake.notify_one();
                 }
-                Ok(false) => {}
+                Ok(Requeued::Unchanged) => {}
                 Err(err) => tracing::error!(task = id, error = ?err, "cannot requeue"),
             }
         }
@@ -1073,6 +1106,90 @@ mod tests {
 
     use super::*;
     use crate::hub::{Outbox, Outgoing, Register};
+
+    /// An app on a fresh database with project `web` and agent `a`
+    /// (capacity 1, serving `web`) registered on the returned outbox.
+    async fn app_with_agent(
+        dir: &tempfile::TempDir,
+    ) -> (Arc<App>, Store, crate::hub::OutboxReceiver) {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        let store = Store::connect(&url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        let app = Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ));
+        let (tx, frames) = Outbox::new();
+        let hello = crate::hub::tests::hello(1, &[("web", 1)]);
+        assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
+        (app, store, frames)
+    }
+
+    fn request(prompt: &str) -> TaskRequest {
+        TaskRequest {
+            persona: Persona::default(),
+            project: None,
+            prompt: prompt.into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+        }
+    }
+
+    /// The submits waiting in `frames` now.
+    fn submits(frames: &mut crate::hub::OutboxReceiver) -> Vec<TaskId> {
+        let mut out = Vec::new();
+        while let Ok(frame) = frames.try_recv() {
+            if let Outgoing::Frame(BotMessage::Submit(s)) = frame {
+                out.push(s.task);
+            }
+        }
+        out
+    }
+
+    /// Issue 13, finding 5: after a `busy`, the agent is full until it is
+    /// heard from again, so the dispatcher does not send the task straight back.
+    #[tokio::test]
+    async fn after_busy_the_agent_gets_nothing_until_its_next_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (app, store, mut frames) = app_with_agent(&dir).await;
+        let task = app.create_task(request("fix it")).await.expect("created");
+        assert_eq!(submits(&mut frames), [TaskId(task.id)]);
+
+        let busy = AgentMessage::Rejected {
+            task: TaskId(task.id),
+            seq: 1,
+            reason: baton_shared::protocol::RejectReason::Busy,
+            message: "at capacity".into(),
+        };
+        assert!(app.apply_event("a", busy).await.is_empty());
+        let back = store.task(task.id).await.expect("read").expect("row");
+        assert_eq!(back.state, "queued");
+        app.dispatch_pass().await;
+        assert_eq!(submits(&mut frames), [], "not sent straight back");
+        assert_eq!(
+            store.task(task.id).await.expect("read").expect("row").state,
+            "queued"
+        );
+
+        // Its next event (here about a task it no longer has): room again.
+        let later = AgentMessage::Output {
+            task: TaskId(99),
+            seq: 1,
+            text: "x".into(),
+        };
+        app.apply_event("a", later).await;
+        app.dispatch_pass().await;
+        assert_eq!(submits(&mut frames), [TaskId(task.id)]);
+    }
 
     #[tokio::test]
     async fn a_task_is_created_and_handed_out_even_if_the_caller_stops_waiting() {

@@ -68,6 +68,10 @@ pub struct Conn {
     pub projects: HashMap<String, u32>,
     /// The agent said it is shutting down.
     pub draining: bool,
+    /// The agent answered `busy`: it is treated as full until its next event,
+    /// whatever the bot's count of its free slots says (the two counts can
+    /// differ for a moment; without this the task would go straight back).
+    pub full_until_heard: bool,
     /// The agent's build.
     pub version: String,
 }
@@ -128,7 +132,7 @@ impl AgentEntry {
     /// Free slots for `project` now (0 when disconnected, draining or not serving it).
     pub fn free_for(&self, project: &str) -> u32 {
         let Some(conn) = &self.conn else { return 0 };
-        if conn.draining {
+        if conn.draining || conn.full_until_heard {
             return 0;
         }
         let Some(per_project) = conn.projects.get(project) else {
@@ -256,6 +260,7 @@ impl Hub {
                 .map(|p| (p.name.to_string(), p.max_concurrent.max(1)))
                 .collect(),
             draining: false,
+            full_until_heard: false,
             version: hello.agent_version.clone(),
         });
         entry.last_seen = Some(now());
@@ -304,6 +309,26 @@ impl Hub {
     pub fn seen(&self, name: &str) {
         if let Some(e) = lock(&self.agents).get_mut(name) {
             e.last_seen = Some(now());
+        }
+    }
+
+    /// The agent answered `busy`: no task goes to it until [`Hub::heard_from`].
+    pub fn set_full(&self, name: &str) {
+        if let Some(c) = lock(&self.agents)
+            .get_mut(name)
+            .and_then(|e| e.conn.as_mut())
+        {
+            c.full_until_heard = true;
+        }
+    }
+
+    /// An event arrived from the agent: a `busy` it answered before no longer holds.
+    pub fn heard_from(&self, name: &str) {
+        if let Some(c) = lock(&self.agents)
+            .get_mut(name)
+            .and_then(|e| e.conn.as_mut())
+        {
+            c.full_until_heard = false;
         }
     }
 

@@ -58,9 +58,14 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
+        Rig::start_with(|_| {}).await
+    }
+
+    /// Like [`Rig::start`], with `tweak` applied to the bot's settings.
+    async fn start_with(tweak: impl FnOnce(&mut baton_bot::settings::Settings)) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (slack, url) = fake_slack().await;
-        let bot = Bot::start(&url, dir.path(), |_| {}).await;
+        let bot = Bot::start(&url, dir.path(), tweak).await;
         let bound = admin(bot.addr, "project bind web").await;
         assert!(bound.contains("project `web`"), "{bound}");
         let store = bot.store().await;
@@ -244,13 +249,24 @@ struct FakeAgent {
     frames: mpsc::UnboundedReceiver<BotMessage>,
 }
 
+/// The key of a second agent, `e2e-b`, for the bots that know it (see [`two_agents`]).
+const SECOND_KEY: &str = "e2e-second-agent-key-0123";
+
+/// Bot settings with two agent keys: `e2e` ([`AGENT_KEY`]) and `e2e-b` ([`SECOND_KEY`]).
+fn two_agents(s: &mut baton_bot::settings::Settings) {
+    s.agent_keys = format!("e2e:{AGENT_KEY},e2e-b:{SECOND_KEY}").into();
+}
+
 impl FakeAgent {
     async fn connect(addr: SocketAddr) -> FakeAgent {
+        Self::connect_as(addr, AGENT_KEY, 1).await
+    }
+
+    /// Connects with `key`, then waits until `connected` agents are connected.
+    async fn connect_as(addr: SocketAddr, key: &str, connected: usize) -> FakeAgent {
         let mut req = format!("ws://{addr}/agents").into_client_request().unwrap();
-        req.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {AGENT_KEY}").parse().unwrap(),
-        );
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {key}").parse().unwrap());
         let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let (mut sink, mut stream) = ws.split();
         let (out, mut to_send) = mpsc::unbounded_channel::<AgentMessage>();
@@ -284,8 +300,24 @@ impl FakeAgent {
             running: Vec::new(),
             held_results: Vec::new(),
         }));
-        wait_agents(addr, 1).await;
+        wait_agents(addr, connected).await;
         agent
+    }
+
+    /// The frames the bot sends up to and including the next task it hands over.
+    async fn frames_until_submit(&mut self) -> Vec<BotMessage> {
+        let mut seen = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.frames.recv())
+                .await
+                .expect("a task in time")
+                .expect("the connection is open");
+            let submit = matches!(frame, BotMessage::Submit(_));
+            seen.push(frame);
+            if submit {
+                return seen;
+            }
+        }
     }
 
     fn send(&self, msg: AgentMessage) {
@@ -825,5 +857,51 @@ async fn status_queue_and_help_answer() {
             .await
             .contains("Only the person who started task #1")
     );
+    rig.stop().await;
+}
+
+/// Issue 13, finding 4: cancelling a dispatched task its agent has not
+/// accepted yet, then letting the accept time out, ends it `cancelled`; it
+/// never goes to another agent (nor back to the same one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_before_it_was_accepted_ends_cancelled_and_is_never_sent_again() {
+    let rig = Rig::start_with(|s| {
+        two_agents(s);
+        s.dispatch_timeout_secs = 1;
+    })
+    .await;
+    let mut a = FakeAgent::connect(rig.addr()).await;
+    assert_eq!(rig.baton("fix the login", "U1").await, "");
+    assert_eq!(
+        a.submitted().await.task,
+        TaskId(1),
+        "a has it, says nothing"
+    );
+    let mut b = FakeAgent::connect_as(rig.addr(), SECOND_KEY, 2).await;
+
+    let answer = rig.baton("cancel #1", "U1").await;
+    assert!(answer.contains("#1"), "{answer}");
+    let ended = rig
+        .task_when(1, "task #1 to end", |t| {
+            !matches!(t.state.as_str(), "dispatched" | "queued")
+        })
+        .await;
+    assert_eq!(ended.state, "cancelled", "{ended:?}");
+    let ts = rig.message_ts(1).await;
+    rig.shows(&ts, "Cancelled").await;
+
+    // One new task for each agent: whatever the bot sent them before arrives first.
+    assert_eq!(rig.baton("two", "U1").await, "");
+    assert_eq!(rig.baton("three", "U1").await, "");
+    let mut handed = Vec::new();
+    for agent in [&mut a, &mut b] {
+        for frame in agent.frames_until_submit().await {
+            if let BotMessage::Submit(s) = frame {
+                handed.push(s.task);
+            }
+        }
+    }
+    handed.sort();
+    assert_eq!(handed, [TaskId(2), TaskId(3)], "task #1 was sent again");
     rig.stop().await;
 }

@@ -115,6 +115,17 @@ impl Ending {
     }
 }
 
+/// What [`Store::requeue_or_cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// Back in its queue.
+    Queued,
+    /// Ended `cancelled`: a cancel had been asked for it.
+    Cancelled,
+    /// Nothing: it was not dispatched to that agent (any more).
+    Unchanged,
+}
+
 /// An agent row, as the registry needs it.
 pub type AgentRow = agent::Model;
 /// A project row.
@@ -411,12 +422,53 @@ impl Store {
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Agent.eq(from_agent))
             .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
+            // A task with a cancel asked for never goes back: see `requeue_or_cancel`.
+            .filter(task::Column::CancelRequested.eq(false))
             .write(self)
             .await
             .context("Cannot put the task back in its queue")?;
         if res == 1 {
             self.maybe_queued.store(true, Ordering::SeqCst);
         }
+        Ok(res == 1)
+    }
+
+    /// Takes a dispatched (not yet accepted) task back from `from_agent`: it
+    /// ends `cancelled` when a cancel was asked for it, and goes back to its
+    /// queue otherwise (see [`Store::requeue`]), so a cancelled task is never
+    /// dispatched again.
+    pub async fn requeue_or_cancel(
+        &self,
+        id: i64,
+        from_agent: &str,
+        reason: &str,
+    ) -> anyhow::Result<Requeued> {
+        // The flag only goes from false to true while the task is with an
+        // agent: if the requeue missed because it was set meanwhile, the
+        // second cancel sees it.
+        if self.cancel_if_asked(id, from_agent).await? {
+            return Ok(Requeued::Cancelled);
+        }
+        if self.requeue(id, from_agent, reason).await? {
+            return Ok(Requeued::Queued);
+        }
+        Ok(if self.cancel_if_asked(id, from_agent).await? {
+            Requeued::Cancelled
+        } else {
+            Requeued::Unchanged
+        })
+    }
+
+    /// Ends a task dispatched to `agent` as `cancelled` if a cancel was asked for it.
+    async fn cancel_if_asked(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
+        let ending = Ending::Cancelled {
+            note: "Cancelled before an agent started it.".into(),
+        };
+        let res = finish_query(id, Some(agent), None, &[TaskState::Dispatched], &ending)
+            .filter(task::Column::CancelRequested.eq(true))
+            .write(self)
+            .await
+            .context("Cannot cancel the task")?;
         Ok(res == 1)
     }
 
@@ -1097,6 +1149,41 @@ mod tests {
         assert!(
             !s.requeue(t.id, "b", "x").await.expect("requeue"),
             "running stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_with_a_cancel_asked_never_goes_back_to_its_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        let t = s.insert_task(new_task()).await.expect("insert");
+        assert!(s.claim(t.id, "a").await.expect("claim"));
+        assert!(s.set_cancel_requested(t.id).await.expect("cancel"));
+        assert!(!s.requeue(t.id, "a", "x").await.expect("requeue"));
+        assert_eq!(
+            s.requeue_or_cancel(t.id, "b", "x").await.expect("other"),
+            Requeued::Unchanged
+        );
+        assert_eq!(
+            s.requeue_or_cancel(t.id, "a", "x")
+                .await
+                .expect("take back"),
+            Requeued::Cancelled
+        );
+        let ended = s.task(t.id).await.expect("read").expect("row");
+        assert_eq!(ended.state, TaskState::Cancelled.as_str());
+        assert!(
+            s.claim(t.id, "b").await.is_ok_and(|c| !c),
+            "never claimed again"
+        );
+
+        let t = s.insert_task(new_task()).await.expect("insert");
+        assert!(s.claim(t.id, "a").await.expect("claim"));
+        assert_eq!(
+            s.requeue_or_cancel(t.id, "a", "x")
+                .await
+                .expect("take back"),
+            Requeued::Queued
         );
     }
 
