@@ -40,6 +40,9 @@ pub const EVENT_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const CANCEL_ROUNDS: usize = 3;
 /// Queued tasks a dispatch pass reads, routes and claims at once.
 pub const DISPATCH_BATCH: u64 = 64;
+/// How long a slash command's `response_url` is kept for its task (Slack
+/// accepts posts to it for 30 minutes).
+pub const RESPONSE_URL_KEPT: Duration = Duration::from_secs(30 * 60);
 
 /// A request for a task, from a slash command, a mention, a thread reply or a retry.
 #[derive(Debug, Clone)]
@@ -62,6 +65,9 @@ pub struct TaskRequest {
     pub parent_id: Option<i64>,
     /// The session to resume.
     pub session_id: Option<String>,
+    /// The slash command's `response_url`: where the person hears of what
+    /// goes wrong after the acknowledgement (its message cannot be posted).
+    pub response_url: Option<String>,
 }
 
 type UserLimiter = RateLimiter<
@@ -105,6 +111,12 @@ pub struct App {
     pub shutting_down: AtomicBool,
     /// Time from a task entering its queue to its submit frame going out.
     pub dispatch_latency: crate::metrics::Histogram,
+    /// The `response_url` of the slash command that created a task, and
+    /// when it was kept (forgotten after [`RESPONSE_URL_KEPT`]).
+    response_urls: Mutex<HashMap<i64, (String, Instant)>>,
+    /// Tasks whose message Slack refused for good, from the consolidator;
+    /// the dispatcher takes the receiver.
+    unpostable: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Task, String)>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -164,6 +176,8 @@ impl App {
         let quota = Quota::with_period(window / burst.get())
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
+        let (unpostable_tx, unpostable) = tokio::sync::mpsc::unbounded_channel();
+        consolidator.report_unpostable(unpostable_tx);
         App {
             hub: Hub::new(settings.breaker()),
             admins: settings.admin_ids().into_iter().collect(),
@@ -180,6 +194,8 @@ impl App {
             user_limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
             shutting_down: AtomicBool::new(false),
             dispatch_latency: crate::metrics::Histogram::new(&crate::metrics::DISPATCH_BUCKETS),
+            response_urls: Mutex::new(HashMap::new()),
+            unpostable: Mutex::new(Some(unpostable)),
         }
     }
 
@@ -293,6 +309,7 @@ impl App {
                 wait.as_secs().max(1),
             )));
         }
+        let response_url = req.response_url.clone().filter(|u| !u.is_empty());
         let written = self
             .store
             .insert_task(NewTask {
@@ -317,6 +334,9 @@ impl App {
             }
         };
         tracing::info!(task = task.id, project = %task.project, "task created");
+        if let Some(url) = response_url {
+            lock(&self.response_urls).insert(task.id, (url, Instant::now()));
+        }
         match routed {
             Ok((route, placeholder)) => {
                 self.hub.bind_new(&route.agent, placeholder, task.id);
@@ -881,6 +901,7 @@ impl App {
                 thread_ts: None,
                 parent_id: Some(task.id),
                 session_id: None,
+                response_url: None,
             })
             .await;
         let new = match created {
@@ -895,20 +916,98 @@ impl App {
         self.store.set_retried_as(id.0, new.id).await?;
         // The old message loses its Retry button and points to the new task.
         self.show_from_db(id.0).await;
-        if let Some(root) = task.thread_ts.as_deref().or(task.message_ts.as_deref()) {
+        // The note in the old thread is posted after the answer: the person
+        // is not kept waiting for Slack (a slash command has 3 seconds).
+        if let Some(root) = task.thread_ts.clone().or(task.message_ts.clone()) {
             let body = MessageBody {
                 text: replies::retried_note(user, TaskId(new.id)),
                 blocks: Vec::new(),
             };
-            if let Err(err) = self
-                .slack
-                .post_message(&task.channel_id, Some(root), &body)
-                .await
-            {
-                tracing::warn!(task = task.id, error = %err, "cannot note the retry in the thread");
-            }
+            let slack = self.slack.clone();
+            tokio::spawn(async move {
+                if let Err(err) = slack
+                    .post_message(&task.channel_id, Some(&root), &body)
+                    .await
+                {
+                    tracing::warn!(task = task.id, error = %err, "cannot note the retry in the thread");
+                }
+            });
         }
         Ok(replies::retried(id, TaskId(new.id)))
+    }
+
+    /// A task whose message Slack refused for good (the app is not in the
+    /// channel, the channel is archived...): it is not run unseen. It is
+    /// cancelled (queued: at once; with an agent: the agent is asked to stop,
+    /// and a task not yet accepted ends at its accept timeout), and the
+    /// person is told what happened and what to do, through the slash
+    /// command's `response_url` (an ephemeral message in the channel cannot
+    /// reach them there either, but is tried when there is no such URL).
+    pub async fn task_unpostable(&self, task: Task, why: &str) {
+        let id = TaskId(task.id);
+        tracing::warn!(
+            task = task.id,
+            why,
+            "the task's message cannot be posted; cancelling it"
+        );
+        let ending = Ending::Cancelled {
+            note: replies::not_run_unpostable(id, why),
+        };
+        match self
+            .store
+            .finish(task.id, None, None, &[TaskState::Queued], &ending)
+            .await
+        {
+            Ok(true) => {
+                lock(&self.queue_shown).remove(&task.id);
+                self.dispatch_wake.notify_one();
+            }
+            Ok(false) => match self.store.set_cancel_requested(task.id).await {
+                Ok(true) => {
+                    if let Some(agent) = self
+                        .store
+                        .task(task.id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|t| t.agent)
+                    {
+                        if let Some(t) = lock(&self.live).get_mut(&task.id) {
+                            t.cancel_requested = true;
+                        }
+                        self.hub.send(&agent, BotMessage::Cancel { task: id });
+                    }
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(task = task.id, error = ?err, "cannot cancel an unpostable task")
+                }
+            },
+            Err(err) => {
+                tracing::error!(task = task.id, error = ?err, "cannot cancel an unpostable task")
+            }
+        }
+        let text = replies::not_run_unpostable(id, why);
+        let url = lock(&self.response_urls)
+            .remove(&task.id)
+            .map(|(url, _)| url);
+        match url {
+            Some(url) => crate::slack::intake::respond(self, &url, &text).await,
+            None => {
+                if let Err(err) = self
+                    .slack
+                    .post_ephemeral_in(
+                        &task.channel_id,
+                        task.thread_ts.as_deref(),
+                        &task.requester,
+                        &text,
+                    )
+                    .await
+                {
+                    tracing::warn!(task = task.id, error = %err, "cannot tell the requester that the task's message cannot be posted");
+                }
+            }
+        }
     }
 
     // ---- sweeps and recovery ----
@@ -916,6 +1015,8 @@ impl App {
     /// Accept timeouts, queue expiry, lost agents. Runs every [`SWEEP_INTERVAL`].
     pub async fn sweep(&self) {
         let now = Instant::now();
+        lock(&self.response_urls)
+            .retain(|_, (_, kept)| now.duration_since(*kept) < RESPONSE_URL_KEPT);
         let late: Vec<(i64, String)> = lock(&self.awaiting)
             .iter()
             .filter(|(_, (_, deadline))| *deadline <= now)
@@ -1060,6 +1161,7 @@ impl App {
     /// The dispatcher: runs a pass when woken, and the sweeps every second.
     pub async fn run_dispatcher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut unpostable = lock(&self.unpostable).take();
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
@@ -1086,6 +1188,12 @@ impl App {
                     self.sweep().await;
                     self.dispatch_pass().await;
                 }
+                Some((task, why)) = async {
+                    match unpostable.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.task_unpostable(task, &why).await,
             }
         }
     }
@@ -1141,6 +1249,7 @@ mod tests {
             thread_ts: None,
             parent_id: None,
             session_id: None,
+            response_url: None,
         }
     }
 
@@ -1221,6 +1330,7 @@ mod tests {
             thread_ts: None,
             parent_id: None,
             session_id: None,
+            response_url: None,
         }));
         assert!(futures::poll!(creating.as_mut()).is_pending());
         drop(creating);

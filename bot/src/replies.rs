@@ -170,3 +170,11 @@ pub fn cannot_post(id: TaskId, why: &str) -> String {
         "Task {id} was created, but its message cannot be posted here ({why}). Invite the app to this channel (`/invite @Baton`) to follow it; `/baton status {id}` shows it meanwhile."
     )
 }
+
+/// A task's message cannot be posted (for example `not_in_channel`): the task
+/// is not run unseen.
+pub fn not_run_unpostable(id: TaskId, why: &str) -> String {
+    format!(
+        "Task {id} was not run: its message cannot be posted in this channel ({why}). Invite the app to the channel (`/invite @baton`), then `/baton retry {id}`."
+    )
+}

@@ -51,6 +51,8 @@ where
 /// A bot with project `web` bound to channel C1, no agent, and the fake Slack.
 struct Rig {
     slack: Arc<FakeSlack>,
+    /// The fake Slack's Web API URL.
+    slack_url: String,
     bot: Bot,
     store: baton_bot::store::Store,
     _dir: tempfile::TempDir,
@@ -71,6 +73,7 @@ impl Rig {
         let store = bot.store().await;
         Rig {
             slack,
+            slack_url: url,
             bot,
             store,
             _dir: dir,
@@ -904,4 +907,80 @@ async fn a_task_cancelled_before_it_was_accepted_ends_cancelled_and_is_never_sen
     handed.sort();
     assert_eq!(handed, [TaskId(2), TaskId(3)], "task #1 was sent again");
     rig.stop().await;
+}
+
+/// Issue 13, finding 6: a slash command is answered at once; what waits for
+/// Slack happens after. Here Slack takes 10 s to post any message, and the
+/// answers to `/baton retry` and to a new task arrive before any post lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slash_commands_are_answered_before_a_slow_slack_has_posted_anything() {
+    let rig = Rig::start().await;
+    rig.baton("review the auth module", "U1").await;
+    let ts = rig.message_ts(1).await;
+    let answer = rig.baton("cancel #1", "U1").await;
+    assert!(answer.contains("#1"), "{answer}");
+    rig.shows(&ts, "Cancelled").await;
+    let posts_before = rig.slack.calls("chat.postMessage").len();
+
+    rig.slack.delay("chat.postMessage", Duration::from_secs(10));
+    let url = response_url_of(&rig.slack_url, "retry");
+    let (status, body) = baton_replying_to(rig.addr(), "retry #1", "U1", &url).await;
+    // The answer is here, and Slack has not finished a single post since.
+    let posts_now = rig.slack.calls("chat.postMessage").len();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(posts_now, posts_before, "the answer waited for Slack");
+    let answered = if body.is_empty() {
+        rig.slack.responses("retry").join("\n")
+    } else {
+        body
+    };
+    assert!(answered.contains("runs again as #2"), "{answered}");
+    let (status, body) = baton(rig.addr(), "write the report", "U1").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(
+        rig.slack.calls("chat.postMessage").len(),
+        posts_before,
+        "the answer waited for Slack"
+    );
+
+    // The posts land in the end: the note in the old thread, the new messages.
+    rig.slack.delay("chat.postMessage", Duration::ZERO);
+    eventually("the note in the old thread", || async {
+        rig.slack
+            .calls("chat.postMessage")
+            .iter()
+            .any(|c| c.body["thread_ts"] == ts.as_str())
+            .then_some(())
+    })
+    .await;
+    rig.message_ts(3).await;
+    rig.stop().await;
+}
+
+/// Issue 12, item 8: when the task's message cannot be posted (the app is
+/// not in the channel), the person is told through the command's
+/// `response_url` what happened and what to do, and the task does not run
+/// unseen: it ends cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_message_cannot_be_posted_is_not_run_and_the_person_is_told_how_to_fix_it() {
+    let rig = Rig::start().await;
+    rig.slack.fail_next("chat.postMessage", 1, "not_in_channel");
+    let url = response_url_of(&rig.slack_url, "run");
+    let (status, body) = baton_replying_to(rig.addr(), "fix the login", "U1", &url).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let told = eventually("the answer through response_url", || async {
+        rig.slack.responses("run").into_iter().next()
+    })
+    .await;
+    assert!(
+        told.contains("#1") && told.contains("not_in_channel") && told.contains("/invite @baton"),
+        "{told}"
+    );
+    let task = rig
+        .task_when(1, "task #1 to end", |t| t.state != "queued")
+        .await;
+    assert_eq!(task.state, "cancelled");
+    assert!(task.message_ts.is_none());
+    // Slack refused one call on purpose: not the clean stop's check.
+    rig.bot.stop().await;
 }

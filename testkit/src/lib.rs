@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-pub use slack::{Call, FakeSlack, fake_slack, message_text};
+pub use slack::{Call, FakeSlack, fake_slack, message_text, response_url_of};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
 pub const AGENT_KEY: &str = "e2e-agent-key-0123456789";
@@ -342,6 +342,23 @@ pub async fn baton(addr: SocketAddr, text: &str, user: &str) -> (u16, String) {
         SIGNING_SECRET,
     )
     .await
+}
+
+/// Sends `/baton TEXT` as `user`, signed, with `response_url` as the
+/// command's response URL (see [`slack::response_url_of`]); returns status and body.
+pub async fn baton_replying_to(
+    addr: SocketAddr,
+    text: &str,
+    user: &str,
+    response_url: &str,
+) -> (u16, String) {
+    let mut form = slash("/baton", text, user);
+    for field in form.iter_mut() {
+        if field.0 == "response_url" {
+            field.1 = response_url;
+        }
+    }
+    post_signed(addr, "/slack/commands", &form, SIGNING_SECRET).await
 }
 
 /// Sends `/baton-admin TEXT` as `UADMIN`, signed; returns the body.

@@ -447,9 +447,56 @@ async fn history(
     axum::Json(json!({"ok": true, "messages": messages, "has_more": false})).into_response()
 }
 
+/// What a slash command's `response_url` receives (any path under
+/// `/response/`): recorded as a call of method [`RESPONSE_URL`], its path's
+/// last part as the call's `ts`.
+async fn response_url(
+    State(slack): State<Arc<FakeSlack>>,
+    AxPath(key): AxPath<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "invalid_json").into_response();
+    };
+    let call = Call {
+        method: RESPONSE_URL.to_owned(),
+        body,
+        at: Instant::now(),
+        error: None,
+        ts: Some(key),
+    };
+    let mut inner = slack.lock();
+    match &inner.tap {
+        Some(tap) => (tap.0)(&call),
+        None => inner.calls.push(call),
+    }
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+/// The method name under which posts to a `response_url` are recorded.
+pub const RESPONSE_URL: &str = "response_url";
+
+/// A `response_url` served by the fake Slack whose Web API is at `slack_url`
+/// (what [`fake_slack`] returns); posts to it are recorded under `key`.
+pub fn response_url_of(slack_url: &str, key: &str) -> String {
+    format!("{}/response/{key}", slack_url.trim_end_matches("/api"))
+}
+
+impl FakeSlack {
+    /// The texts posted to the `response_url` recorded under `key`, in order.
+    pub fn responses(&self, key: &str) -> Vec<String> {
+        self.calls(RESPONSE_URL)
+            .into_iter()
+            .filter(|c| c.ts.as_deref() == Some(key))
+            .map(|c| c.body["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
 /// The fake Slack's router, for callers that serve it themselves.
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
+        .route("/response/{key}", axum::routing::post(response_url))
         .route("/api/conversations.replies", axum::routing::get(replies))
         .route("/api/conversations.history", axum::routing::get(history))
         .route("/api/{method}", axum::routing::post(api))

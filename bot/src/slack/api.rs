@@ -307,6 +307,25 @@ impl SlackApi {
         Ok(())
     }
 
+    /// Answers a slash command after its acknowledgement, through the
+    /// command's `response_url` (JSON; Slack shows it only to the person who
+    /// typed the command: ephemeral is the default for response URLs).
+    pub async fn respond(&self, response_url: &str, text: &str) -> Result<(), SlackCallError> {
+        let url = url::Url::parse(response_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| {
+                SlackCallError::Transport("the response URL is not an http(s) URL".into())
+            })?;
+        let req = SlackApiPostWebhookMessageRequest::new(
+            SlackMessageContent::new().with_text(text.to_owned()),
+        );
+        self.client
+            .respond_to_event(&SlackResponseUrl::new(url), &req)
+            .await?;
+        Ok(())
+    }
+
     /// Posts a message only `user` sees.
     pub async fn post_ephemeral(
         &self,

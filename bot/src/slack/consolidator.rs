@@ -252,6 +252,10 @@ struct Inner {
     pruned_at: Mutex<Option<Instant>>,
     /// Counters for metrics.
     stats: Mutex<Stats>,
+    /// Where a task whose message Slack refused for good is reported (the
+    /// app stops it and tells its requester); without one the requester
+    /// gets an ephemeral message.
+    unpostable: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Task, String)>>>,
 }
 
 /// What the consolidator did, for metrics and tests.
@@ -308,6 +312,7 @@ impl Consolidator {
                 paused: Mutex::new(HashMap::new()),
                 pruned_at: Mutex::new(None),
                 stats: Mutex::new(Stats::default()),
+                unpostable: Mutex::new(None),
             }),
         }
     }
@@ -335,6 +340,13 @@ impl Consolidator {
         }
         lock(&self.inner.dirty).insert(id);
         self.inner.wake.notify_one();
+    }
+
+    /// Reports tasks whose message Slack refused for good (like
+    /// `not_in_channel`) to `sink`, with Slack's reason, instead of telling
+    /// their requester itself.
+    pub fn report_unpostable(&self, sink: tokio::sync::mpsc::UnboundedSender<(Task, String)>) {
+        *lock(&self.inner.unpostable) = Some(sink);
     }
 
     /// Counters so far.
@@ -703,6 +715,13 @@ impl Consolidator {
 
     /// Tells the requester, privately, that the task's message cannot be posted.
     fn tell_unpostable(&self, task: Task, why: String) {
+        let (task, why) = match lock(&self.inner.unpostable).as_ref() {
+            Some(sink) => match sink.send((task, why)) {
+                Ok(()) => return,
+                Err(back) => back.0,
+            },
+            None => (task, why),
+        };
         let api = self.inner.api.clone();
         tokio::spawn(async move {
             let text = crate::replies::cannot_post(TaskId(task.id), &why);

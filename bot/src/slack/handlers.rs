@@ -68,30 +68,40 @@ pub async fn handle_command(app: &Arc<App>, cmd: SlashCommand) -> Reply {
         match cmd.command.trim() {
             "/baton-admin" => Reply::Ephemeral(admin::handle(app, &cmd).await),
             _ => {
-                handle_baton(
-                    app,
-                    &cmd.text,
-                    &cmd.user_id,
-                    &cmd.team_id,
-                    &cmd.channel_id,
-                    None,
-                )
-                .await
+                let at = Where {
+                    team: &cmd.team_id,
+                    channel: &cmd.channel_id,
+                    thread_ts: None,
+                    response_url: Some(cmd.response_url.as_str()).filter(|u| !u.is_empty()),
+                };
+                handle_baton(app, &cmd.text, &cmd.user_id, at).await
             }
         }
     };
     tracing::Instrument::instrument(work, span).await
 }
 
-/// Handles the words of `/baton` (or a mention), from `user` in `channel`.
-async fn handle_baton(
-    app: &Arc<App>,
-    text: &str,
-    user: &str,
-    team: &str,
-    channel: &str,
-    thread_ts: Option<&str>,
-) -> Reply {
+/// Where a `/baton` (or a mention) came from.
+#[derive(Debug, Clone, Copy)]
+struct Where<'a> {
+    /// The workspace.
+    team: &'a str,
+    /// The channel.
+    channel: &'a str,
+    /// The thread, for a mention in one.
+    thread_ts: Option<&'a str>,
+    /// The slash command's `response_url`, for a slash command.
+    response_url: Option<&'a str>,
+}
+
+/// Handles the words of `/baton` (or a mention), from `user` at `at`.
+async fn handle_baton(app: &Arc<App>, text: &str, user: &str, at: Where<'_>) -> Reply {
+    let Where {
+        team,
+        channel,
+        thread_ts,
+        response_url,
+    } = at;
     let command = match commands::parse(text) {
         Ok(c) => c,
         Err(e) => return Reply::Ephemeral(e.0),
@@ -113,6 +123,7 @@ async fn handle_baton(
                 thread_ts: thread_ts.map(str::to_owned),
                 parent_id: None,
                 session_id: None,
+                response_url: response_url.map(str::to_owned),
             };
             match app.create_task(req).await {
                 Ok(_) => return Reply::Empty,
@@ -400,15 +411,13 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     let reply = match task_thread {
         Some(root) => follow_up(app, root, &text, &event, &env.team_id).await,
         None if event.kind == "app_mention" => {
-            handle_baton(
-                app,
-                &text,
-                &event.user,
-                &env.team_id,
-                &event.channel,
-                event.thread_ts.as_deref(),
-            )
-            .await
+            let at = Where {
+                team: &env.team_id,
+                channel: &event.channel,
+                thread_ts: event.thread_ts.as_deref(),
+                response_url: None,
+            };
+            handle_baton(app, &text, &event.user, at).await
         }
         None => Reply::Empty,
     };
@@ -436,7 +445,13 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
             persona, prompt, ..
         }) => (persona, prompt),
         Ok(_) => {
-            return handle_baton(app, text, &event.user, team, &event.channel, Some(root)).await;
+            let at = Where {
+                team,
+                channel: &event.channel,
+                thread_ts: Some(root),
+                response_url: None,
+            };
+            return handle_baton(app, text, &event.user, at).await;
         }
         Err(e) => return Reply::Ephemeral(e.0),
     };
@@ -476,6 +491,7 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
         thread_ts: Some(root.to_owned()),
         parent_id: Some(parent.id),
         session_id: parent.session_id.clone(),
+        response_url: None,
     };
     match app.create_task(req).await {
         Ok(_) => Reply::Empty,

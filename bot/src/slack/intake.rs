@@ -6,15 +6,63 @@
 //! envelope) differs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::app::App;
-use crate::slack::handlers::{self, EventEnvelope, Interaction, SlashCommand};
+use crate::replies;
+use crate::slack::handlers::{self, EventEnvelope, Interaction, Reply, SlashCommand};
+
+/// The longest a slash command's acknowledgement waits for the command's
+/// work: well inside Slack's 3 seconds, which also cover the network. Work
+/// that takes longer (a slow database, a slow Slack) goes on after the
+/// acknowledgement, and its answer goes through the command's `response_url`.
+pub const ACK_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Handles a slash command and returns the acknowledgement's body: the
 /// ephemeral answer, or `None` for an empty acknowledgement (the task's own
-/// message is the answer).
+/// message is the answer). The work runs on its own task: when it is not done
+/// within [`ACK_BUDGET`], the acknowledgement goes out empty and the answer
+/// follows through `response_url`; nothing is lost and nothing runs twice.
 pub async fn command(app: &Arc<App>, cmd: SlashCommand) -> Option<serde_json::Value> {
-    handlers::handle_command(app, cmd).await.to_json()
+    let response_url = cmd.response_url.clone();
+    let work = {
+        let app = app.clone();
+        tokio::spawn(async move { handlers::handle_command(&app, cmd).await })
+    };
+    let mut work = work;
+    match tokio::time::timeout(ACK_BUDGET, &mut work).await {
+        Ok(Ok(reply)) => reply.to_json(),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "a slash command's work stopped");
+            Reply::Ephemeral(replies::internal_error()).to_json()
+        }
+        Err(_) => {
+            tracing::info!(
+                "a slash command takes longer than its acknowledgement may wait; its answer follows through response_url"
+            );
+            let app = app.clone();
+            tokio::spawn(async move {
+                let reply = work
+                    .await
+                    .unwrap_or_else(|_| Reply::Ephemeral(replies::internal_error()));
+                if let Reply::Ephemeral(text) = reply {
+                    respond(&app, &response_url, &text).await;
+                }
+            });
+            None
+        }
+    }
+}
+
+/// Sends `text` to the person through a slash command's `response_url`.
+pub async fn respond(app: &App, response_url: &str, text: &str) {
+    if response_url.is_empty() {
+        tracing::warn!("no response_url to answer a slash command through");
+        return;
+    }
+    if let Err(err) = app.slack.respond(response_url, text).await {
+        tracing::warn!(error = %err, "cannot answer a slash command through its response_url");
+    }
 }
 
 /// Accepts a button click: acknowledged at once, handled after; its answer goes
