@@ -768,6 +768,7 @@ impl App {
                 if state == TaskState::Dispatched && running.contains(&task.id) {
                     self.store.force_running(task.id, agent).await?;
                     task.state = TaskState::Running.as_str().to_owned();
+                    task.started_at = Some(crate::model::now_ms());
                     self.consolidator.show(task.clone(), None);
                 }
                 if task.cancel_requested {
@@ -775,7 +776,19 @@ impl App {
                         task: TaskId(task.id),
                     });
                 }
-                lock(&self.live).entry(task.id).or_insert(task);
+                // The database's row replaces what memory held (its state may
+                // be stale: "dispatched" for a task that runs); progress
+                // applied in memory but not yet written is kept.
+                let mut live = lock(&self.live);
+                if let Some(mem) = live.get(&task.id)
+                    && mem.last_seq > task.last_seq
+                {
+                    task.steps.clone_from(&mem.steps);
+                    task.step_count = mem.step_count;
+                    task.output_tail.clone_from(&mem.output_tail);
+                    task.last_seq = mem.last_seq;
+                }
+                live.insert(task.id, task);
             } else if state == TaskState::Dispatched {
                 // The agent never recorded it: safe to send anywhere.
                 lock(&self.awaiting).remove(&task.id);
@@ -1133,10 +1146,17 @@ impl App {
             if let Some(agent) = task.agent.clone() {
                 self.hub.adopt(&agent, task.id, &task.project);
                 if task.state == TaskState::Dispatched.as_str() {
-                    // Never acknowledged: the accept timeout runs again from now,
-                    // and reconciliation settles it if the agent comes back first.
-                    let deadline =
-                        Instant::now() + Duration::from_secs(self.settings.dispatch_timeout_secs);
+                    // No acknowledgement recorded: the agent may have accepted
+                    // it just before the crash and be running it. It is put
+                    // back only if the agent is not back within its grace
+                    // period (agents take seconds to reconnect); when it comes
+                    // back first, reconciliation settles it from its hello
+                    // (running: it stays; unknown to it: back to the queue).
+                    let wait = self
+                        .settings
+                        .dispatch_timeout_secs
+                        .max(self.settings.agent_grace_secs);
+                    let deadline = Instant::now() + Duration::from_secs(wait);
                     lock(&self.awaiting).insert(task.id, (agent, deadline));
                 }
                 lock(&self.live).insert(task.id, task);
@@ -1298,6 +1318,78 @@ mod tests {
         app.apply_event("a", later).await;
         app.dispatch_pass().await;
         assert_eq!(submits(&mut frames), [TaskId(task.id)]);
+    }
+
+    /// Issue 13, finding 7: after a restart, a task the database shows
+    /// dispatched (its agent may have accepted it just before the crash) is
+    /// not put back before its agent had its grace period to reconnect; when
+    /// the agent comes back running it, it is shown running, not "Dispatched".
+    #[tokio::test]
+    async fn a_recovered_dispatch_waits_for_its_agent_and_then_shows_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let mut req = NewTask {
+            queued_at: crate::model::now_ms(),
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "p".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+            agent: None,
+        };
+        req.agent = Some("a".into());
+        let task = store.insert_task(req).await.expect("written dispatched");
+
+        // The bot starts again from the database alone.
+        let settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        let grace = Duration::from_secs(settings.agent_grace_secs);
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        let app = Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ));
+        let before = Instant::now();
+        app.recover().await.expect("recover");
+        let deadline = lock(&app.awaiting)[&task.id].1;
+        assert!(
+            deadline >= before + grace,
+            "put back after {:?}, before the agent's grace period of {grace:?}",
+            deadline - before
+        );
+        app.sweep().await;
+        assert_eq!(
+            store.task(task.id).await.expect("read").expect("row").state,
+            "dispatched"
+        );
+
+        // The agent comes back running it.
+        let (tx, _frames) = Outbox::new();
+        let mut hello = crate::hub::tests::hello(1, &[("web", 1)]);
+        hello.running = vec![TaskId(task.id)];
+        assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
+        app.reconcile("a", &hello).await.expect("reconcile");
+        assert!(!lock(&app.awaiting).contains_key(&task.id));
+        let step = AgentMessage::Step {
+            task: TaskId(task.id),
+            seq: 1,
+            text: "Edit src/auth.rs".into(),
+        };
+        app.apply_event("a", step).await;
+        let live = lock(&app.live)[&task.id].clone();
+        assert_eq!((live.state.as_str(), live.step_count), ("running", 1));
+        assert_eq!(
+            store.task(task.id).await.expect("read").expect("row").state,
+            "running"
+        );
     }
 
     #[tokio::test]
