@@ -180,3 +180,48 @@ pub async fn run(
     tracing::info!("bye");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, finding 8: as docs/operations.md says, `BATON_AGENT_KEYS`
+    /// never replaces a key an admin made; it rotates its own keys.
+    #[tokio::test]
+    async fn bootstrap_keys_keep_admin_made_keys_and_rotate_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let admin_key = keys::generate();
+        store
+            .put_agent("laptop", &keys::hash(&admin_key), "UADMIN", false)
+            .await
+            .expect("agent add");
+        let mut settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        settings.agent_keys = "laptop:bootstrap-key-0123456789,ci:ci-key-0123456789abcd"
+            .to_owned()
+            .into();
+        bootstrap_keys(&store, &settings).await.expect("bootstrap");
+        let hash_of = |name: &str, agents: &[store::AgentRow]| {
+            agents
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.key_hash.clone())
+        };
+        let agents = store.agents().await.expect("agents");
+        assert_eq!(hash_of("laptop", &agents), Some(keys::hash(&admin_key)));
+        assert_eq!(
+            hash_of("ci", &agents),
+            Some(keys::hash("ci-key-0123456789abcd"))
+        );
+
+        settings.agent_keys = "ci:ci-rotated-0123456789ab".to_owned().into();
+        bootstrap_keys(&store, &settings).await.expect("bootstrap");
+        let agents = store.agents().await.expect("agents");
+        assert_eq!(
+            hash_of("ci", &agents),
+            Some(keys::hash("ci-rotated-0123456789ab"))
+        );
+        assert_eq!(hash_of("laptop", &agents), Some(keys::hash(&admin_key)));
+    }
+}
