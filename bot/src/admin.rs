@@ -290,6 +290,7 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                     .await?
                 {
                     purged += 1;
+                    app.forget_queued(t.id);
                     if let Some(t) = app.store.task(t.id).await? {
                         app.consolidator.show(t, None);
                     }

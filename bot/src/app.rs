@@ -257,6 +257,12 @@ impl App {
         Ok(bound)
     }
 
+    /// Forgets what a task's queued message last showed: the task left its
+    /// queue another way than through the dispatcher or a cancel (a purge).
+    pub fn forget_queued(&self, id: i64) {
+        lock(&self.queue_shown).remove(&id);
+    }
+
     /// Binds `channel` to `project`: its tasks go there from now on.
     pub async fn bind_project(&self, project: &str, channel: &str) -> anyhow::Result<()> {
         self.store.bind_project(project, channel).await?;
@@ -1318,6 +1324,41 @@ mod tests {
         app.apply_event("a", later).await;
         app.dispatch_pass().await;
         assert_eq!(submits(&mut frames), [TaskId(task.id)]);
+    }
+
+    /// Issue 13, finding 8: a queue purge forgets what the purged tasks'
+    /// messages showed (it grew for good before).
+    #[tokio::test]
+    async fn a_queue_purge_forgets_the_queued_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let mut settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        settings.admins = vec!["UADMIN".into()];
+        let store = Store::connect(&url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        let app = Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ));
+        for prompt in ["one", "two"] {
+            app.create_task(request(prompt)).await.expect("queued");
+        }
+        assert_eq!(lock(&app.queue_shown).len(), 2);
+        let purge = crate::slack::handlers::SlashCommand {
+            command: "/baton-admin".into(),
+            text: "queue purge web".into(),
+            user_id: "UADMIN".into(),
+            channel_id: "C1".into(),
+            team_id: "T1".into(),
+            response_url: String::new(),
+        };
+        let answer = crate::admin::handle(&app, &purge).await;
+        assert!(answer.contains("Removed 2"), "{answer}");
+        assert!(lock(&app.queue_shown).is_empty());
     }
 
     /// Issue 13, finding 7: after a restart, a task the database shows
