@@ -18,7 +18,7 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
-    QuerySelect, QueryTrait, Set, Statement,
+    QuerySelect, QueryTrait, Set, Statement, TransactionTrait,
 };
 
 use group::GroupWriter;
@@ -799,24 +799,46 @@ impl Store {
         Ok(())
     }
 
-    /// Binds a channel to a project (one project per channel).
+    /// Binds a channel to a project (one project per channel), in one
+    /// transaction: the project is created if needed, the channel leaves its
+    /// old project and joins the new one, or nothing changes.
     pub async fn bind_project(&self, name: &str, channel: &str) -> anyhow::Result<()> {
-        self.ensure_project(name).await?;
+        let txn = self
+            .db
+            .begin()
+            .await
+            .context("Cannot start binding the project")?;
+        let row = project::ActiveModel {
+            name: Set(name.to_owned()),
+            channel_id: Set(None),
+            created_at: Set(now_ms()),
+        };
+        project::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(project::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .do_nothing()
+            .exec(&txn)
+            .await
+            .context("Cannot record the project")?;
         project::Entity::update_many()
             .col_expr(
                 project::Column::ChannelId,
                 Expr::value(Option::<String>::None),
             )
             .filter(project::Column::ChannelId.eq(channel))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .context("Cannot unbind the channel")?;
         project::Entity::update_many()
             .col_expr(project::Column::ChannelId, Expr::value(channel))
             .filter(project::Column::Name.eq(name))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .context("Cannot bind the project")?;
+        txn.commit().await.context("Cannot bind the project")?;
         Ok(())
     }
 
@@ -1185,6 +1207,30 @@ mod tests {
                 .expect("take back"),
             Requeued::Queued
         );
+    }
+
+    /// Issue 13, finding 8: `project bind` is one transaction. Here the
+    /// last statement fails (a trigger refuses it): the channel keeps its
+    /// old project and the new one is not created.
+    #[tokio::test]
+    async fn a_bind_that_fails_half_way_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(&dir).await;
+        s.bind_project("web", "C1").await.expect("bind");
+        s.connection()
+            .execute_unprepared(
+                "CREATE TRIGGER refuse_bad BEFORE UPDATE OF channel_id ON projects \
+                 WHEN NEW.name = 'bad' AND NEW.channel_id IS NOT NULL \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .await
+            .expect("trigger");
+        assert!(s.bind_project("bad", "C1").await.is_err());
+        assert_eq!(
+            s.project_for_channel("C1").await.expect("read").as_deref(),
+            Some("web")
+        );
+        assert_eq!(s.project_names().await.expect("names"), ["web"]);
     }
 
     fn new_task() -> NewTask {
