@@ -105,6 +105,8 @@ pub struct App {
     pub shutting_down: AtomicBool,
     /// Time from a task entering its queue to its submit frame going out.
     pub dispatch_latency: crate::metrics::Histogram,
+    /// What Slack said about people, user groups and channels (access control).
+    pub directory: crate::access::Directory,
 }
 
 impl std::fmt::Debug for App {
@@ -180,6 +182,7 @@ impl App {
             user_limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
             shutting_down: AtomicBool::new(false),
             dispatch_latency: crate::metrics::Histogram::new(&crate::metrics::DISPATCH_BUCKETS),
+            directory: crate::access::Directory::default(),
         }
     }
 
@@ -270,6 +273,8 @@ impl App {
         let project = self
             .resolve_project(req.project.as_ref(), &req.channel_id)
             .await?;
+        // Who may start what: one check for every way a task is created.
+        self.check_start(&req, &project).await?;
         // An agent that can take it now is chosen before it is written, so it
         // is written dispatched to that agent: one write, not insert then claim.
         let routed = self.hub.route_new(&project);
@@ -778,14 +783,7 @@ impl App {
     /// Cancels a task for `user`. Returns the reply for the person. A
     /// second cancel (a double click) changes nothing and says so.
     pub async fn cancel(&self, id: TaskId, user: &str) -> Result<String, RequestError> {
-        let task = self
-            .store
-            .task(id.0)
-            .await?
-            .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
-        if task.requester != user && !self.is_admin(user) {
-            return Err(RequestError::User(replies::not_yours(id, "cancel")));
-        }
+        let task = self.actionable_task(id, user, "cancel").await?;
         // The task may move between reading it and changing it (dispatched,
         // put back in its queue, ended): each change is guarded, so read again.
         let mut task = task;
@@ -832,11 +830,7 @@ impl App {
     /// Runs an ended task again as a new task, once: a second retry of the
     /// same task (a double click) changes nothing and says so. Returns the reply.
     pub async fn retry(self: &Arc<Self>, id: TaskId, user: &str) -> Result<String, RequestError> {
-        let task = self
-            .store
-            .task(id.0)
-            .await?
-            .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+        let task = self.actionable_task(id, user, "retry").await?;
         let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
         let refusal = |t: &Task| match t.retried_as {
             Some(crate::store::RETRY_CLAIMED) => replies::retry_in_progress(id),
@@ -1078,7 +1072,9 @@ mod tests {
     async fn a_task_is_created_and_handed_out_even_if_the_caller_stops_waiting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        let settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        let mut settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        // No Slack here to ask who U1 is: an admin needs no asking.
+        settings.admins = vec!["U1".into()];
         let store = Store::connect(&url).await.expect("store");
         store.ensure_project("web").await.expect("project");
         let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
