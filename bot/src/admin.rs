@@ -10,13 +10,25 @@ use crate::model::TaskState;
 use crate::replies;
 use crate::slack::handlers::SlashCommand;
 use crate::slack::mrkdwn;
-use crate::store::{Ending, Task};
+use crate::store::{Ending, Task, TaskSummary};
 
 /// Tasks listed by `tasks`.
 const TASKS_LISTED: u64 = 20;
 
 /// One line about a task.
 pub fn task_line(t: &Task) -> String {
+    summary_line(&TaskSummary {
+        id: t.id,
+        state: t.state.clone(),
+        persona: t.persona.clone(),
+        project: t.project.clone(),
+        agent: t.agent.clone(),
+        prompt: t.prompt.clone(),
+    })
+}
+
+/// One line about a task, from its summary.
+pub fn summary_line(t: &TaskSummary) -> String {
     let agent = t
         .agent
         .as_deref()
@@ -102,8 +114,22 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                                 b.probes_in_flight, b.probe_successes
                             ),
                         };
+                        let refused = if a.refused.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " · :no_entry: refused {}: its key does not grant them (give it a key that does: `agent revoke`, then `agent add {} PROJECT…`, or `{}:KEY:…` in `BATON_AGENT_KEYS`)",
+                                a.refused
+                                    .iter()
+                                    .map(|p| format!("`{p}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                row.name,
+                                row.name
+                            )
+                        };
                         out.push_str(&format!(
-                            "• *{}*{}: {} · {} · {}/{} running · {} queued · last seen {}\n",
+                            "• *{}*{}: {} · {} · {}/{} running · {} queued · last seen {}{refused}\n",
                             row.name,
                             revoked,
                             if a.connected {
@@ -164,7 +190,7 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
             }
             out
         }
-        AdminCommand::AgentAdd(name) => {
+        AdminCommand::AgentAdd { name, projects } => {
             let key = crate::keys::generate();
             if !app
                 .store
@@ -175,11 +201,34 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                     "An agent named `{name}` already exists. Revoke it first (`/baton-admin agent revoke {name}`) to give it a new key."
                 ));
             }
+            let grant = projects
+                .as_ref()
+                .map(|ps| ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","));
             app.store
-                .audit(actor, "agent.add", name.as_str(), "")
+                .set_agent_projects(name.as_str(), grant.as_deref())
                 .await?;
+            app.store
+                .audit(
+                    actor,
+                    "agent.add",
+                    name.as_str(),
+                    &format!("projects: {}", grant.as_deref().unwrap_or("*")),
+                )
+                .await?;
+            let serves = match &projects {
+                Some(ps) => format!(
+                    "Its key may serve only {}; any other project it announces is refused.",
+                    ps.iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => format!(
+                    "Its key may serve any project (`*`). To bind it to some, revoke it and add it again with them: `/baton-admin agent add {name} PROJECT…`."
+                ),
+            };
             format!(
-                "Agent `{name}` added. Its key, shown this once — put it in the agent's config (`key = \"...\"`) or `BATON_AGENT_KEY`:\n```{key}```"
+                "Agent `{name}` added. {serves} Its key, shown this once — put it in the agent's config (`key = \"...\"`) or `BATON_AGENT_KEY`:\n```{key}```"
             )
         }
         AdminCommand::AgentRevoke(name) => {
@@ -306,20 +355,236 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
                 .await?;
             format!("Removed {purged} queued task(s) from `{project}`; their messages say so.")
         }
-        AdminCommand::Tasks(state) => {
-            let tasks = match state {
-                Some(s) => {
-                    let mut t = app.store.tasks_in(&[s], u64::MAX).await?;
-                    t.reverse();
-                    t.truncate(TASKS_LISTED as usize);
-                    t
+        AdminCommand::ProjectAllow { project, who } => {
+            let mut added = Vec::new();
+            let mut already = Vec::new();
+            for w in &who {
+                if app
+                    .store
+                    .allow(project.as_str(), w.kind(), w.id(), actor)
+                    .await?
+                {
+                    app.store
+                        .audit(actor, "project.allow", project.as_str(), &w.mention())
+                        .await?;
+                    added.push(w.mention());
+                } else {
+                    already.push(w.mention());
                 }
-                None => app.store.recent_tasks(TASKS_LISTED).await?,
-            };
+            }
+            let mut out = String::new();
+            if !added.is_empty() {
+                out.push_str(&format!(
+                    "Added to the access list of `{project}`: {}.\n",
+                    added.join(", ")
+                ));
+            }
+            if !already.is_empty() {
+                out.push_str(&format!("Already on it: {}.\n", already.join(", ")));
+            }
+            out.push_str(&rule_in_effect(app, project.as_str()).await?);
+            out.push_str(&unknown_project_warning(app, project.as_str()).await?);
+            out
+        }
+        AdminCommand::ProjectDisallow { project, who } => {
+            let mut removed = Vec::new();
+            let mut absent = Vec::new();
+            for w in &who {
+                if app
+                    .store
+                    .disallow(project.as_str(), w.kind(), w.id())
+                    .await?
+                {
+                    app.store
+                        .audit(actor, "project.disallow", project.as_str(), &w.mention())
+                        .await?;
+                    removed.push(w.mention());
+                } else {
+                    absent.push(w.mention());
+                }
+            }
+            let mut out = String::new();
+            if !removed.is_empty() {
+                out.push_str(&format!(
+                    "Removed from the access list of `{project}`: {}.\n",
+                    removed.join(", ")
+                ));
+            }
+            if !absent.is_empty() {
+                out.push_str(&format!("Not on it: {}.\n", absent.join(", ")));
+            }
+            out.push_str(&rule_in_effect(app, project.as_str()).await?);
+            out
+        }
+        AdminCommand::ProjectAccess(project) => {
+            let rows = app.store.access_list(project.as_str()).await?;
+            let mut out = format!("*Access to `{project}`*\n");
+            if rows.is_empty() {
+                out.push_str("The access list is empty.\n");
+            }
+            for r in &rows {
+                let who = crate::access::Who::from_stored(&r.kind, &r.entry_id)
+                    .map(|w| w.mention())
+                    .unwrap_or_else(|| format!("`{}`", r.entry_id));
+                out.push_str(&format!(
+                    "• {who} ({}) — added by <@{}> {}\n",
+                    r.kind,
+                    r.added_by,
+                    slack_date(r.added_at)
+                ));
+            }
+            out.push_str(&rule_in_effect(app, project.as_str()).await?);
+            out
+        }
+        AdminCommand::ProjectPersonas { project, personas } => match personas {
+            None => {
+                let stored = app.store.project_personas(project.as_str()).await?;
+                format!(
+                    "`{project}` takes {}.",
+                    personas_words(crate::access::personas_of(stored.as_deref()).as_deref())
+                )
+            }
+            Some(list) => {
+                let stored = list
+                    .as_ref()
+                    .map(|ps| ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","));
+                app.store
+                    .set_project_personas(project.as_str(), stored.as_deref())
+                    .await?;
+                app.store
+                    .audit(
+                        actor,
+                        "project.personas",
+                        project.as_str(),
+                        stored.as_deref().unwrap_or("all"),
+                    )
+                    .await?;
+                format!("`{project}` now takes {}.", personas_words(list.as_deref()))
+            }
+        },
+        AdminCommand::ProjectApprovers { project, who } => {
+            if who.is_empty() {
+                let rows = app.store.approvers(project.as_str()).await?;
+                let names: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| crate::access::Who::from_stored(&r.kind, &r.entry_id))
+                    .map(|w| w.mention())
+                    .collect();
+                return Ok(if names.is_empty() {
+                    format!(
+                        "`{project}` has no approvers: its tasks' requests are answered by their requester or an admin. Set some with `/baton-admin project approvers {project} @someone @a-group`."
+                    )
+                } else {
+                    format!(
+                        "Approvers of `{project}` (besides the requester and admins): {}.",
+                        names.join(", ")
+                    )
+                });
+            }
+            let pairs: Vec<(&str, &str)> = who.iter().map(|w| (w.kind(), w.id())).collect();
+            app.store
+                .set_approvers(project.as_str(), &pairs, actor)
+                .await?;
+            let names: Vec<String> = who.iter().map(|w| w.mention()).collect();
+            app.store
+                .audit(
+                    actor,
+                    "project.approvers",
+                    project.as_str(),
+                    &names.join(" "),
+                )
+                .await?;
+            format!(
+                "Approvers of `{project}` are now: {} (besides the requester and admins).",
+                names.join(", ")
+            )
+        }
+        AdminCommand::Audit(n) => {
+            let rows = app.store.audit_log(n).await?;
+            if rows.is_empty() {
+                return Ok("The audit log is empty.".into());
+            }
+            let mut out = format!("*The latest {} audit entries*\n", rows.len());
+            for r in rows {
+                let who = match crate::access::Who::parse(&r.actor) {
+                    Ok(w @ crate::access::Who::User(_)) => w.mention(),
+                    _ => format!("`{}`", mrkdwn::escape(&r.actor)),
+                };
+                out.push_str(&format!(
+                    "• {} {who} *{}* `{}`{}\n",
+                    slack_date(r.at),
+                    mrkdwn::escape(&r.action),
+                    mrkdwn::escape(&r.target),
+                    if r.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" — {}", mrkdwn::escape(&r.detail))
+                    }
+                ));
+            }
+            out
+        }
+        AdminCommand::Tasks(state) => {
+            let tasks = app.store.newest_tasks(state, TASKS_LISTED).await?;
             if tasks.is_empty() {
                 return Ok("No tasks.".into());
             }
-            tasks.iter().map(task_line).collect::<Vec<_>>().join("\n")
+            tasks
+                .iter()
+                .map(summary_line)
+                .collect::<Vec<_>>()
+                .join("\n")
         }
     })
+}
+
+/// The rule in effect for `project`, with its personas, in words.
+async fn rule_in_effect(app: &App, project: &str) -> anyhow::Result<String> {
+    let rows = app.store.access_list(project).await?;
+    let list = crate::access::AccessList::from_rows(&rows);
+    let personas = app.store.project_personas(project).await?;
+    Ok(format!(
+        "{} It takes {}.",
+        list.describe(project, app.settings.default_access),
+        personas_words(crate::access::personas_of(personas.as_deref()).as_deref())
+    ))
+}
+
+/// A warning when no agent has served `project` yet (a typo would go unnoticed).
+async fn unknown_project_warning(app: &App, project: &str) -> anyhow::Result<String> {
+    let known = app.store.project_names().await?;
+    if known.iter().any(|k| k == project) {
+        return Ok(String::new());
+    }
+    Ok(format!(
+        "\n:warning: No agent has served `{project}` yet; check the spelling. Known projects: {}.",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ))
+}
+
+/// "every persona" or "`code`, `review`".
+fn personas_words(personas: Option<&[baton_shared::Persona]>) -> String {
+    match personas {
+        None => "every persona".into(),
+        Some([]) => "no persona".into(),
+        Some(list) => list
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// A Unix-ms time as Slack shows dates in the reader's own time zone.
+fn slack_date(ms: i64) -> String {
+    let secs = ms / 1000;
+    format!("<!date^{secs}^{{date_short}} {{time_secs}}|{secs}>")
 }

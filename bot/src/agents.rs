@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use baton_shared::AgentName;
 use baton_shared::limits::{HEARTBEAT_MISSES_DEAD, MAX_FRAME_BYTES};
 use baton_shared::protocol::{
-    AgentMessage, BotMessage, PROTOCOL_VERSION, ProtocolError, close_code,
+    AgentMessage, BotMessage, Hello, PROTOCOL_VERSION, ProtocolError, close_code,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
@@ -65,6 +65,7 @@ pub async fn upgrade(
                 .into_response();
         }
     };
+    let row_projects = row.projects.clone();
     let Ok(name) = AgentName::new(row.name) else {
         return (StatusCode::UNAUTHORIZED, "agent name is invalid\n").into_response();
     };
@@ -89,7 +90,9 @@ pub async fn upgrade(
             let socket = Box::new(socket);
             async move {
                 let span = tracing::info_span!("agent", agent = %name);
-                let _ = tracing::Instrument::instrument(serve(app, name, socket), span).await;
+                let grant = crate::keys::granted(row_projects.as_deref());
+                let _ =
+                    tracing::Instrument::instrument(serve(app, name, grant, socket), span).await;
             }
         })
 }
@@ -130,8 +133,30 @@ async fn read_hello(
     }
 }
 
-async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
-    let hello = match read_hello(&mut socket).await {
+/// Splits the projects `hello` announces into those `grant` allows (None:
+/// any), kept in the hello, and those it does not, returned.
+pub fn keep_granted(hello: &mut Hello, grant: Option<&[String]>) -> Vec<String> {
+    let Some(grant) = grant else {
+        return Vec::new();
+    };
+    let mut refused = Vec::new();
+    hello.projects.retain(|p| {
+        let ok = grant.iter().any(|g| g == p.name.as_str());
+        if !ok {
+            refused.push(p.name.to_string());
+        }
+        ok
+    });
+    refused
+}
+
+async fn serve(
+    app: Arc<App>,
+    name: AgentName,
+    grant: Option<Vec<String>>,
+    mut socket: Box<WebSocket>,
+) {
+    let mut hello = match read_hello(&mut socket).await {
         Ok(h) => h,
         Err((code, reason)) => {
             tracing::warn!(code, reason, "agent refused at hello");
@@ -139,6 +164,27 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
             return;
         }
     };
+    // A project the key does not grant is never created, never routed here.
+    let refused = keep_granted(&mut hello, grant.as_deref());
+    drop(grant);
+    for project in &refused {
+        tracing::warn!(
+            project,
+            "agent announced a project its key does not grant; refused for this agent"
+        );
+        if let Err(err) = app
+            .store
+            .audit(
+                name.as_str(),
+                "refused.project",
+                project,
+                "not granted to this agent's key",
+            )
+            .await
+        {
+            tracing::error!(error = ?err, "cannot audit a refused project");
+        }
+    }
     // Its projects exist before it can be seen as connected: a task sent the
     // moment it shows up must find them.
     for p in &hello.projects {
@@ -151,6 +197,7 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
         }
     }
     let (tx, mut rx) = Outbox::new();
+    let overflow = rx.overflow();
     let conn_id = match app.hub.register(name.as_str(), tx.clone(), &hello) {
         Register::Ok(id) => id,
         Register::Duplicate => {
@@ -163,6 +210,7 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
             return;
         }
     };
+    app.hub.set_refused(name.as_str(), refused);
     tracing::info!(
         capacity = hello.capacity,
         projects = hello.projects.len(),
@@ -283,6 +331,13 @@ async fn serve(app: Arc<App>, name: AgentName, mut socket: Box<WebSocket>) {
     tokio::select! {
         _ = writer => {}
         _ = reader => {}
+        // Dropping the writer drops the socket: the peer is cut off.
+        _ = overflow.wait() => {
+            tracing::warn!(
+                frames = crate::hub::OUTBOX_MAX_FRAMES,
+                "agent does not read what the bot sends (its queue is full); disconnecting it"
+            );
+        }
     }
     app.hub.unregister(name.as_str(), conn_id);
     app.dispatch_wake.notify_one();

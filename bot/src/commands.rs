@@ -7,6 +7,7 @@
 use baton_shared::limits::MAX_PROMPT_CHARS;
 use baton_shared::{AgentName, Persona, ProjectName, TaskId};
 
+use crate::access::Who;
 use crate::model::TaskState;
 
 /// A `/baton` command (or an `@baton` mention).
@@ -43,7 +44,12 @@ pub enum AdminCommand {
     /// List agents.
     Agents,
     /// Add an agent and show its key once.
-    AgentAdd(AgentName),
+    AgentAdd {
+        /// The agent's name.
+        name: AgentName,
+        /// The projects its key may serve; None: any (`*`, or none given).
+        projects: Option<Vec<ProjectName>>,
+    },
     /// Revoke an agent's key and disconnect it.
     AgentRevoke(AgentName),
     /// Bind a project to a channel (this one when none is given).
@@ -61,9 +67,46 @@ pub enum AdminCommand {
     QueuePurge(ProjectName),
     /// List tasks, optionally in one state.
     Tasks(Option<TaskState>),
+    /// Add people, user groups or channels to a project's access list.
+    ProjectAllow {
+        /// The project.
+        project: ProjectName,
+        /// Who or where.
+        who: Vec<Who>,
+    },
+    /// Remove entries from a project's access list.
+    ProjectDisallow {
+        /// The project.
+        project: ProjectName,
+        /// Who or where.
+        who: Vec<Who>,
+    },
+    /// Show a project's access list and the rule in effect.
+    ProjectAccess(ProjectName),
+    /// Set (or show, when None) the personas a project takes.
+    ProjectPersonas {
+        /// The project.
+        project: ProjectName,
+        /// The personas; `Some(None)`: all of them; None: show.
+        personas: Option<Option<Vec<Persona>>>,
+    },
+    /// Set (or show, when empty) who may answer a project's approvals.
+    ProjectApprovers {
+        /// The project.
+        project: ProjectName,
+        /// People and user groups.
+        who: Vec<Who>,
+    },
+    /// The latest audit entries.
+    Audit(u64),
     /// Show the admin commands.
     Help,
 }
+
+/// Audit entries `/baton-admin audit` shows when no number is given.
+pub const AUDIT_SHOWN: u64 = 20;
+/// The most audit entries one `/baton-admin audit N` shows.
+pub const AUDIT_SHOWN_MAX: u64 = 100;
 
 /// Why a command did not parse; shown to the person as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +271,78 @@ fn project_name(word: &str) -> Result<ProjectName, ParseError> {
     ProjectName::new(word).map_err(|e| ParseError(e.to_string()))
 }
 
+/// `agent add NAME [PROJECT…|*]`: no project, or `*`, means any.
+fn agent_add(name: &str, projects: &[&str]) -> Result<AdminCommand, ParseError> {
+    let name = AgentName::new(name).map_err(|e| ParseError(e.to_string()))?;
+    let projects = if projects.is_empty() || projects == ["*"] {
+        None
+    } else {
+        Some(
+            projects
+                .iter()
+                .map(|p| project_name(p))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    };
+    Ok(AdminCommand::AgentAdd { name, projects })
+}
+
+/// A project then people, user groups or channels; `needed`: at least one.
+fn project_and_who(
+    words: &[&str],
+    usage: &str,
+    needed: bool,
+) -> Result<(ProjectName, Vec<Who>), ParseError> {
+    let Some((p, rest)) = words.split_first() else {
+        return Err(ParseError(format!("Usage: `{usage}`")));
+    };
+    let project = project_name(p)?;
+    if needed && rest.is_empty() {
+        return Err(ParseError(format!(
+            "Who? Mention people, user groups or channels. Usage: `{usage}`"
+        )));
+    }
+    let who = rest
+        .iter()
+        .map(|w| Who::parse(w).map_err(ParseError))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((project, who))
+}
+
+/// `code,review,…` (commas or spaces), or `all` (None).
+fn persona_list(text: &str) -> Result<Option<Vec<Persona>>, ParseError> {
+    let words: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words == ["all"] {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for w in words {
+        let p = w.parse::<Persona>().map_err(|_| {
+            ParseError(format!(
+                "`{w}` is not a persona. Use some of: {}, or `all`.",
+                Persona::ALL
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        return Err(ParseError(
+            "Which personas? Usage: `/baton-admin project personas PROJECT code,review,…` (or `all`)".into(),
+        ));
+    }
+    Ok(Some(out))
+}
+
 /// A channel as Slack escapes it (`<#C123|name>`), or a bare channel id.
 fn channel_id(word: &str) -> Result<String, ParseError> {
     let inner = word.strip_prefix("<#").and_then(|w| w.strip_suffix('>'));
@@ -272,12 +387,12 @@ const ADMIN: &[Entry<AdminCommand>] = &[
         parse: |w, _| (w == ["agents"]).then_some(Ok(AdminCommand::Agents)),
     },
     Entry {
-        usage: "/baton-admin agent add NAME",
-        about: "add an agent; its key is shown once, only to you",
+        usage: "/baton-admin agent add NAME [PROJECT…|*]",
+        about: "add an agent whose key may serve only those projects (`*` or none: any); its key is shown once, only to you",
         parse: |w, _| match w {
-            ["agent", "add", name] => Some(admin_name(name, AdminCommand::AgentAdd)),
-            ["agent", "add", ..] => Some(Err(ParseError(
-                "Usage: `/baton-admin agent add NAME`".into(),
+            ["agent", "add", name, projects @ ..] => Some(agent_add(name, projects)),
+            ["agent", "add"] => Some(Err(ParseError(
+                "Usage: `/baton-admin agent add NAME [PROJECT…|*]`".into(),
             ))),
             _ => None,
         },
@@ -290,6 +405,76 @@ const ADMIN: &[Entry<AdminCommand>] = &[
             ["agent", "revoke", ..] => Some(Err(ParseError(
                 "Usage: `/baton-admin agent revoke NAME`".into(),
             ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin project allow PROJECT WHO…",
+        about: "let people (@someone), user groups (@group) and channels (#channel) start tasks in PROJECT",
+        parse: |w, _| match w {
+            ["project", "allow", rest @ ..] => Some(
+                project_and_who(rest, "/baton-admin project allow PROJECT WHO…", true)
+                    .map(|(project, who)| AdminCommand::ProjectAllow { project, who }),
+            ),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin project disallow PROJECT WHO…",
+        about: "remove people, user groups or channels from PROJECT's access list",
+        parse: |w, _| match w {
+            ["project", "disallow", rest @ ..] => Some(
+                project_and_who(rest, "/baton-admin project disallow PROJECT WHO…", true)
+                    .map(|(project, who)| AdminCommand::ProjectDisallow { project, who }),
+            ),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin project access PROJECT",
+        about: "show PROJECT's access list and the rule in effect",
+        parse: |w, _| match w {
+            ["project", "access", p] => Some(project_name(p).map(AdminCommand::ProjectAccess)),
+            ["project", "access", ..] => Some(Err(ParseError(
+                "Usage: `/baton-admin project access PROJECT`".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin project personas PROJECT [code,review,…|all]",
+        about: "set (or show) the personas PROJECT takes (default: all)",
+        parse: |w, _| match w {
+            ["project", "personas", p, list @ ..] => Some(project_name(p).and_then(|project| {
+                let personas = if list.is_empty() {
+                    None
+                } else {
+                    Some(persona_list(&list.join(","))?)
+                };
+                Ok(AdminCommand::ProjectPersonas { project, personas })
+            })),
+            ["project", "personas"] => Some(Err(ParseError(
+                "Usage: `/baton-admin project personas PROJECT code,review,…` (or `all`)".into(),
+            ))),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin project approvers PROJECT [WHO…]",
+        about: "set (or show) the people and user groups who may answer PROJECT's approvals",
+        parse: |w, _| match w {
+            ["project", "approvers", rest @ ..] => Some(
+                project_and_who(rest, "/baton-admin project approvers PROJECT WHO…", false)
+                    .and_then(|(project, who)| {
+                        match who.iter().find(|w| matches!(w, Who::Channel(_))) {
+                            Some(c) => Err(ParseError(format!(
+                                "Approvers are people or user groups, not channels ({}).",
+                                c.mention()
+                            ))),
+                            None => Ok(AdminCommand::ProjectApprovers { project, who }),
+                        }
+                    }),
+            ),
             _ => None,
         },
     },
@@ -356,6 +541,20 @@ const ADMIN: &[Entry<AdminCommand>] = &[
                         ))
                     }),
             ),
+            _ => None,
+        },
+    },
+    Entry {
+        usage: "/baton-admin audit [N]",
+        about: "the latest audit entries: who did or was refused what",
+        parse: |w, _| match w {
+            ["audit"] => Some(Ok(AdminCommand::Audit(AUDIT_SHOWN))),
+            ["audit", n] => Some(match n.parse::<u64>() {
+                Ok(n) if (1..=AUDIT_SHOWN_MAX).contains(&n) => Ok(AdminCommand::Audit(n)),
+                _ => Err(ParseError(format!(
+                    "`{n}` is not a number of entries from 1 to {AUDIT_SHOWN_MAX}. Usage: `/baton-admin audit [N]`"
+                ))),
+            }),
             _ => None,
         },
     },
@@ -526,8 +725,26 @@ mod tests {
         assert_eq!(parse_admin("agents"), Ok(AdminCommand::Agents));
         assert_eq!(
             parse_admin("agent add laptop"),
-            Ok(AdminCommand::AgentAdd(a("laptop")))
+            Ok(AdminCommand::AgentAdd {
+                name: a("laptop"),
+                projects: None
+            })
         );
+        assert_eq!(
+            parse_admin("agent add laptop *"),
+            Ok(AdminCommand::AgentAdd {
+                name: a("laptop"),
+                projects: None
+            })
+        );
+        assert_eq!(
+            parse_admin("agent add ci web api"),
+            Ok(AdminCommand::AgentAdd {
+                name: a("ci"),
+                projects: Some(vec![p("web"), p("api")])
+            })
+        );
+        assert!(parse_admin("agent add ci ../x").is_err());
         assert_eq!(
             parse_admin("agent revoke laptop"),
             Ok(AdminCommand::AgentRevoke(a("laptop")))
@@ -566,6 +783,77 @@ mod tests {
     }
 
     #[test]
+    fn access_commands_parse_and_refuse_what_they_cannot_read() {
+        let p = |s: &str| ProjectName::new(s).expect("valid");
+        assert_eq!(
+            parse_admin("project allow web <@U1|ann> <!subteam^S2|@devs> <#C3|dev>"),
+            Ok(AdminCommand::ProjectAllow {
+                project: p("web"),
+                who: vec![
+                    Who::User("U1".into()),
+                    Who::Group("S2".into()),
+                    Who::Channel("C3".into())
+                ]
+            })
+        );
+        assert_eq!(
+            parse_admin("project disallow web U1"),
+            Ok(AdminCommand::ProjectDisallow {
+                project: p("web"),
+                who: vec![Who::User("U1".into())]
+            })
+        );
+        assert!(parse_admin("project allow web").is_err_and(|e| e.0.contains("Who?")));
+        assert!(parse_admin("project allow").is_err_and(|e| e.0.contains("Usage")));
+        assert!(parse_admin("project allow web @ann").is_err_and(|e| e.0.contains("`@ann`")));
+        assert_eq!(
+            parse_admin("project access web"),
+            Ok(AdminCommand::ProjectAccess(p("web")))
+        );
+        assert_eq!(
+            parse_admin("project personas web code, review"),
+            Ok(AdminCommand::ProjectPersonas {
+                project: p("web"),
+                personas: Some(Some(vec![Persona::Code, Persona::Review]))
+            })
+        );
+        assert_eq!(
+            parse_admin("project personas web all"),
+            Ok(AdminCommand::ProjectPersonas {
+                project: p("web"),
+                personas: Some(None)
+            })
+        );
+        assert_eq!(
+            parse_admin("project personas web"),
+            Ok(AdminCommand::ProjectPersonas {
+                project: p("web"),
+                personas: None
+            })
+        );
+        assert!(parse_admin("project personas web coder").is_err_and(|e| e.0.contains("`coder`")));
+        assert_eq!(
+            parse_admin("project approvers web <@U1> <!subteam^S2>"),
+            Ok(AdminCommand::ProjectApprovers {
+                project: p("web"),
+                who: vec![Who::User("U1".into()), Who::Group("S2".into())]
+            })
+        );
+        assert!(
+            parse_admin("project approvers web <#C1>").is_err_and(|e| e.0.contains("not channels"))
+        );
+        assert_eq!(parse_admin("audit"), Ok(AdminCommand::Audit(AUDIT_SHOWN)));
+        assert_eq!(parse_admin("audit 5"), Ok(AdminCommand::Audit(5)));
+        assert!(parse_admin("audit 1000").is_err());
+        assert!(parse_admin("audit x").is_err());
+        // `project bind` still parses after the new project subcommands.
+        assert!(matches!(
+            parse_admin("project bind web"),
+            Ok(AdminCommand::ProjectBind { .. })
+        ));
+    }
+
+    #[test]
     fn help_lists_every_command() {
         let h = help();
         for usage in [
@@ -587,6 +875,12 @@ mod tests {
             "projects",
             "queue purge",
             "tasks [STATE]",
+            "project allow PROJECT WHO…",
+            "project disallow PROJECT WHO…",
+            "project access PROJECT",
+            "project personas PROJECT",
+            "project approvers PROJECT",
+            "audit [N]",
         ] {
             assert!(h.contains(usage), "{usage} missing from admin help");
         }

@@ -148,6 +148,22 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// What to say loudly at start when `/metrics` is open to the network:
+/// no `BATON_METRICS_TOKEN`, and a listener that is not on loopback.
+pub fn metrics_exposure_warning(settings: &crate::settings::Settings) -> Option<String> {
+    let token = settings
+        .metrics_token
+        .as_ref()
+        .is_some_and(|t| !secrecy::ExposeSecret::expose_secret(t).trim().is_empty());
+    if token || settings.listen.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "GET /metrics on {} answers anyone who can reach it (it names agents and projects): set BATON_METRICS_TOKEN, or listen on a loopback address behind a proxy",
+        settings.listen
+    ))
+}
+
 async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Some(token) = &app.settings.metrics_token {
         let presented = headers
@@ -165,13 +181,27 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         }
     }
     let mut out = String::new();
+    // One scrape reads a bounded number of rows: active tasks by state and
+    // queue depths (both bounded by the queues' bound and the agents'
+    // capacity); ended tasks are counted as they end.
     let _ = writeln!(
         out,
-        "# HELP baton_tasks Tasks by state.\n# TYPE baton_tasks gauge"
+        "# HELP baton_tasks Queued, dispatched and running tasks.\n# TYPE baton_tasks gauge"
     );
-    for state in TaskState::ALL {
-        let n = app.store.count_in(state).await.unwrap_or(0);
+    let active = app.store.active_counts().await.unwrap_or_default();
+    for state in [TaskState::Queued, TaskState::Dispatched, TaskState::Running] {
+        let n = active
+            .iter()
+            .find(|(s, _)| s == state.as_str())
+            .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "baton_tasks{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP baton_tasks_ended_total Tasks this process ended, by final state.\n# TYPE baton_tasks_ended_total counter"
+    );
+    for (state, n) in crate::store::TERMINAL.iter().zip(app.store.ended()) {
+        let _ = writeln!(out, "baton_tasks_ended_total{{state=\"{state}\"}} {n}");
     }
     let agents = app.hub.snapshot();
     let _ = writeln!(
@@ -199,8 +229,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         out,
         "# HELP baton_queue_depth Queued tasks per project.\n# TYPE baton_queue_depth gauge"
     );
-    for p in app.store.projects_with_queue().await.unwrap_or_default() {
-        let n = app.store.queue_len(&p).await.unwrap_or(0);
+    for (p, n) in app.store.queue_depths().await.unwrap_or_default() {
         let _ = writeln!(out, "baton_queue_depth{{project=\"{p}\"}} {n}");
     }
     app.dispatch_latency.render(
@@ -241,4 +270,29 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         let _ = writeln!(out, "baton_db_commits_total {commits}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_metrics_on_a_public_listener_are_warned_about() {
+        let mut s =
+            crate::settings::Settings::for_tests("http://127.0.0.1:9", "sqlite::memory:", "x");
+        assert_eq!(metrics_exposure_warning(&s), None, "loopback");
+        s.listen = "0.0.0.0:8080".parse().expect("addr");
+        let warning = metrics_exposure_warning(&s).expect("public, no token");
+        assert!(warning.contains("BATON_METRICS_TOKEN"), "{warning}");
+        s.metrics_token = Some("  ".to_owned().into());
+        assert!(
+            metrics_exposure_warning(&s).is_some(),
+            "a blank token is none"
+        );
+        s.metrics_token = Some("t0k3n".to_owned().into());
+        assert_eq!(metrics_exposure_warning(&s), None, "token set");
+        s.metrics_token = None;
+        s.listen = "[::1]:8080".parse().expect("addr");
+        assert_eq!(metrics_exposure_warning(&s), None, "IPv6 loopback");
+    }
 }

@@ -4,7 +4,8 @@
 //! guards it: no `.await` happens while it is held.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Now, on tokio's clock (so paused time in tests moves breakers and grace periods too).
@@ -17,32 +18,130 @@ use baton_shared::protocol::{BotMessage, Hello};
 use crate::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Outcome, Permit};
 use crate::slack::consolidator::lock;
 
-/// Frames queued for one connection's writer.
+/// Frames one connection's queue holds for its writer. A peer that lets
+/// this many pile up is not reading: it is disconnected, not buffered for
+/// ever. Above any burst a live agent sees (a submit per slot of its
+/// capacity, plus acks and errors).
+pub const OUTBOX_MAX_FRAMES: usize = 4096;
+
+/// Frames queued for one connection's writer, at most a bound.
 ///
 /// futures' unbounded channel, not tokio's: tokio's allocates a block of 32
 /// slots when the channel is made (1.8 KiB with its shared state, per idle
 /// agent); this one allocates a node per queued frame and about 250 bytes
-/// up front.
+/// up front. The bound is counted beside it.
 #[derive(Debug, Clone)]
-pub struct Outbox(futures::channel::mpsc::UnboundedSender<Outgoing>);
+pub struct Outbox {
+    /// The channel to the writer.
+    tx: futures::channel::mpsc::UnboundedSender<Outgoing>,
+    /// How full it is, shared with the writer's end.
+    depth: Arc<Depth>,
+}
+
+/// How many frames wait in one [`Outbox`], and whether it overflowed.
+#[derive(Debug)]
+struct Depth {
+    /// Frames queued and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// The most it may hold.
+    limit: usize,
+    /// Set once, when a frame found it full.
+    overflowed: AtomicBool,
+    /// Wakes whoever waits for the overflow.
+    wake: tokio::sync::Notify,
+}
 
 /// The writer's end of an [`Outbox`].
-pub type OutboxReceiver = futures::channel::mpsc::UnboundedReceiver<Outgoing>;
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    /// The channel from the senders.
+    rx: futures::channel::mpsc::UnboundedReceiver<Outgoing>,
+    /// Shared with the senders.
+    depth: Arc<Depth>,
+}
 
-/// The writer's end is gone: the connection is closing.
+/// Resolves when its [`Outbox`] overflowed (see [`OutboxReceiver::overflow`]).
+#[derive(Debug, Clone)]
+pub struct Overflow(Arc<Depth>);
+
+impl Overflow {
+    /// Waits until a frame found the queue full.
+    pub async fn wait(&self) {
+        while !self.0.overflowed.load(Ordering::SeqCst) {
+            self.0.wake.notified().await;
+        }
+    }
+}
+
+/// The writer's end is gone (the connection is closing), or the queue
+/// overflowed (the connection is being dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
 impl Outbox {
-    /// A queue for one connection's writer.
+    /// A queue for one connection's writer, of [`OUTBOX_MAX_FRAMES`].
     pub fn new() -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        (Outbox(tx), rx)
+        Self::bounded(OUTBOX_MAX_FRAMES)
     }
 
-    /// Queues a frame; Err when the connection's writer has stopped.
+    /// A queue of at most `limit` frames.
+    pub fn bounded(limit: usize) -> (Outbox, OutboxReceiver) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let depth = Arc::new(Depth {
+            queued: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        });
+        (
+            Outbox {
+                tx,
+                depth: depth.clone(),
+            },
+            OutboxReceiver { rx, depth },
+        )
+    }
+
+    /// Queues a frame; Err when the connection's writer has stopped or the
+    /// queue is full (then the connection is dropped: see [`Overflow`]).
     pub fn send(&self, out: Outgoing) -> Result<(), Closed> {
-        self.0.unbounded_send(out).map_err(|_| Closed)
+        let d = &self.depth;
+        if d.overflowed.load(Ordering::Relaxed) {
+            return Err(Closed);
+        }
+        if d.queued.fetch_add(1, Ordering::SeqCst) >= d.limit {
+            d.queued.fetch_sub(1, Ordering::SeqCst);
+            if !d.overflowed.swap(true, Ordering::SeqCst) {
+                d.wake.notify_one();
+            }
+            return Err(Closed);
+        }
+        self.tx.unbounded_send(out).map_err(|_| {
+            d.queued.fetch_sub(1, Ordering::SeqCst);
+            Closed
+        })
+    }
+}
+
+impl OutboxReceiver {
+    /// What resolves when the queue overflows: its peer does not read.
+    pub fn overflow(&self) -> Overflow {
+        Overflow(self.depth.clone())
+    }
+}
+
+impl futures::Stream for OutboxReceiver {
+    type Item = Outgoing;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Outgoing>> {
+        let polled = std::pin::Pin::new(&mut self.rx).poll_next(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            self.depth.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        polled
     }
 }
 
@@ -93,6 +192,8 @@ pub struct AgentEntry {
     pub last_seen: Option<Instant>,
     /// When it disconnected (for the grace period).
     pub disconnected_at: Option<Instant>,
+    /// Projects its last hello announced that its key does not grant.
+    pub refused: Vec<String>,
 }
 
 impl AgentEntry {
@@ -228,6 +329,7 @@ impl Hub {
             per_project: HashMap::new(),
             last_seen: None,
             disconnected_at: None,
+            refused: Vec::new(),
         })
     }
 
@@ -266,6 +368,13 @@ impl Hub {
         entry.last_seen = Some(now());
         entry.disconnected_at = None;
         Register::Ok(id)
+    }
+
+    /// Records the projects the agent announced that its key does not
+    /// grant (never routed to it; shown in health).
+    pub fn set_refused(&self, name: &str, projects: Vec<String>) {
+        let mut map = lock(&self.agents);
+        self.entry(&mut map, name).refused = projects;
     }
 
     /// Removes a connection (only if it is still the registered one).
@@ -487,6 +596,7 @@ impl Hub {
                     })
                     .unwrap_or_default(),
                 last_seen_secs: e.last_seen.map(|t| now.duration_since(t).as_secs()),
+                refused: e.refused.clone(),
                 version: e
                     .conn
                     .as_ref()
@@ -567,6 +677,8 @@ pub struct AgentStatus {
     pub projects: Vec<String>,
     /// Seconds since a frame last arrived.
     pub last_seen_secs: Option<u64>,
+    /// Projects it announced that its key does not grant (refused).
+    pub refused: Vec<String>,
     /// Its build.
     pub version: String,
 }
@@ -594,6 +706,35 @@ pub(crate) mod tests {
             running: Vec::new(),
             held_results: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_refuses_frames_and_says_so_once() {
+        use futures::StreamExt;
+        let (tx, mut rx) = Outbox::bounded(2);
+        let overflow = rx.overflow();
+        let frame = || {
+            Outgoing::Frame(BotMessage::Cancel {
+                task: baton_shared::TaskId(1),
+            })
+        };
+        assert_eq!(tx.send(frame()), Ok(()));
+        assert_eq!(tx.send(frame()), Ok(()));
+        // Taken by the writer: room again.
+        assert!(rx.next().await.is_some());
+        assert_eq!(tx.send(frame()), Ok(()));
+        assert_eq!(
+            tx.send(frame()),
+            Err(Closed),
+            "full: the peer does not read"
+        );
+        overflow.wait().await;
+        assert!(rx.next().await.is_some());
+        assert_eq!(tx.send(frame()), Err(Closed), "overflowed for good");
+        drop(rx);
+        let (tx, rx) = Outbox::bounded(2);
+        drop(rx);
+        assert_eq!(tx.send(frame()), Err(Closed), "the writer is gone");
     }
 
     #[test]

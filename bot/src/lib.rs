@@ -15,7 +15,9 @@
 //! - [`http`]: the axum router.
 //! - [`metrics`]: the histogram behind `/metrics`' latencies.
 //! - [`replies`]: every refusal and error text a person sees.
+//! - [`access`]: who may start, see, cancel and retry which tasks.
 
+pub mod access;
 pub mod admin;
 pub mod agents;
 pub mod app;
@@ -82,19 +84,33 @@ async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()
     let keys =
         keys::parse_bootstrap(settings.agent_keys.expose_secret()).map_err(anyhow::Error::msg)?;
     let existing = store.agents().await?;
-    for (name, key) in keys {
-        let hash = keys::hash(&key);
+    for entry in keys {
+        let name = &entry.name;
+        let hash = keys::hash(&entry.key);
+        let grant = entry.grant();
         match existing.iter().find(|a| a.name == name.as_str()) {
             Some(a) if a.revoked_at.is_some() => {
                 tracing::warn!(agent = %name, "BATON_AGENT_KEYS names an agent an admin revoked; it stays revoked");
             }
-            Some(a) if a.key_hash == hash => {}
             Some(a) if a.created_by.as_deref() != Some(BOOTSTRAP) => {
-                tracing::warn!(agent = %name, "BATON_AGENT_KEYS names an agent an admin created; its key is kept");
+                if a.key_hash != hash {
+                    tracing::warn!(agent = %name, "BATON_AGENT_KEYS names an agent an admin created; its key is kept");
+                }
+            }
+            Some(a) if a.key_hash == hash => {
+                // The same key: its projects follow the setting.
+                if a.projects != grant {
+                    store
+                        .set_agent_projects(name.as_str(), grant.as_deref())
+                        .await?;
+                }
             }
             _ => {
                 store
                     .put_agent(name.as_str(), &hash, BOOTSTRAP, true)
+                    .await?;
+                store
+                    .set_agent_projects(name.as_str(), grant.as_deref())
                     .await?;
             }
         }
@@ -122,6 +138,10 @@ pub async fn run(
     };
     if let Some(token) = settings.socket_mode_token() {
         slack::socket_mode::check_app_token(token)?;
+    }
+    if let Some(warning) = http::metrics_exposure_warning(&settings) {
+        tracing::warn!("SECURITY: {warning}");
+        eprintln!("baton-bot: WARNING: {warning}");
     }
     let store = Store::connect(&settings.database_url).await?;
     bootstrap_keys(&store, &settings)

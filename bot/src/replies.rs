@@ -178,3 +178,43 @@ pub fn not_run_unpostable(id: TaskId, why: &str) -> String {
         "Task {id} was not run: its message cannot be posted in this channel ({why}). Invite the app to the channel (`/invite @baton`), then `/baton retry {id}`."
     )
 }
+/// A task refused by a project's access rules: why, and what would allow it.
+pub fn task_refused(
+    refusal: &crate::access::Refusal,
+    project: &str,
+    user: &str,
+    channel: &str,
+    persona: baton_shared::Persona,
+) -> String {
+    use crate::access::Refusal;
+    let allow_you = format!("ask an admin: `/baton-admin project allow {project} <@{user}>`");
+    match refusal {
+        Refusal::Persona { allowed } => {
+            let list: Vec<String> = allowed.iter().map(|p| format!("`{p}`")).collect();
+            let mut wanted: Vec<&str> = allowed.iter().map(|p| p.as_str()).collect();
+            wanted.push(persona.as_str());
+            format!(
+                "Project `{project}` does not take `{persona}` tasks; it takes {}. Nothing was started. To change that, ask an admin: `/baton-admin project personas {project} {}`.",
+                if list.is_empty() {
+                    "none".to_owned()
+                } else {
+                    list.join(", ")
+                },
+                wanted.join(",")
+            )
+        }
+        Refusal::Outsider => format!(
+            "Guests and people of other organizations cannot start tasks in `{project}` unless the project names them. Nothing was started. To be named, {allow_you}."
+        ),
+        Refusal::NotListed => format!(
+            "You are not on the access list of project `{project}` (directly or through a user group), so nothing was started. `/baton-admin project access {project}` shows the list to admins; to be added, {allow_you}."
+        ),
+        Refusal::Channel => format!(
+            "Project `{project}` takes tasks only from the channels on its access list, and <#{channel}> is not one of them. Nothing was started. Start it from one of its channels, or ask an admin: `/baton-admin project allow {project} <#{channel}>`."
+        ),
+        Refusal::AdminsOnly => format!(
+            "Project `{project}` has no access list, and this Baton lets only admins start tasks in such projects (`BATON_DEFAULT_ACCESS=admins`). Nothing was started. To be allowed, {allow_you}."
+        ),
+        Refusal::SlackUnavailable => "Baton could not check with Slack who you are, so nothing was started (access is refused when it cannot be checked). Try again in a minute; if it keeps happening, an admin should check the app's `users:read` and `usergroups:read` scopes.".to_owned(),
+    }
+}

@@ -49,7 +49,18 @@ pub struct Settings {
     #[arg(long, env = "BATON_ADMINS", default_value = "", value_delimiter = ',')]
     pub admins: Vec<String>,
 
-    /// Bootstrap agent keys, `name:key,...`; stored only as hashes.
+    /// Who may start tasks in a project whose access list is empty: `members`
+    /// (every full member of the workspace) or `admins` (BATON_ADMINS only).
+    #[arg(
+        long,
+        env = "BATON_DEFAULT_ACCESS",
+        value_enum,
+        default_value_t = DefaultAccess::Members
+    )]
+    pub default_access: DefaultAccess,
+
+    /// Bootstrap agent keys, `name:key` (any project) or `name:key:web+api`
+    /// (only those projects), comma-separated; stored only as hashes.
     #[arg(
         long,
         env = "BATON_AGENT_KEYS",
@@ -131,6 +142,25 @@ pub struct Settings {
     /// Shortest interval between two edits of one task message, in milliseconds.
     #[arg(long, env = "BATON_EDIT_INTERVAL_MS", default_value_t = 1000)]
     pub edit_interval_ms: u64,
+}
+
+/// Who may start tasks in a project whose access list is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultAccess {
+    /// Every full member of the workspace (not guests, not other organizations).
+    Members,
+    /// Only the admins.
+    Admins,
+}
+
+impl DefaultAccess {
+    /// The setting's value, as written in `BATON_DEFAULT_ACCESS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultAccess::Members => "members",
+            DefaultAccess::Admins => "admins",
+        }
+    }
 }
 
 impl Settings {

@@ -499,9 +499,13 @@ async fn retry_creates_one_new_task_and_says_so_in_the_old_thread() {
     let retry = button(&rig.shows(&ts, "Cancelled").await, "Retry").unwrap();
     assert_eq!(retry["action_id"], "baton_retry");
 
-    // Two clicks at once, by two people: one new task.
-    tokio::join!(rig.click("U2", &retry), rig.click("U3", &retry));
-    let (a, b) = (rig.ephemeral("U2", 1).await, rig.ephemeral("U3", 1).await);
+    // Two clicks at once, by the two people who may (its requester and an
+    // admin): one new task.
+    tokio::join!(rig.click("U1", &retry), rig.click("UADMIN", &retry));
+    let (a, b) = (
+        rig.ephemeral("U1", 2).await,
+        rig.ephemeral("UADMIN", 1).await,
+    );
     let started: Vec<&String> = [&a, &b]
         .into_iter()
         .filter(|t| t.contains("runs again as #2"))
@@ -545,7 +549,7 @@ async fn retry_creates_one_new_task_and_says_so_in_the_old_thread() {
 
     // Later, the old button once more: nothing new.
     rig.click("U1", &retry).await;
-    let answer = rig.ephemeral("U1", 2).await;
+    let answer = rig.ephemeral("U1", 3).await;
     assert!(answer.contains("already retried as #2"), "{answer}");
     assert_eq!(rig.task_count().await, 2);
     rig.stop().await;
@@ -725,10 +729,16 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
     let root = rig.message_ts(1).await;
     rig.shows(&root, "Completed").await;
 
-    // A reply in the thread: a follow-up resuming the session, posted in the thread.
+    // A reply in the thread (by an admin; the requester may too): a
+    // follow-up resuming the session, posted in the thread.
     rig.event(
         "Ev10",
-        message("U2", "now do step one", "1700000200.000100", Some(&root)),
+        message(
+            "UADMIN",
+            "now do step one",
+            "1700000200.000100",
+            Some(&root),
+        ),
         None,
     )
     .await;
@@ -743,7 +753,7 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
         (task.parent_id, task.thread_ts.as_deref()),
         (Some(1), Some(root.as_str()))
     );
-    assert_eq!(task.requester, "U2");
+    assert_eq!(task.requester, "UADMIN");
     let posted_in_thread = rig.slack.thread(&root);
     assert!(
         posted_in_thread
@@ -754,7 +764,12 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
     // Slack retries the reply's event: no second follow-up.
     rig.event(
         "Ev10",
-        message("U2", "now do step one", "1700000200.000100", Some(&root)),
+        message(
+            "UADMIN",
+            "now do step one",
+            "1700000200.000100",
+            Some(&root),
+        ),
         Some(1),
     )
     .await;
@@ -854,7 +869,11 @@ async fn status_queue_and_help_answer() {
             .contains("There is no task #99")
     );
     let queue = rig.baton("queue", "U1").await;
-    assert!(queue.contains("`web`: 2 waiting"), "{queue}");
+    assert!(
+        queue.contains("*#1* `web` · position 1 of 2")
+            && queue.contains("*#2* `web` · position 2 of 2"),
+        "{queue}"
+    );
     assert!(
         rig.baton("cancel #1", "U2")
             .await

@@ -29,7 +29,15 @@ async fn up_down_up_on_sqlite() {
     Migrator::up(&db, None).await.expect("up");
     assert_eq!(
         tables(&db).await,
-        ["agents", "audit_log", "projects", "slack_events", "tasks"]
+        [
+            "agents",
+            "audit_log",
+            "project_access",
+            "project_approvers",
+            "projects",
+            "slack_events",
+            "tasks"
+        ]
     );
 
     // The schema takes a task row with its defaults.
@@ -44,7 +52,7 @@ async fn up_down_up_on_sqlite() {
     assert!(tables(&db).await.is_empty());
 
     Migrator::up(&db, None).await.expect("up again");
-    assert_eq!(tables(&db).await.len(), 5);
+    assert_eq!(tables(&db).await.len(), 7);
     assert!(
         Migrator::get_pending_migrations(&db)
             .await

@@ -61,6 +61,40 @@ struct Inner {
     lose: HashMap<String, usize>,
     /// Messages posted, in order: their ts and the `chat.postMessage` body.
     posted: Vec<(String, Value)>,
+    /// What `users.info` says of a user; anyone else is a full member of `T1`.
+    users: HashMap<String, FakeUser>,
+    /// User groups' members, for `usergroups.users.list`.
+    groups: HashMap<String, Vec<String>>,
+    /// Channels' members, for `conversations.members`; any other channel
+    /// has [`DEFAULT_CHANNEL_MEMBERS`].
+    members: HashMap<String, Vec<String>>,
+}
+
+/// The workspace of the people the fake Slack knows by default.
+pub const TEAM: &str = "T1";
+
+/// The members of a channel the test did not describe: the people tests use.
+pub const DEFAULT_CHANNEL_MEMBERS: [&str; 4] = ["U1", "U2", "U3", "UADMIN"];
+
+/// A person as `users.info` describes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeUser {
+    /// A multi-channel guest.
+    pub is_restricted: bool,
+    /// A single-channel guest.
+    pub is_ultra_restricted: bool,
+    /// Their own workspace.
+    pub team_id: String,
+}
+
+impl Default for FakeUser {
+    fn default() -> Self {
+        FakeUser {
+            is_restricted: false,
+            is_ultra_restricted: false,
+            team_id: TEAM.to_owned(),
+        }
+    }
 }
 
 /// The fake Slack Web API: records calls, enforces Slack's limits.
@@ -171,6 +205,30 @@ impl FakeSlack {
                        "thread_ts": b.get("thread_ts").cloned().unwrap_or_else(|| json!(t))})
             })
             .collect()
+    }
+
+    /// Describes `user` for `users.info` (anyone not described is a full
+    /// member of [`TEAM`]). Make the method fail with [`FakeSlack::fail_next`].
+    pub fn set_user(&self, user: &str, described: FakeUser) {
+        self.lock().users.insert(user.to_owned(), described);
+    }
+
+    /// Sets the members of user group `group` (`usergroups.users.list`);
+    /// a group never set answers `no_such_subteam`.
+    pub fn set_group(&self, group: &str, members: &[&str]) {
+        self.lock().groups.insert(
+            group.to_owned(),
+            members.iter().map(|m| (*m).to_owned()).collect(),
+        );
+    }
+
+    /// Sets the members of `channel` (`conversations.members`); a channel
+    /// never set has [`DEFAULT_CHANNEL_MEMBERS`].
+    pub fn set_members(&self, channel: &str, members: &[&str]) {
+        self.lock().members.insert(
+            channel.to_owned(),
+            members.iter().map(|m| (*m).to_owned()).collect(),
+        );
     }
 
     /// Whether this call's answer is to be lost.
@@ -492,6 +550,60 @@ impl FakeSlack {
             .collect()
     }
 }
+/// `users.info`, `usergroups.users.list` and `conversations.members` (GETs):
+/// what the fake was told about people, groups and channels.
+async fn directory(
+    State(slack): State<Arc<FakeSlack>>,
+    AxPath(method): AxPath<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers) {
+        return slack_error("not_authed");
+    }
+    let body = json!(query);
+    match slack.answer(&method, &body) {
+        Ok(_) => {}
+        Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
+        Err(Refusal::Error(e)) => return slack_error(&e),
+    }
+    let arg = |name: &str| query.get(name).cloned().unwrap_or_default();
+    let inner = slack.lock();
+    match method.as_str() {
+        "users.info" => {
+            let id = arg("user");
+            let u = inner.users.get(&id).cloned().unwrap_or_default();
+            axum::Json(json!({"ok": true, "user": {
+                "id": id, "team_id": u.team_id, "name": id.to_lowercase(),
+                "is_restricted": u.is_restricted, "is_ultra_restricted": u.is_ultra_restricted,
+                "is_bot": false, "deleted": false,
+            }}))
+            .into_response()
+        }
+        "usergroups.users.list" => match inner.groups.get(&arg("usergroup")) {
+            Some(users) => axum::Json(json!({"ok": true, "users": users})).into_response(),
+            None => slack_error("no_such_subteam"),
+        },
+        "conversations.members" => {
+            let members: Vec<String> =
+                inner
+                    .members
+                    .get(&arg("channel"))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        DEFAULT_CHANNEL_MEMBERS
+                            .iter()
+                            .map(|m| (*m).to_owned())
+                            .collect()
+                    });
+            axum::Json(
+                json!({"ok": true, "members": members, "response_metadata": {"next_cursor": ""}}),
+            )
+            .into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "unknown method").into_response(),
+    }
+}
 
 /// The fake Slack's router, for callers that serve it themselves.
 pub fn router(slack: Arc<FakeSlack>) -> Router {
@@ -499,7 +611,7 @@ pub fn router(slack: Arc<FakeSlack>) -> Router {
         .route("/response/{key}", axum::routing::post(response_url))
         .route("/api/conversations.replies", axum::routing::get(replies))
         .route("/api/conversations.history", axum::routing::get(history))
-        .route("/api/{method}", axum::routing::post(api))
+        .route("/api/{method}", axum::routing::post(api).get(directory))
         .route(
             crate::socket_mode::WS_PATH,
             axum::routing::get(crate::socket_mode::upgrade),

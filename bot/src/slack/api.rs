@@ -358,6 +358,133 @@ impl SlackApi {
     }
 }
 
+/// Members asked for per `conversations.members` page (Slack's maximum is 1,000).
+const MEMBERS_PAGE: u16 = 1000;
+/// Most `conversations.members` pages read for one channel (so a channel of
+/// more than 20,000 people is read in part: those beyond are not seen as members).
+const MEMBERS_MAX_PAGES: usize = 20;
+
+/// What `users.info` says about a person that access control needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct UserInfo {
+    /// The person's own workspace (another one for a person of another
+    /// organization in a shared channel).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// A multi-channel guest.
+    #[serde(default)]
+    pub is_restricted: bool,
+    /// A single-channel guest.
+    #[serde(default)]
+    pub is_ultra_restricted: bool,
+    /// The workspaces of an Enterprise Grid member (any of them is "this team").
+    #[serde(default)]
+    pub enterprise_user: Option<EnterpriseUser>,
+}
+
+/// The Enterprise Grid part of a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct EnterpriseUser {
+    /// The workspaces the person belongs to.
+    #[serde(default)]
+    pub teams: Vec<String>,
+}
+
+/// The `users.info` answer.
+#[derive(Debug, serde::Deserialize)]
+struct UserInfoAnswer {
+    user: UserInfo,
+}
+
+/// The `usergroups.users.list` answer.
+#[derive(Debug, serde::Deserialize)]
+struct GroupUsersAnswer {
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+/// A `conversations.members` page.
+#[derive(Debug, serde::Deserialize)]
+struct MembersAnswer {
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    response_metadata: Option<NextCursor>,
+}
+
+/// Where the next page starts.
+#[derive(Debug, serde::Deserialize)]
+struct NextCursor {
+    #[serde(default)]
+    next_cursor: Option<String>,
+}
+
+impl SlackApi {
+    /// `users.info`: whether the person is a guest and which workspace they belong to.
+    pub async fn user_info(&self, user: &str) -> Result<UserInfo, SlackCallError> {
+        let answer: UserInfoAnswer = timed(async {
+            Ok(self
+                .client
+                .open_session(&self.token)
+                .http_session_api
+                .http_get("users.info", &vec![("user", Some(user))], None)
+                .await?)
+        })
+        .await?;
+        Ok(answer.user)
+    }
+
+    /// `usergroups.users.list`: the members of a user group.
+    pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
+        let answer: GroupUsersAnswer = timed(async {
+            Ok(self
+                .client
+                .open_session(&self.token)
+                .http_session_api
+                .http_get(
+                    "usergroups.users.list",
+                    &vec![("usergroup", Some(group))],
+                    None,
+                )
+                .await?)
+        })
+        .await?;
+        Ok(answer.users)
+    }
+
+    /// `conversations.members`: the members of a channel, page by page (at
+    /// most [`MEMBERS_MAX_PAGES`]).
+    pub async fn conversation_members(&self, channel: &str) -> Result<Vec<String>, SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        let limit = MEMBERS_PAGE.to_string();
+        let mut members = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MEMBERS_MAX_PAGES {
+            let params = vec![
+                ("channel", Some(channel)),
+                ("limit", Some(limit.as_str())),
+                ("cursor", cursor.as_deref()),
+            ];
+            let page: MembersAnswer = timed(async {
+                Ok(session
+                    .http_session_api
+                    .http_get("conversations.members", &params, None)
+                    .await?)
+            })
+            .await?;
+            members.extend(page.members);
+            cursor = page
+                .response_metadata
+                .and_then(|m| m.next_cursor)
+                .filter(|c| !c.is_empty());
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(members)
+    }
+}
+
 /// The block id of the blocks Baton posts (sections, context and actions).
 fn block_id(block: &SlackBlock) -> Option<String> {
     match block {

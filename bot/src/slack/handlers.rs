@@ -133,37 +133,31 @@ async fn handle_baton(app: &Arc<App>, text: &str, user: &str, at: Where<'_>) -> 
         Command::Cancel(id) => app.cancel(id, user).await,
         Command::Retry(id) => app.retry(id, user).await,
         Command::Status(id) => status(app, id, user).await,
-        Command::Queue => queue(app).await,
+        Command::Queue => queue(app, user).await,
     };
     Reply::Ephemeral(result.unwrap_or_else(|e| e.user_text()))
 }
 
+/// Recent tasks `/baton status` lists.
+const STATUS_LISTED: u64 = 10;
+/// Waiting tasks `/baton queue` lists.
+const QUEUE_LISTED: usize = 20;
+
 async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, RequestError> {
     match id {
         Some(id) => {
-            let t = app
-                .store
-                .task(id.0)
-                .await?
-                .ok_or_else(|| RequestError::User(replies::no_such_task(id)))?;
+            let t = app.visible_task(id, user, "status").await?;
             Ok(crate::admin::task_line(&t))
         }
         None => {
-            let mine: Vec<_> = app
-                .store
-                .recent_tasks(200)
-                .await?
-                .into_iter()
-                .filter(|t| t.requester == user)
-                .take(10)
-                .collect();
+            let mine = app.store.tasks_of(user, STATUS_LISTED).await?;
             if mine.is_empty() {
                 return Ok("You have no tasks yet. Start one with `/baton PROMPT`.".into());
             }
             Ok(format!(
                 "*Your recent tasks*\n{}",
                 mine.iter()
-                    .map(crate::admin::task_line)
+                    .map(crate::admin::summary_line)
                     .collect::<Vec<_>>()
                     .join("\n")
             ))
@@ -171,20 +165,41 @@ async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, Req
     }
 }
 
-async fn queue(app: &App) -> Result<String, RequestError> {
+/// The waiting tasks `user` may see: id, project, position and why it waits.
+async fn queue(app: &App, user: &str) -> Result<String, RequestError> {
     let projects = app.store.projects_with_queue().await?;
-    if projects.is_empty() {
-        return Ok("No task is waiting: every queue is empty.".into());
-    }
-    let mut out = String::from("*Waiting tasks*\n");
+    let mut lines = Vec::new();
+    let mut more = 0usize;
     for p in projects {
-        let n = app.store.queue_len(&p).await?;
         let why = app
             .hub
             .why_waiting(&p)
             .map(|r| r.describe())
             .unwrap_or("about to be dispatched");
-        out.push_str(&format!("• `{p}`: {n} waiting — {why}\n"));
+        let queued = app.store.queued(&p, app.settings.queue_max.max(1)).await?;
+        let total = queued.len();
+        for (i, t) in queued.iter().enumerate() {
+            if !app.may_see(t, user).await {
+                continue;
+            }
+            if lines.len() >= QUEUE_LISTED {
+                more += 1;
+                continue;
+            }
+            lines.push(format!(
+                "• *#{}* `{}` · position {} of {total} — {why}",
+                t.id,
+                crate::slack::mrkdwn::escape(&t.project),
+                i + 1
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return Ok("No task you can see is waiting: every queue is empty for you.".into());
+    }
+    let mut out = format!("*Waiting tasks*\n{}", lines.join("\n"));
+    if more > 0 {
+        out.push_str(&format!("\n…and {more} more."));
     }
     Ok(out)
 }
@@ -248,21 +263,23 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
             continue;
         };
         let reply = match action.action_id.as_str() {
-            ACTION_CANCEL => match app.store.task(id.0).await {
-                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| s.is_terminal()) => Some(
+            ACTION_CANCEL => match app.visible_task(id, &user, "cancel").await {
+                Ok(t) if t.state.parse::<TaskState>().is_ok_and(|s| s.is_terminal()) => Some(
                     replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)),
                 ),
-                _ => Some(
+                Err(e) => Some(e.user_text()),
+                Ok(_) => Some(
                     app.cancel(id, &user)
                         .await
                         .unwrap_or_else(|e| e.user_text()),
                 ),
             },
-            ACTION_RETRY => match app.store.task(id.0).await {
-                Ok(Some(t)) if t.state.parse::<TaskState>().is_ok_and(|s| !s.can_retry()) => Some(
+            ACTION_RETRY => match app.visible_task(id, &user, "retry").await {
+                Ok(t) if t.state.parse::<TaskState>().is_ok_and(|s| !s.can_retry()) => Some(
                     replies::stale_button(id, t.state.parse().unwrap_or(TaskState::Failed)),
                 ),
-                _ => Some(app.retry(id, &user).await.unwrap_or_else(|e| e.user_text())),
+                Err(e) => Some(e.user_text()),
+                Ok(_) => Some(app.retry(id, &user).await.unwrap_or_else(|e| e.user_text())),
             },
             other => {
                 tracing::debug!(action = other, "unknown action ignored");
@@ -477,6 +494,14 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
     else {
         return Reply::Empty;
     };
+    // Only the requester of the thread's task (or an admin) continues it.
+    let root_task = tasks.first().map_or(parent.id, |t| t.id);
+    if let Err(e) = app
+        .actionable_task(TaskId(root_task), &event.user, "continue")
+        .await
+    {
+        return Reply::Ephemeral(e.user_text());
+    }
     let req = TaskRequest {
         persona,
         project: baton_shared::ProjectName::new(parent.project.clone()).ok(),

@@ -109,6 +109,9 @@ pub mod agent {
         pub created_by: Option<String>,
         /// Unix ms when revoked.
         pub revoked_at: Option<i64>,
+        /// Comma-separated projects the key may serve; None: any.
+        #[sea_orm(column_type = "Text", nullable)]
+        pub projects: Option<String>,
     }
 
     /// No relations.
@@ -133,6 +136,8 @@ pub mod project {
         pub channel_id: Option<String>,
         /// Unix ms when first seen.
         pub created_at: i64,
+        /// Comma-separated personas the project takes; None: all.
+        pub personas: Option<String>,
     }
 
     /// No relations.
@@ -186,6 +191,66 @@ pub mod audit {
         /// Anything else worth keeping.
         #[sea_orm(column_type = "Text")]
         pub detail: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `project_access` table.
+pub mod project_access {
+    use sea_orm::entity::prelude::*;
+
+    /// One entry of a project's access list.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "project_access")]
+    pub struct Model {
+        /// Row id.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The project.
+        pub project: String,
+        /// `user`, `group` or `channel`.
+        pub kind: String,
+        /// The Slack id.
+        pub entry_id: String,
+        /// The admin who added it.
+        pub added_by: String,
+        /// Unix ms.
+        pub added_at: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `project_approvers` table.
+pub mod project_approver {
+    use sea_orm::entity::prelude::*;
+
+    /// One person or user group who may answer a project's approvals.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "project_approvers")]
+    pub struct Model {
+        /// Row id.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The project.
+        pub project: String,
+        /// `user` or `group`.
+        pub kind: String,
+        /// The Slack id.
+        pub entry_id: String,
+        /// The admin who added it.
+        pub added_by: String,
+        /// Unix ms.
+        pub added_at: i64,
     }
 
     /// No relations.

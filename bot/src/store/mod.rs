@@ -9,7 +9,7 @@ pub mod entities;
 mod group;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ use sea_orm::{
 use group::GroupWriter;
 
 pub use entities::task::Model as Task;
-use entities::{agent, audit, project, slack_event, task};
+use entities::{agent, audit, project, project_access, project_approver, slack_event, task};
 
 use crate::model::{ResultMeta, TaskState, now_ms};
 
@@ -132,6 +132,30 @@ pub type AgentRow = agent::Model;
 pub type ProjectRow = project::Model;
 /// An audit log row.
 pub type AuditRow = audit::Model;
+/// An entry of a project's access list.
+pub type AccessRow = project_access::Model;
+/// An approver of a project.
+pub type ApproverRow = project_approver::Model;
+
+/// What a one-line listing of a task shows, read without the rest of the row.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct TaskSummary {
+    /// The task id.
+    pub id: i64,
+    /// Its state.
+    pub state: String,
+    /// Its persona.
+    pub persona: String,
+    /// Its project.
+    pub project: String,
+    /// The agent it went to.
+    pub agent: Option<String>,
+    /// The beginning of the prompt ([`SUMMARY_PROMPT_CHARS`] characters).
+    pub prompt: String,
+}
+
+/// Characters of the prompt a [`TaskSummary`] reads.
+pub const SUMMARY_PROMPT_CHARS: u32 = 200;
 
 /// Handle to the database. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -149,7 +173,17 @@ pub struct Store {
     /// [`Store::projects_with_queue`] reads, set after every write that
     /// queues a task. Lets the dispatcher skip its read when there is no queue.
     maybe_queued: Arc<AtomicBool>,
+    /// Tasks this process ended, by terminal state (see [`Store::ended`]).
+    ended: Arc<[AtomicU64; 4]>,
 }
+
+/// The terminal states, in the order of [`Store::ended`].
+pub const TERMINAL: [TaskState; 4] = [
+    TaskState::Completed,
+    TaskState::Failed,
+    TaskState::Cancelled,
+    TaskState::Expired,
+];
 
 /// The view a task's message shows: its last steps and the tail of its output.
 #[derive(Debug, Clone, Copy)]
@@ -203,6 +237,7 @@ impl Store {
             sqlite_file,
             writer,
             maybe_queued: Arc::new(AtomicBool::new(true)),
+            ended: Arc::new(Default::default()),
         })
     }
 
@@ -512,6 +547,9 @@ impl Store {
             .write(self)
             .await
             .context("Cannot record the task's end")?;
+        if res == 1 {
+            self.count_ended(ending.state());
+        }
         Ok(res == 1)
     }
 
@@ -534,6 +572,9 @@ impl Store {
             .write_returning(self)
             .await
             .context("Cannot record the task's end")?;
+        if !rows.is_empty() {
+            self.count_ended(ending.state());
+        }
         Ok(rows.into_iter().next())
     }
 
@@ -697,6 +738,49 @@ impl Store {
             .context("Cannot count tasks")
     }
 
+    fn count_ended(&self, state: TaskState) {
+        if let Some(i) = TERMINAL.iter().position(|t| *t == state) {
+            self.ended[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tasks this process ended since it started, by state (in [`TERMINAL`]'s
+    /// order): counted as they end, so a metrics scrape reads no rows for them.
+    pub fn ended(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.ended[i].load(Ordering::Relaxed))
+    }
+
+    /// How many tasks are queued, dispatched or running, by state, in one
+    /// query. Bounded: queues are bounded, and running tasks by the agents'
+    /// capacity.
+    pub async fn active_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        task::Entity::find()
+            .select_only()
+            .column(task::Column::State)
+            .column_as(task::Column::Id.count(), "n")
+            .filter(task::Column::State.is_in(states(&ACTIVE)))
+            .group_by(task::Column::State)
+            .into_tuple::<(String, i64)>()
+            .all(&self.read)
+            .await
+            .context("Cannot count active tasks")
+    }
+
+    /// Queued tasks per project, in one query.
+    pub async fn queue_depths(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        task::Entity::find()
+            .select_only()
+            .column(task::Column::Project)
+            .column_as(task::Column::Id.count(), "n")
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .group_by(task::Column::Project)
+            .order_by_asc(task::Column::Project)
+            .into_tuple::<(String, i64)>()
+            .all(&self.read)
+            .await
+            .context("Cannot count the queues")
+    }
+
     /// Projects that have queued tasks.
     pub async fn projects_with_queue(&self) -> anyhow::Result<Vec<String>> {
         // Cleared before the read: a task queued meanwhile sets it again.
@@ -785,6 +869,7 @@ impl Store {
             name: Set(name.to_owned()),
             channel_id: Set(None),
             created_at: Set(now_ms()),
+            personas: Set(None),
         };
         project::Entity::insert(row)
             .on_conflict(
@@ -812,6 +897,7 @@ impl Store {
             name: Set(name.to_owned()),
             channel_id: Set(None),
             created_at: Set(now_ms()),
+            personas: Set(None),
         };
         project::Entity::insert(row)
             .on_conflict(
@@ -850,6 +936,186 @@ impl Store {
             .await
             .context("Cannot read the channel's project")?
             .map(|p| p.name))
+    }
+
+    /// The newest tasks of `requester`, at most `limit`, as one-line summaries.
+    pub async fn tasks_of(&self, requester: &str, limit: u64) -> anyhow::Result<Vec<TaskSummary>> {
+        summaries()
+            .filter(task::Column::Requester.eq(requester))
+            .order_by_desc(task::Column::Id)
+            .limit(limit.min(i64::MAX as u64))
+            .into_model::<TaskSummary>()
+            .all(&self.read)
+            .await
+            .context("Cannot list the person's tasks")
+    }
+
+    /// The newest tasks in `state` (any state when None), at most `limit`,
+    /// as one-line summaries.
+    pub async fn newest_tasks(
+        &self,
+        state: Option<TaskState>,
+        limit: u64,
+    ) -> anyhow::Result<Vec<TaskSummary>> {
+        let mut q = summaries();
+        if let Some(state) = state {
+            q = q.filter(task::Column::State.eq(state.as_str()));
+        }
+        q.order_by_desc(task::Column::Id)
+            .limit(limit.min(i64::MAX as u64))
+            .into_model::<TaskSummary>()
+            .all(&self.read)
+            .await
+            .context("Cannot list tasks")
+    }
+
+    // ---- access ----
+
+    /// A project's access list, oldest entry first.
+    pub async fn access_list(&self, project: &str) -> anyhow::Result<Vec<AccessRow>> {
+        project_access::Entity::find()
+            .filter(project_access::Column::Project.eq(project))
+            .order_by_asc(project_access::Column::Id)
+            .all(&self.read)
+            .await
+            .context("Cannot read the project's access list")
+    }
+
+    /// Adds an entry to a project's access list; false if it was there already.
+    pub async fn allow(
+        &self,
+        project: &str,
+        kind: &str,
+        id: &str,
+        by: &str,
+    ) -> anyhow::Result<bool> {
+        let row = project_access::ActiveModel {
+            project: Set(project.to_owned()),
+            kind: Set(kind.to_owned()),
+            entry_id: Set(id.to_owned()),
+            added_by: Set(by.to_owned()),
+            added_at: Set(now_ms()),
+            ..Default::default()
+        };
+        let res = project_access::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([
+                    project_access::Column::Project,
+                    project_access::Column::Kind,
+                    project_access::Column::EntryId,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .do_nothing()
+            .exec(&self.db)
+            .await
+            .context("Cannot add to the access list")?;
+        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+    }
+
+    /// Removes an entry from a project's access list; false if it was not there.
+    pub async fn disallow(&self, project: &str, kind: &str, id: &str) -> anyhow::Result<bool> {
+        let res = project_access::Entity::delete_many()
+            .filter(project_access::Column::Project.eq(project))
+            .filter(project_access::Column::Kind.eq(kind))
+            .filter(project_access::Column::EntryId.eq(id))
+            .exec(&self.db)
+            .await
+            .context("Cannot remove from the access list")?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// The personas a project takes (comma-separated); None: all, or no such project.
+    pub async fn project_personas(&self, project: &str) -> anyhow::Result<Option<String>> {
+        Ok(project::Entity::find_by_id(project.to_owned())
+            .one(&self.read)
+            .await
+            .context("Cannot read the project's personas")?
+            .and_then(|p| p.personas))
+    }
+
+    /// Sets the personas a project takes (None: all), creating its row if needed.
+    pub async fn set_project_personas(
+        &self,
+        project: &str,
+        personas: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.ensure_project(project).await?;
+        project::Entity::update_many()
+            .col_expr(
+                project::Column::Personas,
+                Expr::value(personas.map(str::to_owned)),
+            )
+            .filter(project::Column::Name.eq(project))
+            .exec(&self.db)
+            .await
+            .context("Cannot set the project's personas")?;
+        Ok(())
+    }
+
+    /// A project's approvers, oldest first.
+    pub async fn approvers(&self, project: &str) -> anyhow::Result<Vec<ApproverRow>> {
+        project_approver::Entity::find()
+            .filter(project_approver::Column::Project.eq(project))
+            .order_by_asc(project_approver::Column::Id)
+            .all(&self.read)
+            .await
+            .context("Cannot read the project's approvers")
+    }
+
+    /// Replaces a project's approvers with `who` (kind, id pairs), in one transaction.
+    pub async fn set_approvers(
+        &self,
+        project: &str,
+        who: &[(&str, &str)],
+        by: &str,
+    ) -> anyhow::Result<()> {
+        use sea_orm::TransactionTrait;
+        let txn = self.db.begin().await.context("Cannot set the approvers")?;
+        project_approver::Entity::delete_many()
+            .filter(project_approver::Column::Project.eq(project))
+            .exec(&txn)
+            .await
+            .context("Cannot clear the approvers")?;
+        let now = now_ms();
+        let mut seen = std::collections::HashSet::new();
+        for (kind, id) in who {
+            if !seen.insert((*kind, *id)) {
+                continue;
+            }
+            project_approver::ActiveModel {
+                project: Set(project.to_owned()),
+                kind: Set((*kind).to_owned()),
+                entry_id: Set((*id).to_owned()),
+                added_by: Set(by.to_owned()),
+                added_at: Set(now),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await
+            .context("Cannot add an approver")?;
+        }
+        txn.commit().await.context("Cannot set the approvers")?;
+        Ok(())
+    }
+
+    /// Sets the projects an agent's key may serve (None: any).
+    pub async fn set_agent_projects(
+        &self,
+        name: &str,
+        projects: Option<&str>,
+    ) -> anyhow::Result<()> {
+        agent::Entity::update_many()
+            .col_expr(
+                agent::Column::Projects,
+                Expr::value(projects.map(str::to_owned)),
+            )
+            .filter(agent::Column::Name.eq(name))
+            .exec(&self.db)
+            .await
+            .context("Cannot set the agent's projects")?;
+        Ok(())
     }
 
     // ---- agents ----
@@ -906,6 +1172,7 @@ impl Store {
                     created_at: Set(now_ms()),
                     created_by: Set(Some(created_by.to_owned())),
                     revoked_at: Set(None),
+                    projects: Set(None),
                 }
                 .insert(&self.db)
                 .await
@@ -1017,6 +1284,23 @@ impl Write for sea_orm::UpdateMany<task::Entity> {
             .map(|row| Task::from_query_result(row, ""))
             .collect()
     }
+}
+
+/// A query for [`TaskSummary`] rows: only the columns a listing shows.
+fn summaries() -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        .select_only()
+        .columns([
+            task::Column::Id,
+            task::Column::State,
+            task::Column::Persona,
+            task::Column::Project,
+            task::Column::Agent,
+        ])
+        .column_as(
+            Expr::cust(format!("substr(prompt, 1, {SUMMARY_PROMPT_CHARS})")),
+            "prompt",
+        )
 }
 
 /// The guarded `UPDATE` that hands queued tasks to `agent`.
