@@ -7,14 +7,22 @@
 //!
 //! - [`config`]: `agent.toml`, flags and `BATON_*` overrides, validated.
 //! - [`state`]: the on-disk task journal (de-duplication) and outbox.
-//! - [`exec`]: running one task as a process group (`command` and `claude`).
-//! - [`claude_stream`]: parsing the Claude CLI's stream-json output.
+//! - [`exec`]: running one task as a process group (`command` and the CLIs).
+//! - [`stream`]: what the CLI executors share (events, results, tool steps).
+//! - [`claude_stream`], [`codex_stream`], [`gemini_stream`], [`opencode_stream`]:
+//!   parsing each CLI's machine-readable output.
+//! - [`detect`]: `baton-agent detect`, the CLIs installed on this machine.
 //! - this module: the connection loop and the task table.
 
 pub mod claude_stream;
+pub mod codex_stream;
 pub mod config;
+pub mod detect;
 pub mod exec;
+pub mod gemini_stream;
+pub mod opencode_stream;
 pub mod state;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
