@@ -109,7 +109,12 @@ async fn scenario(s: Scenario) -> Vec<Vec<String>> {
         .iter()
         .position(|a| a == s.resume_flag)
         .unwrap_or_else(|| panic!("{}: no {} in {:?}", s.cli, s.resume_flag, runs[1]));
-    assert_eq!(runs[1][at + 1], s.session, "{}: {:?}", s.cli, runs[1]);
+    if s.resume_flag.starts_with("--") {
+        assert_eq!(runs[1][at + 1], s.session, "{}: {:?}", s.cli, runs[1]);
+    } else {
+        // `codex exec resume [flags] THREAD_ID -`
+        assert_eq!(runs[1][runs[1].len() - 2], s.session, "{:?}", runs[1]);
+    }
     agent.start_kill().unwrap();
     bot.stop().await;
     runs
@@ -179,7 +184,7 @@ async fn opencode_shows_tools_reports_cost_and_continues_its_session() {
         result: "DONE",
         session: "ses_0053dc0a6ffeLfOVWup0QCNjl2",
         steps: 1,
-        meta: &["26663", "46", "5.5"],
+        meta: &["26663", "46", "0.0000552244"],
         resume_flag: "--session",
         failure: (
             "error-http-401.jsonl",
