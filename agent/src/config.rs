@@ -97,6 +97,26 @@ pub struct ProjectConfig {
     /// Maximum duration of this project's tasks, in seconds.
     #[serde(default)]
     pub max_duration_secs: Option<u64>,
+    /// Where its tasks run: the project directory itself, or a git worktree per task.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Tasks of this project at once with `isolation = "worktree"` (sets `max_concurrent`).
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// Days a finished task's worktree is kept (default 7); its branch is kept for good.
+    #[serde(default)]
+    pub worktree_keep_days: Option<u64>,
+}
+
+/// Where a project's tasks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// In the project directory.
+    #[default]
+    None,
+    /// Each in its own git worktree on branch `baton/task-ID` (see [`crate::worktree`]).
+    Worktree,
 }
 
 fn one() -> u32 {
@@ -379,6 +399,21 @@ impl Config {
             }
             if p.max_concurrent == 0 {
                 return Err(err(&k("max_concurrent"), "must be at least 1".into()));
+            }
+            if p.isolation == Isolation::Worktree {
+                crate::worktree::check_repository(&p.path)
+                    .map_err(|problem| err(&k("isolation"), problem))?;
+            }
+            match p.parallel {
+                Some(_) if p.isolation != Isolation::Worktree => {
+                    return Err(err(
+                        &k("parallel"),
+                        "needs isolation = \"worktree\": parallel tasks in one directory trample each other".into(),
+                    ));
+                }
+                Some(0) => return Err(err(&k("parallel"), "must be at least 1".into())),
+                Some(n) => p.max_concurrent = n,
+                None => {}
             }
             projects.push(p);
         }

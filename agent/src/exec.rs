@@ -23,10 +23,11 @@ use tokio::time::Instant;
 
 use crate::claude_stream::StreamParser;
 use crate::codex_stream::CodexParser;
-use crate::config::{Config, ExecutorKind, ProjectConfig};
+use crate::config::{Config, ExecutorKind, Isolation, ProjectConfig};
 use crate::gemini_stream::GeminiParser;
 use crate::opencode_stream::OpencodeParser;
 use crate::stream::{EventParser, StreamEvent};
+use crate::worktree;
 
 /// Output is sent when this many bytes are buffered...
 pub const OUTPUT_FLUSH_BYTES: usize = 4 * 1024;
@@ -371,8 +372,8 @@ enum LineParser {
 }
 
 /// The parser for a project's executor.
-fn line_parser(project: &ProjectConfig) -> LineParser {
-    let cwd = project.path.to_str();
+fn line_parser(project: &ProjectConfig, cwd: &std::path::Path) -> LineParser {
+    let cwd = cwd.to_str();
     match project.executor {
         ExecutorKind::Command => LineParser::Command,
         ExecutorKind::Claude => LineParser::Stream(Box::new(StreamParser::new())),
@@ -426,10 +427,54 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
 }
 
 /// Runs a task to its end. `stop` flips to a reason to stop it; `started`
-/// learns the process group once the executor is running.
+/// learns the process group once the executor is running. A project with
+/// `isolation = "worktree"` runs it in its own git worktree (see
+/// [`crate::worktree`]) and ends its result with the branch and diff stat.
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
+    submit: &Submit,
+    events: mpsc::UnboundedSender<ExecEvent>,
+    stop: watch::Receiver<StopReason>,
+    started: impl FnOnce(u32),
+) -> ExecEnd {
+    if project.isolation != Isolation::Worktree {
+        return run_in(cfg, project, &project.path, submit, events, stop, started).await;
+    }
+    let session = submit
+        .session_id
+        .as_deref()
+        .and_then(|s| SessionId::new(s).ok());
+    let wt = match worktree::prepare(&cfg.state_dir, project, submit.task, session.as_ref()).await {
+        Ok(w) => w,
+        Err(e) => {
+            return ExecEnd::Failed {
+                error: format!("cannot prepare the task's git worktree: {e}"),
+                cause: FailureCause::Misconfigured,
+                session_id: None,
+            };
+        }
+    };
+    let mut end = run_in(cfg, project, &wt.dir, submit, events, stop, started).await;
+    let session = match &mut end {
+        ExecEnd::Completed(r) => {
+            let summary = wt.summary().await;
+            let room = MAX_RESULT_BYTES.saturating_sub(summary.len() + 2);
+            r.text = format!("{}\n\n{summary}", tail_bytes(r.text.trim_end(), room));
+            r.session_id.clone()
+        }
+        ExecEnd::Failed { session_id, .. } => session_id.clone(),
+        ExecEnd::Cancelled => None,
+    };
+    wt.finished(session.as_deref().or(submit.session_id.as_deref()));
+    end
+}
+
+/// Runs a task to its end in `cwd`.
+async fn run_in(
+    cfg: &Config,
+    project: &ProjectConfig,
+    cwd: &std::path::Path,
     submit: &Submit,
     events: mpsc::UnboundedSender<ExecEvent>,
     mut stop: watch::Receiver<StopReason>,
@@ -454,7 +499,7 @@ pub async fn run(
     };
     let mut cmd = Command::new(prog);
     cmd.args(args)
-        .current_dir(&project.path)
+        .current_dir(cwd)
         .env_clear()
         .envs(
             cfg.env_allow
@@ -477,7 +522,7 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => {
             return ExecEnd::Failed {
-                error: format!("cannot start `{prog}` in {}: {e}", project.path.display()),
+                error: format!("cannot start `{prog}` in {}: {e}", cwd.display()),
                 cause: if project.executor == ExecutorKind::Command {
                     FailureCause::Spawn
                 } else {
@@ -527,7 +572,7 @@ pub async fn run(
         .map(Duration::from_secs)
         .unwrap_or(cfg.max_duration);
     let deadline = Instant::now() + max;
-    let mut parser = line_parser(project);
+    let mut parser = line_parser(project, cwd);
     let mut result_text = Bounded::new(MAX_RESULT_BYTES - TRUNCATION_MARKER.len());
     let mut stream_result = None;
     let mut pending = String::new();
