@@ -281,3 +281,42 @@ fn detect_lists_the_clis_on_the_path_and_prints_a_project_block() {
     assert!(out.contains("executor = \"command\""), "{out}");
     assert_eq!(out.matches("not found").count(), 4, "{out}");
 }
+
+#[test]
+fn check_runs_each_clis_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = project_dir(dir.path(), "project", "");
+    let bins = dir.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    let fixture = fixture_path("codex", "docs-sample-exec-json.jsonl");
+    for cli in ["codex", "gemini", "opencode"] {
+        fake_cli(&bins, cli, &fixture, 0);
+        let cfg = write_config(
+            dir.path(),
+            "127.0.0.1:9".parse().unwrap(),
+            &project,
+            &format!("executor = \"{cli}\""),
+            "",
+        );
+        let run = |path: &str| {
+            std::process::Command::new(agent_bin())
+                .args(["--check", "--config"])
+                .arg(&cfg)
+                .env("PATH", path)
+                .output()
+                .unwrap()
+        };
+        let out = run(&path_with(&bins));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cli}: {stdout}");
+        assert!(
+            stdout.contains(&format!("project web: {cli} 1.2.3 ({cli} stand-in)")),
+            "{stdout}"
+        );
+        // Not installed: refused, naming the CLI.
+        let out = run("/nonexistent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(&format!("`{cli}`")), "{stderr}");
+    }
+}
