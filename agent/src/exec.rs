@@ -44,6 +44,12 @@ pub const TRUNCATION_MARKER: &str = "\n\n[… output truncated …]\n\n";
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Appended to a line cut at [`MAX_LINE_BYTES`].
 pub const LINE_CUT_MARKER: &str = " [… line cut at 1 MiB …]";
+/// Longest prompt passed as a command-line argument, in bytes (Linux refuses
+/// one argument over 128 KiB); a longer one goes to Gemini CLI on stdin.
+pub const MAX_ARG_PROMPT_BYTES: usize = 96 * 1024;
+/// Gemini CLI's `--prompt` when the prompt itself is on stdin (Gemini CLI
+/// puts stdin first, then the `--prompt` text).
+pub const GEMINI_STDIN_PROMPT: &str = "Do what the text above asks.";
 /// Tools in a persona's list that change files: a persona without any of them
 /// runs the other CLIs read-only (Codex's read-only sandbox, Gemini CLI's
 /// default approval mode, OpenCode's `plan` agent).
@@ -332,11 +338,15 @@ pub fn invocation(
             if let Some(id) = &session {
                 a.extend([s("--resume"), id.to_string()]);
             }
-            // Gemini CLI appends stdin to the prompt: stdin stays empty.
-            a.push(format!(
-                "--prompt={}",
-                prompt_with_system(submit, session.as_ref())
-            ));
+            // Gemini CLI reads stdin too, before the prompt: empty unless the
+            // prompt is too long for one argument.
+            let text = prompt_with_system(submit, session.as_ref());
+            if text.len() > MAX_ARG_PROMPT_BYTES {
+                a.push(format!("--prompt={GEMINI_STDIN_PROMPT}"));
+                stdin = text;
+            } else {
+                a.push(format!("--prompt={text}"));
+            }
         }
         ExecutorKind::Opencode => {
             a.extend([s("run"), s("--format"), s("json")]);
@@ -930,6 +940,19 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_prompt_too_long_for_an_argument_goes_to_gemini_on_stdin() {
+        let (cfg, project) = config(ExecutorKind::Gemini);
+        let mut s = submit(None, &[]);
+        s.prompt = "é".repeat(MAX_ARG_PROMPT_BYTES / 2);
+        let inv = invocation(&cfg, &project, &s).unwrap();
+        assert_eq!(
+            inv.argv.last().map(String::as_str),
+            Some("--prompt=Do what the text above asks.")
+        );
+        assert!(inv.stdin.ends_with(&s.prompt) && inv.stdin.starts_with("Be careful."));
     }
 
     #[test]
