@@ -12,6 +12,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use std::fmt;
 
+use crate::stream::{add, clip, first_line, nonblank, step_text};
+
 /// Longest [`ClaudeEvent::Step`], in characters; longer steps are cut and end with `…`.
 pub const MAX_STEP_CHARS: usize = 120;
 
@@ -382,47 +384,11 @@ fn sum_fields(object: &Value, keys: &[&str]) -> Option<u64> {
         .reduce(u64::saturating_add)
 }
 
-fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.saturating_add(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 fn mentions_auth_failure(text: &str) -> bool {
     let text = text.to_lowercase();
     AUTH_FAILURE_PHRASES
         .iter()
         .any(|phrase| text.contains(phrase))
-}
-
-/// `value` trimmed, if it is a non-blank string.
-fn nonblank(value: &Value) -> Option<&str> {
-    value.as_str().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn first_line(text: &str) -> Option<&str> {
-    text.lines().map(str::trim).find(|line| !line.is_empty())
-}
-
-/// A step as shown: whitespace runs (newlines included) become one space, then clipped.
-fn step_text(step: &str) -> String {
-    clip(
-        &step.split_whitespace().collect::<Vec<_>>().join(" "),
-        MAX_STEP_CHARS,
-    )
-}
-
-/// `text` cut to at most `max` characters (on a char boundary), ending with `…` if cut.
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().nth(max).is_none() {
-        return text.to_owned();
-    }
-    let cut = text
-        .char_indices()
-        .nth(max.saturating_sub(1))
-        .map_or(text.len(), |(i, _)| i);
-    format!("{}…", text.get(..cut).unwrap_or_default())
 }
 
 /// Any value that parses as `T` is `Good`; anything else is skipped instead of failing the line.

@@ -29,6 +29,53 @@ pub enum ExecutorKind {
     Claude,
     /// A configured command.
     Command,
+    /// The OpenAI Codex CLI (`codex exec --json`).
+    Codex,
+    /// Gemini CLI (`gemini --output-format stream-json`).
+    Gemini,
+    /// OpenCode (`opencode run --format json`).
+    Opencode,
+}
+
+impl ExecutorKind {
+    /// The executors that drive a coding agent CLI, in the order `detect` lists them.
+    pub const CLIS: [ExecutorKind; 4] = [
+        ExecutorKind::Claude,
+        ExecutorKind::Codex,
+        ExecutorKind::Gemini,
+        ExecutorKind::Opencode,
+    ];
+
+    /// The name in `executor = "..."`, and the CLI's default binary name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Claude => "claude",
+            ExecutorKind::Command => "command",
+            ExecutorKind::Codex => "codex",
+            ExecutorKind::Gemini => "gemini",
+            ExecutorKind::Opencode => "opencode",
+        }
+    }
+
+    /// The CLI's name for people ("Claude Code", "Codex", …).
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ExecutorKind::Claude => "Claude Code",
+            ExecutorKind::Command => "the command",
+            ExecutorKind::Codex => "Codex",
+            ExecutorKind::Gemini => "Gemini CLI",
+            ExecutorKind::Opencode => "OpenCode",
+        }
+    }
+}
+
+/// How to run one coding agent CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliConfig {
+    /// The binary (a name looked up on the PATH, or a path).
+    pub bin: String,
+    /// Extra arguments, placed after Baton's own (after `exec` for Codex, `run` for OpenCode).
+    pub args: Vec<String>,
 }
 
 /// One `[[project]]` table.
@@ -50,10 +97,67 @@ pub struct ProjectConfig {
     /// Maximum duration of this project's tasks, in seconds.
     #[serde(default)]
     pub max_duration_secs: Option<u64>,
+    /// Where its tasks run: the project directory itself, or a git worktree per task.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Tasks of this project at once with `isolation = "worktree"` (sets `max_concurrent`).
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// Days a finished task's worktree is kept (default 7); its branch is kept for good.
+    #[serde(default)]
+    pub worktree_keep_days: Option<u64>,
+}
+
+/// Where a project's tasks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// In the project directory.
+    #[default]
+    None,
+    /// Each in its own git worktree on branch `baton/task-ID` (see [`crate::worktree`]).
+    Worktree,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// Whether `host` (as written in a URL, IPv6 in brackets) is this machine:
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks the `server` URL: `wss://` anywhere, `ws://` only to a loopback
+/// address, since the agent sends its key in the connection's first request.
+/// The error says why and what would be accepted.
+pub fn check_server(server: &str) -> Result<(), String> {
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e| format!("`{server}` is not a URL ({e}): write it like wss://host/agents"))?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`{server}` names no host: write it like wss://host/agents"))?;
+    match uri.scheme_str() {
+        Some("wss") => Ok(()),
+        Some("ws") if is_loopback_host(host) => Ok(()),
+        Some("ws") => Err(format!(
+            "`{server}` would send the agent key unencrypted over the network: use wss:// \
+             (ws:// is only accepted to a loopback address: localhost, 127.0.0.1 or [::1])"
+        )),
+        _ => Err(format!(
+            "`{server}` must start with wss:// (or ws:// to a loopback address)"
+        )),
+    }
 }
 
 /// The file's shape.
@@ -80,6 +184,18 @@ pub struct FileConfig {
     pub claude_bin: Option<String>,
     /// Extra arguments for the Claude CLI.
     pub claude_args: Option<Vec<String>>,
+    /// The Codex CLI.
+    pub codex_bin: Option<String>,
+    /// Extra arguments for `codex exec`.
+    pub codex_args: Option<Vec<String>>,
+    /// The Gemini CLI.
+    pub gemini_bin: Option<String>,
+    /// Extra arguments for the Gemini CLI.
+    pub gemini_args: Option<Vec<String>>,
+    /// The OpenCode CLI.
+    pub opencode_bin: Option<String>,
+    /// Extra arguments for `opencode run`.
+    pub opencode_args: Option<Vec<String>>,
     /// The projects.
     #[serde(default)]
     pub project: Vec<ProjectConfig>,
@@ -111,12 +227,32 @@ pub struct Cli {
     /// The Claude CLI.
     #[arg(long, env = "BATON_CLAUDE_BIN")]
     pub claude_bin: Option<String>,
+    /// The Codex CLI.
+    #[arg(long, env = "BATON_CODEX_BIN")]
+    pub codex_bin: Option<String>,
+    /// The Gemini CLI.
+    #[arg(long, env = "BATON_GEMINI_BIN")]
+    pub gemini_bin: Option<String>,
+    /// The OpenCode CLI.
+    #[arg(long, env = "BATON_OPENCODE_BIN")]
+    pub opencode_bin: Option<String>,
     /// Validate the config and executors, then exit.
     #[arg(long)]
     pub check: bool,
     /// Log format: text or json.
     #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// What to do instead of serving (nothing: connect and run tasks).
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+/// `baton-agent SUBCOMMAND`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AgentCommand {
+    /// List the supported coding agent CLIs on the PATH, their versions and whether they look
+    /// logged in, and print a `[[project]]` block for the current directory.
+    Detect,
 }
 
 /// The validated configuration.
@@ -142,6 +278,12 @@ pub struct Config {
     pub claude_bin: String,
     /// Extra Claude CLI arguments.
     pub claude_args: Vec<String>,
+    /// The Codex CLI.
+    pub codex: CliConfig,
+    /// Gemini CLI.
+    pub gemini: CliConfig,
+    /// OpenCode.
+    pub opencode: CliConfig,
     /// Projects, with canonical paths.
     pub projects: Vec<ProjectConfig>,
 }
@@ -202,12 +344,7 @@ impl Config {
                 "missing: set `server = \"wss://host/agents\"` or BATON_SERVER".into(),
             )
         })?;
-        if !(server.starts_with("ws://") || server.starts_with("wss://")) {
-            return Err(err(
-                "server",
-                format!("`{server}` must start with ws:// or wss://"),
-            ));
-        }
+        check_server(&server).map_err(|problem| err("server", problem))?;
         let key = cli.key.clone().or(f.key).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
             err("key", "missing: set `key = \"...\"` or BATON_AGENT_KEY (from `/baton-admin agent add NAME`)".into())
         })?;
@@ -252,7 +389,7 @@ impl Config {
                         "the command executor needs `command = [\"prog\", \"arg\"]`".into(),
                     ));
                 }
-                ExecutorKind::Claude if !p.command.is_empty() => {
+                kind if kind != ExecutorKind::Command && !p.command.is_empty() => {
                     return Err(err(
                         &k("command"),
                         "only the command executor takes `command`".into(),
@@ -262,6 +399,21 @@ impl Config {
             }
             if p.max_concurrent == 0 {
                 return Err(err(&k("max_concurrent"), "must be at least 1".into()));
+            }
+            if p.isolation == Isolation::Worktree {
+                crate::worktree::check_repository(&p.path)
+                    .map_err(|problem| err(&k("isolation"), problem))?;
+            }
+            match p.parallel {
+                Some(_) if p.isolation != Isolation::Worktree => {
+                    return Err(err(
+                        &k("parallel"),
+                        "needs isolation = \"worktree\": parallel tasks in one directory trample each other".into(),
+                    ));
+                }
+                Some(0) => return Err(err(&k("parallel"), "must be at least 1".into())),
+                Some(n) => p.max_concurrent = n,
+                None => {}
             }
             projects.push(p);
         }
@@ -297,13 +449,45 @@ impl Config {
                 .or(f.claude_bin)
                 .unwrap_or_else(|| "claude".into()),
             claude_args: f.claude_args.unwrap_or_default(),
+            codex: cli_config(cli.codex_bin.clone().or(f.codex_bin), f.codex_args, "codex"),
+            gemini: cli_config(
+                cli.gemini_bin.clone().or(f.gemini_bin),
+                f.gemini_args,
+                "gemini",
+            ),
+            opencode: cli_config(
+                cli.opencode_bin.clone().or(f.opencode_bin),
+                f.opencode_args,
+                "opencode",
+            ),
             projects,
         })
+    }
+
+    /// The binary and extra arguments of a CLI executor (`None` for `command`).
+    pub fn cli(&self, kind: ExecutorKind) -> Option<CliConfig> {
+        match kind {
+            ExecutorKind::Command => None,
+            ExecutorKind::Claude => Some(CliConfig {
+                bin: self.claude_bin.clone(),
+                args: self.claude_args.clone(),
+            }),
+            ExecutorKind::Codex => Some(self.codex.clone()),
+            ExecutorKind::Gemini => Some(self.gemini.clone()),
+            ExecutorKind::Opencode => Some(self.opencode.clone()),
+        }
     }
 
     /// The project by name.
     pub fn project(&self, name: &str) -> Option<&ProjectConfig> {
         self.projects.iter().find(|p| p.name.as_str() == name)
+    }
+}
+
+fn cli_config(bin: Option<String>, args: Option<Vec<String>>, default: &str) -> CliConfig {
+    CliConfig {
+        bin: bin.unwrap_or_else(|| default.to_owned()),
+        args: args.unwrap_or_default(),
     }
 }
 
@@ -337,7 +521,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = "server = \"ws://x/agents\"\nkey = \"k\"\n";
+        let base = "server = \"wss://x/agents\"\nkey = \"k\"\n";
         let e = load(
             &format!("{base}[[project]]\nname = \"web\"\npath = \"nope\"\nexecutor = \"claude\"\n"),
             dir.path(),
@@ -356,5 +540,43 @@ mod tests {
         );
         let e = load("key = \"k\"\n", dir.path()).expect_err("no server");
         assert_eq!(e.key, "server");
+    }
+
+    #[test]
+    fn server_must_be_wss_except_to_loopback() {
+        for ok in [
+            "wss://baton.example.com/agents",
+            "wss://10.0.0.5:8443/agents",
+            "ws://127.0.0.1:8080/agents",
+            "ws://127.1.2.3/agents",
+            "ws://localhost:8080/agents",
+            "ws://LOCALHOST/agents",
+            "ws://[::1]:8080/agents",
+        ] {
+            assert_eq!(check_server(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("ws://baton.example.com/agents", "unencrypted"),
+            ("ws://10.0.0.5:8080/agents", "unencrypted"),
+            ("ws://localhost.evil.com/agents", "unencrypted"),
+            ("ws://127.0.0.1.nip.io/agents", "unencrypted"),
+            ("ws://[::2]/agents", "unencrypted"),
+            ("ws://0.0.0.0/agents", "unencrypted"),
+            ("http://baton.example.com/agents", "must start with wss://"),
+            ("baton.example.com/agents", "wss://"),
+            ("wss:///agents", "wss://"),
+            ("not a url", "wss://"),
+        ] {
+            let e = check_server(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = load(
+            "server = \"ws://baton.example.com/agents\"\nkey = \"k\"\n[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"claude\"\n",
+            dir.path(),
+        )
+        .expect_err("ws:// to a remote host");
+        assert_eq!(e.key, "server");
+        assert!(e.problem.contains("loopback"), "{}", e.problem);
     }
 }

@@ -1,26 +1,33 @@
 //! Runs one task as a child process in its own process group, in its
 //! project's directory, with an explicit environment; streams its steps and
 //! output; enforces the time limit and cancellation (SIGTERM to the group,
-//! SIGKILL after a grace period); leaves no process behind.
+//! SIGKILL after a grace period); leaves no process behind. One line of
+//! output is bounded ([`MAX_LINE_BYTES`]), so a task printing without
+//! newlines cannot grow the agent's memory.
 
 use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use baton_shared::TaskId;
 use baton_shared::limits::{
     MAX_ERROR_BYTES, MAX_OUTPUT_CHUNK_BYTES, MAX_RESULT_BYTES, MAX_STEP_CHARS,
 };
 use baton_shared::protocol::{FailureCause, Submit, TaskResult};
+use baton_shared::{SessionId, TaskId};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::claude_stream::{ClaudeEvent, StreamParser};
-use crate::config::{Config, ExecutorKind, ProjectConfig};
+use crate::claude_stream::StreamParser;
+use crate::codex_stream::CodexParser;
+use crate::config::{Config, ExecutorKind, Isolation, ProjectConfig};
+use crate::gemini_stream::GeminiParser;
+use crate::opencode_stream::OpencodeParser;
+use crate::stream::{EventParser, StreamEvent};
+use crate::worktree;
 
 /// Output is sent when this many bytes are buffered...
 pub const OUTPUT_FLUSH_BYTES: usize = 4 * 1024;
@@ -32,6 +39,89 @@ pub const STDERR_TAIL_BYTES: usize = 4 * 1024;
 pub const STEP_PREFIX: &str = "::step::";
 /// The marker between the head and the tail of a result that was too long.
 pub const TRUNCATION_MARKER: &str = "\n\n[… output truncated …]\n\n";
+/// Longest line of a task's output kept, in bytes; the rest of a longer line
+/// is read and dropped, and the kept part ends with [`LINE_CUT_MARKER`].
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Appended to a line cut at [`MAX_LINE_BYTES`].
+pub const LINE_CUT_MARKER: &str = " [… line cut at 1 MiB …]";
+/// Longest prompt passed as a command-line argument, in bytes (Linux refuses
+/// one argument over 128 KiB); a longer one goes to Gemini CLI on stdin.
+pub const MAX_ARG_PROMPT_BYTES: usize = 96 * 1024;
+/// Gemini CLI's `--prompt` when the prompt itself is on stdin (Gemini CLI
+/// puts stdin first, then the `--prompt` text).
+pub const GEMINI_STDIN_PROMPT: &str = "Do what the text above asks.";
+/// Tools in a persona's list that change files: a persona without any of them
+/// runs the other CLIs read-only (Codex's read-only sandbox, Gemini CLI's
+/// default approval mode, OpenCode's `plan` agent).
+pub const WRITE_TOOLS: &[&str] = &["Edit", "MultiEdit", "Write", "NotebookEdit"];
+
+/// Reads lines of at most `limit` bytes: a longer line is cut there, the rest
+/// of it read and dropped. Invalid UTF-8 is replaced, never an error. Safe to
+/// cancel between calls (what was read stays in the reader).
+#[derive(Debug)]
+pub struct LineReader<R> {
+    /// The source.
+    inner: BufReader<R>,
+    /// The line read so far.
+    line: Vec<u8>,
+    /// The line being read went past the limit.
+    cut: bool,
+    /// Bytes kept of one line.
+    limit: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// Lines of at most `limit` bytes from `inner`.
+    pub fn new(inner: R, limit: usize) -> Self {
+        LineReader {
+            inner: BufReader::new(inner),
+            line: Vec::new(),
+            cut: false,
+            limit,
+        }
+    }
+
+    /// The next line without its `\n` (or `\r\n`), with whether it was cut;
+    /// `None` at the end.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<(String, bool)>> {
+        loop {
+            let available = self.inner.fill_buf().await?;
+            if available.is_empty() {
+                if self.line.is_empty() && !self.cut {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take()));
+            }
+            let (chunk, used, end) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (&available[..i], i + 1, true),
+                None => (available, available.len(), false),
+            };
+            let room = self.limit.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.cut |= chunk.len() > room;
+            self.inner.consume(used);
+            if end {
+                return Ok(Some(self.take()));
+            }
+        }
+    }
+
+    fn take(&mut self) -> (String, bool) {
+        let mut bytes = std::mem::take(&mut self.line);
+        let cut = std::mem::replace(&mut self.cut, false);
+        if bytes.last() == Some(&b'\r') && !cut {
+            bytes.pop();
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        // A cut may split a character: drop the broken end.
+        let text = if cut {
+            text.trim_end_matches('\u{FFFD}').to_owned()
+        } else {
+            text.into_owned()
+        };
+        (text, cut)
+    }
+}
 
 /// Something the task produced while running.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,29 +234,136 @@ fn tail_bytes(s: &str, max: usize) -> String {
     s[start..].to_owned()
 }
 
-/// The argv of a task.
-fn argv(cfg: &Config, project: &ProjectConfig, submit: &Submit) -> Vec<String> {
+/// How a task's process is started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// Program and arguments; never through a shell.
+    pub argv: Vec<String>,
+    /// What is written to its stdin (then closed).
+    pub stdin: String,
+}
+
+/// The prompt for CLIs without a system prompt flag: the persona's prompt
+/// first, on a new session only (a resumed one has it already).
+fn prompt_with_system(submit: &Submit, session: Option<&SessionId>) -> String {
+    match (&submit.system_prompt, session) {
+        (Some(sp), None) => format!("{sp}\n\n{}", submit.prompt),
+        _ => submit.prompt.clone(),
+    }
+}
+
+/// Whether the persona may change files (see [`WRITE_TOOLS`]).
+fn may_write(submit: &Submit) -> bool {
+    submit.allowed_tools.is_empty()
+        || submit
+            .allowed_tools
+            .iter()
+            .any(|t| WRITE_TOOLS.contains(&t.as_str()))
+}
+
+/// How to start a task. A session id to resume is validated first: it is
+/// always one argument of its own after its flag, and can never start with
+/// `-`, so it cannot become a flag. The prompt is never parsed as a flag
+/// either: on stdin, after `--`, or inside `--prompt=`.
+pub fn invocation(
+    cfg: &Config,
+    project: &ProjectConfig,
+    submit: &Submit,
+) -> Result<Invocation, String> {
+    let session = submit
+        .session_id
+        .as_deref()
+        .map(SessionId::new)
+        .transpose()
+        .map_err(|e| format!("cannot resume the session: {e}"))?;
+    let s = |v: &str| v.to_owned();
+    let Some(cli) = cfg.cli(project.executor) else {
+        return Ok(Invocation {
+            argv: project.command.clone(),
+            stdin: submit.prompt.clone(),
+        });
+    };
+    let mut a = vec![cli.bin.clone()];
+    let mut stdin = String::new();
     match project.executor {
-        ExecutorKind::Command => project.command.clone(),
+        ExecutorKind::Command => {}
         ExecutorKind::Claude => {
-            let mut a = vec![cfg.claude_bin.clone()];
-            a.extend(cfg.claude_args.iter().cloned());
-            a.extend(["-p", "--output-format", "stream-json", "--verbose"].map(String::from));
+            a.extend(cli.args.iter().cloned());
+            a.extend(["-p", "--output-format", "stream-json", "--verbose"].map(s));
             if let Some(sp) = &submit.system_prompt {
-                a.extend(["--append-system-prompt".into(), sp.clone()]);
+                a.extend([s("--append-system-prompt"), sp.clone()]);
             }
             if !submit.allowed_tools.is_empty() {
-                a.extend(["--allowedTools".into(), submit.allowed_tools.join(",")]);
+                a.extend([s("--allowedTools"), submit.allowed_tools.join(",")]);
             }
             if let Some(m) = &submit.model {
-                a.extend(["--model".into(), m.clone()]);
+                a.extend([s("--model"), m.clone()]);
             }
-            if let Some(s) = &submit.session_id {
-                a.extend(["--resume".into(), s.clone()]);
+            if let Some(id) = &session {
+                a.extend([s("--resume"), id.to_string()]);
             }
-            a
+            stdin = submit.prompt.clone();
+        }
+        ExecutorKind::Codex => {
+            a.push(s("exec"));
+            if session.is_some() {
+                a.push(s("resume"));
+            }
+            let sandbox = if may_write(submit) {
+                "workspace-write"
+            } else {
+                "read-only"
+            };
+            a.extend([s("--json"), s("--skip-git-repo-check"), s("-c")]);
+            a.push(format!("sandbox_mode=\"{sandbox}\""));
+            a.extend(cli.args.iter().cloned());
+            if let (Some(m), None) = (&submit.model, &session) {
+                a.extend([s("-m"), m.clone()]);
+            }
+            if let Some(id) = &session {
+                a.push(id.to_string());
+            }
+            // `-`: the prompt comes on stdin.
+            a.push(s("-"));
+            stdin = prompt_with_system(submit, session.as_ref());
+        }
+        ExecutorKind::Gemini => {
+            let mode = if may_write(submit) { "yolo" } else { "default" };
+            a.extend([s("--output-format"), s("stream-json")]);
+            a.push(format!("--approval-mode={mode}"));
+            a.extend(cli.args.iter().cloned());
+            if let Some(m) = &submit.model {
+                a.extend([s("-m"), m.clone()]);
+            }
+            if let Some(id) = &session {
+                a.extend([s("--resume"), id.to_string()]);
+            }
+            // Gemini CLI reads stdin too, before the prompt: empty unless the
+            // prompt is too long for one argument.
+            let text = prompt_with_system(submit, session.as_ref());
+            if text.len() > MAX_ARG_PROMPT_BYTES {
+                a.push(format!("--prompt={GEMINI_STDIN_PROMPT}"));
+                stdin = text;
+            } else {
+                a.push(format!("--prompt={text}"));
+            }
+        }
+        ExecutorKind::Opencode => {
+            a.extend([s("run"), s("--format"), s("json")]);
+            if !may_write(submit) {
+                a.extend([s("--agent"), s("plan")]);
+            }
+            a.extend(cli.args.iter().cloned());
+            if let Some(m) = &submit.model {
+                a.extend([s("-m"), m.clone()]);
+            }
+            if let Some(id) = &session {
+                a.extend([s("--session"), id.to_string()]);
+            }
+            a.extend([s("--"), prompt_with_system(submit, session.as_ref())]);
         }
     }
+    Ok(Invocation { argv: a, stdin })
 }
 
 /// Signals the task's whole process group; a group already gone is fine.
@@ -178,8 +375,27 @@ fn signal_group(pid: Option<u32>, sig: Signal) {
 
 /// Turns output lines into events, per executor.
 enum LineParser {
+    /// Each line is output, `::step::` lines are steps.
     Command,
-    Claude(Box<StreamParser>),
+    /// A CLI's machine-readable stream.
+    Stream(Box<dyn EventParser>),
+}
+
+/// The parser for a project's executor.
+fn line_parser(project: &ProjectConfig, cwd: &std::path::Path) -> LineParser {
+    let cwd = cwd.to_str();
+    match project.executor {
+        ExecutorKind::Command => LineParser::Command,
+        ExecutorKind::Claude => LineParser::Stream(Box::new(StreamParser::new())),
+        ExecutorKind::Codex => LineParser::Stream(Box::new(CodexParser::new(cwd))),
+        ExecutorKind::Gemini => LineParser::Stream(Box::new(GeminiParser::new(cwd))),
+        ExecutorKind::Opencode => LineParser::Stream(Box::new(OpencodeParser::new(cwd))),
+    }
+}
+
+/// A session id as the bot may see it: only one that could be resumed.
+fn valid_session(id: Option<String>) -> Option<String> {
+    id.filter(|s| SessionId::new(s.as_str()).is_ok())
 }
 
 /// Kills what is left of a task an earlier agent process started: every
@@ -221,16 +437,69 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
 }
 
 /// Runs a task to its end. `stop` flips to a reason to stop it; `started`
-/// learns the process group once the executor is running.
+/// learns the process group once the executor is running. A project with
+/// `isolation = "worktree"` runs it in its own git worktree (see
+/// [`crate::worktree`]) and ends its result with the branch and diff stat.
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
     submit: &Submit,
     events: mpsc::UnboundedSender<ExecEvent>,
+    stop: watch::Receiver<StopReason>,
+    started: impl FnOnce(u32),
+) -> ExecEnd {
+    if project.isolation != Isolation::Worktree {
+        return run_in(cfg, project, &project.path, submit, events, stop, started).await;
+    }
+    let session = submit
+        .session_id
+        .as_deref()
+        .and_then(|s| SessionId::new(s).ok());
+    let wt = match worktree::prepare(&cfg.state_dir, project, submit.task, session.as_ref()).await {
+        Ok(w) => w,
+        Err(e) => {
+            return ExecEnd::Failed {
+                error: format!("cannot prepare the task's git worktree: {e}"),
+                cause: FailureCause::Misconfigured,
+                session_id: None,
+            };
+        }
+    };
+    let mut end = run_in(cfg, project, &wt.dir, submit, events, stop, started).await;
+    let session = match &mut end {
+        ExecEnd::Completed(r) => {
+            let summary = wt.summary().await;
+            let room = MAX_RESULT_BYTES.saturating_sub(summary.len() + 2);
+            r.text = format!("{}\n\n{summary}", tail_bytes(r.text.trim_end(), room));
+            r.session_id.clone()
+        }
+        ExecEnd::Failed { session_id, .. } => session_id.clone(),
+        ExecEnd::Cancelled => None,
+    };
+    wt.finished(session.as_deref().or(submit.session_id.as_deref()));
+    end
+}
+
+/// Runs a task to its end in `cwd`.
+async fn run_in(
+    cfg: &Config,
+    project: &ProjectConfig,
+    cwd: &std::path::Path,
+    submit: &Submit,
+    events: mpsc::UnboundedSender<ExecEvent>,
     mut stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
 ) -> ExecEnd {
-    let argv = argv(cfg, project, submit);
+    let Invocation { argv, stdin: input } = match invocation(cfg, project, submit) {
+        Ok(i) => i,
+        Err(error) => {
+            return ExecEnd::Failed {
+                error,
+                cause: FailureCause::Task,
+                session_id: None,
+            };
+        }
+    };
     let Some((prog, args)) = argv.split_first() else {
         return ExecEnd::Failed {
             error: "no command configured".into(),
@@ -240,7 +509,7 @@ pub async fn run(
     };
     let mut cmd = Command::new(prog);
     cmd.args(args)
-        .current_dir(&project.path)
+        .current_dir(cwd)
         .env_clear()
         .envs(
             cfg.env_allow
@@ -256,18 +525,18 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(s) = &submit.session_id {
+    if let Some(s) = valid_session(submit.session_id.clone()) {
         cmd.env("BATON_SESSION_ID", s);
     }
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             return ExecEnd::Failed {
-                error: format!("cannot start `{prog}` in {}: {e}", project.path.display()),
-                cause: if project.executor == ExecutorKind::Claude {
-                    FailureCause::Misconfigured
-                } else {
+                error: format!("cannot start `{prog}` in {}: {e}", cwd.display()),
+                cause: if project.executor == ExecutorKind::Command {
                     FailureCause::Spawn
+                } else {
+                    FailureCause::Misconfigured
                 },
                 session_id: None,
             };
@@ -278,9 +547,8 @@ pub async fn run(
         started(pid);
     }
     if let Some(mut stdin) = child.stdin.take() {
-        let prompt = submit.prompt.clone();
         tokio::spawn(async move {
-            let _ = stdin.write_all(prompt.as_bytes()).await;
+            let _ = stdin.write_all(input.as_bytes()).await;
             let _ = stdin.shutdown().await;
         });
     }
@@ -304,19 +572,19 @@ pub async fn run(
             String::from_utf8_lossy(&tail.into_iter().collect::<Vec<_>>()).into_owned()
         })
     });
-    let mut lines = child.stdout.take().map(|o| BufReader::new(o).lines());
+    let mut lines = child
+        .stdout
+        .take()
+        .map(|o| LineReader::new(o, MAX_LINE_BYTES));
 
     let max = project
         .max_duration_secs
         .map(Duration::from_secs)
         .unwrap_or(cfg.max_duration);
     let deadline = Instant::now() + max;
-    let mut parser = match project.executor {
-        ExecutorKind::Command => LineParser::Command,
-        ExecutorKind::Claude => LineParser::Claude(Box::default()),
-    };
+    let mut parser = line_parser(project, cwd);
     let mut result_text = Bounded::new(MAX_RESULT_BYTES - TRUNCATION_MARKER.len());
-    let mut claude_result = None;
+    let mut stream_result = None;
     let mut pending = String::new();
     let mut pending_since: Option<Instant> = None;
     let mut stopped: Option<StopReason> = None;
@@ -341,7 +609,10 @@ pub async fn run(
         tokio::select! {
             line = async { match lines.as_mut() { Some(l) => l.next_line().await, None => std::future::pending().await } } => {
                 match line {
-                    Ok(Some(line)) => {
+                    Ok(Some((mut line, cut))) => {
+                        if cut {
+                            line.push_str(LINE_CUT_MARKER);
+                        }
                         match &mut parser {
                             LineParser::Command => {
                                 if let Some(step) = line.strip_prefix(STEP_PREFIX) {
@@ -354,16 +625,15 @@ pub async fn run(
                                     pending_since.get_or_insert_with(Instant::now);
                                 }
                             }
-                            LineParser::Claude(p) => {
+                            LineParser::Stream(p) => {
                                 for ev in p.feed_line(&line) {
                                     match ev {
-                                        ClaudeEvent::Step(s) => { let _ = events.send(ExecEvent::Step(cut_chars(&s, MAX_STEP_CHARS))); }
-                                        ClaudeEvent::Output(t) => {
+                                        StreamEvent::Step(s) => { let _ = events.send(ExecEvent::Step(cut_chars(&s, MAX_STEP_CHARS))); }
+                                        StreamEvent::Output(t) => {
                                             pending.push_str(&t);
-                                            pending.push('\n');
                                             pending_since.get_or_insert_with(Instant::now);
                                         }
-                                        ClaudeEvent::Finished(r) => claude_result = Some(r),
+                                        StreamEvent::Finished(r) => stream_result = Some(r),
                                     }
                                 }
                             }
@@ -468,12 +738,13 @@ pub async fn run(
                 }
             }
         }
-        LineParser::Claude(mut p) => {
-            let result = claude_result.or_else(|| p.finish(status.code()));
+        LineParser::Stream(mut p) => {
+            let result = stream_result.or_else(|| p.finish(status.code()));
+            let cli = project.executor.display_name();
             match result {
                 Some(r) if !r.is_error => ExecEnd::Completed(TaskResult {
                     text: tail_bytes(&r.text, MAX_RESULT_BYTES),
-                    session_id: r.session_id,
+                    session_id: valid_session(r.session_id),
                     cost_usd: r.cost_usd,
                     input_tokens: r.input_tokens,
                     output_tokens: r.output_tokens,
@@ -487,15 +758,15 @@ pub async fn run(
                     ),
                     cause: if r.auth_failure {
                         FailureCause::Misconfigured
-                    } else if r.subtype == crate::claude_stream::NO_RESULT_SUBTYPE {
+                    } else if r.no_result {
                         FailureCause::Crashed
                     } else {
                         FailureCause::Task
                     },
-                    session_id: r.session_id,
+                    session_id: valid_session(r.session_id),
                 },
                 None => ExecEnd::Failed {
-                    error: with_stderr("the Claude CLI ended without a result".into(), &stderr),
+                    error: with_stderr(format!("{cli} ended without a result"), &stderr),
                     cause: FailureCause::Crashed,
                     session_id: None,
                 },
@@ -524,6 +795,181 @@ fn humanize(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_line_without_a_newline_is_cut_at_the_limit_and_reading_goes_on() {
+        let input = format!(
+            "short\r\n{}\nnext\n{}é\nlast",
+            "x".repeat(100),
+            "y".repeat(9)
+        );
+        let mut r = LineReader::new(input.as_bytes(), 10);
+        let mut lines = Vec::new();
+        while let Some(l) = r.next_line().await.unwrap() {
+            lines.push(l);
+        }
+        let expected = [
+            ("short", false),
+            ("xxxxxxxxxx", true),
+            ("next", false),
+            ("yyyyyyyyy", true),
+            ("last", false),
+        ];
+        let lines: Vec<(&str, bool)> = lines.iter().map(|(s, c)| (s.as_str(), *c)).collect();
+        assert_eq!(lines, expected);
+        // A huge line through a small buffer: memory stays at the limit.
+        let big = vec![b'z'; 5 * 1024 * 1024];
+        let mut r = LineReader::new(&big[..], 1024);
+        let (line, cut) = r.next_line().await.unwrap().unwrap();
+        assert_eq!((line.len(), cut), (1024, true));
+        assert!(r.line.capacity() <= 2048);
+        assert_eq!(r.next_line().await.unwrap(), None);
+        let mut r = LineReader::new(&b"\xff\xfeok\n"[..], 100);
+        assert_eq!(
+            r.next_line().await.unwrap(),
+            Some(("\u{FFFD}\u{FFFD}ok".into(), false))
+        );
+    }
+
+    fn submit(session: Option<&str>, tools: &[&str]) -> Submit {
+        Submit {
+            task: TaskId(1),
+            project: baton_shared::ProjectName::new("web").unwrap(),
+            persona: baton_shared::Persona::Code,
+            prompt: "--help me".into(),
+            session_id: session.map(str::to_owned),
+            system_prompt: Some("Be careful.".into()),
+            allowed_tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            model: None,
+        }
+    }
+
+    fn config(kind: ExecutorKind) -> (Config, ProjectConfig) {
+        let text = format!(
+            "server = \"wss://x/agents\"\nkey = \"k\"\n[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"{}\"\n",
+            kind.as_str()
+        );
+        let f: crate::config::FileConfig = toml::from_str(&text).unwrap();
+        let cfg = Config::from_parts(
+            f,
+            &crate::config::Cli::default(),
+            "agent.toml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let p = cfg.projects[0].clone();
+        (cfg, p)
+    }
+
+    /// An invocation test case: executor, session, persona's tools, argv, stdin.
+    type Case<'a> = (
+        ExecutorKind,
+        Option<&'a str>,
+        &'a [&'a str],
+        &'a str,
+        &'a str,
+    );
+
+    #[test]
+    fn each_cli_gets_its_stream_flags_and_resume_and_the_prompt_never_as_a_flag() {
+        let id = "019ffc18-837b-7182-a0e7-89ae640fc2c2";
+        // (executor, session, persona's tools, argv, stdin)
+        let cases: [Case; 8] = [
+            (
+                ExecutorKind::Codex,
+                None,
+                &["Edit"],
+                "codex exec --json --skip-git-repo-check -c sandbox_mode=\"workspace-write\" -",
+                "Be careful.\n\n--help me",
+            ),
+            (
+                ExecutorKind::Codex,
+                Some(id),
+                &["Read"],
+                "codex exec resume --json --skip-git-repo-check -c sandbox_mode=\"read-only\" 019ffc18-837b-7182-a0e7-89ae640fc2c2 -",
+                "--help me",
+            ),
+            (
+                ExecutorKind::Gemini,
+                None,
+                &[],
+                "gemini --output-format stream-json --approval-mode=yolo --prompt=Be careful.\n\n--help me",
+                "",
+            ),
+            (
+                ExecutorKind::Gemini,
+                Some(id),
+                &["Read"],
+                "gemini --output-format stream-json --approval-mode=default --resume 019ffc18-837b-7182-a0e7-89ae640fc2c2 --prompt=--help me",
+                "",
+            ),
+            (
+                ExecutorKind::Opencode,
+                None,
+                &["Write"],
+                "opencode run --format json -- Be careful.\n\n--help me",
+                "",
+            ),
+            (
+                ExecutorKind::Opencode,
+                Some("ses_0053dc0a6ffeLfOVWup0QCNjl2"),
+                &["Read"],
+                "opencode run --format json --agent plan --session ses_0053dc0a6ffeLfOVWup0QCNjl2 -- --help me",
+                "",
+            ),
+            (
+                ExecutorKind::Claude,
+                Some(id),
+                &["Read"],
+                "claude -p --output-format stream-json --verbose --append-system-prompt Be careful. --allowedTools Read --resume 019ffc18-837b-7182-a0e7-89ae640fc2c2",
+                "--help me",
+            ),
+            (ExecutorKind::Command, Some(id), &[], "", "--help me"),
+        ];
+        for (kind, session, tools, argv, stdin) in cases {
+            let (cfg, mut project) = config(if kind == ExecutorKind::Command {
+                ExecutorKind::Claude
+            } else {
+                kind
+            });
+            project.executor = kind;
+            let inv = invocation(&cfg, &project, &submit(session, tools)).unwrap();
+            assert_eq!(
+                (inv.argv.join(" ").as_str(), inv.stdin.as_str()),
+                (argv, stdin),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prompt_too_long_for_an_argument_goes_to_gemini_on_stdin() {
+        let (cfg, project) = config(ExecutorKind::Gemini);
+        let mut s = submit(None, &[]);
+        s.prompt = "é".repeat(MAX_ARG_PROMPT_BYTES / 2);
+        let inv = invocation(&cfg, &project, &s).unwrap();
+        assert_eq!(
+            inv.argv.last().map(String::as_str),
+            Some("--prompt=Do what the text above asks.")
+        );
+        assert!(inv.stdin.ends_with(&s.prompt) && inv.stdin.starts_with("Be careful."));
+    }
+
+    #[test]
+    fn a_session_id_that_could_become_a_flag_is_refused_before_any_argv() {
+        for kind in ExecutorKind::CLIS {
+            let (cfg, project) = config(kind);
+            for bad in ["--dangerously-skip-permissions", "x; rm -rf /", "-r"] {
+                let e = invocation(&cfg, &project, &submit(Some(bad), &[])).expect_err(bad);
+                assert!(e.contains("not a valid session id"), "{e}");
+            }
+        }
+        assert_eq!(valid_session(Some("--x".into())), None);
+        assert_eq!(
+            valid_session(Some("abc-1".into())).as_deref(),
+            Some("abc-1")
+        );
+    }
 
     #[test]
     fn bounded_keeps_head_and_tail() {

@@ -7,14 +7,24 @@
 //!
 //! - [`config`]: `agent.toml`, flags and `BATON_*` overrides, validated.
 //! - [`state`]: the on-disk task journal (de-duplication) and outbox.
-//! - [`exec`]: running one task as a process group (`command` and `claude`).
-//! - [`claude_stream`]: parsing the Claude CLI's stream-json output.
+//! - [`exec`]: running one task as a process group (`command` and the CLIs).
+//! - [`stream`]: what the CLI executors share (events, results, tool steps).
+//! - [`claude_stream`], [`codex_stream`], [`gemini_stream`], [`opencode_stream`]:
+//!   parsing each CLI's machine-readable output.
+//! - [`detect`]: `baton-agent detect`, the CLIs installed on this machine.
+//! - [`worktree`]: a git worktree per task for `isolation = "worktree"` projects.
 //! - this module: the connection loop and the task table.
 
 pub mod claude_stream;
+pub mod codex_stream;
 pub mod config;
+pub mod detect;
 pub mod exec;
+pub mod gemini_stream;
+pub mod opencode_stream;
 pub mod state;
+pub mod stream;
+pub mod worktree;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -135,6 +145,21 @@ impl Agent {
         }
     }
 
+    /// Removes the worktrees of finished tasks older than their project's
+    /// `worktree_keep_days` at `now` (branches are kept); returns how many.
+    pub fn prune_worktrees(&self, now: std::time::SystemTime) -> usize {
+        self.cfg
+            .projects
+            .iter()
+            .filter(|p| p.isolation == config::Isolation::Worktree)
+            .map(|p| {
+                let days = p.worktree_keep_days.unwrap_or(worktree::DEFAULT_KEEP_DAYS);
+                let keep = Duration::from_secs(days * 24 * 3600);
+                worktree::prune(&self.cfg.state_dir, p, keep, now)
+            })
+            .sum()
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             protocol: PROTOCOL_VERSION,
@@ -169,6 +194,7 @@ impl Agent {
         let (stop_tx, stop_rx) = watch::channel(false);
         let conn = tokio::spawn(self.clone().connection_loop(stop_rx));
         let state = self.state.clone();
+        let agent = self.clone();
         let pruner = tokio::spawn(async move {
             let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
             loop {
@@ -176,6 +202,18 @@ impl Agent {
                 let pruned = state.prune_seen(SEEN_RETENTION);
                 if pruned > 0 {
                     tracing::info!(pruned, "forgot the markers of tasks older than 30 days");
+                }
+                let agent = agent.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    agent.prune_worktrees(std::time::SystemTime::now())
+                })
+                .await
+                .unwrap_or(0);
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        "removed finished task worktrees past their keep period"
+                    );
                 }
             }
         });

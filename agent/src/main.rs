@@ -1,7 +1,7 @@
 //! `baton-agent --config agent.toml`: runs tasks for the bot until SIGTERM or Ctrl-C.
 
 use anyhow::Context;
-use baton_agent::config::{Cli, Config};
+use baton_agent::config::{AgentCommand, Cli, Config};
 use clap::Parser;
 
 #[tokio::main]
@@ -18,6 +18,9 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(AgentCommand::Detect) = cli.command {
+        return baton_agent::detect::run().await;
+    }
     let cfg = Config::load(&cli)?;
     if cli.check {
         return check(&cfg);
@@ -31,39 +34,40 @@ async fn main() -> anyhow::Result<()> {
 
 /// Validates the executors without connecting.
 fn check(cfg: &Config) -> anyhow::Result<()> {
-    use baton_agent::config::ExecutorKind;
     for p in &cfg.projects {
-        match p.executor {
-            ExecutorKind::Claude => {
-                let out = std::process::Command::new(&cfg.claude_bin)
-                    .arg("--version")
-                    .output()
-                    .with_context(|| {
-                        format!(
-                            "project `{}`: cannot run the Claude CLI `{}`",
-                            p.name, cfg.claude_bin
-                        )
-                    })?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "project `{}`: `{} --version` failed",
-                    p.name,
-                    cfg.claude_bin
-                );
-                println!(
-                    "project {}: claude {} in {}",
-                    p.name,
-                    String::from_utf8_lossy(&out.stdout).trim(),
-                    p.path.display()
-                );
-            }
-            ExecutorKind::Command => println!(
+        let Some(cli) = cfg.cli(p.executor) else {
+            println!(
                 "project {}: command {:?} in {}",
                 p.name,
                 p.command,
                 p.path.display()
-            ),
-        }
+            );
+            continue;
+        };
+        let name = p.executor.display_name();
+        let out = std::process::Command::new(&cli.bin)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| {
+                format!(
+                    "project `{}`: cannot run the {name} CLI `{}`",
+                    p.name, cli.bin
+                )
+            })?;
+        anyhow::ensure!(
+            out.status.success(),
+            "project `{}`: `{} --version` failed",
+            p.name,
+            cli.bin
+        );
+        println!(
+            "project {}: {} {} in {}",
+            p.name,
+            p.executor.as_str(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            p.path.display()
+        );
     }
     println!(
         "config OK: {} project(s), capacity {}, server {}",

@@ -439,3 +439,133 @@ fn check_validates_the_config_and_the_claude_cli_without_connecting() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_that_could_become_a_flag_never_reaches_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeBot::new().await;
+    let project = project_dir(dir.path(), "project", "");
+    let bins = dir.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    fake_cli(&bins, "claude", &fixture("success-simple-write.jsonl"), 0);
+    let cfg = config(
+        dir.path(),
+        fake.addr(),
+        &project,
+        "executor = \"claude\"",
+        "",
+    );
+    let mut agent = spawn_agent_with_path(&cfg, &bins);
+    let (mut ws, _) = fake.accept().await;
+
+    for (task, bad) in [(1, "--dangerously-skip-permissions"), (2, "x; rm -rf /")] {
+        let mut s = submit(task, "go on");
+        s["session_id"] = json!(bad);
+        send(&mut ws, s).await;
+        let frames = frames_until_final(&mut ws, task).await;
+        let [refused] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(refused["type"], "rejected");
+        assert_eq!(refused["reason"], "invalid");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("not a valid session id") && message.contains(bad),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        recorded_args(&bins, "claude"),
+        Vec::<Vec<String>>::new(),
+        "the CLI never ran"
+    );
+
+    // A valid one is passed as one argument right after --resume.
+    let mut s = submit(3, "go on");
+    s["session_id"] = json!("4e4fa00e-5e28-405f-a0bd-5f1f7d57511c");
+    send(&mut ws, s).await;
+    let frames = frames_until_final(&mut ws, 3).await;
+    assert_eq!(frames.last().unwrap()["type"], "completed", "{frames:?}");
+    let runs = recorded_args(&bins, "claude");
+    let at = runs[0].iter().position(|a| a == "--resume").unwrap();
+    assert_eq!(runs[0][at + 1], "4e4fa00e-5e28-405f-a0bd-5f1f7d57511c");
+    agent.start_kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_printing_20_mb_without_a_newline_is_cut_to_one_bounded_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeBot::new().await;
+    let project = project_dir(
+        dir.path(),
+        "project",
+        "#!/bin/sh\nhead -c 20000000 /dev/zero | tr '\\0' x\necho\necho after\n",
+    );
+    let mut agent = start_agent(dir.path(), fake.addr(), &project, 1);
+    let (mut ws, _) = fake.accept().await;
+    send(&mut ws, submit(1, "flood")).await;
+    let frames = frames_until_final(&mut ws, 1).await;
+    let done = frames.last().unwrap();
+    assert_eq!(done["type"], "completed", "{done}");
+    let output: String = frames
+        .iter()
+        .filter(|f| f["type"] == "output")
+        .map(|f| f["text"].as_str().unwrap())
+        .collect();
+    let marker = baton_agent::exec::LINE_CUT_MARKER;
+    let max = baton_agent::exec::MAX_LINE_BYTES;
+    // The long line, cut and marked, then the reading went on.
+    assert_eq!(output.len(), max + marker.len() + "\nafter\n".len());
+    assert!(output.ends_with(&format!("x{marker}\nafter\n")));
+    let result = done["result"]["text"].as_str().unwrap();
+    assert!(result.ends_with("after\n") && result.len() <= baton_shared::limits::MAX_RESULT_BYTES);
+    agent.start_kill().unwrap();
+}
+
+#[test]
+fn ws_to_another_host_is_refused_by_check_and_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = project_dir(dir.path(), "project", "");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server = \"ws://baton.example.com/agents\"\nkey = \"k\"\n[[project]]\nname = \"web\"\npath = \"{}\"\nexecutor = \"command\"\ncommand = [\"./run.sh\"]\n",
+            project.display()
+        ),
+    )
+    .unwrap();
+    for args in [&["--check", "--config"][..], &["--config"][..]] {
+        let out = std::process::Command::new(agent_bin())
+            .args(args)
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {stderr}");
+        assert!(
+            stderr.contains("server")
+                && stderr.contains("unencrypted")
+                && stderr.contains("wss://"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The same through --server, and wss:// or a loopback ws:// pass.
+    for (server, ok) in [
+        ("ws://10.1.2.3:8080/agents", false),
+        ("wss://baton.example.com/agents", true),
+        ("ws://localhost:9/agents", true),
+    ] {
+        let out = std::process::Command::new(agent_bin())
+            .args(["--check", "--server", server, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "{server}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -446,58 +446,6 @@ async fn queued_tasks_go_out_in_order_up_to_capacity() {
 
 // ---- a fake bot in front of the real agent: redelivered and invalid submits ----
 
-struct FakeBot {
-    listener: tokio::net::TcpListener,
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-impl FakeBot {
-    async fn new() -> Self {
-        FakeBot {
-            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        }
-    }
-
-    /// Accepts the agent's connection, reads its hello and welcomes it.
-    async fn accept(&self) -> (Ws, Value) {
-        let (tcp, _) = tokio::time::timeout(Duration::from_secs(30), self.listener.accept())
-            .await
-            .expect("the agent connects")
-            .unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let hello = next_json(&mut ws).await;
-        assert_eq!(hello["type"], "hello");
-        send(
-            &mut ws,
-            json!({"type": "welcome", "protocol": 1, "agent": "e2e", "heartbeat_secs": 15}),
-        )
-        .await;
-        (ws, hello)
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("a frame from the agent")
-            .expect("the connection is open")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
-fn submit(task: i64, prompt: &str) -> Value {
-    json!({"type": "submit", "task": task, "project": "web", "persona": "code", "prompt": prompt})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_submit_never_runs_twice_even_across_agent_restarts() {
     let dir = tempfile::tempdir().unwrap();

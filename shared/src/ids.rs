@@ -42,6 +42,11 @@ pub enum NameError {
     /// Not a task id like `#42`.
     #[error("`{0}` is not a task id: write it like #42")]
     BadTaskId(String),
+    /// Not an executor session id.
+    #[error(
+        "`{0}` is not a valid session id: up to {MAX_SESSION_ID_CHARS} letters, digits, `-` or `_`, starting with a letter or digit"
+    )]
+    BadSessionId(String),
     /// Not one of the four personas.
     #[error("`{0}` is not a persona: use code, review, plan or ops")]
     BadPersona(String),
@@ -104,6 +109,59 @@ name_type!(
     /// A project's name, as agents serve it and channels are bound to it.
     ProjectName
 );
+
+/// Longest executor session id, in characters.
+pub const MAX_SESSION_ID_CHARS: usize = 64;
+
+/// An executor's session id (Claude Code's session, Codex's thread, Gemini's
+/// or OpenCode's session), validated before it can reach a command line:
+/// 1 to [`MAX_SESSION_ID_CHARS`] ASCII letters, digits, `-` or `_`, starting
+/// with a letter or digit, so it is always one argument and never a flag.
+/// (`_` is there because OpenCode's ids look like `ses_0053dc0a…`.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Validates and wraps a session id.
+    pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
+        let s = s.into();
+        let valid = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.len() <= MAX_SESSION_ID_CHARS
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        if valid {
+            Ok(SessionId(s))
+        } else {
+            Err(NameError::BadSessionId(s))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// How the agent is asked to work on a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -186,6 +244,35 @@ mod tests {
         assert!(ProjectName::new("é").is_err());
         let err = serde_json::from_str::<ProjectName>("\"../etc\"");
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn session_ids_cannot_become_flags_or_shell() {
+        for ok in [
+            "bfc86ca0-df6f-42d4-9fdc-c95b3c1da201",
+            "019ffc18-837b-7182-a0e7-89ae640fc2c2",
+            "ses_0053dc0a6ffeLfOVWup0QCNjl2",
+            "a",
+            &"x".repeat(MAX_SESSION_ID_CHARS),
+        ] {
+            assert_eq!(SessionId::new(ok).map(|s| s.to_string()), Ok(ok.to_owned()));
+        }
+        for bad in [
+            "",
+            "--dangerously-skip-permissions",
+            "-r",
+            "_x",
+            "x; rm -rf /",
+            "a b",
+            "a\nb",
+            "$(id)",
+            "a/b",
+            "é",
+            &"x".repeat(MAX_SESSION_ID_CHARS + 1),
+        ] {
+            assert!(SessionId::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(serde_json::from_str::<SessionId>("\"-x\"").is_err());
     }
 
     #[test]

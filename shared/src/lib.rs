@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - [`ids`]: newtypes for task ids, agent and project names, personas.
+//! - [`ids`]: newtypes for task ids, agent and project names, session ids, personas.
 //! - [`limits`]: every size limit and protocol interval, in one place.
 //! - [`protocol`]: the typed messages of protocol version 1 and their codec.
 
@@ -12,5 +12,5 @@ pub mod ids;
 pub mod limits;
 pub mod protocol;
 
-pub use ids::{AgentName, NameError, Persona, ProjectName, TaskId};
+pub use ids::{AgentName, NameError, Persona, ProjectName, SessionId, TaskId};
 pub use protocol::{AgentMessage, BotMessage, ProtocolError};

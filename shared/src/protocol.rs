@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentName, Persona, ProjectName, TaskId};
+use crate::ids::{AgentName, Persona, ProjectName, SessionId, TaskId};
 use crate::limits::{
     MAX_ERROR_BYTES, MAX_FRAME_BYTES, MAX_HELLO_TASKS, MAX_OUTPUT_CHUNK_BYTES,
     MAX_PROJECTS_PER_AGENT, MAX_PROMPT_CHARS, MAX_RESULT_BYTES, MAX_STEP_CHARS,
@@ -395,6 +395,11 @@ impl BotMessage {
             BotMessage::Submit(s) if s.prompt.trim().is_empty() => {
                 Err(invalid("the prompt is empty"))
             }
+            BotMessage::Submit(s) => match s.session_id.as_deref().map(SessionId::new) {
+                // It would reach an executor's command line: refused, never passed on.
+                Some(Err(e)) => Err(ProtocolError::Invalid(e.to_string())),
+                _ => Ok(msg),
+            },
             _ => Ok(msg),
         }
     }
@@ -812,6 +817,21 @@ mod tests {
             BotMessage::submit_task_of(r#"{"type":"submit","task":-1}"#),
             None
         );
+    }
+
+    #[test]
+    fn a_submit_with_a_session_id_that_could_become_a_flag_is_invalid() {
+        let frame = |sid: &str| {
+            serde_json::json!({"type": "submit", "task": 3, "project": "web", "persona": "code",
+                               "prompt": "go on", "session_id": sid})
+            .to_string()
+        };
+        for bad in ["--dangerously-skip-permissions", "x; rm -rf /", ""] {
+            let err = BotMessage::decode(&frame(bad)).expect_err(bad);
+            assert!(err.to_string().contains("session id"), "{err}");
+            assert_eq!(BotMessage::submit_task_of(&frame(bad)), Some(TaskId(3)));
+        }
+        assert!(BotMessage::decode(&frame("bfc86ca0-df6f-42d4-9fdc-c95b3c1da201")).is_ok());
     }
 
     #[test]
