@@ -177,9 +177,16 @@ impl Store {
                 .with_context(|| format!("Cannot open the database at {}", redact_url(url)))
         };
         let db = open(connections).await?;
-        Migrator::up(&db, None)
-            .await
-            .context("Cannot run the database migrations")?;
+        if sqlite {
+            Migrator::up(&db, None)
+                .await
+                .context("Cannot run the database migrations")?;
+        } else {
+            let one = open(1).await?;
+            let migrated = migrate_postgres(&one).await;
+            let _ = one.close().await;
+            migrated?;
+        }
         let read = if sqlite_file {
             open(SQLITE_READERS).await?
         } else {
@@ -1022,6 +1029,37 @@ fn finish_query(
     q
 }
 
+/// The PostgreSQL advisory lock held while migrating: processes starting at
+/// once migrate one after the other (the later ones find nothing to do).
+/// Any fixed number; this one is "baton" in ASCII.
+const MIGRATION_LOCK: i64 = 0x0062_6174_6f6e;
+
+/// Runs the migrations on PostgreSQL under [`MIGRATION_LOCK`]. `db` is a pool
+/// of one connection: the lock belongs to the session that took it, so the
+/// lock, the migrations and the unlock all run on that one connection.
+async fn migrate_postgres(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let backend = db.get_database_backend();
+    db.execute(Statement::from_sql_and_values(
+        backend,
+        "SELECT pg_advisory_lock($1)",
+        [MIGRATION_LOCK.into()],
+    ))
+    .await
+    .context("Cannot take the migration lock")?;
+    let migrated = Migrator::up(db, None).await;
+    // Closing the connection would release the lock too; unlocking says so.
+    let unlocked = db
+        .execute(Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_advisory_unlock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await;
+    migrated.context("Cannot run the database migrations")?;
+    unlocked.context("Cannot release the migration lock")?;
+    Ok(())
+}
+
 /// Pool settings: WAL, `synchronous = NORMAL` (a commit survives the
 /// process dying; only an OS crash can lose the last ones), a busy timeout,
 /// and for SQLite no test query before each use (a connection to a local file
@@ -1059,16 +1097,24 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_testkit::db::TestDb;
 
-    async fn store(dir: &tempfile::TempDir) -> Store {
+    /// A store on a database of its own: SQLite, or PostgreSQL when the
+    /// tests run with `BATON_TEST_DATABASE_URL` (see testkit's `db`).
+    async fn store() -> (TestDb, Store) {
+        let db = TestDb::new().await;
+        let s = Store::connect(&db.url).await.expect("connect");
+        (db, s)
+    }
+
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         Store::connect(&url).await.expect("connect")
     }
 
     #[tokio::test]
     async fn event_ids_dedupe_until_pruned() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         assert!(s.first_sighting("Ev1").await.expect("insert"));
         assert!(!s.first_sighting("Ev1").await.expect("again"), "a retry");
         assert_eq!(s.prune_events(now_ms() - 60_000).await.expect("prune"), 0);
@@ -1078,8 +1124,7 @@ mod tests {
 
     #[tokio::test]
     async fn guarded_updates_change_only_the_expected_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let t = s.insert_task(new_task()).await.expect("insert");
         assert!(
             !s.mark_running(t.id, "a", 1).await.expect("run"),
@@ -1119,7 +1164,7 @@ mod tests {
     #[tokio::test]
     async fn readers_see_each_committed_write_and_the_log_checkpoints() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let s = sqlite_store(&dir).await;
         assert!(s.sqlite_file, "a file gets a reader pool of its own");
         for _ in 0..50 {
             let t = s.insert_task(new_task()).await.expect("insert");
@@ -1147,8 +1192,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_final_event_ends_the_task_with_its_progress_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let t = s.insert_task(new_task()).await.expect("insert");
         assert!(s.claim(t.id, "a").await.expect("claim"));
         assert!(s.mark_running(t.id, "a", 1).await.expect("run"));
@@ -1184,8 +1228,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_claim_takes_only_what_is_still_queued() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let mut ids = Vec::new();
         for _ in 0..4 {
             ids.push(s.insert_task(new_task()).await.expect("insert").id);
@@ -1207,8 +1250,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_hint_is_false_only_when_no_task_can_be_queued() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         assert!(s.may_have_queue(), "unknown at start");
         assert!(s.projects_with_queue().await.expect("read").is_empty());
         assert!(!s.may_have_queue());
@@ -1234,5 +1276,43 @@ mod tests {
                 .expect("requeue")
         );
         assert!(s.may_have_queue(), "put back in its queue");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn processes_starting_at_once_on_postgres_migrate_once() {
+        let test = "processes_starting_at_once_on_postgres_migrate_once";
+        let Some(server) = baton_testkit::db::postgres_or_skip(test) else {
+            return;
+        };
+        let db = TestDb::postgres(&server).await;
+        let connect = || {
+            let url = db.url.clone();
+            tokio::spawn(async move { Store::connect(&url).await })
+        };
+        let starts = [connect(), connect(), connect()];
+        let mut stores = Vec::new();
+        for start in starts {
+            stores.push(start.await.expect("joined").expect("every start succeeds"));
+        }
+        let applied = stores[0]
+            .connection()
+            .query_all(Statement::from_string(
+                stores[0].connection().get_database_backend(),
+                "SELECT version FROM seaql_migrations ORDER BY version",
+            ))
+            .await
+            .expect("read the migrations");
+        assert_eq!(
+            applied.len(),
+            Migrator::migrations().len(),
+            "each migration recorded once"
+        );
+        for s in &stores {
+            let t = s
+                .insert_task(new_task())
+                .await
+                .expect("the schema is there");
+            assert!(s.task(t.id).await.expect("read").is_some());
+        }
     }
 }
