@@ -123,6 +123,8 @@ pub async fn run(
     if let Some(token) = settings.socket_mode_token() {
         slack::socket_mode::check_app_token(token)?;
     }
+    // Held until `run` returns: a second process on this SQLite file is refused.
+    let _sqlite_lock = store::file_lock::lock_sqlite(&settings.database_url)?;
     let store = Store::connect(&settings.database_url).await?;
     bootstrap_keys(&store, &settings)
         .await

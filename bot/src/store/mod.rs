@@ -6,6 +6,7 @@
 //! nothing.
 
 pub mod entities;
+pub mod file_lock;
 mod group;
 
 use std::sync::Arc;
