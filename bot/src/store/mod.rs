@@ -1316,4 +1316,162 @@ mod tests {
             assert!(s.task(t.id).await.expect("read").is_some());
         }
     }
+
+    #[tokio::test]
+    async fn projects_agents_and_the_audit_log_keep_what_was_written() {
+        let (_db, s) = store().await;
+        s.ensure_project("web").await.expect("project");
+        s.ensure_project("web")
+            .await
+            .expect("again: nothing changes");
+        s.bind_project("web", "C1").await.expect("bind");
+        s.bind_project("api", "C1")
+            .await
+            .expect("rebind the channel");
+        assert_eq!(s.project_names().await.expect("names"), ["api", "web"]);
+        assert_eq!(
+            s.project_for_channel("C1").await.expect("read").as_deref(),
+            Some("api")
+        );
+        let web = s.projects().await.expect("projects");
+        assert_eq!(web[1].channel_id, None, "one project per channel");
+
+        assert!(s.put_agent("a", "h1", "U1", false).await.expect("add"));
+        assert!(!s.put_agent("a", "h2", "U1", false).await.expect("taken"));
+        assert!(s.put_agent("a", "h2", "U1", true).await.expect("replace"));
+        assert!(s.agent_by_key_hash("h1").await.expect("read").is_none());
+        assert_eq!(
+            s.agent_by_key_hash("h2")
+                .await
+                .expect("read")
+                .map(|a| a.name),
+            Some("a".to_owned())
+        );
+        assert!(s.revoke_agent("a").await.expect("revoke"));
+        assert!(!s.revoke_agent("a").await.expect("once"));
+        assert!(s.agent_by_key_hash("h2").await.expect("read").is_none());
+        assert!(
+            s.put_agent("a", "h3", "U1", false)
+                .await
+                .expect("a new key")
+        );
+        assert_eq!(s.agents().await.expect("agents")[0].revoked_at, None);
+
+        for n in 0..3 {
+            s.audit("U1", "agent add", &format!("a{n}"), "")
+                .await
+                .expect("audit");
+        }
+        let log = s.audit_log(2).await.expect("log");
+        let targets: Vec<&str> = log.iter().map(|e| e.target.as_str()).collect();
+        assert_eq!(targets, ["a2", "a1"], "newest first");
+    }
+
+    #[tokio::test]
+    async fn retries_threads_and_the_slack_flags_of_a_task() {
+        let (_db, s) = store().await;
+        let t = s.insert_task(new_task()).await.expect("insert");
+        s.set_message_ts(t.id, "1.5").await.expect("ts");
+        assert_eq!(
+            s.task_by_message("C1", "1.5")
+                .await
+                .expect("read")
+                .map(|t| t.id),
+            Some(t.id)
+        );
+        let reply = s
+            .insert_task(NewTask {
+                thread_ts: Some("1.5".into()),
+                parent_id: Some(t.id),
+                ..new_task()
+            })
+            .await
+            .expect("a reply");
+        let thread: Vec<i64> = s
+            .thread_tasks("C1", "1.5")
+            .await
+            .expect("thread")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(thread, [t.id, reply.id]);
+        assert_eq!(s.queue_len("web").await.expect("len"), 2);
+        assert_eq!(s.queued("web", 1).await.expect("queue")[0].id, t.id);
+        assert_eq!(s.queued_before(now_ms() + 1).await.expect("old").len(), 2);
+        s.set_wait_reason(t.id, "no agent").await.expect("reason");
+
+        assert!(!s.claim_retry(t.id).await.expect("not ended"));
+        assert!(s.claim(t.id, "a").await.expect("claim"));
+        assert!(s.set_cancel_requested(t.id).await.expect("cancel"));
+        assert!(!s.set_cancel_requested(t.id).await.expect("asked once"));
+        let failed = Ending::Failed {
+            error: "boom".into(),
+            cause: "executor".into(),
+            session_id: None,
+        };
+        let from = [TaskState::Dispatched, TaskState::Running];
+        assert!(
+            s.finish(t.id, Some("a"), None, &from, &failed)
+                .await
+                .expect("end")
+        );
+        let ended = s.task(t.id).await.expect("read").expect("row");
+        assert!(!ended.cancel_requested && !ended.slack_synced);
+        assert_eq!(ended.error.as_deref(), Some("boom"));
+        assert!(
+            s.unsynced_tasks()
+                .await
+                .expect("unsynced")
+                .iter()
+                .any(|u| u.id == t.id)
+        );
+        s.mark_slack_synced(t.id).await.expect("synced");
+        assert!(
+            !s.unsynced_tasks()
+                .await
+                .expect("unsynced")
+                .iter()
+                .any(|u| u.id == t.id)
+        );
+        s.set_result_parts_posted(t.id, 3).await.expect("parts");
+        s.set_result_parts_posted(t.id, 2)
+            .await
+            .expect("never lower");
+        assert_eq!(
+            s.task(t.id)
+                .await
+                .expect("read")
+                .expect("row")
+                .result_parts_posted,
+            3
+        );
+
+        assert!(s.claim_retry(t.id).await.expect("retry"));
+        assert!(!s.claim_retry(t.id).await.expect("claimed once"));
+        s.release_retry(t.id).await.expect("release");
+        assert!(s.claim_retry(t.id).await.expect("free again"));
+        assert_eq!(s.release_stale_retry_claims().await.expect("stale"), 1);
+        assert!(s.claim_retry(t.id).await.expect("after a crash"));
+        s.set_retried_as(t.id, reply.id).await.expect("retried");
+        assert_eq!(
+            s.task(t.id).await.expect("read").expect("row").retried_as,
+            Some(reply.id)
+        );
+        assert!(!s.claim_retry(t.id).await.expect("retried once"));
+
+        let ids = |list: Vec<Task>| list.iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.recent_tasks(5).await.expect("recent")),
+            [reply.id, t.id]
+        );
+        assert_eq!(
+            ids(s.tasks_in(&[TaskState::Failed], 5).await.expect("failed")),
+            [t.id]
+        );
+        assert_eq!(
+            ids(s.agent_tasks("a", &[TaskState::Failed]).await.expect("a's")),
+            [t.id]
+        );
+        assert_eq!(s.count_in(TaskState::Queued).await.expect("count"), 1);
+    }
 }
