@@ -143,6 +143,8 @@ pub async fn run(
         tracing::warn!("SECURITY: {warning}");
         eprintln!("baton-bot: WARNING: {warning}");
     }
+    // Held until `run` returns: a second process on this SQLite file is refused.
+    let _sqlite_lock = store::file_lock::lock_sqlite(&settings.database_url)?;
     let store = Store::connect(&settings.database_url).await?;
     bootstrap_keys(&store, &settings)
         .await

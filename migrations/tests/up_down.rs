@@ -1,15 +1,24 @@
-//! The migrations go up and down on a real SQLite file.
+//! The migrations go up and down on a real SQLite file, and on a real
+//! PostgreSQL database when the tests have one (`BATON_TEST_DATABASE_URL`).
 
 use baton_migrations::{Migrator, MigratorTrait};
-use sea_orm_migration::sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm_migration::sea_orm::{
+    ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement,
+};
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {
-    let rows = db
-        .query_all(Statement::from_string(
-            db.get_database_backend(),
+    let sql = match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public' \
+             AND tablename <> 'seaql_migrations' ORDER BY tablename"
+        }
+        _ => {
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             AND name <> 'seaql_migrations' ORDER BY name",
-        ))
+             AND name <> 'seaql_migrations' ORDER BY name"
+        }
+    };
+    let rows = db
+        .query_all(Statement::from_string(db.get_database_backend(), sql))
         .await
         .expect("list tables");
     rows.iter()
@@ -24,7 +33,20 @@ async fn up_down_up_on_sqlite() {
         "sqlite://{}?mode=rwc",
         dir.path().join("baton.db").display()
     );
-    let db = Database::connect(&url).await.expect("connect");
+    up_down_up(&url).await;
+}
+
+#[tokio::test]
+async fn up_down_up_on_postgres() {
+    let Some(server) = baton_testkit::db::postgres_or_skip("up_down_up_on_postgres") else {
+        return;
+    };
+    let test_db = baton_testkit::db::TestDb::postgres(&server).await;
+    up_down_up(&test_db.url).await;
+}
+
+async fn up_down_up(url: &str) {
+    let db = Database::connect(url).await.expect("connect");
 
     Migrator::up(&db, None).await.expect("up");
     assert_eq!(

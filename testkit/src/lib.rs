@@ -1,9 +1,11 @@
 //! Test support shared by Baton's tests and its benchmark: a fake Slack Web API
 //! over real HTTP, requests signed like Slack signs them, a bot running
-//! in-process on a SQLite file, and configs for the real `baton-agent` binary.
+//! in-process on a SQLite file (or PostgreSQL, see [`db`]), and configs for
+//! the real `baton-agent` binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod db;
 pub mod slack;
 pub mod socket_mode;
 
@@ -39,7 +41,7 @@ enum Stop {
 }
 
 impl Bot {
-    /// Starts a bot on `dir/baton.db` talking to the fake Slack at `slack_url`,
+    /// Starts a bot on `dir`'s database ([`db::url_for_dir`]) talking to the fake Slack at `slack_url`,
     /// with agent `e2e` (key [`AGENT_KEY`]) and admin `UADMIN`; `tweak` adjusts
     /// the settings before start.
     pub async fn start(
@@ -67,7 +69,7 @@ impl Bot {
         tweak: impl FnOnce(&mut baton_bot::settings::Settings),
     ) -> Bot {
         init_tracing();
-        let db_url = format!("sqlite://{}?mode=rwc", dir.join("baton.db").display());
+        let db_url = db::url_for_dir(dir).await;
         let mut settings =
             baton_bot::settings::Settings::for_tests(slack_url, &db_url, SIGNING_SECRET);
         settings.agent_keys = format!("e2e:{AGENT_KEY}").into();
@@ -631,7 +633,8 @@ pub fn bot_binary() -> PathBuf {
     bin
 }
 
-/// The real `baton-bot` as a child process, on `dir/baton.db`, with agent
+/// The real `baton-bot` as a child process, on `dir`'s database
+/// ([`db::url_for_dir`]), with agent
 /// `e2e` (key [`AGENT_KEY`]) and admin `UADMIN`. [`BotProcess::kill`] is a
 /// real `kill -9`.
 #[derive(Debug)]
@@ -658,27 +661,10 @@ impl BotProcess {
         } else {
             addr
         };
-        let db_url = format!("sqlite://{}?mode=rwc", dir.join("baton.db").display());
-        let mut cmd = tokio::process::Command::new(bot_binary());
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SLACK_BOT_TOKEN", slack::BOT_TOKEN)
-            .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
-            .env("SLACK_API_URL", slack_url)
-            .env("DATABASE_URL", &db_url)
-            .env("BATON_LISTEN", addr.to_string())
-            .env("BATON_AGENT_KEYS", format!("e2e:{AGENT_KEY}"))
-            .env("BATON_ADMINS", "UADMIN")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .current_dir(dir)
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("baton-bot starts");
+        let db_url = db::url_for_dir(dir).await;
+        let child = Self::command(addr, slack_url, dir, &db_url, env)
+            .spawn()
+            .expect("baton-bot starts");
         let mut bot = BotProcess {
             addr,
             db_url,
@@ -698,6 +684,60 @@ impl BotProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Starts the bot as [`BotProcess::start`] does (on any port), expecting
+    /// it to refuse to start: waits for it to exit, checks that it failed,
+    /// and returns what it printed on stderr.
+    pub async fn start_refused(slack_url: &str, dir: &Path, env: &[(&str, String)]) -> String {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let db_url = db::url_for_dir(dir).await;
+        let out = Self::command(addr, slack_url, dir, &db_url, env)
+            .stderr(std::process::Stdio::piped())
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out)
+            .await
+            .expect("baton-bot refused to start and exited")
+            .expect("baton-bot ran");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "baton-bot was expected to refuse to start; it exited with {}: {stderr}",
+            out.status
+        );
+        stderr
+    }
+
+    /// The command that runs the bot (see [`BotProcess::start`]).
+    fn command(
+        addr: SocketAddr,
+        slack_url: &str,
+        dir: &Path,
+        db_url: &str,
+        env: &[(&str, String)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bot_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SLACK_BOT_TOKEN", slack::BOT_TOKEN)
+            .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+            .env("SLACK_API_URL", slack_url)
+            .env("DATABASE_URL", db_url)
+            .env("BATON_LISTEN", addr.to_string())
+            .env("BATON_AGENT_KEYS", format!("e2e:{AGENT_KEY}"))
+            .env("BATON_ADMINS", "UADMIN")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .current_dir(dir)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
     }
 
     /// kill -9, and reap.

@@ -6,6 +6,7 @@
 //! nothing.
 
 pub mod entities;
+pub mod file_lock;
 mod group;
 
 use std::sync::Arc;
@@ -222,9 +223,16 @@ impl Store {
                 .with_context(|| format!("Cannot open the database at {}", redact_url(url)))
         };
         let db = open(connections).await?;
-        Migrator::up(&db, None)
-            .await
-            .context("Cannot run the database migrations")?;
+        if sqlite {
+            Migrator::up(&db, None)
+                .await
+                .context("Cannot run the database migrations")?;
+        } else {
+            let one = open(1).await?;
+            let migrated = migrate_postgres(&one).await;
+            let _ = one.close().await;
+            migrated?;
+        }
         let read = if sqlite_file {
             open(SQLITE_READERS).await?
         } else {
@@ -1380,6 +1388,37 @@ fn finish_query(
     q
 }
 
+/// The PostgreSQL advisory lock held while migrating: processes starting at
+/// once migrate one after the other (the later ones find nothing to do).
+/// Any fixed number; this one is "baton" in ASCII.
+const MIGRATION_LOCK: i64 = 0x0062_6174_6f6e;
+
+/// Runs the migrations on PostgreSQL under [`MIGRATION_LOCK`]. `db` is a pool
+/// of one connection: the lock belongs to the session that took it, so the
+/// lock, the migrations and the unlock all run on that one connection.
+async fn migrate_postgres(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let backend = db.get_database_backend();
+    db.execute(Statement::from_sql_and_values(
+        backend,
+        "SELECT pg_advisory_lock($1)",
+        [MIGRATION_LOCK.into()],
+    ))
+    .await
+    .context("Cannot take the migration lock")?;
+    let migrated = Migrator::up(db, None).await;
+    // Closing the connection would release the lock too; unlocking says so.
+    let unlocked = db
+        .execute(Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_advisory_unlock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await;
+    migrated.context("Cannot run the database migrations")?;
+    unlocked.context("Cannot release the migration lock")?;
+    Ok(())
+}
+
 /// Pool settings: WAL, `synchronous = NORMAL` (a commit survives the
 /// process dying; only an OS crash can lose the last ones), a busy timeout,
 /// and for SQLite no test query before each use (a connection to a local file
@@ -1417,16 +1456,24 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_testkit::db::TestDb;
 
-    async fn store(dir: &tempfile::TempDir) -> Store {
+    /// A store on a database of its own: SQLite, or PostgreSQL when the
+    /// tests run with `BATON_TEST_DATABASE_URL` (see testkit's `db`).
+    async fn store() -> (TestDb, Store) {
+        let db = TestDb::new().await;
+        let s = Store::connect(&db.url).await.expect("connect");
+        (db, s)
+    }
+
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         Store::connect(&url).await.expect("connect")
     }
 
     #[tokio::test]
     async fn event_ids_dedupe_until_pruned() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         assert!(s.first_sighting("Ev1").await.expect("insert"));
         assert!(!s.first_sighting("Ev1").await.expect("again"), "a retry");
         assert_eq!(s.prune_events(now_ms() - 60_000).await.expect("prune"), 0);
@@ -1436,8 +1483,7 @@ mod tests {
 
     #[tokio::test]
     async fn guarded_updates_change_only_the_expected_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let t = s.insert_task(new_task()).await.expect("insert");
         assert!(
             !s.mark_running(t.id, "a", 1).await.expect("run"),
@@ -1460,8 +1506,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_with_a_cancel_asked_never_goes_back_to_its_queue() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let t = s.insert_task(new_task()).await.expect("insert");
         assert!(s.claim(t.id, "a").await.expect("claim"));
         assert!(s.set_cancel_requested(t.id).await.expect("cancel"));
@@ -1498,8 +1543,7 @@ mod tests {
     /// old project and the new one is not created.
     #[tokio::test]
     async fn a_bind_that_fails_half_way_changes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         s.bind_project("web", "C1").await.expect("bind");
         s.connection()
             .execute_unprepared(
@@ -1536,7 +1580,7 @@ mod tests {
     #[tokio::test]
     async fn readers_see_each_committed_write_and_the_log_checkpoints() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let s = sqlite_store(&dir).await;
         assert!(s.sqlite_file, "a file gets a reader pool of its own");
         for _ in 0..50 {
             let t = s.insert_task(new_task()).await.expect("insert");
@@ -1564,8 +1608,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_final_event_ends_the_task_with_its_progress_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let t = s.insert_task(new_task()).await.expect("insert");
         assert!(s.claim(t.id, "a").await.expect("claim"));
         assert!(s.mark_running(t.id, "a", 1).await.expect("run"));
@@ -1601,8 +1644,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_claim_takes_only_what_is_still_queued() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         let mut ids = Vec::new();
         for _ in 0..4 {
             ids.push(s.insert_task(new_task()).await.expect("insert").id);
@@ -1624,8 +1666,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_hint_is_false_only_when_no_task_can_be_queued() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(&dir).await;
+        let (_db, s) = store().await;
         assert!(s.may_have_queue(), "unknown at start");
         assert!(s.projects_with_queue().await.expect("read").is_empty());
         assert!(!s.may_have_queue());
@@ -1651,5 +1692,201 @@ mod tests {
                 .expect("requeue")
         );
         assert!(s.may_have_queue(), "put back in its queue");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn processes_starting_at_once_on_postgres_migrate_once() {
+        let test = "processes_starting_at_once_on_postgres_migrate_once";
+        let Some(server) = baton_testkit::db::postgres_or_skip(test) else {
+            return;
+        };
+        let db = TestDb::postgres(&server).await;
+        let connect = || {
+            let url = db.url.clone();
+            tokio::spawn(async move { Store::connect(&url).await })
+        };
+        let starts = [connect(), connect(), connect()];
+        let mut stores = Vec::new();
+        for start in starts {
+            stores.push(start.await.expect("joined").expect("every start succeeds"));
+        }
+        let applied = stores[0]
+            .connection()
+            .query_all(Statement::from_string(
+                stores[0].connection().get_database_backend(),
+                "SELECT version FROM seaql_migrations ORDER BY version",
+            ))
+            .await
+            .expect("read the migrations");
+        assert_eq!(
+            applied.len(),
+            Migrator::migrations().len(),
+            "each migration recorded once"
+        );
+        for s in &stores {
+            let t = s
+                .insert_task(new_task())
+                .await
+                .expect("the schema is there");
+            assert!(s.task(t.id).await.expect("read").is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn projects_agents_and_the_audit_log_keep_what_was_written() {
+        let (_db, s) = store().await;
+        s.ensure_project("web").await.expect("project");
+        s.ensure_project("web")
+            .await
+            .expect("again: nothing changes");
+        s.bind_project("web", "C1").await.expect("bind");
+        s.bind_project("api", "C1")
+            .await
+            .expect("rebind the channel");
+        assert_eq!(s.project_names().await.expect("names"), ["api", "web"]);
+        assert_eq!(
+            s.project_for_channel("C1").await.expect("read").as_deref(),
+            Some("api")
+        );
+        let web = s.projects().await.expect("projects");
+        assert_eq!(web[1].channel_id, None, "one project per channel");
+
+        assert!(s.put_agent("a", "h1", "U1", false).await.expect("add"));
+        assert!(!s.put_agent("a", "h2", "U1", false).await.expect("taken"));
+        assert!(s.put_agent("a", "h2", "U1", true).await.expect("replace"));
+        assert!(s.agent_by_key_hash("h1").await.expect("read").is_none());
+        assert_eq!(
+            s.agent_by_key_hash("h2")
+                .await
+                .expect("read")
+                .map(|a| a.name),
+            Some("a".to_owned())
+        );
+        assert!(s.revoke_agent("a").await.expect("revoke"));
+        assert!(!s.revoke_agent("a").await.expect("once"));
+        assert!(s.agent_by_key_hash("h2").await.expect("read").is_none());
+        assert!(
+            s.put_agent("a", "h3", "U1", false)
+                .await
+                .expect("a new key")
+        );
+        assert_eq!(s.agents().await.expect("agents")[0].revoked_at, None);
+
+        for n in 0..3 {
+            s.audit("U1", "agent add", &format!("a{n}"), "")
+                .await
+                .expect("audit");
+        }
+        let log = s.audit_log(2).await.expect("log");
+        let targets: Vec<&str> = log.iter().map(|e| e.target.as_str()).collect();
+        assert_eq!(targets, ["a2", "a1"], "newest first");
+    }
+
+    #[tokio::test]
+    async fn retries_threads_and_the_slack_flags_of_a_task() {
+        let (_db, s) = store().await;
+        let t = s.insert_task(new_task()).await.expect("insert");
+        s.set_message_ts(t.id, "1.5").await.expect("ts");
+        assert_eq!(
+            s.task_by_message("C1", "1.5")
+                .await
+                .expect("read")
+                .map(|t| t.id),
+            Some(t.id)
+        );
+        let reply = s
+            .insert_task(NewTask {
+                thread_ts: Some("1.5".into()),
+                parent_id: Some(t.id),
+                ..new_task()
+            })
+            .await
+            .expect("a reply");
+        let thread: Vec<i64> = s
+            .thread_tasks("C1", "1.5")
+            .await
+            .expect("thread")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(thread, [t.id, reply.id]);
+        assert_eq!(s.queue_len("web").await.expect("len"), 2);
+        assert_eq!(s.queued("web", 1).await.expect("queue")[0].id, t.id);
+        assert_eq!(s.queued_before(now_ms() + 1).await.expect("old").len(), 2);
+        s.set_wait_reason(t.id, "no agent").await.expect("reason");
+
+        assert!(!s.claim_retry(t.id).await.expect("not ended"));
+        assert!(s.claim(t.id, "a").await.expect("claim"));
+        assert!(s.set_cancel_requested(t.id).await.expect("cancel"));
+        assert!(!s.set_cancel_requested(t.id).await.expect("asked once"));
+        let failed = Ending::Failed {
+            error: "boom".into(),
+            cause: "executor".into(),
+            session_id: None,
+        };
+        let from = [TaskState::Dispatched, TaskState::Running];
+        assert!(
+            s.finish(t.id, Some("a"), None, &from, &failed)
+                .await
+                .expect("end")
+        );
+        let ended = s.task(t.id).await.expect("read").expect("row");
+        assert!(!ended.cancel_requested && !ended.slack_synced);
+        assert_eq!(ended.error.as_deref(), Some("boom"));
+        assert!(
+            s.unsynced_tasks()
+                .await
+                .expect("unsynced")
+                .iter()
+                .any(|u| u.id == t.id)
+        );
+        s.mark_slack_synced(t.id).await.expect("synced");
+        assert!(
+            !s.unsynced_tasks()
+                .await
+                .expect("unsynced")
+                .iter()
+                .any(|u| u.id == t.id)
+        );
+        s.set_result_parts_posted(t.id, 3).await.expect("parts");
+        s.set_result_parts_posted(t.id, 2)
+            .await
+            .expect("never lower");
+        assert_eq!(
+            s.task(t.id)
+                .await
+                .expect("read")
+                .expect("row")
+                .result_parts_posted,
+            3
+        );
+
+        assert!(s.claim_retry(t.id).await.expect("retry"));
+        assert!(!s.claim_retry(t.id).await.expect("claimed once"));
+        s.release_retry(t.id).await.expect("release");
+        assert!(s.claim_retry(t.id).await.expect("free again"));
+        assert_eq!(s.release_stale_retry_claims().await.expect("stale"), 1);
+        assert!(s.claim_retry(t.id).await.expect("after a crash"));
+        s.set_retried_as(t.id, reply.id).await.expect("retried");
+        assert_eq!(
+            s.task(t.id).await.expect("read").expect("row").retried_as,
+            Some(reply.id)
+        );
+        assert!(!s.claim_retry(t.id).await.expect("retried once"));
+
+        let ids = |list: Vec<Task>| list.iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.recent_tasks(5).await.expect("recent")),
+            [reply.id, t.id]
+        );
+        assert_eq!(
+            ids(s.tasks_in(&[TaskState::Failed], 5).await.expect("failed")),
+            [t.id]
+        );
+        assert_eq!(
+            ids(s.agent_tasks("a", &[TaskState::Failed]).await.expect("a's")),
+            [t.id]
+        );
+        assert_eq!(s.count_in(TaskState::Queued).await.expect("count"), 1);
     }
 }
