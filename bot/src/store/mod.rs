@@ -224,6 +224,26 @@ impl Store {
         self.db.ping().await.is_ok() && self.read.ping().await.is_ok()
     }
 
+    /// Whether tasks can be read and written, or why not (for `/readyz`):
+    /// the database answers, and SQLite's group writer still runs.
+    pub async fn health(&self) -> Result<(), &'static str> {
+        if self.writer.as_ref().is_some_and(|w| !w.is_alive()) {
+            return Err("the database writer has stopped");
+        }
+        if !self.ping().await {
+            return Err("database unavailable");
+        }
+        Ok(())
+    }
+
+    /// Stops SQLite's group writer, as a crash of it would.
+    #[cfg(test)]
+    pub fn kill_writer(&self) {
+        if let Some(w) = &self.writer {
+            w.kill();
+        }
+    }
+
     /// Transactions the group writer committed; None without one (PostgreSQL).
     pub fn commits(&self) -> Option<u64> {
         self.writer.as_ref().map(GroupWriter::commits)
