@@ -966,6 +966,8 @@ impl Store {
         let row = slack_event::ActiveModel {
             event_id: Set(event_id.to_owned()),
             received_at: Set(now_ms()),
+            payload: Set(None),
+            handled_at: Set(Some(now_ms())),
         };
         let res = slack_event::Entity::insert(row)
             .on_conflict(
@@ -978,6 +980,60 @@ impl Store {
             .await
             .context("Cannot record the Slack event")?;
         Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+    }
+
+    /// Records a Slack event with its envelope (JSON) before it is
+    /// acknowledged; false if its id was seen before (a retry). It waits as
+    /// unhandled until [`Store::event_handled`]: after a crash it is handled
+    /// at the next start ([`Store::unhandled_events`]).
+    pub async fn record_event(&self, event_id: &str, payload: &str) -> anyhow::Result<bool> {
+        let row = slack_event::ActiveModel {
+            event_id: Set(event_id.to_owned()),
+            received_at: Set(now_ms()),
+            payload: Set(Some(payload.to_owned())),
+            handled_at: Set(None),
+        };
+        let res = slack_event::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(slack_event::Column::EventId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .do_nothing()
+            .exec(&self.db)
+            .await
+            .context("Cannot record the Slack event")?;
+        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+    }
+
+    /// Marks a recorded Slack event handled (its payload is dropped).
+    pub async fn event_handled(&self, event_id: &str) -> anyhow::Result<()> {
+        slack_event::Entity::update_many()
+            .col_expr(slack_event::Column::HandledAt, Expr::value(now_ms()))
+            .col_expr(
+                slack_event::Column::Payload,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(slack_event::Column::EventId.eq(event_id))
+            .exec(&self.db)
+            .await
+            .context("Cannot record that the Slack event was handled")?;
+        Ok(())
+    }
+
+    /// Slack events recorded and never handled (the process stopped between
+    /// their acknowledgement and their end): id and envelope, oldest first.
+    pub async fn unhandled_events(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(slack_event::Entity::find()
+            .filter(slack_event::Column::HandledAt.is_null())
+            .filter(slack_event::Column::Payload.is_not_null())
+            .order_by_asc(slack_event::Column::ReceivedAt)
+            .all(&self.read)
+            .await
+            .context("Cannot read the unhandled Slack events")?
+            .into_iter()
+            .filter_map(|e| Some((e.event_id, e.payload?)))
+            .collect())
     }
 
     /// Forgets Slack event ids received before `before_ms` (Slack retries an
