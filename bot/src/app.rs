@@ -321,22 +321,35 @@ impl App {
             )));
         }
         let response_url = req.response_url.clone().filter(|u| !u.is_empty());
-        let written = self
-            .store
-            .insert_task(NewTask {
-                queued_at: self.clock.now_ms(),
-                persona: req.persona.as_str().to_owned(),
-                project,
-                prompt: req.prompt,
-                requester: req.requester,
-                team_id: req.team_id,
-                channel_id: req.channel_id,
-                thread_ts: req.thread_ts,
-                parent_id: req.parent_id,
-                session_id: req.session_id,
-                agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
-            })
-            .await;
+        let new = NewTask {
+            queued_at: self.clock.now_ms(),
+            persona: req.persona.as_str().to_owned(),
+            project,
+            prompt: req.prompt,
+            requester: req.requester,
+            team_id: req.team_id,
+            channel_id: req.channel_id,
+            thread_ts: req.thread_ts,
+            parent_id: req.parent_id,
+            session_id: req.session_id,
+            agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
+        };
+        let written = match &routed {
+            Ok(_) => self.store.insert_task(new).await,
+            // It joins the queue only if the queue has room: the bound is
+            // checked by the insert itself (the check above is a fast path).
+            Err(_) => {
+                let project = new.project.clone();
+                let max = self.settings.queue_max;
+                match self.store.insert_queued_task(new, max).await {
+                    Ok(Some(task)) => Ok(task),
+                    Ok(None) => {
+                        return Err(RequestError::User(replies::queue_full(&project, max)));
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+        };
         let task = match written {
             Ok(task) => task,
             Err(err) => {
@@ -1320,6 +1333,38 @@ mod tests {
         app.apply_event("a", later).await;
         app.dispatch_pass().await;
         assert_eq!(submits(&mut frames), [TaskId(task.id)]);
+    }
+
+    /// Issue 13, finding 8: the queue's bound holds for requests that
+    /// arrive together (it was checked, then inserted, separately).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_bound_holds_for_requests_arriving_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let mut settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        settings.queue_max = 3;
+        let store = Store::connect(&url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        let app = Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ));
+        let requests = (0..12).map(|i| {
+            let mut req = request(&format!("task {i}"));
+            req.requester = format!("U{i}");
+            app.create_task(req)
+        });
+        let outcomes = futures::future::join_all(requests).await;
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(RequestError::User(t)) if t.contains("queue is full")))
+            .count();
+        assert_eq!(store.count_in(TaskState::Queued).await.expect("count"), 3);
+        assert_eq!(refused, 9, "{outcomes:?}");
     }
 
     /// Issue 13, finding 8: a queue purge forgets what the purged tasks'

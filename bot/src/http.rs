@@ -141,10 +141,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if app.store.ping().await {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+    match app.store.health().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -294,5 +293,38 @@ mod tests {
         s.metrics_token = None;
         s.listen = "[::1]:8080".parse().expect("addr");
         assert_eq!(metrics_exposure_warning(&s), None, "IPv6 loopback");
+    }
+    /// Issue 13, finding 8: `/readyz` notices a dead database writer.
+    #[tokio::test]
+    async fn readyz_reports_a_dead_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let settings = crate::settings::Settings::for_tests("http://127.0.0.1:9", &url, "s");
+        let store = crate::store::Store::connect(&url).await.expect("store");
+        let slack =
+            crate::slack::api::SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+                .expect("slack client");
+        let app = Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ));
+        assert_eq!(readyz(State(app.clone())).await.status(), StatusCode::OK);
+        store.kill_writer();
+        let mut status = StatusCode::OK;
+        for _ in 0..100 {
+            status = readyz(State(app.clone())).await.status();
+            if status != StatusCode::OK {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let res = readyz(State(app)).await;
+        let body = axum::body::to_bytes(res.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b"the database writer has stopped\n");
     }
 }

@@ -155,6 +155,9 @@ pub async fn run(
     app.recover()
         .await
         .context("Cannot recover tasks from the database")?;
+    slack::intake::replay_unhandled(&app)
+        .await
+        .context("Cannot read the Slack events left unhandled")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {

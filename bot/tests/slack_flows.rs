@@ -1003,3 +1003,65 @@ async fn a_task_whose_message_cannot_be_posted_is_not_run_and_the_person_is_told
     // Slack refused one call on purpose: not the clean stop's check.
     rig.bot.stop().await;
 }
+
+/// Issue 13, finding 8: a mention acknowledged just before the bot stopped
+/// (Slack will not send it again) is handled when the bot starts again; a
+/// later delivery of the same event changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_acknowledged_before_a_crash_is_handled_after_the_restart() {
+    let rig = Rig::start().await;
+    let payload = json!({
+        "type": "event_callback",
+        "team_id": "T1",
+        "event_id": "EvCrash",
+        "authorizations": [{"user_id": BOT_USER}],
+        "event": mention("U1", "fix the login", "1700000000.000100", None),
+    });
+    let Rig {
+        slack,
+        slack_url,
+        bot,
+        store,
+        _dir: dir,
+    } = rig;
+    let addr = bot.addr;
+    bot.kill().await;
+    // What the bot had written when it acknowledged the event, and no more.
+    assert!(
+        store
+            .record_event("EvCrash", &payload.to_string())
+            .await
+            .unwrap()
+    );
+    assert!(store.task(1).await.unwrap().is_none());
+
+    let bot = Bot::restart(addr, &slack_url, dir.path(), |_| {}).await;
+    let task = eventually("the mention's task", || async {
+        store.task(1).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        (task.prompt.as_str(), task.requester.as_str()),
+        ("fix the login", "U1")
+    );
+    eventually("the event marked handled", || async {
+        store
+            .unhandled_events()
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let (status, _) = post_event(addr, &payload, Some(1)).await;
+    assert_eq!(status, 200);
+    let rig = Rig {
+        slack,
+        slack_url,
+        bot,
+        store,
+        _dir: dir,
+    };
+    assert_eq!(rig.task_count().await, 1, "handled once");
+    rig.stop().await;
+}

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_initial;
 mod m20261201_000001_thread_and_retry;
 mod m20261206_000001_access;
+mod m20261206_000090_event_inbox;
 
 /// Runs Baton's migrations in order.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261201_000001_thread_and_retry::Migration),
             Box::new(m20261206_000001_access::Migration),
+            Box::new(m20261206_000090_event_inbox::Migration),
         ]
     }
 }

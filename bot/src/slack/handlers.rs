@@ -302,8 +302,8 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
     }
 }
 
-/// An Events API envelope (the parts Baton uses).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// An Events API envelope (the parts Baton uses; kept as JSON until handled).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 pub struct EventEnvelope {
     /// `event_callback` or `url_verification`.
     #[serde(rename = "type", default)]
@@ -326,7 +326,7 @@ pub struct EventEnvelope {
 }
 
 /// One authorization of the app.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 pub struct Authorization {
     /// The bot's user id.
     #[serde(default)]
@@ -334,7 +334,7 @@ pub struct Authorization {
 }
 
 /// A message or mention event.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 pub struct Event {
     /// `app_mention` or `message`.
     #[serde(rename = "type", default)]

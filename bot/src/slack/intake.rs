@@ -81,11 +81,44 @@ pub async fn event(app: &Arc<App>, env: EventEnvelope) -> anyhow::Result<()> {
     if env.kind != "event_callback" {
         return Ok(());
     }
-    if !env.event_id.is_empty() && !app.store.first_sighting(&env.event_id).await? {
-        tracing::debug!(event_id = %env.event_id, "repeated Slack event dropped");
-        return Ok(());
+    if !env.event_id.is_empty() {
+        let payload = serde_json::to_string(&env)?;
+        if !app.store.record_event(&env.event_id, &payload).await? {
+            tracing::debug!(event_id = %env.event_id, "repeated Slack event dropped");
+            return Ok(());
+        }
     }
     let app = app.clone();
-    tokio::spawn(async move { handlers::handle_event(&app, env).await });
+    tokio::spawn(async move { handle_recorded(&app, env).await });
+    Ok(())
+}
+
+/// Handles a recorded event, then marks it handled.
+async fn handle_recorded(app: &Arc<App>, env: EventEnvelope) {
+    let id = env.event_id.clone();
+    handlers::handle_event(app, env).await;
+    if !id.is_empty()
+        && let Err(err) = app.store.event_handled(&id).await
+    {
+        tracing::warn!(event_id = %id, error = ?err, "cannot record that a Slack event was handled");
+    }
+}
+
+/// Handles the events acknowledged but not handled before the last stop
+/// (Slack does not send an acknowledged event again). Run at start.
+pub async fn replay_unhandled(app: &Arc<App>) -> anyhow::Result<()> {
+    for (id, payload) in app.store.unhandled_events().await? {
+        match serde_json::from_str::<EventEnvelope>(&payload) {
+            Ok(env) => {
+                tracing::info!(event_id = %id, "handling a Slack event received before the restart");
+                let app = app.clone();
+                tokio::spawn(async move { handle_recorded(&app, env).await });
+            }
+            Err(err) => {
+                tracing::warn!(event_id = %id, error = %err, "an unhandled Slack event cannot be read; dropped");
+                app.store.event_handled(&id).await?;
+            }
+        }
+    }
     Ok(())
 }

@@ -160,6 +160,11 @@ pub mod slack_event {
         pub event_id: String,
         /// Unix ms when received.
         pub received_at: i64,
+        /// The event envelope as received (JSON), kept until it is handled.
+        pub payload: Option<String>,
+        /// Unix ms when it was handled; None while it waits (or, with no
+        /// payload, for ids recorded before payloads were kept).
+        pub handled_at: Option<i64>,
     }
 
     /// No relations.

@@ -12,6 +12,15 @@
 //! runs on its own, without `BEGIN`/`COMMIT`, so an idle bot pays nothing.
 //!
 //! Order is kept: writes run in the order they were handed in.
+//!
+//! Some errors make SQLite abort the whole transaction, not just the
+//! statement (a full disk, an I/O error, a trigger's `RAISE(ROLLBACK)`); the
+//! statements after it would then run outside any transaction and commit one
+//! by one, while the writes before it are undone. So after a failed
+//! statement the writer checks that its transaction is still there (a
+//! savepoint taken at the start of the group must still exist); if it is
+//! not, the group stops, and every write of it runs again on its own, so
+//! each caller hears the truth about its own statement.
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, QueryResult, Statement, TransactionTrait,
@@ -24,6 +33,12 @@ use tokio::sync::{mpsc, oneshot};
 /// Most writes one transaction takes (a bound on how long a caller waits
 /// behind others, and on the transaction's size).
 const MAX_GROUP: usize = 256;
+
+/// Taken at the start of a group's transaction: it exists as long as the
+/// transaction does.
+const GROUP_SAVEPOINT: &str = "SAVEPOINT baton_group";
+/// Fails when the transaction (and so its savepoint) is gone.
+const RELEASE_GROUP_SAVEPOINT: &str = "RELEASE SAVEPOINT baton_group";
 
 /// What a write wants back.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +75,9 @@ pub struct GroupWriter {
     jobs: mpsc::UnboundedSender<Job>,
     /// Commits made (a group of one counts too).
     commits: Arc<AtomicU64>,
+    /// The writer task, to stop it in tests.
+    #[cfg(test)]
+    task: Arc<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for Job {
@@ -73,8 +91,25 @@ impl GroupWriter {
     pub fn start(db: DatabaseConnection) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(db, rx, commits.clone()));
-        GroupWriter { jobs, commits }
+        let _task = tokio::spawn(run(db, rx, commits.clone()));
+        GroupWriter {
+            jobs,
+            commits,
+            #[cfg(test)]
+            task: Arc::new(_task.abort_handle()),
+        }
+    }
+
+    /// Whether the writer task still runs (it stops only if it panicked, or
+    /// its runtime is going away): without it no task can change.
+    pub fn is_alive(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
+    /// Stops the writer, as a crash of it would.
+    #[cfg(test)]
+    pub fn kill(&self) {
+        self.task.abort();
     }
 
     /// Commits made so far.
@@ -133,11 +168,37 @@ async fn run(
                 continue;
             }
         };
+        let mut aborted = txn.execute_unprepared(GROUP_SAVEPOINT).await.is_err();
         let mut outcomes = Vec::with_capacity(group.len());
-        for job in group.drain(..) {
-            let res = one(&txn, job.stmt, job.want).await;
-            outcomes.push((job.done, res));
+        for job in &group {
+            if aborted {
+                break;
+            }
+            let res = one(&txn, job.stmt.clone(), job.want).await;
+            if res.is_err() {
+                // Still in the transaction? Its savepoint says so.
+                aborted = txn
+                    .execute_unprepared(RELEASE_GROUP_SAVEPOINT)
+                    .await
+                    .is_err()
+                    || txn.execute_unprepared(GROUP_SAVEPOINT).await.is_err();
+            }
+            outcomes.push(res);
         }
+        if aborted {
+            // Nothing of the group is kept; each write runs again alone and
+            // its caller hears what happened to it.
+            if let Err(err) = txn.rollback().await {
+                tracing::debug!(error = %err, "the group's transaction was already rolled back");
+            }
+            for job in group.drain(..) {
+                commits.fetch_add(1, Ordering::Relaxed);
+                let res = one(&db, job.stmt, job.want).await;
+                let _ = job.done.send(res);
+            }
+            continue;
+        }
+        let outcomes: Vec<_> = group.drain(..).map(|job| job.done).zip(outcomes).collect();
         match txn.commit().await {
             Ok(()) => {
                 for (done, res) in outcomes {
@@ -169,6 +230,64 @@ mod tests {
 
     fn sql(text: &str) -> Statement {
         Statement::from_string(DbBackend::Sqlite, text.to_owned())
+    }
+
+    /// Issue 13, finding 8: a statement that makes SQLite abort the whole
+    /// transaction (here a trigger's `RAISE(ROLLBACK)`) stops the group;
+    /// every caller is told the truth about its own write.
+    #[tokio::test]
+    async fn an_aborted_group_tells_each_caller_the_truth() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("g.db").display());
+        let db = Database::connect(&url).await.expect("connect");
+        db.execute(sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+            .await
+            .expect("table");
+        db.execute(sql(
+            "CREATE TRIGGER boom BEFORE INSERT ON t WHEN NEW.v = 'boom' \
+             BEGIN SELECT RAISE(ROLLBACK, 'boom'); END",
+        ))
+        .await
+        .expect("trigger");
+        let w = GroupWriter::start(db.clone());
+        let mut writes = Vec::new();
+        for i in 0..40 {
+            let v = if i == 20 {
+                "boom".to_owned()
+            } else {
+                format!("v{i}")
+            };
+            writes.push(w.execute(sql(&format!("INSERT INTO t (id, v) VALUES ({i}, '{v}')"))));
+        }
+        let outcomes = futures::future::join_all(writes).await;
+        // One commit per group, then one per write of the aborted group: more
+        // than one per write only if the abort happened inside a group.
+        assert!(w.commits() > 40, "{} commits", w.commits());
+        for (i, res) in outcomes.iter().enumerate() {
+            let kept = db
+                .query_one(sql(&format!("SELECT id FROM t WHERE id = {i}")))
+                .await
+                .expect("read")
+                .is_some();
+            assert_eq!(res.is_ok(), kept, "write {i} was told {res:?}");
+            assert_eq!(kept, i != 20, "write {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_writer_is_noticed() {
+        let db = Database::connect("sqlite::memory:").await.expect("connect");
+        let w = GroupWriter::start(db);
+        assert!(w.is_alive());
+        w.kill();
+        for _ in 0..100 {
+            if !w.is_alive() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(!w.is_alive());
+        assert!(w.execute(sql("SELECT 1")).await.is_err());
     }
 
     #[tokio::test]

@@ -267,6 +267,26 @@ impl Store {
         self.db.ping().await.is_ok() && self.read.ping().await.is_ok()
     }
 
+    /// Whether tasks can be read and written, or why not (for `/readyz`):
+    /// the database answers, and SQLite's group writer still runs.
+    pub async fn health(&self) -> Result<(), &'static str> {
+        if self.writer.as_ref().is_some_and(|w| !w.is_alive()) {
+            return Err("the database writer has stopped");
+        }
+        if !self.ping().await {
+            return Err("database unavailable");
+        }
+        Ok(())
+    }
+
+    /// Stops SQLite's group writer, as a crash of it would.
+    #[cfg(test)]
+    pub fn kill_writer(&self) {
+        if let Some(w) = &self.writer {
+            w.kill();
+        }
+    }
+
     /// Transactions the group writer committed; None without one (PostgreSQL).
     pub fn commits(&self) -> Option<u64> {
         self.writer.as_ref().map(GroupWriter::commits)
@@ -297,47 +317,7 @@ impl Store {
 
     /// Writes a new queued task and returns it.
     pub async fn insert_task(&self, new: NewTask) -> anyhow::Result<Task> {
-        let now = now_ms();
-        let row = task::ActiveModel {
-            persona: Set(new.persona),
-            project: Set(new.project),
-            prompt: Set(new.prompt),
-            requester: Set(new.requester),
-            team_id: Set(new.team_id),
-            channel_id: Set(new.channel_id),
-            thread_ts: Set(new.thread_ts),
-            message_ts: Set(None),
-            state: Set(match new.agent {
-                Some(_) => TaskState::Dispatched,
-                None => TaskState::Queued,
-            }
-            .as_str()
-            .to_owned()),
-            dispatched_at: Set(new.agent.is_some().then_some(now)),
-            agent: Set(new.agent),
-            parent_id: Set(new.parent_id),
-            session_id: Set(new.session_id),
-            model: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-            queued_at: Set(new.queued_at),
-            started_at: Set(None),
-            finished_at: Set(None),
-            last_seq: Set(0),
-            cancel_requested: Set(false),
-            wait_reason: Set(None),
-            steps: Set("[]".to_owned()),
-            step_count: Set(0),
-            output_tail: Set(String::new()),
-            result: Set(None),
-            result_meta: Set(None),
-            error: Set(None),
-            failure_cause: Set(None),
-            slack_synced: Set(false),
-            result_parts_posted: Set(0),
-            retried_as: Set(None),
-            ..Default::default()
-        };
+        let row = new_task_row(new);
         let mut insert = task::Entity::insert(row).into_query();
         insert.returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
@@ -351,6 +331,58 @@ impl Store {
             self.maybe_queued.store(true, Ordering::SeqCst);
         }
         Ok(task)
+    }
+
+    /// Writes a new queued task unless `max` tasks already wait in its
+    /// project's queue; None when the queue is full. The count and the insert
+    /// are one statement (`INSERT … SELECT … WHERE (SELECT COUNT(*) …) < max`):
+    /// with SQLite's single writer no other write comes between them.
+    pub async fn insert_queued_task(&self, new: NewTask, max: u64) -> anyhow::Result<Option<Task>> {
+        use sea_orm::sea_query::{Query, SimpleExpr};
+        use sea_orm::{ActiveValue, Iterable};
+        let project = new.project.clone();
+        let row = new_task_row(NewTask { agent: None, ..new });
+        let (mut columns, mut values) = (Vec::new(), Vec::<SimpleExpr>::new());
+        for column in task::Column::iter() {
+            if let ActiveValue::Set(v) = row.get(column) {
+                columns.push(column);
+                values.push(Expr::val(v).into());
+            }
+        }
+        let waiting = Query::select()
+            .expr(Expr::col(task::Column::Id).count())
+            .from(task::Entity)
+            .and_where(task::Column::State.eq(TaskState::Queued.as_str()))
+            .and_where(task::Column::Project.eq(project.as_str()))
+            .to_owned();
+        let guarded = Query::select()
+            .exprs(values)
+            .and_where(
+                Expr::expr(SimpleExpr::SubQuery(
+                    None,
+                    Box::new(waiting.into_sub_query_statement()),
+                ))
+                .lt(i64::try_from(max).unwrap_or(i64::MAX)),
+            )
+            .to_owned();
+        let mut insert = Query::insert();
+        insert
+            .into_table(task::Entity)
+            .columns(columns)
+            .select_from(guarded)
+            .context("Cannot build the task's insert")?
+            .returning_all();
+        let stmt = self.db.get_database_backend().build(&insert);
+        let rows = self
+            .write_rows(stmt)
+            .await
+            .context("Cannot write the task")?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
+        self.maybe_queued.store(true, Ordering::SeqCst);
+        Ok(Some(task))
     }
 
     /// One task.
@@ -1209,6 +1241,8 @@ impl Store {
         let row = slack_event::ActiveModel {
             event_id: Set(event_id.to_owned()),
             received_at: Set(now_ms()),
+            payload: Set(None),
+            handled_at: Set(Some(now_ms())),
         };
         let res = slack_event::Entity::insert(row)
             .on_conflict(
@@ -1221,6 +1255,60 @@ impl Store {
             .await
             .context("Cannot record the Slack event")?;
         Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+    }
+
+    /// Records a Slack event with its envelope (JSON) before it is
+    /// acknowledged; false if its id was seen before (a retry). It waits as
+    /// unhandled until [`Store::event_handled`]: after a crash it is handled
+    /// at the next start ([`Store::unhandled_events`]).
+    pub async fn record_event(&self, event_id: &str, payload: &str) -> anyhow::Result<bool> {
+        let row = slack_event::ActiveModel {
+            event_id: Set(event_id.to_owned()),
+            received_at: Set(now_ms()),
+            payload: Set(Some(payload.to_owned())),
+            handled_at: Set(None),
+        };
+        let res = slack_event::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(slack_event::Column::EventId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .do_nothing()
+            .exec(&self.db)
+            .await
+            .context("Cannot record the Slack event")?;
+        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+    }
+
+    /// Marks a recorded Slack event handled (its payload is dropped).
+    pub async fn event_handled(&self, event_id: &str) -> anyhow::Result<()> {
+        slack_event::Entity::update_many()
+            .col_expr(slack_event::Column::HandledAt, Expr::value(now_ms()))
+            .col_expr(
+                slack_event::Column::Payload,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(slack_event::Column::EventId.eq(event_id))
+            .exec(&self.db)
+            .await
+            .context("Cannot record that the Slack event was handled")?;
+        Ok(())
+    }
+
+    /// Slack events recorded and never handled (the process stopped between
+    /// their acknowledgement and their end): id and envelope, oldest first.
+    pub async fn unhandled_events(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(slack_event::Entity::find()
+            .filter(slack_event::Column::HandledAt.is_null())
+            .filter(slack_event::Column::Payload.is_not_null())
+            .order_by_asc(slack_event::Column::ReceivedAt)
+            .all(&self.read)
+            .await
+            .context("Cannot read the unhandled Slack events")?
+            .into_iter()
+            .filter_map(|e| Some((e.event_id, e.payload?)))
+            .collect())
     }
 
     /// Forgets Slack event ids received before `before_ms` (Slack retries an
@@ -1264,6 +1352,51 @@ impl Store {
             .all(&self.read)
             .await
             .context("Cannot read the audit log")
+    }
+}
+
+/// The row of a new task: queued, or dispatched to `new.agent` when given.
+fn new_task_row(new: NewTask) -> task::ActiveModel {
+    let now = now_ms();
+    task::ActiveModel {
+        persona: Set(new.persona),
+        project: Set(new.project),
+        prompt: Set(new.prompt),
+        requester: Set(new.requester),
+        team_id: Set(new.team_id),
+        channel_id: Set(new.channel_id),
+        thread_ts: Set(new.thread_ts),
+        message_ts: Set(None),
+        state: Set(match new.agent {
+            Some(_) => TaskState::Dispatched,
+            None => TaskState::Queued,
+        }
+        .as_str()
+        .to_owned()),
+        dispatched_at: Set(new.agent.is_some().then_some(now)),
+        agent: Set(new.agent),
+        parent_id: Set(new.parent_id),
+        session_id: Set(new.session_id),
+        model: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        queued_at: Set(new.queued_at),
+        started_at: Set(None),
+        finished_at: Set(None),
+        last_seq: Set(0),
+        cancel_requested: Set(false),
+        wait_reason: Set(None),
+        steps: Set("[]".to_owned()),
+        step_count: Set(0),
+        output_tail: Set(String::new()),
+        result: Set(None),
+        result_meta: Set(None),
+        error: Set(None),
+        failure_cause: Set(None),
+        slack_synced: Set(false),
+        result_parts_posted: Set(0),
+        retried_as: Set(None),
+        ..Default::default()
     }
 }
 
