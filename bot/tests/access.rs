@@ -298,6 +298,17 @@ async fn a_list_naming_people_lets_in_them_and_their_user_groups_only() {
     );
     let reply = rig.baton("fix it", "U1").await;
     assert!(reply.contains("not on the access list"), "{reply}");
+    // Retry goes through the same check: U1's own task #1 is not run again.
+    assert!(
+        rig.baton("cancel #1", "U1")
+            .await
+            .contains("removed from the queue")
+    );
+    let retry = rig.baton("retry #1", "U1").await;
+    assert!(retry.contains("not on the access list"), "{retry}");
+    assert_eq!(rig.task_count().await, 3);
+    let first = rig.store.task(1).await.unwrap().unwrap();
+    assert_eq!(first.retried_as, None, "a refused retry can be tried again");
 
     // The group cannot be read: refused, not allowed.
     let dir = tempfile::tempdir().unwrap();
