@@ -541,6 +541,19 @@ async fn status_lists_only_the_persons_own_tasks_and_queue_lists_what_they_may_s
         "newest first: {tasks}"
     );
     assert!(rig.admin("tasks completed").await.contains("No tasks"));
+
+    // The metrics count them without reading ended rows.
+    rig.baton("cancel #2", "U2").await;
+    let (_, metrics) = http(rig.addr(), "GET", "/metrics", &[], "").await;
+    for line in [
+        "baton_tasks{state=\"queued\"} 2\n",
+        "baton_tasks{state=\"running\"} 0\n",
+        "baton_queue_depth{project=\"web\"} 2\n",
+        "baton_tasks_ended_total{state=\"cancelled\"} 1\n",
+        "baton_tasks_ended_total{state=\"completed\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in {metrics}");
+    }
     rig.bot.stop().await;
 }
 
@@ -820,6 +833,10 @@ async fn an_agent_that_never_reads_is_disconnected_not_buffered_for_ever() {
     assert!(
         sent < 2_000_000,
         "the bot cut the connection (after {sent} frames)"
+    );
+    assert!(
+        sent as usize > baton_bot::hub::OUTBOX_MAX_FRAMES,
+        "cut because its queue filled up, not before ({sent} frames)"
     );
     rig.bot.stop().await;
 }
