@@ -16,6 +16,8 @@ use crate::slack_log::SlackLog;
 
 /// Project every simulated agent serves.
 pub const PROJECT: &str = "bench";
+/// The Slack user the bot takes as its admin (`BATON_ADMINS`).
+pub const ADMIN: &str = "UBENCHADMIN";
 /// How long the bot has to answer `/readyz` after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a SIGTERM'd bot has to exit before it is killed.
@@ -202,6 +204,7 @@ impl BotProcess {
             .env("SLACK_API_URL", &slack_url)
             .env("DATABASE_URL", &db.url)
             .env("BATON_LISTEN", addr.to_string())
+            .env("BATON_ADMINS", crate::bot::ADMIN)
             // One simulated requester sends thousands of commands: lift the
             // per-user limit, and the queue bound for the drain test.
             .env("BATON_RATE_LIMIT_TASKS", "1000000000")

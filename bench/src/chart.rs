@@ -342,12 +342,14 @@ mod tests {
                 dispatch_p50_ms: 0.5,
                 dispatch_p99_ms: 2.0,
                 startup_ms: 10.0,
+                ..RowsPoint::default()
             },
             RowsPoint {
                 rows: 1_000_000,
                 dispatch_p50_ms: 0.6,
                 dispatch_p99_ms: 2.5,
                 startup_ms: 30.0,
+                ..RowsPoint::default()
             },
         ];
         r.curves.events_per_task = vec![EventsPoint {

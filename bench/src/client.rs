@@ -59,7 +59,19 @@ impl Client {
         text: &str,
         user: &str,
     ) -> anyhow::Result<(u16, Bytes)> {
-        let form = baton_testkit::slash("/baton", text, user);
+        self.command(addr, "/baton", text, user).await
+    }
+
+    /// Sends slash command `command` (`/baton`, `/baton-admin`) with `text`
+    /// as `user`, signed; the status and the body.
+    pub async fn command(
+        &self,
+        addr: SocketAddr,
+        command: &str,
+        text: &str,
+        user: &str,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let form = baton_testkit::slash(command, text, user);
         let body = serde_urlencoded::to_string(&form)?;
         let headers = baton_testkit::signed_headers(
             baton_testkit::SIGNING_SECRET,

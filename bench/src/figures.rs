@@ -19,6 +19,8 @@ use crate::stats::{percentile, round};
 
 /// The Slack user every command comes from.
 const USER: &str = "UBENCH";
+/// Answers timed per listing (`/baton status`, `/baton-admin tasks`) on the rows curve.
+const LISTING_SAMPLES: usize = 50;
 /// Command rate of the latency figures (DESIGN: "at 200 commands/s").
 const LATENCY_RATE: f64 = 200.0;
 /// A step of the highest-rate search is sustained only if its p99 stays under this.
@@ -761,8 +763,24 @@ impl Ctx {
             .await?;
             let (lat, _) = self.latency_sample(&bot, &probe, plan.curve_secs).await?;
             let (p50, p99) = p50_p99(&lat);
+            // The listings that read the task table: a person's own tasks
+            // (UOLD1 has a fiftieth of the pre-filled rows) and an admin's
+            // newest tasks in one state. Both must stay flat.
+            let status = self
+                .answer_times(bot.addr, "/baton", "status", "UOLD1")
+                .await?;
+            let admin_tasks = self
+                .answer_times(
+                    bot.addr,
+                    "/baton-admin",
+                    "tasks completed",
+                    crate::bot::ADMIN,
+                )
+                .await?;
+            let (status_p50, _) = p50_p99(&status);
+            let (admin_p50, _) = p50_p99(&admin_tasks);
             println!(
-                "  p50 {p50:.3} ms, p99 {p99:.3} ms; start-up {:.0} ms (pre-fill {fill_s:.1} s)",
+                "  p50 {p50:.3} ms, p99 {p99:.3} ms; start-up {:.0} ms (pre-fill {fill_s:.1} s); status {status_p50:.3} ms, admin tasks {admin_p50:.3} ms",
                 bot.startup.as_secs_f64() * 1e3
             );
             report.curves.task_rows.push(RowsPoint {
@@ -770,14 +788,37 @@ impl Ctx {
                 dispatch_p50_ms: p50,
                 dispatch_p99_ms: p99,
                 startup_ms: round(bot.startup.as_secs_f64() * 1e3, 0),
+                status_p50_ms: status_p50,
+                admin_tasks_p50_ms: admin_p50,
             });
             drop(agents);
             bot.stop().await?;
         }
         report.workloads.insert("curves.task_rows".into(), format!(
-            "the tasks table pre-filled with completed tasks (written straight into the SQLite file, 4 indexes maintained), the bot restarted on it; 4 simulated agents; {} s of signed /baton commands at 200/s; start-up is spawn → /readyz answering",
+            "the tasks table pre-filled with completed tasks (written straight into the SQLite file, its indexes maintained), the bot restarted on it; 4 simulated agents; {} s of signed /baton commands at 200/s; start-up is spawn → /readyz answering; status and admin tasks: {LISTING_SAMPLES} signed `/baton status` (as a requester with a fiftieth of the rows) and `/baton-admin tasks completed`, one after the other, request written → answer read",
             plan.curve_secs));
         Ok(())
+    }
+
+    /// How long [`LISTING_SAMPLES`] slash commands `command TEXT` as `user`
+    /// take to be answered, one after the other, in ms.
+    async fn answer_times(
+        &self,
+        addr: std::net::SocketAddr,
+        command: &str,
+        text: &str,
+        user: &str,
+    ) -> anyhow::Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(LISTING_SAMPLES);
+        for _ in 0..LISTING_SAMPLES {
+            let t = Instant::now();
+            let (status, body) = self.client.command(addr, command, text, user).await?;
+            if status != 200 || body.is_empty() {
+                bail!("`{command} {text}` was not answered: {status}");
+            }
+            out.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(out)
     }
 
     /// A frozen agent (socket open, nothing read or written) → marked disconnected.

@@ -112,6 +112,10 @@ pub struct RowsPoint {
     pub dispatch_p99_ms: f64,
     /// Bot start (migrations, recovery) → ready, ms.
     pub startup_ms: f64,
+    /// `/baton status` (a person's recent tasks, read in SQL) answered, p50 ms.
+    pub status_p50_ms: f64,
+    /// `/baton-admin tasks completed` (newest tasks in one state) answered, p50 ms.
+    pub admin_tasks_p50_ms: f64,
 }
 
 /// One point of the events-per-task curve.
@@ -287,8 +291,13 @@ impl Report {
             out.push_str("\ntask table rows → dispatch p50/p99, start-up\n");
             for p in &self.curves.task_rows {
                 out.push_str(&format!(
-                    "  {:>8} rows  {:>7.3} / {:>7.3} ms  start-up {:>7.0} ms\n",
-                    p.rows, p.dispatch_p50_ms, p.dispatch_p99_ms, p.startup_ms
+                    "  {:>8} rows  {:>7.3} / {:>7.3} ms  start-up {:>7.0} ms  status {:>6.3} ms  admin tasks {:>6.3} ms\n",
+                    p.rows,
+                    p.dispatch_p50_ms,
+                    p.dispatch_p99_ms,
+                    p.startup_ms,
+                    p.status_p50_ms,
+                    p.admin_tasks_p50_ms
                 ));
             }
         }

@@ -298,6 +298,17 @@ async fn a_list_naming_people_lets_in_them_and_their_user_groups_only() {
     );
     let reply = rig.baton("fix it", "U1").await;
     assert!(reply.contains("not on the access list"), "{reply}");
+    // Retry goes through the same check: U1's own task #1 is not run again.
+    assert!(
+        rig.baton("cancel #1", "U1")
+            .await
+            .contains("removed from the queue")
+    );
+    let retry = rig.baton("retry #1", "U1").await;
+    assert!(retry.contains("not on the access list"), "{retry}");
+    assert_eq!(rig.task_count().await, 3);
+    let first = rig.store.task(1).await.unwrap().unwrap();
+    assert_eq!(first.retried_as, None, "a refused retry can be tried again");
 
     // The group cannot be read: refused, not allowed.
     let dir = tempfile::tempdir().unwrap();
@@ -530,6 +541,19 @@ async fn status_lists_only_the_persons_own_tasks_and_queue_lists_what_they_may_s
         "newest first: {tasks}"
     );
     assert!(rig.admin("tasks completed").await.contains("No tasks"));
+
+    // The metrics count them without reading ended rows.
+    rig.baton("cancel #2", "U2").await;
+    let (_, metrics) = http(rig.addr(), "GET", "/metrics", &[], "").await;
+    for line in [
+        "baton_tasks{state=\"queued\"} 2\n",
+        "baton_tasks{state=\"running\"} 0\n",
+        "baton_queue_depth{project=\"web\"} 2\n",
+        "baton_tasks_ended_total{state=\"cancelled\"} 1\n",
+        "baton_tasks_ended_total{state=\"completed\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in {metrics}");
+    }
     rig.bot.stop().await;
 }
 
@@ -809,6 +833,10 @@ async fn an_agent_that_never_reads_is_disconnected_not_buffered_for_ever() {
     assert!(
         sent < 2_000_000,
         "the bot cut the connection (after {sent} frames)"
+    );
+    assert!(
+        sent as usize > baton_bot::hub::OUTBOX_MAX_FRAMES,
+        "cut because its queue filled up, not before ({sent} frames)"
     );
     rig.bot.stop().await;
 }
