@@ -105,6 +105,8 @@ pub struct App {
     pub shutting_down: AtomicBool,
     /// Time from a task entering its queue to its submit frame going out.
     pub dispatch_latency: crate::metrics::Histogram,
+    /// What is not ready, for `/readyz`.
+    pub readiness: crate::selfcheck::Readiness,
 }
 
 impl std::fmt::Debug for App {
@@ -180,6 +182,7 @@ impl App {
             user_limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
             shutting_down: AtomicBool::new(false),
             dispatch_latency: crate::metrics::Histogram::new(&crate::metrics::DISPATCH_BUCKETS),
+            readiness: crate::selfcheck::Readiness::default(),
         }
     }
 

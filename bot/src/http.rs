@@ -141,10 +141,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if app.store.ping().await {
+    let mut problems = app.readiness.problems();
+    if !app.store.ping().await {
+        problems.push("database: unavailable".to_owned());
+    }
+    if problems.is_empty() {
         "ready\n".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        let mut body = problems.join("\n");
+        body.push('\n');
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

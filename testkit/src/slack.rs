@@ -61,7 +61,13 @@ struct Inner {
     lose: HashMap<String, usize>,
     /// Messages posted, in order: their ts and the `chat.postMessage` body.
     posted: Vec<(String, Value)>,
+    /// The scopes `auth.test` says the token has (`x-oauth-scopes`); None: every
+    /// scope of [`ALL_SCOPES`].
+    scopes: Option<String>,
 }
+
+/// The scopes the fake grants unless told otherwise: those of the app manifest.
+pub const ALL_SCOPES: &str = "commands,chat:write,app_mentions:read,channels:history,groups:history,im:history,users:read,usergroups:read,channels:read,groups:read,files:read,files:write";
 
 /// The fake Slack Web API: records calls, enforces Slack's limits.
 #[derive(Debug, Default)]
@@ -74,6 +80,11 @@ pub struct FakeSlack {
 impl FakeSlack {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `auth.test` say the token has only `scopes` (comma-separated).
+    pub fn grant_scopes(&self, scopes: &str) {
+        self.lock().scopes = Some(scopes.to_owned());
     }
 
     /// Every call so far, in arrival order.
@@ -384,10 +395,16 @@ async fn api(
         }))
         .into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
-        "auth.test" => axum::Json(
-            json!({"ok": true, "team_id": "T1", "user_id": "UBATON", "bot_id": "BBATON", "team": "Test", "user": "baton", "url": "https://test.slack.com/"}),
-        )
-        .into_response(),
+        "auth.test" => {
+            let scopes = slack.lock().scopes.clone().unwrap_or_else(|| ALL_SCOPES.to_owned());
+            (
+                [("x-oauth-scopes", scopes)],
+                axum::Json(
+                    json!({"ok": true, "team_id": "T1", "user_id": "UBATON", "bot_id": "BBATON", "team": "Test", "user": "baton", "url": "https://test.slack.com/"}),
+                ),
+            )
+                .into_response()
+        }
         _ => (StatusCode::NOT_FOUND, "unknown method").into_response(),
     }
 }

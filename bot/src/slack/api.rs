@@ -141,6 +141,35 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<String>, SlackCallError>>;
 }
 
+/// The plain HTTP client beside slack-morphism's.
+type RawClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// What `auth.test` says of the bot token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthTest {
+    /// The bot's user id.
+    pub user_id: String,
+    /// The workspace.
+    pub team_id: String,
+    /// The scopes granted, when Slack said (`x-oauth-scopes`).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// `auth.test`'s JSON answer, the parts read.
+#[derive(Debug, serde::Deserialize)]
+struct AuthTestAnswer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    team_id: Option<String>,
+}
+
 /// The Web API client. Cheap to clone.
 #[derive(Clone)]
 pub struct SlackApi {
@@ -148,6 +177,11 @@ pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     /// The bot token.
     token: Arc<SlackApiToken>,
+    /// A plain HTTP client on the same connector, for the one call whose
+    /// answer's headers matter (`auth.test`'s `x-oauth-scopes`).
+    raw: RawClient,
+    /// `SLACK_API_URL` without its trailing slash.
+    api_url: Arc<str>,
 }
 
 impl std::fmt::Debug for SlackApi {
@@ -174,12 +208,79 @@ impl SlackApi {
             }
         };
         let https = builder.https_or_http().enable_http1().build();
+        let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https.clone());
         let connector = SlackClientHyperConnector::with_connector(https)
             .with_slack_api_url(api_url.trim_end_matches('/'));
         Ok(SlackApi {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(token.expose_secret().into())),
+            raw,
+            api_url: api_url.trim_end_matches('/').into(),
         })
+    }
+
+    /// `auth.test`: who the bot token belongs to, and the scopes it grants
+    /// (from the `x-oauth-scopes` header Slack adds to every answer).
+    pub async fn auth_test(&self) -> Result<AuthTest, SlackCallError> {
+        let request = http::Request::post(format!("{}/auth.test", self.api_url))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token.token_value.0),
+            )
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            )
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let call = async {
+            let answer = self
+                .raw
+                .request(request)
+                .await
+                .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+            if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = answer
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+                return Err(SlackCallError::RateLimited { retry_after });
+            }
+            let scopes = answer
+                .headers()
+                .get("x-oauth-scopes")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                });
+            let status = answer.status();
+            let body = http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .map_err(|e| SlackCallError::Transport(e.to_string()))?
+                .to_bytes();
+            let read: AuthTestAnswer = serde_json::from_slice(&body).map_err(|_| {
+                SlackCallError::Transport(format!("auth.test answered HTTP {status} without JSON"))
+            })?;
+            if !read.ok {
+                return Err(SlackCallError::Api(
+                    read.error.unwrap_or_else(|| "unknown_error".into()),
+                ));
+            }
+            Ok(AuthTest {
+                user_id: read.user_id.unwrap_or_default(),
+                team_id: read.team_id.unwrap_or_default(),
+                scopes,
+            })
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| SlackCallError::Transport("auth.test timed out".into()))?
     }
 
     /// The underlying slack-morphism client (Socket Mode uses it).
