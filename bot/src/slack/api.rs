@@ -65,6 +65,12 @@ struct Posted {
 #[derive(Debug, serde::Deserialize)]
 struct Acknowledged {}
 
+/// `chat.getPermalink`'s answer, the part read.
+#[derive(Debug, serde::Deserialize)]
+struct Permalink {
+    permalink: String,
+}
+
 impl From<SlackClientError> for SlackCallError {
     fn from(err: SlackClientError) -> Self {
         match err {
@@ -406,6 +412,49 @@ impl SlackApi {
             }
         }
         Ok(())
+    }
+
+    /// Shows `blocks` as `user`'s Home tab (`views.publish`).
+    pub async fn publish_home(
+        &self,
+        user: &str,
+        blocks: Vec<SlackBlock>,
+    ) -> Result<(), SlackCallError> {
+        let req = SlackApiViewsPublishRequest::new(
+            user.into(),
+            SlackView::Home(SlackHomeView::new(blocks)),
+        );
+        let _: Acknowledged = timed(async {
+            Ok(self
+                .client
+                .open_session(&self.token)
+                .http_session_api
+                .http_post("views.publish", &req, None)
+                .await?)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A link to message `ts` of `channel` (`chat.getPermalink`).
+    pub async fn permalink(&self, channel: &str, ts: &str) -> Result<String, SlackCallError> {
+        let answer: Permalink = timed(async {
+            Ok(self
+                .client
+                .open_session(&self.token)
+                .http_session_api
+                .http_get(
+                    "chat.getPermalink",
+                    &vec![
+                        ("channel", Some(&channel.to_owned())),
+                        ("message_ts", Some(&ts.to_owned())),
+                    ],
+                    None,
+                )
+                .await?)
+        })
+        .await?;
+        Ok(answer.permalink)
     }
 
     /// Posts a message only `user` sees.
