@@ -395,6 +395,10 @@ async fn api(
         }))
         .into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
+        "views.publish" => axum::Json(
+            json!({"ok": true, "view": {"id": "VHOME", "type": "home", "blocks": body["view"]["blocks"]}}),
+        )
+        .into_response(),
         "auth.test" => {
             let scopes = slack.lock().scopes.clone().unwrap_or_else(|| ALL_SCOPES.to_owned());
             (
@@ -464,11 +468,36 @@ async fn history(
     axum::Json(json!({"ok": true, "messages": messages, "has_more": false})).into_response()
 }
 
+/// `chat.getPermalink` (a GET): a link to the message.
+async fn permalink(
+    State(slack): State<Arc<FakeSlack>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers) {
+        return slack_error("not_authed");
+    }
+    let channel = query.get("channel").cloned().unwrap_or_default();
+    let ts = query.get("message_ts").cloned().unwrap_or_default();
+    let body = json!({"channel": channel, "message_ts": ts});
+    match slack.answer("chat.getPermalink", &body) {
+        Ok(_) => {}
+        Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
+        Err(Refusal::Error(e)) => return slack_error(&e),
+    }
+    let link = format!(
+        "https://test.slack.com/archives/{channel}/p{}",
+        ts.replace('.', "")
+    );
+    axum::Json(json!({"ok": true, "channel": channel, "permalink": link})).into_response()
+}
+
 /// The fake Slack's router, for callers that serve it themselves.
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
         .route("/api/conversations.replies", axum::routing::get(replies))
         .route("/api/conversations.history", axum::routing::get(history))
+        .route("/api/chat.getPermalink", axum::routing::get(permalink))
         .route("/api/{method}", axum::routing::post(api))
         .route(
             crate::socket_mode::WS_PATH,
