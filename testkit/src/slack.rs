@@ -367,8 +367,26 @@ async fn api(
     if !authorized(&headers) {
         return slack_error("not_authed");
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return slack_error("invalid_json");
+    // Like Slack: JSON, or a form (every method takes one).
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = if is_form {
+        match serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
+            Ok(pairs) => Value::Object(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            ),
+            Err(_) => return slack_error("invalid_form_data"),
+        }
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(body) => body,
+            Err(_) => return slack_error("invalid_json"),
+        }
     };
     let delay = slack.lock().delay.get(&method).copied();
     if let Some(d) = delay {
@@ -395,6 +413,13 @@ async fn api(
         }))
         .into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
+        "chat.getPermalink" => {
+            let channel = body["channel"].as_str().unwrap_or_default();
+            let ts = body["message_ts"].as_str().unwrap_or_default();
+            axum::Json(json!({"ok": true, "channel": channel,
+                "permalink": format!("https://test.slack.com/archives/{channel}/p{}", ts.replace('.', ""))}))
+            .into_response()
+        }
         "views.publish" => axum::Json(
             json!({"ok": true, "view": {"id": "VHOME", "type": "home", "blocks": body["view"]["blocks"]}}),
         )
@@ -468,36 +493,11 @@ async fn history(
     axum::Json(json!({"ok": true, "messages": messages, "has_more": false})).into_response()
 }
 
-/// `chat.getPermalink` (a GET): a link to the message.
-async fn permalink(
-    State(slack): State<Arc<FakeSlack>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if !authorized(&headers) {
-        return slack_error("not_authed");
-    }
-    let channel = query.get("channel").cloned().unwrap_or_default();
-    let ts = query.get("message_ts").cloned().unwrap_or_default();
-    let body = json!({"channel": channel, "message_ts": ts});
-    match slack.answer("chat.getPermalink", &body) {
-        Ok(_) => {}
-        Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
-        Err(Refusal::Error(e)) => return slack_error(&e),
-    }
-    let link = format!(
-        "https://test.slack.com/archives/{channel}/p{}",
-        ts.replace('.', "")
-    );
-    axum::Json(json!({"ok": true, "channel": channel, "permalink": link})).into_response()
-}
-
 /// The fake Slack's router, for callers that serve it themselves.
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
         .route("/api/conversations.replies", axum::routing::get(replies))
         .route("/api/conversations.history", axum::routing::get(history))
-        .route("/api/chat.getPermalink", axum::routing::get(permalink))
         .route("/api/{method}", axum::routing::post(api))
         .route(
             crate::socket_mode::WS_PATH,

@@ -65,12 +65,6 @@ struct Posted {
 #[derive(Debug, serde::Deserialize)]
 struct Acknowledged {}
 
-/// `chat.getPermalink`'s answer, the part read.
-#[derive(Debug, serde::Deserialize)]
-struct Permalink {
-    permalink: String,
-}
-
 impl From<SlackClientError> for SlackCallError {
     fn from(err: SlackClientError) -> Self {
         match err {
@@ -164,18 +158,6 @@ pub struct AuthTest {
     pub scopes: Option<Vec<String>>,
 }
 
-/// `auth.test`'s JSON answer, the parts read.
-#[derive(Debug, serde::Deserialize)]
-struct AuthTestAnswer {
-    ok: bool,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    user_id: Option<String>,
-    #[serde(default)]
-    team_id: Option<String>,
-}
-
 /// The Web API client. Cheap to clone.
 #[derive(Clone)]
 pub struct SlackApi {
@@ -226,19 +208,27 @@ impl SlackApi {
         })
     }
 
-    /// `auth.test`: who the bot token belongs to, and the scopes it grants
-    /// (from the `x-oauth-scopes` header Slack adds to every answer).
-    pub async fn auth_test(&self) -> Result<AuthTest, SlackCallError> {
-        let request = http::Request::post(format!("{}/auth.test", self.api_url))
+    /// Calls `method` with `params` as a form POST, the one encoding every
+    /// Web API method takes (read methods refuse JSON bodies, and emulators
+    /// may not serve GET); returns the answer's JSON and the scopes Slack says
+    /// the token has (`x-oauth-scopes`). A 429 and an `ok: false` are errors.
+    pub async fn call_form(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(serde_json::Value, Option<Vec<String>>), SlackCallError> {
+        let form = serde_urlencoded::to_string(params)
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let request = http::Request::post(format!("{}/{method}", self.api_url))
             .header(
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", self.token.token_value.0),
             )
             .header(
                 http::header::CONTENT_TYPE,
-                "application/json; charset=utf-8",
+                "application/x-www-form-urlencoded",
             )
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .body(http_body_util::Full::new(bytes::Bytes::from(form)))
             .map_err(|e| SlackCallError::Transport(e.to_string()))?;
         let call = async {
             let answer = self
@@ -270,23 +260,30 @@ impl SlackApi {
                 .await
                 .map_err(|e| SlackCallError::Transport(e.to_string()))?
                 .to_bytes();
-            let read: AuthTestAnswer = serde_json::from_slice(&body).map_err(|_| {
-                SlackCallError::Transport(format!("auth.test answered HTTP {status} without JSON"))
+            let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+                SlackCallError::Transport(format!("{method} answered HTTP {status} without JSON"))
             })?;
-            if !read.ok {
-                return Err(SlackCallError::Api(
-                    read.error.unwrap_or_else(|| "unknown_error".into()),
-                ));
+            if json["ok"] != true {
+                let code = json["error"].as_str().unwrap_or("unknown_error");
+                return Err(SlackCallError::Api(code.to_owned()));
             }
-            Ok(AuthTest {
-                user_id: read.user_id.unwrap_or_default(),
-                team_id: read.team_id.unwrap_or_default(),
-                scopes,
-            })
+            Ok((json, scopes))
         };
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
-            .map_err(|_| SlackCallError::Transport("auth.test timed out".into()))?
+            .map_err(|_| SlackCallError::Transport(format!("{method} timed out")))?
+    }
+
+    /// `auth.test`: who the bot token belongs to, and the scopes it grants
+    /// (from the `x-oauth-scopes` header Slack adds to every answer).
+    pub async fn auth_test(&self) -> Result<AuthTest, SlackCallError> {
+        let (json, scopes) = self.call_form("auth.test", &[]).await?;
+        let field = |name: &str| json[name].as_str().unwrap_or_default().to_owned();
+        Ok(AuthTest {
+            user_id: field("user_id"),
+            team_id: field("team_id"),
+            scopes,
+        })
     }
 
     /// The underlying slack-morphism client (Socket Mode uses it).
@@ -438,23 +435,18 @@ impl SlackApi {
 
     /// A link to message `ts` of `channel` (`chat.getPermalink`).
     pub async fn permalink(&self, channel: &str, ts: &str) -> Result<String, SlackCallError> {
-        let answer: Permalink = timed(async {
-            Ok(self
-                .client
-                .open_session(&self.token)
-                .http_session_api
-                .http_get(
-                    "chat.getPermalink",
-                    &vec![
-                        ("channel", Some(&channel.to_owned())),
-                        ("message_ts", Some(&ts.to_owned())),
-                    ],
-                    None,
-                )
-                .await?)
-        })
-        .await?;
-        Ok(answer.permalink)
+        let (json, _) = self
+            .call_form(
+                "chat.getPermalink",
+                &[("channel", channel), ("message_ts", ts)],
+            )
+            .await?;
+        json["permalink"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                SlackCallError::Transport("chat.getPermalink without a permalink".into())
+            })
     }
 
     /// Posts a message only `user` sees.
