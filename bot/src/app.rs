@@ -119,6 +119,8 @@ pub struct App {
     unpostable: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Task, String)>>>,
     /// What Slack said about people, user groups and channels (access control).
     pub directory: crate::access::Directory,
+    /// What is not ready, for `/readyz`.
+    pub readiness: crate::selfcheck::Readiness,
 }
 
 impl std::fmt::Debug for App {
@@ -199,6 +201,7 @@ impl App {
             response_urls: Mutex::new(HashMap::new()),
             unpostable: Mutex::new(Some(unpostable)),
             directory: crate::access::Directory::default(),
+            readiness: crate::selfcheck::Readiness::default(),
         }
     }
 
@@ -1343,6 +1346,8 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
         let mut settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
         settings.queue_max = 3;
+        // No Slack here to ask who they are: admins need no asking.
+        settings.admins = (0..12).map(|i| format!("U{i}")).collect();
         let store = Store::connect(&url).await.expect("store");
         store.ensure_project("web").await.expect("project");
         let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)

@@ -141,9 +141,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    match app.store.health().await {
-        Ok(()) => "ready\n".into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    let mut problems = app.readiness.problems();
+    if let Err(why) = app.store.health().await {
+        problems.push(format!("database: {why}"));
+    }
+    if problems.is_empty() {
+        "ready\n".into_response()
+    } else {
+        let mut body = problems.join("\n");
+        body.push('\n');
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 
@@ -325,6 +332,6 @@ mod tests {
         let body = axum::body::to_bytes(res.into_body(), 1024)
             .await
             .expect("body");
-        assert_eq!(&body[..], b"the database writer has stopped\n");
+        assert_eq!(&body[..], b"database: the database writer has stopped\n");
     }
 }

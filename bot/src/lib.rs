@@ -16,6 +16,8 @@
 //! - [`metrics`]: the histogram behind `/metrics`' latencies.
 //! - [`replies`]: every refusal and error text a person sees.
 //! - [`access`]: who may start, see, cancel and retry which tasks.
+//! - [`selfcheck`]: the bot token check at start, and what `/readyz` reports.
+//! - [`sync`]: the mutex helper every module shares.
 
 pub mod access;
 pub mod admin;
@@ -31,9 +33,11 @@ pub mod metrics;
 pub mod model;
 pub mod personas;
 pub mod replies;
+pub mod selfcheck;
 pub mod settings;
 pub mod slack;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -118,6 +122,33 @@ async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()
     Ok(())
 }
 
+/// While Slack cannot be asked about the bot token, the bot is not ready; it
+/// asks again every [`selfcheck::AUTH_RETRY`]. A token refused later leaves it
+/// not ready with the reason (it is already serving; stopping it would drop
+/// the work it holds).
+async fn check_token_until_known(app: Arc<App>, mut check: selfcheck::TokenCheck) {
+    loop {
+        match check {
+            selfcheck::TokenCheck::Valid(auth) => {
+                app.readiness.ready(selfcheck::Part::Slack);
+                selfcheck::report_scopes(&app.settings, &auth);
+                return;
+            }
+            selfcheck::TokenCheck::Refused(why) => {
+                tracing::error!("{why}");
+                app.readiness.not_ready(selfcheck::Part::Slack, why);
+                return;
+            }
+            selfcheck::TokenCheck::Unknown(why) => {
+                tracing::warn!("{why}; asking again in {:?}", selfcheck::AUTH_RETRY);
+                app.readiness.not_ready(selfcheck::Part::Slack, why);
+            }
+        }
+        tokio::time::sleep(selfcheck::AUTH_RETRY).await;
+        check = selfcheck::check_token(&app.slack).await;
+    }
+}
+
 /// Runs the bot on `listener` until `shutdown` resolves, then shuts down
 /// gracefully: stop taking work, close agent sockets with "going away",
 /// flush the last Slack updates.
@@ -150,8 +181,18 @@ pub async fn run(
         .await
         .context("Cannot store BATON_AGENT_KEYS")?;
     let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)?;
+    let token = selfcheck::check_token(&slack).await;
+    if let selfcheck::TokenCheck::Refused(why) = &token {
+        anyhow::bail!("{why}");
+    }
     let checkpoint_store = store.clone();
     let app = Arc::new(App::new(settings, store, slack, clock));
+    match token {
+        selfcheck::TokenCheck::Valid(auth) => selfcheck::report_scopes(&app.settings, &auth),
+        _ => {
+            tokio::spawn(check_token_until_known(app.clone(), token));
+        }
+    }
     app.recover()
         .await
         .context("Cannot recover tasks from the database")?;

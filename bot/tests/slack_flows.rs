@@ -1065,3 +1065,60 @@ async fn a_mention_acknowledged_before_a_crash_is_handled_after_the_restart() {
     assert_eq!(rig.task_count().await, 1, "handled once");
     rig.stop().await;
 }
+
+/// A direct message to the app, in its Messages tab (`message.im`).
+fn direct_message(user: &str, text: &str, ts: &str) -> Value {
+    json!({"type": "message", "channel_type": "im", "user": user, "text": text, "channel": "D1", "ts": ts})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_works_like_a_mention_and_is_never_left_unanswered() {
+    let rig = Rig::start().await;
+    rig.event(
+        "Ev1",
+        direct_message("U1", "--project web say hi", "1700000200.000100"),
+        None,
+    )
+    .await;
+    let task = rig
+        .task_when(1, "the direct message's task", |t| t.message_ts.is_some())
+        .await;
+    assert_eq!(
+        (
+            task.prompt.as_str(),
+            task.requester.as_str(),
+            task.channel_id.as_str(),
+            task.project.as_str()
+        ),
+        ("say hi", "U1", "D1", "web")
+    );
+    let posted = rig.slack.calls("chat.postMessage");
+    assert!(
+        posted.iter().any(|c| c.body["channel"] == "D1"),
+        "the task's message is in the conversation: {posted:?}"
+    );
+
+    // Words it cannot act on get an answer that says what it can do.
+    rig.event(
+        "Ev2",
+        direct_message("U2", "help", "1700000200.000200"),
+        None,
+    )
+    .await;
+    assert_eq!(rig.ephemeral("U2", 1).await, baton_bot::commands::help());
+    rig.event(
+        "Ev3",
+        direct_message("U2", "   ", "1700000200.000300"),
+        None,
+    )
+    .await;
+    let answer = rig.ephemeral("U2", 2).await;
+    assert!(answer.contains("/baton help"), "{answer}");
+    assert_eq!(
+        rig.ephemerals("U2")[1]["channel"],
+        "D1",
+        "answered where it was asked"
+    );
+    assert_eq!(rig.task_count().await, 1);
+    rig.stop().await;
+}

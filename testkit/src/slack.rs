@@ -68,6 +68,9 @@ struct Inner {
     /// Channels' members, for `conversations.members`; any other channel
     /// has [`DEFAULT_CHANNEL_MEMBERS`].
     members: HashMap<String, Vec<String>>,
+    /// The scopes `auth.test` says the token has (`x-oauth-scopes`); None: every
+    /// scope of [`ALL_SCOPES`].
+    scopes: Option<String>,
 }
 
 /// The workspace of the people the fake Slack knows by default.
@@ -97,6 +100,16 @@ impl Default for FakeUser {
     }
 }
 
+/// The methods [`directory_answer`] serves, as GET or POST.
+const DIRECTORY_METHODS: [&str; 3] = [
+    "users.info",
+    "usergroups.users.list",
+    "conversations.members",
+];
+
+/// The scopes the fake grants unless told otherwise: those of the app manifest.
+pub const ALL_SCOPES: &str = "commands,chat:write,app_mentions:read,channels:history,groups:history,im:history,users:read,usergroups:read,channels:read,groups:read,files:read,files:write";
+
 /// The fake Slack Web API: records calls, enforces Slack's limits.
 #[derive(Debug, Default)]
 pub struct FakeSlack {
@@ -108,6 +121,11 @@ pub struct FakeSlack {
 impl FakeSlack {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `auth.test` say the token has only `scopes` (comma-separated).
+    pub fn grant_scopes(&self, scopes: &str) {
+        self.lock().scopes = Some(scopes.to_owned());
     }
 
     /// Every call so far, in arrival order.
@@ -414,9 +432,43 @@ async fn api(
     if !authorized(&headers) {
         return slack_error("not_authed");
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return slack_error("invalid_json");
+    // Like Slack: JSON, or a form (every method takes one).
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = if is_form {
+        match serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
+            Ok(pairs) => Value::Object(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            ),
+            Err(_) => return slack_error("invalid_form_data"),
+        }
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(body) => body,
+            Err(_) => return slack_error("invalid_json"),
+        }
     };
+    if DIRECTORY_METHODS.contains(&method.as_str()) {
+        let query = body
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        return directory_answer(&slack, &method, query);
+    }
     let delay = slack.lock().delay.get(&method).copied();
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -442,10 +494,27 @@ async fn api(
         }))
         .into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
-        "auth.test" => axum::Json(
-            json!({"ok": true, "team_id": "T1", "user_id": "UBATON", "bot_id": "BBATON", "team": "Test", "user": "baton", "url": "https://test.slack.com/"}),
+        "chat.getPermalink" => {
+            let channel = body["channel"].as_str().unwrap_or_default();
+            let ts = body["message_ts"].as_str().unwrap_or_default();
+            axum::Json(json!({"ok": true, "channel": channel,
+                "permalink": format!("https://test.slack.com/archives/{channel}/p{}", ts.replace('.', ""))}))
+            .into_response()
+        }
+        "views.publish" => axum::Json(
+            json!({"ok": true, "view": {"id": "VHOME", "type": "home", "blocks": body["view"]["blocks"]}}),
         )
         .into_response(),
+        "auth.test" => {
+            let scopes = slack.lock().scopes.clone().unwrap_or_else(|| ALL_SCOPES.to_owned());
+            (
+                [("x-oauth-scopes", scopes)],
+                axum::Json(
+                    json!({"ok": true, "team_id": "T1", "user_id": "UBATON", "bot_id": "BBATON", "team": "Test", "user": "baton", "url": "https://test.slack.com/"}),
+                ),
+            )
+                .into_response()
+        }
         _ => (StatusCode::NOT_FOUND, "unknown method").into_response(),
     }
 }
@@ -561,15 +630,20 @@ async fn directory(
     if !authorized(&headers) {
         return slack_error("not_authed");
     }
+    directory_answer(&slack, &method, query)
+}
+
+/// The directory methods' answer, to a GET or a POST.
+fn directory_answer(slack: &FakeSlack, method: &str, query: HashMap<String, String>) -> Response {
     let body = json!(query);
-    match slack.answer(&method, &body) {
+    match slack.answer(method, &body) {
         Ok(_) => {}
         Err(Refusal::RateLimited(secs)) => return rate_limited(secs),
         Err(Refusal::Error(e)) => return slack_error(&e),
     }
     let arg = |name: &str| query.get(name).cloned().unwrap_or_default();
     let inner = slack.lock();
-    match method.as_str() {
+    match method {
         "users.info" => {
             let id = arg("user");
             let u = inner.users.get(&id).cloned().unwrap_or_default();

@@ -141,6 +141,23 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<String>, SlackCallError>>;
 }
 
+/// The plain HTTP client beside slack-morphism's.
+type RawClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// What `auth.test` says of the bot token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthTest {
+    /// The bot's user id.
+    pub user_id: String,
+    /// The workspace.
+    pub team_id: String,
+    /// The scopes granted, when Slack said (`x-oauth-scopes`).
+    pub scopes: Option<Vec<String>>,
+}
+
 /// The Web API client. Cheap to clone.
 #[derive(Clone)]
 pub struct SlackApi {
@@ -148,6 +165,11 @@ pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     /// The bot token.
     token: Arc<SlackApiToken>,
+    /// A plain HTTP client on the same connector, for the one call whose
+    /// answer's headers matter (`auth.test`'s `x-oauth-scopes`).
+    raw: RawClient,
+    /// `SLACK_API_URL` without its trailing slash.
+    api_url: Arc<str>,
 }
 
 impl std::fmt::Debug for SlackApi {
@@ -174,11 +196,93 @@ impl SlackApi {
             }
         };
         let https = builder.https_or_http().enable_http1().build();
+        let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https.clone());
         let connector = SlackClientHyperConnector::with_connector(https)
             .with_slack_api_url(api_url.trim_end_matches('/'));
         Ok(SlackApi {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(token.expose_secret().into())),
+            raw,
+            api_url: api_url.trim_end_matches('/').into(),
+        })
+    }
+
+    /// Calls `method` with `params` as a form POST, the one encoding every
+    /// Web API method takes (read methods refuse JSON bodies, and emulators
+    /// may not serve GET); returns the answer's JSON and the scopes Slack says
+    /// the token has (`x-oauth-scopes`). A 429 and an `ok: false` are errors.
+    pub async fn call_form(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(serde_json::Value, Option<Vec<String>>), SlackCallError> {
+        let form = serde_urlencoded::to_string(params)
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let request = http::Request::post(format!("{}/{method}", self.api_url))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token.token_value.0),
+            )
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(http_body_util::Full::new(bytes::Bytes::from(form)))
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let call = async {
+            let answer = self
+                .raw
+                .request(request)
+                .await
+                .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+            if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = answer
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+                return Err(SlackCallError::RateLimited { retry_after });
+            }
+            let scopes = answer
+                .headers()
+                .get("x-oauth-scopes")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                });
+            let status = answer.status();
+            let body = http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .map_err(|e| SlackCallError::Transport(e.to_string()))?
+                .to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+                SlackCallError::Transport(format!("{method} answered HTTP {status} without JSON"))
+            })?;
+            if json["ok"] != true {
+                let code = json["error"].as_str().unwrap_or("unknown_error");
+                return Err(SlackCallError::Api(code.to_owned()));
+            }
+            Ok((json, scopes))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| SlackCallError::Transport(format!("{method} timed out")))?
+    }
+
+    /// `auth.test`: who the bot token belongs to, and the scopes it grants
+    /// (from the `x-oauth-scopes` header Slack adds to every answer).
+    pub async fn auth_test(&self) -> Result<AuthTest, SlackCallError> {
+        let (json, scopes) = self.call_form("auth.test", &[]).await?;
+        let field = |name: &str| json[name].as_str().unwrap_or_default().to_owned();
+        Ok(AuthTest {
+            user_id: field("user_id"),
+            team_id: field("team_id"),
+            scopes,
         })
     }
 
@@ -326,6 +430,44 @@ impl SlackApi {
         Ok(())
     }
 
+    /// Shows `blocks` as `user`'s Home tab (`views.publish`).
+    pub async fn publish_home(
+        &self,
+        user: &str,
+        blocks: Vec<SlackBlock>,
+    ) -> Result<(), SlackCallError> {
+        let req = SlackApiViewsPublishRequest::new(
+            user.into(),
+            SlackView::Home(SlackHomeView::new(blocks)),
+        );
+        let _: Acknowledged = timed(async {
+            Ok(self
+                .client
+                .open_session(&self.token)
+                .http_session_api
+                .http_post("views.publish", &req, None)
+                .await?)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A link to message `ts` of `channel` (`chat.getPermalink`).
+    pub async fn permalink(&self, channel: &str, ts: &str) -> Result<String, SlackCallError> {
+        let (json, _) = self
+            .call_form(
+                "chat.getPermalink",
+                &[("channel", channel), ("message_ts", ts)],
+            )
+            .await?;
+        json["permalink"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                SlackCallError::Transport("chat.getPermalink without a permalink".into())
+            })
+    }
+
     /// Posts a message only `user` sees.
     pub async fn post_ephemeral(
         &self,
@@ -422,56 +564,36 @@ struct NextCursor {
 impl SlackApi {
     /// `users.info`: whether the person is a guest and which workspace they belong to.
     pub async fn user_info(&self, user: &str) -> Result<UserInfo, SlackCallError> {
-        let answer: UserInfoAnswer = timed(async {
-            Ok(self
-                .client
-                .open_session(&self.token)
-                .http_session_api
-                .http_get("users.info", &vec![("user", Some(user))], None)
-                .await?)
-        })
-        .await?;
+        let (json, _) = self.call_form("users.info", &[("user", user)]).await?;
+        let answer: UserInfoAnswer = serde_json::from_value(json)
+            .map_err(|e| SlackCallError::Transport(format!("users.info: {e}")))?;
         Ok(answer.user)
     }
 
     /// `usergroups.users.list`: the members of a user group.
     pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
-        let answer: GroupUsersAnswer = timed(async {
-            Ok(self
-                .client
-                .open_session(&self.token)
-                .http_session_api
-                .http_get(
-                    "usergroups.users.list",
-                    &vec![("usergroup", Some(group))],
-                    None,
-                )
-                .await?)
-        })
-        .await?;
+        let (json, _) = self
+            .call_form("usergroups.users.list", &[("usergroup", group)])
+            .await?;
+        let answer: GroupUsersAnswer = serde_json::from_value(json)
+            .map_err(|e| SlackCallError::Transport(format!("usergroups.users.list: {e}")))?;
         Ok(answer.users)
     }
 
     /// `conversations.members`: the members of a channel, page by page (at
     /// most [`MEMBERS_MAX_PAGES`]).
     pub async fn conversation_members(&self, channel: &str) -> Result<Vec<String>, SlackCallError> {
-        let session = self.client.open_session(&self.token);
         let limit = MEMBERS_PAGE.to_string();
         let mut members = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MEMBERS_MAX_PAGES {
-            let params = vec![
-                ("channel", Some(channel)),
-                ("limit", Some(limit.as_str())),
-                ("cursor", cursor.as_deref()),
-            ];
-            let page: MembersAnswer = timed(async {
-                Ok(session
-                    .http_session_api
-                    .http_get("conversations.members", &params, None)
-                    .await?)
-            })
-            .await?;
+            let mut params = vec![("channel", channel), ("limit", limit.as_str())];
+            if let Some(c) = cursor.as_deref() {
+                params.push(("cursor", c));
+            }
+            let (json, _) = self.call_form("conversations.members", &params).await?;
+            let page: MembersAnswer = serde_json::from_value(json)
+                .map_err(|e| SlackCallError::Transport(format!("conversations.members: {e}")))?;
             members.extend(page.members);
             cursor = page
                 .response_metadata

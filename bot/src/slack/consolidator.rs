@@ -832,7 +832,4 @@ fn backoff(attempt: u32) -> Duration {
         .unwrap_or(RETRY_MAX_DELAY)
 }
 
-/// Locks a mutex, recovering from poisoning (no invariant spans a panic here).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;

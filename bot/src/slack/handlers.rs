@@ -360,6 +360,16 @@ pub struct Event {
     /// The thread it is in.
     #[serde(default)]
     pub thread_ts: Option<String>,
+    /// `im` for a direct message to the app (`message.im`).
+    #[serde(default)]
+    pub channel_type: Option<String>,
+}
+
+impl Event {
+    /// Whether it was written to the app in a direct conversation.
+    fn is_direct(&self) -> bool {
+        self.channel_type.as_deref() == Some("im")
+    }
 }
 
 /// Strips `<@U...>` mentions of the bot (or any leading mention) from the text.
@@ -394,6 +404,8 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     }
     match event.kind.as_str() {
         "app_mention" => {}
+        // Everything written to the app in a direct conversation is for it.
+        "message" if event.is_direct() => {}
         "message" => {
             // Only thread replies to a task continue it; a message that mentions
             // the bot also arrives as app_mention and is handled there.
@@ -427,7 +439,7 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     };
     let reply = match task_thread {
         Some(root) => follow_up(app, root, &text, &event, &env.team_id).await,
-        None if event.kind == "app_mention" => {
+        None if event.kind == "app_mention" || event.is_direct() => {
             let at = Where {
                 team: &env.team_id,
                 channel: &event.channel,

@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
+use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 use crate::app::App;
+use crate::selfcheck::Part;
 use crate::slack::handlers::EventEnvelope;
 use crate::slack::intake;
 
@@ -68,6 +70,7 @@ impl SocketMode {
     /// background (a failure to open one is logged and retried).
     pub async fn start(app: Arc<App>, app_token: &SecretString) -> anyhow::Result<Self> {
         check_app_token(app_token)?;
+        let app_ready = app.clone();
         let environment = Arc::new(
             SlackClientEventsListenerEnvironment::new(app.slack.client())
                 .with_error_handler(acknowledge_anyway)
@@ -75,16 +78,23 @@ impl SocketMode {
         );
         let callbacks = SlackSocketModeListenerCallbacks::new()
             // (A closure: slack-morphism does not export the hello event's type.)
-            .with_hello_events(|hello, _client, _state| async move {
+            .with_hello_events(|hello, _client, state| async move {
                 tracing::info!(
                     connections = hello.num_connections,
                     host = %hello.debug_info.host,
                     "Socket Mode connected"
                 );
+                if let Ok(app) = app_of(&state).await {
+                    app.readiness.ready(Part::SocketMode);
+                }
             })
             .with_command_events(on_command)
             .with_interaction_events(on_interaction)
             .with_push_events(on_event);
+        app_ready.readiness.not_ready(
+            Part::SocketMode,
+            "no Socket Mode connection to Slack yet (apps.connections.open with SLACK_APP_TOKEN)",
+        );
         let config = SlackClientSocketModeConfig::new()
             .with_max_connections_count(CONNECTIONS)
             .with_initial_backoff_in_seconds(CONNECTION_STAGGER_SECS)
@@ -121,10 +131,26 @@ struct BareAck;
 fn acknowledge_anyway(
     err: BoxError,
     _client: Arc<SlackHyperClient>,
-    _state: SlackClientEventsUserState,
+    state: SlackClientEventsUserState,
 ) -> HttpStatusCode {
     if err.downcast_ref::<BareAck>().is_none() {
         tracing::warn!(error = %err, "Socket Mode: envelope or connection failed (acknowledged)");
+    }
+    // A connection that failed or could not open: not ready until the next
+    // `hello` says a connection is up again.
+    if let Some(
+        SlackClientError::SocketModeProtocolError(_)
+        | SlackClientError::HttpError(_)
+        | SlackClientError::HttpProtocolError(_)
+        | SlackClientError::ApiError(_),
+    ) = err.downcast_ref::<SlackClientError>()
+        && let Ok(state) = state.try_read()
+        && let Some(app) = state.get_user_state::<Arc<App>>()
+    {
+        app.readiness.not_ready(
+            Part::SocketMode,
+            format!("Socket Mode connection lost or refused, reconnecting: {err}"),
+        );
     }
     HttpStatusCode::OK
 }
