@@ -408,11 +408,23 @@ impl App {
         if !list.channels.is_empty() && !list.channels.contains(&req.channel_id) {
             return Ok(Some(Refusal::Channel));
         }
+        self.person_refused(user, &req.team_id, &list).await
+    }
+
+    /// The people part of the rule: why `user` (of workspace `team`) is not
+    /// one of those `list` lets in, or None when they are. Admins are let in
+    /// by the caller.
+    async fn person_refused(
+        &self,
+        user: &str,
+        team: &str,
+        list: &AccessList,
+    ) -> anyhow::Result<Option<Refusal>> {
         if list.users.iter().any(|u| u == user) {
             return Ok(None);
         }
         match self.directory.person(&self.slack, user).await {
-            Ok(person) if is_outsider(&person, &req.team_id) => return Ok(Some(Refusal::Outsider)),
+            Ok(person) if is_outsider(&person, team) => return Ok(Some(Refusal::Outsider)),
             Ok(_) => {}
             Err(err) => {
                 tracing::warn!(user, error = %err, "cannot learn who the person is from Slack");
@@ -444,6 +456,23 @@ impl App {
         } else {
             Refusal::NotListed
         }))
+    }
+
+    /// The projects `user` (of workspace `team`) may start tasks in, each
+    /// with the channels it takes them from (empty: any channel), by name.
+    pub async fn usable_projects(
+        &self,
+        user: &str,
+        team: &str,
+    ) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let mut usable = Vec::new();
+        for project in self.store.project_names().await? {
+            let list = AccessList::from_rows(&self.store.access_list(&project).await?);
+            if self.is_admin(user) || self.person_refused(user, team, &list).await?.is_none() {
+                usable.push((project, list.channels.clone()));
+            }
+        }
+        Ok(usable)
     }
 
     /// Whether `user` may see `task`: its requester, an admin, or a member

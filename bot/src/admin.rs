@@ -24,6 +24,9 @@ pub fn task_line(t: &Task) -> String {
         project: t.project.clone(),
         agent: t.agent.clone(),
         prompt: t.prompt.clone(),
+        channel_id: t.channel_id.clone(),
+        message_ts: t.message_ts.clone(),
+        created_at: t.created_at,
     })
 }
 

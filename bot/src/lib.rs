@@ -16,6 +16,7 @@
 //! - [`metrics`]: the histogram behind `/metrics`' latencies.
 //! - [`replies`]: every refusal and error text a person sees.
 //! - [`access`]: who may start, see, cancel and retry which tasks.
+//! - [`home`]: the app's Home tab.
 //! - [`selfcheck`]: the bot token check at start, and what `/readyz` reports.
 //! - [`sync`]: the mutex helper every module shares.
 
@@ -26,6 +27,7 @@ pub mod app;
 pub mod breaker;
 pub mod clock;
 pub mod commands;
+pub mod home;
 pub mod http;
 pub mod hub;
 pub mod keys;

@@ -1122,3 +1122,78 @@ async fn a_direct_message_works_like_a_mention_and_is_never_left_unanswered() {
     assert_eq!(rig.task_count().await, 1);
     rig.stop().await;
 }
+
+/// Opening the app's Home tab, as Slack tells the app.
+fn home_opened(user: &str) -> Value {
+    json!({"type": "app_home_opened", "user": user, "channel": "D1", "tab": "home", "event_ts": "1700000300.000100"})
+}
+
+/// The text of the Home tab last published for `user`, once there is one.
+async fn home_of(rig: &Rig, user: &str, n: usize) -> String {
+    let view = eventually(&format!("home tab {n} of {user}"), || async {
+        rig.slack
+            .calls("views.publish")
+            .into_iter()
+            .filter(|c| c.body["user_id"] == user)
+            .nth(n - 1)
+            .map(|c| c.body)
+    })
+    .await;
+    assert_eq!(view["view"]["type"], "home", "{view}");
+    message_text(&view["view"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_tab_shows_a_persons_tasks_and_projects_and_the_fleet_to_admins() {
+    let rig = Rig::start().await;
+    rig.baton("fix the flaky login test", "U1").await;
+    let ts = rig.message_ts(1).await;
+
+    rig.event("Ev1", home_opened("U1"), None).await;
+    let member = home_of(&rig, "U1", 1).await;
+    let link = format!(
+        "https://test.slack.com/archives/C1/p{}",
+        ts.replace('.', "")
+    );
+    assert!(
+        member.contains(&format!("<{link}|#1>")) && member.contains("fix the flaky login test"),
+        "the task, linked to its message: {member}"
+    );
+    assert!(
+        member.contains("*Projects you may use*\n• `web`"),
+        "{member}"
+    );
+    assert!(
+        !member.contains("*Agents*") && !member.contains("*Queues*"),
+        "members do not see the fleet: {member}"
+    );
+
+    // An admin sees the agents and the queues; someone with no tasks is told how to start.
+    rig.event("Ev2", home_opened("UADMIN"), None).await;
+    let fleet = home_of(&rig, "UADMIN", 1).await;
+    assert!(
+        fleet.contains("*Agents*") && fleet.contains("*Queues*"),
+        "{fleet}"
+    );
+    assert!(fleet.contains("• `web`: 1 waiting"), "{fleet}");
+    assert!(
+        fleet.contains("None yet. Start one with `/baton PROMPT`"),
+        "{fleet}"
+    );
+    assert!(
+        !fleet.contains("fix the flaky"),
+        "not someone else's task: {fleet}"
+    );
+
+    // A project whose list leaves U2 out is not offered to U2.
+    rig.slack.set_user("U2", FakeUser::default());
+    let answer = admin(rig.addr(), "project allow web <@U1>").await;
+    assert!(answer.contains("web"), "{answer}");
+    rig.event("Ev3", home_opened("U2"), None).await;
+    let outsider = home_of(&rig, "U2", 1).await;
+    assert!(
+        outsider.contains("None yet. An admin can let you in"),
+        "{outsider}"
+    );
+    rig.stop().await;
+}

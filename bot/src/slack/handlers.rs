@@ -363,6 +363,9 @@ pub struct Event {
     /// `im` for a direct message to the app (`message.im`).
     #[serde(default)]
     pub channel_type: Option<String>,
+    /// The tab opened, for `app_home_opened`: `home` or `messages`.
+    #[serde(default)]
+    pub tab: Option<String>,
 }
 
 impl Event {
@@ -390,6 +393,12 @@ fn strip_mentions(text: &str, bot: Option<&str>) -> String {
 /// Handles an Events API callback after its event id was seen for the first time.
 pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
     let Some(event) = env.event else { return };
+    if event.kind == "app_home_opened" {
+        if event.tab.as_deref() == Some("home") && !event.user.is_empty() {
+            crate::home::publish(app, &event.user, &env.team_id).await;
+        }
+        return;
+    }
     let bot = env
         .authorizations
         .first()

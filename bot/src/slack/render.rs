@@ -93,14 +93,14 @@ pub fn format_elapsed(ms: i64) -> String {
 
 /// A section block. Callers build text within [`SECTION_TEXT_MAX`]; the cut
 /// here is only a last defence.
-fn section(text: String) -> SlackBlock {
+pub(crate) fn section(text: String) -> SlackBlock {
     SlackSectionBlock::new()
         .with_text(md!(within_section(text)))
         .into()
 }
 
 /// A context block with one mrkdwn element.
-fn context(text: String) -> SlackBlock {
+pub(crate) fn context(text: String) -> SlackBlock {
     SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(
         SlackBlockMarkDownText::new(within_section(text)),
     )])

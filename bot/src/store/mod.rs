@@ -153,6 +153,12 @@ pub struct TaskSummary {
     pub agent: Option<String>,
     /// The beginning of the prompt ([`SUMMARY_PROMPT_CHARS`] characters).
     pub prompt: String,
+    /// The channel it was started in.
+    pub channel_id: String,
+    /// Its Slack message, once posted.
+    pub message_ts: Option<String>,
+    /// When it was created (Unix ms).
+    pub created_at: i64,
 }
 
 /// Characters of the prompt a [`TaskSummary`] reads.
@@ -1437,6 +1443,9 @@ fn summaries() -> sea_orm::Select<task::Entity> {
             task::Column::Persona,
             task::Column::Project,
             task::Column::Agent,
+            task::Column::ChannelId,
+            task::Column::MessageTs,
+            task::Column::CreatedAt,
         ])
         .column_as(
             Expr::cust(format!("substr(prompt, 1, {SUMMARY_PROMPT_CHARS})")),
