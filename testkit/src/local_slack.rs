@@ -41,6 +41,11 @@ pub const BOT_USER: &str = "UBATON";
 /// The bot's display name: `@baton` in a message is a mention of [`BOT_USER`].
 pub const BOT_NAME: &str = "baton";
 
+/// The id of `user`'s direct conversation with the app (its Messages tab).
+pub fn dm_channel(user: &str) -> String {
+    format!("D{user}")
+}
+
 /// The workspace a config file describes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,6 +277,9 @@ impl LocalSlack {
         for c in &config.channels {
             slack.set_members(&c.id, &members);
         }
+        for u in &config.users {
+            slack.set_members(&dm_channel(&u.id), &[u.id.as_str(), BOT_USER]);
+        }
         Ok(LocalSlack {
             config,
             bot,
@@ -383,11 +391,22 @@ impl LocalSlack {
 
     /// The workspace, the acting-user choices and every channel's messages.
     pub fn state(&self) -> Value {
+        let dms: Vec<String> = self
+            .config
+            .users
+            .iter()
+            .map(|u| dm_channel(&u.id))
+            .collect();
         let messages: serde_json::Map<String, Value> = self
             .config
             .channels
             .iter()
-            .map(|c| (c.id.clone(), Value::Array(self.messages(&c.id))))
+            .map(|c| c.id.clone())
+            .chain(dms.iter().cloned())
+            .map(|id| {
+                let m = Value::Array(self.messages(&id));
+                (id, m)
+            })
             .collect();
         json!({
             "ok": true,
@@ -397,6 +416,7 @@ impl LocalSlack {
             "request_url": self.config.request_url,
             "users": self.config.users,
             "channels": self.config.channels,
+            "dms": dms,
             "messages": messages,
         })
     }
@@ -408,9 +428,16 @@ impl LocalSlack {
                 "unknown user {user:?}: use one of the config's ids or names"
             ))
         })?;
+        if channel == dm_channel(&u.id) {
+            let dm = Channel {
+                id: channel.to_owned(),
+                name: "directmessage".to_owned(),
+            };
+            return Ok((u.clone(), dm));
+        }
         let c = self.config.channel(channel).ok_or_else(|| {
             bad(format!(
-                "unknown channel {channel:?}: use one of the config's ids or names"
+                "unknown channel {channel:?}: use one of the config's ids or names, or D+USER_ID for the user's direct messages with the app"
             ))
         })?;
         Ok((u.clone(), c.clone()))
@@ -508,14 +535,18 @@ impl LocalSlack {
             json!({"channel": channel.id, "ts": ts, "user": user.id, "bot": false,
             "text": text, "blocks": null, "thread_ts": thread}),
         );
+        // In a direct conversation everything is a `message.im`; elsewhere a
+        // mention also arrives as `app_mention`.
+        let direct = channel.id == dm_channel(&user.id);
         let mut kinds = vec!["message"];
-        if text.contains(&format!("<@{BOT_USER}>")) {
+        if !direct && text.contains(&format!("<@{BOT_USER}>")) {
             kinds.push("app_mention");
         }
         let mut statuses = Vec::new();
         for kind in kinds {
             let mut event = json!({"type": kind, "user": user.id, "text": text,
-                "channel": channel.id, "ts": ts, "event_ts": ts, "channel_type": "channel"});
+                "channel": channel.id, "ts": ts, "event_ts": ts,
+                "channel_type": if direct { "im" } else { "channel" }});
             if let Some(t) = &thread {
                 event["thread_ts"] = json!(t);
             }
@@ -544,7 +575,11 @@ impl LocalSlack {
             .user(&req.user)
             .cloned()
             .ok_or_else(|| bad(format!("unknown user {:?}", req.user)))?;
-        let found = self.config.channels.iter().find_map(|c| {
+        let dm = Channel {
+            id: dm_channel(&user.id),
+            name: "directmessage".to_owned(),
+        };
+        let found = self.config.channels.iter().chain([&dm]).find_map(|c| {
             self.messages(&c.id)
                 .into_iter()
                 .find(|m| m["ts"] == req.message_ts.as_str() && m["ephemeral_to"].is_null())
@@ -712,8 +747,14 @@ async fn control_messages(
     State(ls): State<Arc<LocalSlack>>,
     AxPath(channel): AxPath<String>,
 ) -> Response {
-    match ls.config.channel(&channel) {
-        Some(c) => axum::Json(json!({"ok": true, "channel": c.id, "messages": ls.messages(&c.id)}))
+    let dm = ls
+        .config
+        .users
+        .iter()
+        .map(|u| dm_channel(&u.id))
+        .find(|d| *d == channel);
+    match ls.config.channel(&channel).map(|c| c.id.clone()).or(dm) {
+        Some(id) => axum::Json(json!({"ok": true, "channel": id, "messages": ls.messages(&id)}))
             .into_response(),
         None => bad(format!(
             "unknown channel {channel:?}: use one of the config's ids or names"

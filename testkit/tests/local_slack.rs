@@ -340,3 +340,45 @@ fn a_config_without_exactly_one_admin_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_direct_message_to_the_app_is_a_message_im_of_its_own_person_only() {
+    let (bot, seen) = tiny_bot().await;
+    let ls = start(bot).await;
+    let dm = local_slack::dm_channel("UBOB");
+
+    let (status, out) = post_json(
+        ls,
+        "/_control/message",
+        json!({"channel": dm, "user": "bob", "text": "say hi"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let seen_now = seen.lock().unwrap().clone();
+    assert_eq!(seen_now.len(), 1, "one event: {seen_now:?}");
+    let (_, headers, body) = &seen_now[0];
+    assert!(verified(headers, body));
+    let env: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(env["event"]["type"], "message");
+    assert_eq!(env["event"]["channel_type"], "im");
+    assert_eq!(env["event"]["channel"], dm.as_str());
+    assert_eq!(messages(ls, &dm).await.len(), 1);
+
+    // Someone else's direct messages are not theirs to write in.
+    let (status, out) = post_json(
+        ls,
+        "/_control/message",
+        json!({"channel": dm, "user": "alice", "text": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{out}");
+    assert!(
+        out["error"].as_str().unwrap().contains("D+USER_ID"),
+        "{out}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "nothing more reached the bot"
+    );
+}
