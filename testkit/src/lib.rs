@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod db;
+pub mod local_slack;
 pub mod slack;
 pub mod socket_mode;
 
