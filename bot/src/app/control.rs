@@ -11,8 +11,8 @@ use super::{App, RequestError, TaskRequest};
 use crate::model::TaskState;
 use crate::replies;
 use crate::slack::api::MessageBody;
-use crate::slack::consolidator::lock;
 use crate::store::{Ending, Task};
+use crate::sync::lock;
 
 /// How many times a cancel reads the task again when it moved meanwhile.
 const CANCEL_ROUNDS: usize = 3;
@@ -244,15 +244,7 @@ mod tests {
             app.create_task(request(prompt)).await.expect("queued");
         }
         assert_eq!(lock(&app.queue_shown).len(), 2);
-        let purge = crate::slack::handlers::SlashCommand {
-            command: "/baton-admin".into(),
-            text: "queue purge web".into(),
-            user_id: "UADMIN".into(),
-            channel_id: "C1".into(),
-            team_id: "T1".into(),
-            response_url: String::new(),
-        };
-        let answer = crate::admin::handle(&app, &purge).await;
+        let answer = crate::admin::handle(&app, "UADMIN", "C1", "queue purge web").await;
         assert!(answer.contains("Removed 2"), "{answer}");
         assert!(lock(&app.queue_shown).is_empty());
     }

@@ -11,8 +11,8 @@ use super::{App, RequestError, TaskRequest};
 use crate::breaker::Outcome;
 use crate::hub::{Route, WaitReason};
 use crate::replies;
-use crate::slack::consolidator::lock;
 use crate::store::{NewTask, Task};
+use crate::sync::lock;
 
 impl App {
     /// Picks the task's project: `--project`, the channel's binding, or the only one.

@@ -14,8 +14,8 @@ use crate::breaker::Outcome;
 use crate::hub::Route;
 use crate::model::TaskState;
 use crate::personas;
-use crate::slack::consolidator::lock;
 use crate::store::{Ending, Task};
+use crate::sync::lock;
 
 /// How often old Slack event ids are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);

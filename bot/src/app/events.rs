@@ -9,9 +9,9 @@ use baton_shared::protocol::{AgentMessage, BotMessage, ErrorCode, Hello};
 use super::App;
 use crate::breaker::Outcome;
 use crate::model::TaskState;
-use crate::slack::consolidator::lock;
 use crate::slack::render::{OUTPUT_TAIL_KEPT_CHARS, SHOWN_STEPS};
 use crate::store::{Ending, Progress, Requeued, Task};
+use crate::sync::lock;
 
 fn outcome_of(msg: &AgentMessage) -> Outcome {
     match msg {

@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use super::App;
 use crate::breaker::Outcome;
 use crate::model::TaskState;
-use crate::slack::consolidator::lock;
 use crate::store::{Ending, Requeued};
+use crate::sync::lock;
 
 /// How often the sweeps run.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
