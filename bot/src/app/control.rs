@@ -8,7 +8,7 @@ use baton_shared::protocol::BotMessage;
 use baton_shared::{ProjectName, TaskId};
 
 use super::{App, RequestError, TaskRequest};
-use crate::model::TaskState;
+use crate::model::{Retry, TaskState};
 use crate::replies;
 use crate::slack::api::MessageBody;
 use crate::store::{Ending, Task};
@@ -76,12 +76,12 @@ impl App {
     pub async fn retry(self: &Arc<Self>, id: TaskId, user: &str) -> Result<String, RequestError> {
         let task = self.actionable_task(id, user, "retry").await?;
         let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
-        let refusal = |t: &Task| match t.retried_as {
-            Some(crate::store::RETRY_CLAIMED) => replies::retry_in_progress(id),
-            Some(new) => replies::already_retried(id, TaskId(new)),
-            None => replies::cannot_retry(id, state),
+        let refusal = |t: &Task| match t.retry() {
+            Retry::Claimed => replies::retry_in_progress(id),
+            Retry::As(new) => replies::already_retried(id, new),
+            Retry::None => replies::cannot_retry(id, state),
         };
-        if !state.can_retry() || task.retried_as.is_some() {
+        if !state.can_retry() || task.retry() != Retry::None {
             return Err(RequestError::User(refusal(&task)));
         }
         if !self.store.claim_retry(id.0).await? {

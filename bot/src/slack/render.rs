@@ -6,7 +6,7 @@
 
 use slack_morphism::prelude::*;
 
-use crate::model::{ResultMeta, TaskState};
+use crate::model::{ResultMeta, Retry, TaskState};
 use crate::slack::api::MessageBody;
 use crate::slack::mrkdwn::{self, SECTION_TEXT_MAX};
 use crate::store::{Task, TaskSummary};
@@ -353,9 +353,12 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     if let Some(agent) = task.agent.as_deref() {
         blocks.push(context(format!("Agent `{}`", name(agent))));
     }
-    let retried_as = task.retried_as.filter(|n| *n > 0);
+    let retried_as = match task.retry() {
+        Retry::As(new) => Some(new),
+        Retry::None | Retry::Claimed => None,
+    };
     if let Some(new) = retried_as {
-        blocks.push(context(format!(":repeat: Retried as *#{new}*")));
+        blocks.push(context(format!(":repeat: Retried as *{new}*")));
     }
 
     let mut buttons = Vec::new();
