@@ -26,11 +26,12 @@
 //! - [`selfcheck`]: the bot token check at start, and what `/readyz` reports.
 //! - [`sync`]: the mutex helper every module shares.
 //!
-//! Dependencies point one way: requests come in through [`http`] and
-//! [`slack`] (handlers, Socket Mode), go to [`commands`] and [`admin`], then to
-//! [`app`], which drives [`hub`] (and [`agents`]' sockets) and writes through
-//! [`store`]; [`app`] shows tasks through `slack::consolidator` and
-//! `slack::render`, which read only [`store`]'s rows and [`model`]'s types.
+//! Dependencies point one way: Slack's requests come in through [`http`] and
+//! [`slack`] (handlers, Socket Mode) and go to [`commands`] and [`admin`];
+//! agents' frames come in through [`agents`]. Both reach [`app`], which sends
+//! to agents through [`hub`] and writes through [`store`]; [`app`] shows tasks
+//! through `slack::consolidator` and `slack::render`, which read only
+//! [`store`]'s rows and [`model`]'s types.
 
 pub mod access;
 pub mod admin;
