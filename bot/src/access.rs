@@ -15,8 +15,8 @@ use crate::app::{App, RequestError, TaskRequest};
 use crate::replies;
 use crate::settings::DefaultAccess;
 use crate::slack::api::{SlackApi, SlackCallError, UserInfo};
-use crate::slack::consolidator::lock;
 use crate::store::{AccessRow, Task};
+use crate::sync::lock;
 
 /// How long what Slack said about a person, a user group or a channel's
 /// members is believed.

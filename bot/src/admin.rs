@@ -8,64 +8,28 @@ use crate::breaker::CircuitState;
 use crate::commands::{self, AdminCommand};
 use crate::model::TaskState;
 use crate::replies;
-use crate::slack::handlers::SlashCommand;
 use crate::slack::mrkdwn;
-use crate::store::{Ending, Task, TaskSummary};
+use crate::slack::render::{summary_line, task_line};
+use crate::store::Ending;
 
 /// Tasks listed by `tasks`.
 const TASKS_LISTED: u64 = 20;
 
-/// One line about a task.
-pub fn task_line(t: &Task) -> String {
-    summary_line(&TaskSummary {
-        id: t.id,
-        state: t.state.clone(),
-        persona: t.persona.clone(),
-        project: t.project.clone(),
-        agent: t.agent.clone(),
-        prompt: t.prompt.clone(),
-        channel_id: t.channel_id.clone(),
-        message_ts: t.message_ts.clone(),
-        created_at: t.created_at,
-    })
-}
-
-/// One line about a task, from its summary.
-pub fn summary_line(t: &TaskSummary) -> String {
-    let agent = t
-        .agent
-        .as_deref()
-        .map(|a| format!(" on `{a}`"))
-        .unwrap_or_default();
-    format!(
-        "• *#{}* {} · {} · `{}`{} — {}",
-        t.id,
-        t.state,
-        t.persona,
-        mrkdwn::escape(&t.project),
-        mrkdwn::escape(&agent),
-        mrkdwn::escape(&mrkdwn::truncate_chars(
-            t.prompt.lines().next().unwrap_or(""),
-            80,
-            "…"
-        ))
-    )
-}
-
-/// Handles one admin command; returns the ephemeral reply.
-pub async fn handle(app: &Arc<App>, cmd: &SlashCommand) -> String {
+/// Handles one admin command, `text`, from `user_id` in `channel_id`;
+/// returns the ephemeral reply.
+pub async fn handle(app: &Arc<App>, user_id: &str, channel_id: &str, text: &str) -> String {
     if !app.has_admins() {
         return replies::admins_not_configured();
     }
-    if !app.is_admin(&cmd.user_id) {
-        tracing::warn!(user = %cmd.user_id, "admin command refused");
+    if !app.is_admin(user_id) {
+        tracing::warn!(user = %user_id, "admin command refused");
         return replies::not_an_admin();
     }
-    let parsed = match commands::parse_admin(&cmd.text) {
+    let parsed = match commands::parse_admin(text) {
         Ok(c) => c,
         Err(e) => return e.0,
     };
-    match run(app, cmd, parsed).await {
+    match run(app, user_id, channel_id, parsed).await {
         Ok(text) => text,
         Err(err) => {
             tracing::error!(error = ?err, "admin command failed");
@@ -74,8 +38,12 @@ pub async fn handle(app: &Arc<App>, cmd: &SlashCommand) -> String {
     }
 }
 
-async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow::Result<String> {
-    let actor = cmd.user_id.as_str();
+async fn run(
+    app: &Arc<App>,
+    actor: &str,
+    channel_id: &str,
+    parsed: AdminCommand,
+) -> anyhow::Result<String> {
     Ok(match parsed {
         AdminCommand::Help => commands::admin_help(),
         AdminCommand::Health => {
@@ -251,7 +219,7 @@ async fn run(app: &Arc<App>, cmd: &SlashCommand, parsed: AdminCommand) -> anyhow
             }
         }
         AdminCommand::ProjectBind { project, channel } => {
-            let channel = channel.unwrap_or_else(|| cmd.channel_id.clone());
+            let channel = channel.unwrap_or_else(|| channel_id.to_owned());
             let known = app.store.project_names().await?;
             app.bind_project(project.as_str(), &channel).await?;
             app.store

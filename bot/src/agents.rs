@@ -244,7 +244,7 @@ async fn serve(
             let mut ping = tokio::time::interval(heartbeat);
             ping.tick().await;
             loop {
-                let heard_deadline = *crate::slack::consolidator::lock(&last_heard) + dead_after;
+                let heard_deadline = *crate::sync::lock(&last_heard) + dead_after;
                 tokio::select! {
                     out = rx.next() => match out {
                         Some(Outgoing::Frame(msg)) => {
@@ -262,7 +262,7 @@ async fn serve(
                     // Silence is checked when it would reach two intervals, not at the next
                     // ping: a dead peer is noticed `dead_after` after its last frame.
                     _ = tokio::time::sleep_until(heard_deadline) => {
-                        let silent = crate::slack::consolidator::lock(&last_heard).elapsed();
+                        let silent = crate::sync::lock(&last_heard).elapsed();
                         if silent >= dead_after {
                             tracing::warn!(silent_secs = silent.as_secs(), "agent silent for two heartbeats; dropping it");
                             let _ = sink.send(close(1001, "heartbeat timeout")).await;
@@ -282,7 +282,7 @@ async fn serve(
             let mut errors = 0u32;
             while let Some(frame) = stream.next().await {
                 let Ok(frame) = frame else { break };
-                *crate::slack::consolidator::lock(&last_heard) = Instant::now();
+                *crate::sync::lock(&last_heard) = Instant::now();
                 app.hub.seen(name.as_str());
                 let decoded = match frame {
                     Message::Text(t) => AgentMessage::decode(&t),

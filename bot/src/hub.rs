@@ -16,7 +16,7 @@ fn now() -> Instant {
 use baton_shared::protocol::{BotMessage, Hello};
 
 use crate::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Outcome, Permit};
-use crate::slack::consolidator::lock;
+use crate::sync::lock;
 
 /// Frames one connection's queue holds for its writer. A peer that lets
 /// this many pile up is not reading: it is disconnected, not buffered for

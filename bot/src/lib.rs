@@ -6,12 +6,19 @@
 //!
 //! - [`settings`]: every setting, from the environment and `.env`.
 //! - [`store`]: the database (sea-orm), the single source of truth.
-//! - [`app`]: the core: create, dispatch, apply agent events, cancel, retry, sweeps, recovery.
+//! - [`app`]: the core, one module per concern, each an `impl App` block:
+//!   `app/create` (new tasks: project, access check, queue bound, rate limit),
+//!   `app/dispatch` (handing queued tasks out; the dispatcher loop),
+//!   `app/events` (applying agents' events; reconciling a hello),
+//!   `app/control` (cancel, retry, what people and admins do to tasks),
+//!   `app/recovery` (the sweeps; rebuilding memory after a restart).
+//! - [`model`]: the domain types the modules share (task states, a task's retry).
 //! - [`hub`]: connected agents, routing, their circuit breakers ([`breaker`]).
 //! - [`agents`]: the agents' WebSocket endpoint.
-//! - [`slack`]: Web API, rendering, the consolidator, handlers, signature checks,
-//!   Socket Mode.
-//! - [`commands`]: the `/baton` and `/baton-admin` languages; [`admin`] runs the latter.
+//! - [`slack`]: Web API, rendering (task messages and one-line task summaries),
+//!   the consolidator, handlers, signature checks, Socket Mode.
+//! - [`commands`]: the `/baton` and `/baton-admin` languages; [`admin`] runs the latter
+//!   (from plain values: it does not depend on the Slack handlers).
 //! - [`http`]: the axum router.
 //! - [`metrics`]: the histogram behind `/metrics`' latencies.
 //! - [`replies`]: every refusal and error text a person sees.
@@ -19,6 +26,13 @@
 //! - [`home`]: the app's Home tab.
 //! - [`selfcheck`]: the bot token check at start, and what `/readyz` reports.
 //! - [`sync`]: the mutex helper every module shares.
+//!
+//! Dependencies point one way: Slack's requests come in through [`http`] and
+//! [`slack`] (handlers, Socket Mode) and go to [`commands`] and [`admin`];
+//! agents' frames come in through [`agents`]. Both reach [`app`], which sends
+//! to agents through [`hub`] and writes through [`store`]; [`app`] shows tasks
+//! through `slack::consolidator` and `slack::render`, which read only
+//! [`store`]'s rows and [`model`]'s types.
 
 pub mod access;
 pub mod admin;

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use baton_shared::TaskId;
 use serde::{Deserialize, Serialize};
 
 /// A task's place in its lifecycle:
@@ -119,4 +120,16 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+/// Whether an ended task was run again, as read from its row by
+/// [`crate::store::Task::retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not retried: a retry may start (if its state allows one).
+    None,
+    /// A retry is being created right now (claimed, its task not yet written).
+    Claimed,
+    /// Retried as this task.
+    As(TaskId),
 }

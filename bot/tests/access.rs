@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_bot::model::Retry;
 use baton_bot::settings::DefaultAccess;
 use baton_shared::ProjectName;
 use baton_shared::protocol::{AgentMessage, Hello, PROTOCOL_VERSION, ProjectInfo};
@@ -308,7 +309,11 @@ async fn a_list_naming_people_lets_in_them_and_their_user_groups_only() {
     assert!(retry.contains("not on the access list"), "{retry}");
     assert_eq!(rig.task_count().await, 3);
     let first = rig.store.task(1).await.unwrap().unwrap();
-    assert_eq!(first.retried_as, None, "a refused retry can be tried again");
+    assert_eq!(
+        first.retry(),
+        Retry::None,
+        "a refused retry can be tried again"
+    );
 
     // The group cannot be read: refused, not allowed.
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_bot::model::Retry;
 use baton_shared::protocol::{
     AgentMessage, BotMessage, Hello, PROTOCOL_VERSION, ProjectInfo, Submit, TaskResult,
 };
@@ -525,8 +526,8 @@ async fn retry_creates_one_new_task_and_says_so_in_the_old_thread() {
     );
     assert_eq!(new.parent_id, Some(1));
     assert_eq!(
-        rig.store.task(1).await.unwrap().unwrap().retried_as,
-        Some(2)
+        rig.store.task(1).await.unwrap().unwrap().retry(),
+        Retry::As(TaskId(2))
     );
 
     // The old thread says so, once; the old message points to the new task.

@@ -39,6 +39,7 @@ use crate::model::{TaskState, now_ms};
 use crate::slack::api::{ChatApi, MessageBody, SlackCallError};
 use crate::slack::render::{self, Rendered};
 use crate::store::{Store, Task};
+use crate::sync::lock;
 
 #[cfg(test)]
 mod tests;
@@ -831,5 +832,3 @@ fn backoff(attempt: u32) -> Duration {
         .nth(attempt.saturating_sub(1) as usize)
         .unwrap_or(RETRY_MAX_DELAY)
 }
-
-pub(crate) use crate::sync::lock;

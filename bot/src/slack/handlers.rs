@@ -66,7 +66,9 @@ pub async fn handle_command(app: &Arc<App>, cmd: SlashCommand) -> Reply {
     // entered on whichever thread polls next, and spans pile up in every log line.
     let work = async {
         match cmd.command.trim() {
-            "/baton-admin" => Reply::Ephemeral(admin::handle(app, &cmd).await),
+            "/baton-admin" => {
+                Reply::Ephemeral(admin::handle(app, &cmd.user_id, &cmd.channel_id, &cmd.text).await)
+            }
             _ => {
                 let at = Where {
                     team: &cmd.team_id,
@@ -147,7 +149,7 @@ async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, Req
     match id {
         Some(id) => {
             let t = app.visible_task(id, user, "status").await?;
-            Ok(crate::admin::task_line(&t))
+            Ok(render::task_line(&t))
         }
         None => {
             let mine = app.store.tasks_of(user, STATUS_LISTED).await?;
@@ -157,7 +159,7 @@ async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, Req
             Ok(format!(
                 "*Your recent tasks*\n{}",
                 mine.iter()
-                    .map(crate::admin::summary_line)
+                    .map(render::summary_line)
                     .collect::<Vec<_>>()
                     .join("\n")
             ))

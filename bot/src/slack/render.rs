@@ -6,10 +6,10 @@
 
 use slack_morphism::prelude::*;
 
-use crate::model::{ResultMeta, TaskState};
+use crate::model::{ResultMeta, Retry, TaskState};
 use crate::slack::api::MessageBody;
 use crate::slack::mrkdwn::{self, SECTION_TEXT_MAX};
-use crate::store::Task;
+use crate::store::{Task, TaskSummary};
 
 /// Steps shown in the message; older ones are summarised as "+N earlier".
 pub const SHOWN_STEPS: usize = 8;
@@ -353,9 +353,12 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     if let Some(agent) = task.agent.as_deref() {
         blocks.push(context(format!("Agent `{}`", name(agent))));
     }
-    let retried_as = task.retried_as.filter(|n| *n > 0);
+    let retried_as = match task.retry() {
+        Retry::As(new) => Some(new),
+        Retry::None | Retry::Claimed => None,
+    };
     if let Some(new) = retried_as {
-        blocks.push(context(format!(":repeat: Retried as *#{new}*")));
+        blocks.push(context(format!(":repeat: Retried as *{new}*")));
     }
 
     let mut buttons = Vec::new();
@@ -402,6 +405,43 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         },
         continuation,
     }
+}
+
+/// One line about a task.
+pub fn task_line(t: &Task) -> String {
+    summary_line(&TaskSummary {
+        id: t.id,
+        state: t.state.clone(),
+        persona: t.persona.clone(),
+        project: t.project.clone(),
+        agent: t.agent.clone(),
+        prompt: t.prompt.clone(),
+        channel_id: t.channel_id.clone(),
+        message_ts: t.message_ts.clone(),
+        created_at: t.created_at,
+    })
+}
+
+/// One line about a task, from its summary.
+pub fn summary_line(t: &TaskSummary) -> String {
+    let agent = t
+        .agent
+        .as_deref()
+        .map(|a| format!(" on `{a}`"))
+        .unwrap_or_default();
+    format!(
+        "• *#{}* {} · {} · `{}`{} — {}",
+        t.id,
+        t.state,
+        t.persona,
+        mrkdwn::escape(&t.project),
+        mrkdwn::escape(&agent),
+        mrkdwn::escape(&mrkdwn::truncate_chars(
+            t.prompt.lines().next().unwrap_or(""),
+            80,
+            "…"
+        ))
+    )
 }
 
 #[cfg(test)]

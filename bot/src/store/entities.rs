@@ -79,7 +79,8 @@ pub mod task {
         pub slack_synced: bool,
         /// Result continuation replies already posted in the thread.
         pub result_parts_posted: i32,
-        /// The task that retried this one (0 while that retry is being created).
+        /// The task that retried this one (0 while that retry is being created);
+        /// read it through [`crate::store::Task::retry`].
         pub retried_as: Option<i64>,
     }
 

@@ -27,7 +27,7 @@ use group::GroupWriter;
 pub use entities::task::Model as Task;
 use entities::{agent, audit, project, project_access, project_approver, slack_event, task};
 
-use crate::model::{ResultMeta, TaskState, now_ms};
+use crate::model::{ResultMeta, Retry, TaskState, now_ms};
 
 /// Connections that write to SQLite: one. SQLite takes one writer at a time;
 /// a second writing connection only waits in SQLite's busy handler, which
@@ -207,8 +207,19 @@ fn states(list: &[TaskState]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str()).collect()
 }
 
-/// `retried_as` while the retry is being created.
-pub const RETRY_CLAIMED: i64 = 0;
+/// `retried_as` while the retry is being created; read as [`Retry::Claimed`].
+const RETRY_CLAIMED: i64 = 0;
+
+impl Task {
+    /// Whether this task was retried: its `retried_as` column as a [`Retry`].
+    pub fn retry(&self) -> Retry {
+        match self.retried_as {
+            None => Retry::None,
+            Some(RETRY_CLAIMED) => Retry::Claimed,
+            Some(id) => Retry::As(baton_shared::TaskId(id)),
+        }
+    }
+}
 
 const ACTIVE: [TaskState; 3] = [TaskState::Queued, TaskState::Dispatched, TaskState::Running];
 
@@ -2006,6 +2017,10 @@ mod tests {
         );
 
         assert!(s.claim_retry(t.id).await.expect("retry"));
+        assert_eq!(
+            s.task(t.id).await.expect("read").expect("row").retry(),
+            Retry::Claimed
+        );
         assert!(!s.claim_retry(t.id).await.expect("claimed once"));
         s.release_retry(t.id).await.expect("release");
         assert!(s.claim_retry(t.id).await.expect("free again"));
@@ -2013,8 +2028,8 @@ mod tests {
         assert!(s.claim_retry(t.id).await.expect("after a crash"));
         s.set_retried_as(t.id, reply.id).await.expect("retried");
         assert_eq!(
-            s.task(t.id).await.expect("read").expect("row").retried_as,
-            Some(reply.id)
+            s.task(t.id).await.expect("read").expect("row").retry(),
+            Retry::As(baton_shared::TaskId(reply.id))
         );
         assert!(!s.claim_retry(t.id).await.expect("retried once"));
 

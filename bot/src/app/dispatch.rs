@@ -1,0 +1,224 @@
+//! Dispatching: handing queued tasks to agents with room, showing the
+//! queued ones' positions, and the dispatcher loop that drives it all.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_shared::protocol::{BotMessage, Submit};
+use baton_shared::{Persona, ProjectName, TaskId};
+use tokio::time::Instant;
+
+use super::{App, SWEEP_INTERVAL};
+use crate::breaker::Outcome;
+use crate::hub::Route;
+use crate::model::TaskState;
+use crate::personas;
+use crate::store::{Ending, Task};
+use crate::sync::lock;
+
+/// How often old Slack event ids are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a Slack event id is remembered (Slack retries for minutes).
+pub const EVENT_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Queued tasks a dispatch pass reads, routes and claims at once.
+pub const DISPATCH_BATCH: u64 = 64;
+
+impl App {
+    /// Sends a task claimed for `route`'s agent to it, starts its accept
+    /// timeout and shows it. A task that cannot be sent (its project name is not
+    /// a valid one, which the names' sources rule out) fails visibly rather than
+    /// stay dispatched with nothing to time it out.
+    pub(super) async fn hand_out(&self, task: Task, route: &Route) {
+        let Ok(project) = ProjectName::new(task.project.clone()) else {
+            tracing::error!(task = task.id, project = %task.project, "task has an invalid project name");
+            self.hub.release(&route.agent, task.id, Outcome::Ignored);
+            let ending = Ending::Failed {
+                error: format!("`{}` is not a valid project name.", task.project),
+                cause: "invalid".into(),
+                session_id: None,
+            };
+            let from = [TaskState::Dispatched];
+            if let Err(err) = self.store.finish(task.id, None, None, &from, &ending).await {
+                tracing::error!(task = task.id, error = ?err, "cannot record the task's end");
+            }
+            self.show_from_db(task.id).await;
+            return;
+        };
+        let persona: Persona = task.persona.parse().unwrap_or_default();
+        let def = personas::definition(persona);
+        let submit = BotMessage::Submit(Box::new(Submit {
+            task: TaskId(task.id),
+            project,
+            persona,
+            prompt: task.prompt.clone(),
+            session_id: task.session_id.clone(),
+            system_prompt: Some(def.system_prompt.to_owned()),
+            allowed_tools: def.allowed_tools.iter().map(|t| (*t).to_owned()).collect(),
+            model: task.model.clone(),
+        }));
+        let mut task = task;
+        task.state = TaskState::Dispatched.as_str().to_owned();
+        task.agent = Some(route.agent.clone());
+        task.wait_reason = None;
+        // As the claim wrote: a new holder's sequence numbers start over.
+        task.last_seq = 0;
+        lock(&self.live).insert(task.id, task.clone());
+        lock(&self.queue_shown).remove(&task.id);
+        let deadline = Instant::now() + Duration::from_secs(self.settings.dispatch_timeout_secs);
+        lock(&self.awaiting).insert(task.id, (route.agent.clone(), deadline));
+        // If the connection is gone, the accept timeout puts the task back.
+        let _ = route.tx.send(crate::hub::Outgoing::Frame(submit));
+        let waited = (self.clock.now_ms() - task.queued_at).max(0) as u64;
+        self.dispatch_latency.observe(Duration::from_millis(waited));
+        tracing::info!(task = task.id, agent = %route.agent, "task dispatched");
+        self.consolidator.show(task, None);
+    }
+
+    /// Hands queued tasks to agents with room, in queue order, then refreshes
+    /// what the still-queued tasks' messages say.
+    pub async fn dispatch_pass(&self) {
+        let projects = match self.store.projects_with_queue().await {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot read the queues");
+                return;
+            }
+        };
+        for project in projects {
+            'project: loop {
+                let room = self.hub.projects_with_room();
+                if !room.contains(&project) {
+                    break;
+                }
+                let batch = match self.store.queued(&project, DISPATCH_BATCH).await {
+                    Ok(b) if !b.is_empty() => b,
+                    _ => break,
+                };
+                // Route the batch in queue order (each route holds a slot on its
+                // agent), then claim it with one statement per agent.
+                let mut routed = Vec::with_capacity(batch.len());
+                let mut full = false;
+                for task in batch {
+                    match self.hub.route(&task.project, task.id) {
+                        Ok(route) => routed.push((task, route)),
+                        Err(_) => {
+                            full = true;
+                            break;
+                        }
+                    }
+                }
+                let (claimed, failed) = self.claim_routed(&routed).await;
+                // As for a single claim: a database error ends this pass.
+                full |= failed;
+                for (task, route) in routed {
+                    if !claimed.contains(&task.id) {
+                        // No longer queued (cancelled meanwhile), or the claim failed.
+                        self.hub.release(&route.agent, task.id, Outcome::Ignored);
+                        continue;
+                    }
+                    self.hand_out(task, &route).await;
+                }
+                if full {
+                    break 'project;
+                }
+            }
+            self.show_queued(&project).await;
+        }
+    }
+
+    /// Claims routed tasks for their agents, one statement per agent. Returns
+    /// the ids claimed, and whether a claim failed (then none of that agent's is).
+    async fn claim_routed(&self, routed: &[(Task, Route)]) -> (HashSet<i64>, bool) {
+        let mut by_agent: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (task, route) in routed {
+            by_agent.entry(&route.agent).or_default().push(task.id);
+        }
+        let mut claimed = HashSet::new();
+        let mut failed = false;
+        for (agent, ids) in by_agent {
+            match self.store.claim_many(&ids, agent).await {
+                Ok(got) => claimed.extend(got),
+                Err(err) => {
+                    tracing::error!(agent, error = ?err, "cannot claim queued tasks");
+                    failed = true;
+                }
+            }
+        }
+        (claimed, failed)
+    }
+
+    /// Updates the messages of a project's queued tasks whose position or reason changed.
+    pub(super) async fn show_queued(&self, project: &str) {
+        let reason = self
+            .hub
+            .why_waiting(project)
+            .map(|r| r.describe().to_owned());
+        let Ok(queued) = self
+            .store
+            .queued(project, self.settings.queue_max.max(1))
+            .await
+        else {
+            return;
+        };
+        for (i, mut task) in queued.into_iter().enumerate() {
+            let pos = i as u64 + 1;
+            let changed = {
+                let mut shown = lock(&self.queue_shown);
+                let now = (pos, reason.clone());
+                let changed = shown.get(&task.id) != Some(&now);
+                shown.insert(task.id, now);
+                changed
+            };
+            if changed {
+                if let Some(r) = &reason {
+                    if task.wait_reason.as_deref() != Some(r) {
+                        let _ = self.store.set_wait_reason(task.id, r).await;
+                    }
+                    task.wait_reason = Some(r.clone());
+                }
+                self.consolidator.show(task, Some(pos));
+            }
+        }
+    }
+
+    /// The dispatcher: runs a pass when woken, and the sweeps every second.
+    pub async fn run_dispatcher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut unpostable = lock(&self.unpostable).take();
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = prune.tick() => {
+                    let before = self.clock.now_ms() - EVENT_ID_RETENTION.as_millis() as i64;
+                    match self.store.prune_events(before).await {
+                        Ok(n) if n > 0 => tracing::info!(pruned = n, "old Slack event ids forgotten"),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = ?err, "cannot prune Slack event ids"),
+                    }
+                }
+                // Woken by a task's end or an agent's arrival: nothing to do
+                // without a queue (the tick's pass reads the database anyway).
+                _ = self.dispatch_wake.notified() => {
+                    if self.store.may_have_queue() {
+                        self.dispatch_pass().await;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.sweep().await;
+                    self.dispatch_pass().await;
+                }
+                Some((task, why)) = async {
+                    match unpostable.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.task_unpostable(task, &why).await,
+            }
+        }
+    }
+}
