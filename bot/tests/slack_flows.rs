@@ -1198,3 +1198,27 @@ async fn the_home_tab_shows_a_persons_tasks_and_projects_and_the_fleet_to_admins
     );
     rig.stop().await;
 }
+
+/// A session id an agent reports that could become a flag or shell words
+/// on a command line is never handed back in a follow-up: it starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_never_resumes_a_session_id_that_is_not_one() {
+    let rig = Rig::start().await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    rig.baton("plan the migration", "U1").await;
+    let first = agent.submitted().await;
+    agent.start(first.task);
+    agent.complete(first.task, "the plan", "--dangerously-skip-permissions");
+    let root = rig.message_ts(1).await;
+    rig.shows(&root, "Completed").await;
+    rig.event(
+        "Ev20",
+        message("U1", "now do step one", "1700000400.000100", Some(&root)),
+        None,
+    )
+    .await;
+    let second = agent.submitted().await;
+    assert_eq!(second.task, TaskId(2));
+    assert_eq!(second.session_id, None, "a new session, not the flag");
+    rig.stop().await;
+}

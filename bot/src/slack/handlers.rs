@@ -538,7 +538,13 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
         channel_id: parent.channel_id.clone(),
         thread_ts: Some(root.to_owned()),
         parent_id: Some(parent.id),
-        session_id: parent.session_id.clone(),
+        // What an agent reported as its session: resumed only when it is a
+        // session id (never a flag or shell words on the agent's command line);
+        // otherwise the follow-up starts a new session.
+        session_id: parent
+            .session_id
+            .clone()
+            .filter(|s| baton_shared::SessionId::new(s.clone()).is_ok()),
         response_url: None,
     };
     match app.create_task(req).await {
