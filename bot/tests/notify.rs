@@ -248,3 +248,39 @@ async fn a_post_whose_answer_was_lost_is_not_posted_again_after_a_restart() {
         "the thread was read before deciding"
     );
 }
+
+#[tokio::test]
+async fn a_notification_slack_refuses_for_good_is_given_up_not_retried() {
+    let rig = Rig::start(NotifyMode::Thread).await;
+    let (id, _) = rig.task("archive me").await;
+    rig.slack
+        .fail_next("chat.postMessage", 1, "channel_not_found");
+    rig.end(id, completed()).await;
+    rig.settled(id).await;
+    let tried = notices(&rig.slack.attempts("chat.postMessage"), id);
+    assert_eq!(tried.len(), 1, "tried once: {tried:?}");
+    assert!(rig.notices(id).is_empty(), "nothing posted");
+}
+
+#[tokio::test]
+async fn a_rate_limited_notification_is_posted_once_slack_allows_it() {
+    let rig = Rig::start(NotifyMode::Thread).await;
+    let (id, _) = rig.task("slow down").await;
+    rig.slack.fail_next("chat.postMessage", 1, "ratelimited");
+    rig.end(id, completed()).await;
+    rig.settled(id).await;
+    let calls = rig.slack.attempts("chat.postMessage");
+    let tried = notices(&calls, id);
+    assert_eq!(tried.len(), 2, "refused, then posted: {tried:?}");
+    assert_eq!(rig.notices(id).len(), 1);
+    let refused = calls.iter().find(|c| c.error.is_some()).unwrap().at;
+    let posted = calls
+        .iter()
+        .rfind(|c| c.error.is_none() && !notices(std::slice::from_ref(c), id).is_empty())
+        .unwrap()
+        .at;
+    assert!(
+        posted.duration_since(refused) >= Duration::from_secs(1),
+        "waited for Retry-After"
+    );
+}

@@ -25,9 +25,10 @@ const PENDING_INDEX: &str = "idx_tasks_notify_pending";
 
 /// The index's condition. The bot's query uses this very text, so that both
 /// SQLite and PostgreSQL see the index applies (SQLite matches terms as written).
-pub const PENDING: &str = "notify_done = FALSE \
-     AND state IN ('completed', 'failed', 'cancelled', 'expired') \
-     AND message_ts IS NOT NULL";
+/// `finished_at` is set exactly when a task ends; a term on `state` would
+/// make SQLite prefer the (state, id) index and read every ended task.
+pub const PENDING: &str =
+    "notify_done = FALSE AND finished_at IS NOT NULL AND message_ts IS NOT NULL";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -58,7 +59,8 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         db.execute_unprepared(
             "UPDATE tasks SET notify_done = TRUE \
-             WHERE state IN ('completed', 'failed', 'cancelled', 'expired')",
+             WHERE state IN ('completed', 'failed', 'cancelled', 'expired') \
+             OR finished_at IS NOT NULL",
         )
         .await?;
         // Raw SQL: sea-query builds no partial index for SQLite. Both

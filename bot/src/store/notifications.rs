@@ -58,27 +58,7 @@ impl Store {
         stale_before: i64,
         limit: u64,
     ) -> anyhow::Result<Vec<PendingNotice>> {
-        task::Entity::find()
-            .select_only()
-            .columns([
-                task::Column::Id,
-                task::Column::Requester,
-                task::Column::ChannelId,
-                task::Column::ThreadTs,
-                task::Column::MessageTs,
-                task::Column::State,
-                task::Column::Error,
-            ])
-            .column_as(Expr::col(notified_at()), "notified_at")
-            // Word for word the partial index's condition, so that it is used.
-            .filter(Expr::cust(PENDING))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(Expr::col(notified_at()).is_null())
-                    .add(Expr::col(notified_at()).lt(stale_before)),
-            )
-            .order_by_asc(task::Column::Id)
-            .limit(limit)
+        pending_query(stale_before, limit)
             .into_model::<PendingNotice>()
             .all(&self.read)
             .await
@@ -182,5 +162,64 @@ impl Store {
             .one(&self.db)
             .await
             .context("Cannot read the notification's state")
+    }
+}
+
+/// The query of [`Store::pending_notices`].
+fn pending_query(stale_before: i64, limit: u64) -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        .select_only()
+        .columns([
+            task::Column::Id,
+            task::Column::Requester,
+            task::Column::ChannelId,
+            task::Column::ThreadTs,
+            task::Column::MessageTs,
+            task::Column::State,
+            task::Column::Error,
+        ])
+        .column_as(Expr::col(notified_at()), "notified_at")
+        // Word for word the partial index's condition, so that it is used.
+        .filter(Expr::cust(PENDING))
+        .filter(
+            sea_orm::Condition::any()
+                .add(Expr::col(notified_at()).is_null())
+                .add(Expr::col(notified_at()).lt(stale_before)),
+        )
+        .order_by_asc(task::Column::Id)
+        .limit(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{DbBackend, QueryTrait, Statement};
+
+    /// The pending notifications are found through the partial index, not by
+    /// reading the table (which may hold a million ended tasks).
+    #[tokio::test]
+    async fn the_pending_query_uses_the_partial_index_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("n.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        let sql = pending_query(1_000, 20)
+            .build(DbBackend::Sqlite)
+            .to_string();
+        let plan = store
+            .connection()
+            .query_all(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {sql}"),
+            ))
+            .await
+            .expect("plan");
+        let plan: Vec<String> = plan
+            .iter()
+            .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+            .collect();
+        assert!(
+            plan.iter().any(|d| d.contains("idx_tasks_notify_pending")),
+            "{plan:?}"
+        );
     }
 }
