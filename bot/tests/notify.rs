@@ -94,7 +94,8 @@ impl Rig {
         (id, ts)
     }
 
-    /// Ends queued task `id` as `ending`, as the bot does.
+    /// Ends queued task `id` as `ending`, and records that its message shows
+    /// it, as the bot does (the notification waits for that).
     async fn end(&self, id: i64, ending: Ending) {
         assert!(
             self.store
@@ -102,6 +103,7 @@ impl Rig {
                 .await
                 .unwrap()
         );
+        self.store.mark_slack_synced(id).await.unwrap();
     }
 
     /// Waits until task `id`'s notification is settled.
@@ -283,4 +285,36 @@ async fn a_rate_limited_notification_is_posted_once_slack_allows_it() {
         posted.duration_since(refused) >= Duration::from_secs(1),
         "waited for Retry-After"
     );
+}
+
+/// Through the bot's own paths: a cancel ends the task, the message is
+/// edited to show it, and only then is the requester mentioned.
+#[tokio::test]
+async fn a_cancelled_task_is_announced_after_its_message_shows_it() {
+    let rig = Rig::start(NotifyMode::Thread).await;
+    let (id, ts) = rig.task("never mind").await;
+    let addr = rig.bot.as_ref().unwrap().addr;
+    let (status, body) = baton(addr, &format!("cancel #{id}"), "U1").await;
+    assert_eq!(status, 200, "{body}");
+    rig.settled(id).await;
+    let posted = rig.notices(id);
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(
+        posted[0]["text"],
+        format!("<@U1> #{id} cancelled.").as_str()
+    );
+    let calls = rig.slack.all_calls();
+    let edited = calls
+        .iter()
+        .position(|c| {
+            c.method == "chat.update"
+                && c.body["ts"] == ts.as_str()
+                && message_text(&c.body).contains("Cancelled")
+        })
+        .expect("the message shows the cancel");
+    let mentioned = calls
+        .iter()
+        .position(|c| !notices(std::slice::from_ref(c), id).is_empty())
+        .unwrap();
+    assert!(edited < mentioned, "edited first, then mentioned");
 }

@@ -25,10 +25,13 @@ const PENDING_INDEX: &str = "idx_tasks_notify_pending";
 
 /// The index's condition. The bot's query uses this very text, so that both
 /// SQLite and PostgreSQL see the index applies (SQLite matches terms as written).
-/// `finished_at` is set exactly when a task ends; a term on `state` would
-/// make SQLite prefer the (state, id) index and read every ended task.
-pub const PENDING: &str =
-    "notify_done = FALSE AND finished_at IS NOT NULL AND message_ts IS NOT NULL";
+/// `finished_at` is set exactly when a task ends; `slack_synced` once its
+/// message shows the end (result continuations included), so the mention is
+/// the thread's last word. Neither term may be one an index of its own
+/// answers (`state IN`, `slack_synced = TRUE`): SQLite would prefer that index
+/// and read every ended task.
+pub const PENDING: &str = "notify_done = FALSE AND finished_at IS NOT NULL \
+     AND message_ts IS NOT NULL AND slack_synced <> FALSE";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

@@ -121,9 +121,11 @@ async fn tasks_ended_before_the_upgrade_are_not_notified() {
         rows.is_empty(),
         "nothing ended is pending after the upgrade"
     );
-    db.execute_unprepared("UPDATE tasks SET state = 'completed', finished_at = 2 WHERE id = 2")
-        .await
-        .expect("end the running one");
+    db.execute_unprepared(
+        "UPDATE tasks SET state = 'completed', finished_at = 2, slack_synced = TRUE WHERE id = 2",
+    )
+    .await
+    .expect("end the running one");
     let rows = db
         .query_all(Statement::from_string(
             db.get_database_backend(),
