@@ -22,6 +22,7 @@
 //! - [`http`]: the axum router.
 //! - [`metrics`]: the histogram behind `/metrics`' latencies.
 //! - [`replies`]: every refusal and error text a person sees.
+//! - [`notify`]: tells a task's requester that it ended (`BATON_NOTIFY`).
 //! - [`access`]: who may start, see, cancel and retry which tasks.
 //! - [`home`]: the app's Home tab.
 //! - [`selfcheck`]: the bot token check at start, and what `/readyz` reports.
@@ -47,6 +48,7 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod personas;
 pub mod replies;
 pub mod selfcheck;
@@ -202,6 +204,7 @@ pub async fn run(
         anyhow::bail!("{why}");
     }
     let checkpoint_store = store.clone();
+    let (notify_store, notify_slack) = (store.clone(), slack.clone());
     let app = Arc::new(App::new(settings, store, slack, clock));
     match token {
         selfcheck::TokenCheck::Valid(auth) => selfcheck::report_scopes(&app.settings, &auth),
@@ -227,6 +230,12 @@ pub async fn run(
     );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
     let checkpointer = tokio::spawn(run_checkpoints(checkpoint_store, stopped(stop_rx.clone())));
+    let notifier = tokio::spawn(notify::run(
+        notify_store,
+        notify_slack,
+        app.settings.notify,
+        stopped(stop_rx.clone()),
+    ));
 
     let socket_mode = match app.settings.socket_mode_token() {
         Some(token) => Some(slack::socket_mode::SocketMode::start(app.clone(), token).await?),
@@ -259,6 +268,7 @@ pub async fn run(
     let _ = dispatcher.await;
     let _ = consolidator.await;
     let _ = checkpointer.await;
+    let _ = notifier.await;
     tracing::info!("bye");
     Ok(())
 }

@@ -218,3 +218,41 @@ pub fn task_refused(
         Refusal::SlackUnavailable => "Baton could not check with Slack who you are, so nothing was started (access is refused when it cannot be checked). Try again in a minute; if it keeps happening, an admin should check the app's `users:read` and `usergroups:read` scopes.".to_owned(),
     }
 }
+
+/// Most characters of a failure's reason that a notification quotes.
+pub const NOTICE_REASON_CHARS: usize = 300;
+
+/// How a task ended, for its notifications: "completed.", or "failed: why."
+/// (the reason shortened to [`NOTICE_REASON_CHARS`] and escaped).
+fn ending(state: TaskState, reason: Option<&str>) -> String {
+    match (state, reason.map(str::trim).filter(|r| !r.is_empty())) {
+        (TaskState::Failed, Some(why)) => {
+            let one_line = why.split_whitespace().collect::<Vec<_>>().join(" ");
+            let why = crate::slack::mrkdwn::truncate_chars(
+                &crate::slack::mrkdwn::escape_text(&one_line),
+                NOTICE_REASON_CHARS,
+                "…",
+            );
+            format!("failed: {}.", why.trim_end_matches('.'))
+        }
+        _ => format!("{state}."),
+    }
+}
+
+/// The thread reply that tells the requester their task ended (`BATON_NOTIFY=thread`).
+pub fn task_ended_in_thread(
+    user: &str,
+    id: TaskId,
+    state: TaskState,
+    reason: Option<&str>,
+) -> String {
+    format!("<@{user}> {id} {}", ending(state, reason))
+}
+
+/// The direct message that tells the requester their task ended (`BATON_NOTIFY=dm`).
+pub fn task_ended_dm(id: TaskId, channel: &str, state: TaskState, reason: Option<&str>) -> String {
+    format!(
+        "Your task {id} in <#{channel}> {} Its message there shows the details.",
+        ending(state, reason)
+    )
+}

@@ -142,6 +142,27 @@ pub struct Settings {
     /// Shortest interval between two edits of one task message, in milliseconds.
     #[arg(long, env = "BATON_EDIT_INTERVAL_MS", default_value_t = 1000)]
     pub edit_interval_ms: u64,
+
+    /// How a task's requester is told it ended: `thread` (a reply that
+    /// mentions them in the task's thread), `dm` (a direct message), `off`.
+    #[arg(
+        long,
+        env = "BATON_NOTIFY",
+        value_enum,
+        default_value_t = NotifyMode::Thread
+    )]
+    pub notify: NotifyMode,
+}
+
+/// How a task's requester is told it ended (`BATON_NOTIFY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NotifyMode {
+    /// A reply in the task's thread that mentions them.
+    Thread,
+    /// A direct message from the bot.
+    Dm,
+    /// Nobody is told; the task's message still shows how it ended.
+    Off,
 }
 
 /// Who may start tasks in a project whose access list is empty.

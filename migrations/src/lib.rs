@@ -9,6 +9,11 @@ mod m20261121_000001_initial;
 mod m20261201_000001_thread_and_retry;
 mod m20261206_000001_access;
 mod m20261206_000090_event_inbox;
+mod m20261207_000010_notify;
+
+/// The condition of the ended tasks whose requester is still to be told (the
+/// partial index's condition, which queries must repeat word for word).
+pub use m20261207_000010_notify::PENDING as NOTIFY_PENDING;
 
 /// Runs Baton's migrations in order.
 #[derive(Debug)]
@@ -22,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_thread_and_retry::Migration),
             Box::new(m20261206_000001_access::Migration),
             Box::new(m20261206_000090_event_inbox::Migration),
+            Box::new(m20261207_000010_notify::Migration),
         ]
     }
 }

@@ -82,3 +82,63 @@ async fn up_down_up(url: &str) {
             .is_empty()
     );
 }
+
+/// Tasks that ended before the notifications' migration are not announced
+/// after it; those still running are, once they end.
+#[tokio::test]
+async fn tasks_ended_before_the_upgrade_are_not_notified() {
+    let test_db = baton_testkit::db::TestDb::new().await;
+    let db = Database::connect(&test_db.url).await.expect("connect");
+    let before = Migrator::migrations().len() - 1;
+    Migrator::up(&db, Some(u32::try_from(before).expect("count")))
+        .await
+        .expect("up to the one before");
+    for (id, state, finished) in [
+        (1, "completed", "1"),
+        (2, "running", "NULL"),
+        (3, "failed", "1"),
+    ] {
+        db.execute_unprepared(&format!(
+            "INSERT INTO tasks (id, persona, project, prompt, requester, team_id, channel_id, \
+             message_ts, state, created_at, updated_at, queued_at, finished_at) \
+             VALUES ({id}, 'code','web','hi','U1','T1','C1','1.1','{state}',1,1,1,{finished})"
+        ))
+        .await
+        .expect("insert task");
+    }
+    Migrator::up(&db, None).await.expect("up");
+    let rows = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT id FROM tasks WHERE {} ORDER BY id",
+                baton_migrations::NOTIFY_PENDING
+            ),
+        ))
+        .await
+        .expect("pending");
+    assert!(
+        rows.is_empty(),
+        "nothing ended is pending after the upgrade"
+    );
+    db.execute_unprepared(
+        "UPDATE tasks SET state = 'completed', finished_at = 2, slack_synced = TRUE WHERE id = 2",
+    )
+    .await
+    .expect("end the running one");
+    let rows = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT id FROM tasks WHERE {} ORDER BY id",
+                baton_migrations::NOTIFY_PENDING
+            ),
+        ))
+        .await
+        .expect("pending");
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|r| r.try_get::<i64>("", "id").expect("id"))
+        .collect();
+    assert_eq!(ids, [2]);
+}

@@ -75,6 +75,8 @@ impl Bot {
             baton_bot::settings::Settings::for_tests(slack_url, &db_url, SIGNING_SECRET);
         settings.agent_keys = format!("e2e:{AGENT_KEY}").into();
         settings.admins = vec!["UADMIN".into()];
+        // Tests count the posts; those that want notifications turn them on.
+        settings.notify = baton_bot::settings::NotifyMode::Off;
         tweak(&mut settings);
         let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().unwrap();
@@ -729,6 +731,8 @@ impl BotProcess {
             .env("BATON_LISTEN", addr.to_string())
             .env("BATON_AGENT_KEYS", format!("e2e:{AGENT_KEY}"))
             .env("BATON_ADMINS", "UADMIN")
+            // Tests count the posts; those that want notifications set it.
+            .env("BATON_NOTIFY", "off")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -8,6 +8,7 @@
 pub mod entities;
 pub mod file_lock;
 mod group;
+pub mod notifications;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
