@@ -13,8 +13,11 @@
 //!   parsing each CLI's machine-readable output.
 //! - [`detect`]: `baton-agent detect`, the CLIs installed on this machine.
 //! - [`worktree`]: a git worktree per task for `isolation = "worktree"` projects.
+//! - [`attachments`]: files attached in Slack, written to `.baton/files/` and
+//!   named in the prompt.
 //! - this module: the connection loop and the task table.
 
+pub mod attachments;
 pub mod claude_stream;
 pub mod codex_stream;
 pub mod config;

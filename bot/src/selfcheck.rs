@@ -117,6 +117,7 @@ pub fn needed_scopes(settings: &Settings) -> Vec<(&'static str, &'static str)> {
         ("channels:history", "thread replies in public channels"),
         ("groups:history", "thread replies in private channels"),
         ("im:history", "direct messages to the app"),
+        ("files:write", "uploading a long result as a file"),
     ]
 }
 

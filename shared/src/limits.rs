@@ -36,3 +36,12 @@ pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 
 /// How many heartbeat intervals of silence make a peer dead.
 pub const HEARTBEAT_MISSES_DEAD: u32 = 2;
+
+/// Largest file attached in Slack that a task takes, in bytes (20 MiB).
+pub const MAX_FILE_BYTES: u64 = 20 * 1024 * 1024;
+
+/// Most files one task (its first message or one follow-up) takes.
+pub const MAX_FILES_PER_TASK: usize = 5;
+
+/// Longest name of a file written into a task's `.baton/files/`, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 128;

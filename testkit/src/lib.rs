@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-pub use slack::{Call, FakeSlack, FakeUser, fake_slack, message_text, response_url_of};
+pub use slack::{Call, FakeFile, FakeSlack, FakeUser, fake_slack, message_text, response_url_of};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
 pub const AGENT_KEY: &str = "e2e-agent-key-0123456789";

@@ -17,6 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+/// The largest file the fake's upload URL takes.
+const UPLOAD_MAX_BYTES: usize = 64 << 20;
+
 /// The bot token the fake accepts.
 pub const BOT_TOKEN: &str = "xoxb-test";
 
@@ -71,6 +74,25 @@ struct Inner {
     /// The scopes `auth.test` says the token has (`x-oauth-scopes`); None: every
     /// scope of [`ALL_SCOPES`].
     scopes: Option<String>,
+    /// Files by id: uploaded by the bot, or attached by a test for the bot to download.
+    files: Vec<FakeFile>,
+}
+
+/// A file the fake Slack holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeFile {
+    /// Slack's file id (`F…`).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its title, once shared.
+    pub title: Option<String>,
+    /// The length `files.getUploadURLExternal` announced.
+    pub length: usize,
+    /// Its bytes (empty until they are POSTed to the upload URL).
+    pub bytes: Vec<u8>,
+    /// Where it was shared by `files.completeUploadExternal`: channel and thread.
+    pub shared_in: Option<(String, Option<String>)>,
 }
 
 /// The workspace of the people the fake Slack knows by default.
@@ -247,6 +269,40 @@ impl FakeSlack {
             channel.to_owned(),
             members.iter().map(|m| (*m).to_owned()).collect(),
         );
+    }
+
+    /// The files the bot uploaded and shared, in order.
+    pub fn uploaded_files(&self) -> Vec<FakeFile> {
+        self.lock()
+            .files
+            .iter()
+            .filter(|f| f.shared_in.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Holds a file a person attached in Slack; returns its `files` entry as
+    /// an event carries it (with `url_private_download` on this fake, served
+    /// only with the bot token). `base` is the fake's Web API URL.
+    pub fn attach_file(&self, base: &str, name: &str, bytes: &[u8]) -> Value {
+        let mut inner = self.lock();
+        let id = format!("F{:08}", inner.files.len() + 1);
+        inner.files.push(FakeFile {
+            id: id.clone(),
+            name: name.to_owned(),
+            title: Some(name.to_owned()),
+            length: bytes.len(),
+            bytes: bytes.to_vec(),
+            shared_in: None,
+        });
+        let url = format!(
+            "{}/files-pri/T1-{id}/download/{}",
+            base.trim_end_matches("/api"),
+            url_segment(name)
+        );
+        json!({"id": id, "name": name, "title": name, "size": bytes.len(),
+               "mimetype": "application/octet-stream", "url_private": url,
+               "url_private_download": url})
     }
 
     /// Whether this call's answer is to be lost.
@@ -494,6 +550,8 @@ async fn api(
         }))
         .into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
+        "files.getUploadURLExternal" => upload_url(&slack, &headers, &body),
+        "files.completeUploadExternal" => complete_upload(&slack, &body),
         "chat.getPermalink" => {
             let channel = body["channel"].as_str().unwrap_or_default();
             let ts = body["message_ts"].as_str().unwrap_or_default();
@@ -517,6 +575,145 @@ async fn api(
         }
         _ => (StatusCode::NOT_FOUND, "unknown method").into_response(),
     }
+}
+
+/// `files.getUploadURLExternal`: a file id and a URL on this fake to POST its bytes to.
+fn upload_url(slack: &FakeSlack, headers: &HeaderMap, body: &Value) -> Response {
+    let name = body["filename"].as_str().unwrap_or_default();
+    let length = body["length"]
+        .as_str()
+        .and_then(|l| l.parse::<usize>().ok());
+    let (true, Some(length)) = (!name.is_empty(), length) else {
+        return slack_error("invalid_arguments");
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let mut inner = slack.lock();
+    let id = format!("F{:08}", inner.files.len() + 1);
+    inner.files.push(FakeFile {
+        id: id.clone(),
+        name: name.to_owned(),
+        title: None,
+        length,
+        bytes: Vec::new(),
+        shared_in: None,
+    });
+    axum::Json(
+        json!({"ok": true, "file_id": id, "upload_url": format!("http://{host}/upload/{id}")}),
+    )
+    .into_response()
+}
+
+/// `files.completeUploadExternal`: shares uploaded files in a channel or
+/// thread, with the given blocks, as one message.
+fn complete_upload(slack: &FakeSlack, body: &Value) -> Response {
+    let files: Vec<Value> = body["files"]
+        .as_str()
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or_default();
+    let blocks: Value = body["blocks"]
+        .as_str()
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or_else(|| json!([]));
+    let channel = body["channel_id"].as_str().unwrap_or_default().to_owned();
+    let thread = body["thread_ts"].as_str().map(str::to_owned);
+    if files.is_empty() || channel.is_empty() {
+        return slack_error("invalid_arguments");
+    }
+    let mut inner = slack.lock();
+    let mut shared = Vec::new();
+    for f in &files {
+        let id = f["id"].as_str().unwrap_or_default();
+        let Some(file) = inner.files.iter_mut().find(|x| x.id == id) else {
+            return slack_error("file_not_found");
+        };
+        if file.bytes.len() != file.length {
+            // Slack refuses a file whose bytes did not all arrive.
+            return slack_error("file_upload_incomplete");
+        }
+        file.title = f["title"]
+            .as_str()
+            .map(str::to_owned)
+            .or(Some(file.name.clone()));
+        file.shared_in = Some((channel.clone(), thread.clone()));
+        shared.push(json!({"id": file.id, "name": file.name, "title": file.title}));
+    }
+    inner.next_ts += 1;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ts = format!("{secs}.{:06}", inner.next_ts);
+    let mut message = json!({"channel": channel, "text": "", "blocks": blocks, "files": shared});
+    if let Some(t) = &thread {
+        message["thread_ts"] = json!(t);
+    }
+    inner.posted.push((ts, message));
+    axum::Json(json!({"ok": true, "files": shared})).into_response()
+}
+
+/// The upload URL: receives a file's bytes (raw, or a multipart form
+/// field), only with the bot token.
+async fn upload_bytes(
+    State(slack): State<Arc<FakeSlack>>,
+    AxPath(id): AxPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, "not_authed").into_response();
+    }
+    let mut inner = slack.lock();
+    match inner
+        .files
+        .iter_mut()
+        .find(|f| f.id == id && f.shared_in.is_none())
+    {
+        Some(file) => {
+            file.bytes = body.to_vec();
+            (StatusCode::OK, format!("OK - {}", body.len())).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such upload").into_response(),
+    }
+}
+
+/// A file's `url_private_download`: its bytes, only with the bot token
+/// (without it Slack answers with a sign-in page, not the file).
+async fn download(
+    State(slack): State<Arc<FakeSlack>>,
+    AxPath((file, _name)): AxPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers) {
+        return (StatusCode::FORBIDDEN, "sign in to download").into_response();
+    }
+    let id = file.split('-').nth(1).unwrap_or_default();
+    let bytes = slack
+        .lock()
+        .files
+        .iter()
+        .find(|f| f.id == id)
+        .map(|f| f.bytes.clone());
+    match bytes {
+        Some(bytes) => (
+            StatusCode::OK,
+            [("content-type", "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
+}
+
+/// `name` as one URL path segment.
+fn url_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Whether the request carries the bot token, as the Web API requires.
@@ -683,6 +880,15 @@ fn directory_answer(slack: &FakeSlack, method: &str, query: HashMap<String, Stri
 pub fn router(slack: Arc<FakeSlack>) -> Router {
     Router::new()
         .route("/response/{key}", axum::routing::post(response_url))
+        .route(
+            "/upload/{id}",
+            axum::routing::post(upload_bytes)
+                .layer(axum::extract::DefaultBodyLimit::max(UPLOAD_MAX_BYTES)),
+        )
+        .route(
+            "/files-pri/{file}/download/{name}",
+            axum::routing::get(download),
+        )
         .route("/api/conversations.replies", axum::routing::get(replies))
         .route("/api/conversations.history", axum::routing::get(history))
         .route("/api/{method}", axum::routing::post(api).get(directory))

@@ -94,6 +94,29 @@ impl MessageBody {
     }
 }
 
+/// A file to share in a thread: a long result, uploaded whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileUpload {
+    /// The file's name (`task-ID.md`).
+    pub filename: String,
+    /// The title Slack shows above it.
+    pub title: String,
+    /// The file's content.
+    pub content: String,
+    /// The message it is shared with; its blocks' ids let a thread read back
+    /// show that it was shared.
+    pub comment: MessageBody,
+}
+
+/// What `files.getUploadURLExternal` answers.
+#[derive(Debug, serde::Deserialize)]
+struct UploadUrl {
+    /// Where to POST the file's bytes.
+    upload_url: String,
+    /// The file's id, for `files.completeUploadExternal`.
+    file_id: String,
+}
+
 /// The Web API calls the consolidator makes. [`SlackApi`] makes them over
 /// HTTP; the consolidator's tests use an in-memory Slack on paused time.
 pub trait ChatApi: Send + Sync + 'static {
@@ -127,6 +150,17 @@ pub trait ChatApi: Send + Sync + 'static {
         thread_ts: Option<&'a str>,
         user: &'a str,
         text: &'a str,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>>;
+
+    /// Uploads `file` and shares it in the thread of `thread_ts`, with its
+    /// comment's blocks: `files.getUploadURLExternal`, a POST of the bytes to
+    /// the URL it returns, then `files.completeUploadExternal`. Nothing is
+    /// shown in the channel before the last call succeeds.
+    fn upload_file<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: &'a str,
+        file: &'a FileUpload,
     ) -> BoxFuture<'a, Result<(), SlackCallError>>;
 
     /// The ts of the message carrying block `block_id`: in the thread of
@@ -272,6 +306,85 @@ impl SlackApi {
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .map_err(|_| SlackCallError::Transport(format!("{method} timed out")))?
+    }
+
+    /// Uploads `file` into the thread of `thread_ts` (see [`ChatApi::upload_file`]).
+    pub async fn upload_file(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        file: &FileUpload,
+    ) -> Result<(), SlackCallError> {
+        let length = file.content.len().to_string();
+        let (json, _) = self
+            .call_form(
+                "files.getUploadURLExternal",
+                &[("filename", &file.filename), ("length", &length)],
+            )
+            .await?;
+        let target: UploadUrl = serde_json::from_value(json)
+            .map_err(|e| SlackCallError::Transport(format!("files.getUploadURLExternal: {e}")))?;
+        self.send_bytes(&target.upload_url, &file.filename, file.content.as_bytes())
+            .await?;
+        let files = serde_json::json!([{"id": target.file_id, "title": file.title}]).to_string();
+        let blocks = serde_json::to_string(&file.comment.blocks)
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        self.call_form(
+            "files.completeUploadExternal",
+            &[
+                ("files", &files),
+                ("channel_id", channel),
+                ("thread_ts", thread_ts),
+                ("blocks", &blocks),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// POSTs a file's bytes to the upload URL Slack gave. The bot token goes
+    /// along only to Slack itself (a `slack.com` host, or `SLACK_API_URL`'s).
+    async fn send_bytes(&self, url: &str, name: &str, bytes: &[u8]) -> Result<(), SlackCallError> {
+        let parsed = url::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| {
+                SlackCallError::Transport("the upload URL is not an http(s) URL".into())
+            })?;
+        let api_host = url::Url::parse(&self.api_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        let to_slack = parsed.host_str().is_some_and(|h| {
+            h == "slack.com" || h.ends_with(".slack.com") || Some(h) == api_host.as_deref()
+        });
+        let mut request = http::Request::post(parsed.as_str())
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header("x-filename", name);
+        if to_slack {
+            request = request.header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token.token_value.0),
+            );
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                bytes,
+            )))
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, self.raw.request(request))
+            .await
+            .map_err(|_| SlackCallError::Transport("the file upload timed out".into()))?
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        match answer.status() {
+            s if s.is_success() => Ok(()),
+            http::StatusCode::TOO_MANY_REQUESTS => Err(SlackCallError::RateLimited {
+                retry_after: DEFAULT_RETRY_AFTER,
+            }),
+            s if s.is_server_error() => Err(SlackCallError::Transport(format!(
+                "the file upload answered HTTP {s}"
+            ))),
+            s => Err(SlackCallError::Api(format!("upload_http_{}", s.as_u16()))),
+        }
     }
 
     /// `auth.test`: who the bot token belongs to, and the scopes it grants
@@ -681,5 +794,14 @@ impl ChatApi for SlackApi {
         Box::pin(timed(SlackApi::post_ephemeral_in(
             self, channel, thread_ts, user, text,
         )))
+    }
+
+    fn upload_file<'a>(
+        &'a self,
+        channel: &'a str,
+        thread_ts: &'a str,
+        file: &'a FileUpload,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>> {
+        Box::pin(SlackApi::upload_file(self, channel, thread_ts, file))
     }
 }

@@ -17,6 +17,12 @@
 //! first time this process finishes a thread, or after a post whose answer
 //! was lost) the thread is read back before anything more is posted.
 //!
+//! A result too long for the message and three replies goes as one file
+//! (`task-ID.md`) instead; it counts as the thread's one part, and its
+//! share message carries part 1's block id, so it is uploaded exactly once
+//! the same way. Thread replies and files of one channel are paced: at most
+//! one per [`CHANNEL_POST_INTERVAL`], Slack's per-channel posting limit.
+//!
 //! The outside world comes in through two seams, [`ChatApi`] (the Web API)
 //! and [`MessageLog`] (the database), so the tests run it on tokio's paused
 //! clock against an in-memory Slack.
@@ -66,6 +72,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// How often the shutdown flush looks again when nothing says when.
 const FLUSH_POLL: Duration = Duration::from_millis(50);
+/// Shortest interval between two thread posts (continuation replies, a
+/// shared result file) in one channel: Slack allows about one message per
+/// second per channel, beyond short bursts.
+pub const CHANNEL_POST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the consolidator records about the messages it shows: where each one
 /// is, what it shows, and how far a result's continuation got. The database
@@ -115,6 +125,8 @@ enum Method {
     Update,
     /// `conversations.replies` or `conversations.history`: reading Slack back.
     Replies,
+    /// `files.getUploadURLExternal` and `files.completeUploadExternal`: a result as a file.
+    Upload,
 }
 
 /// Scheduling priority: terminal states first, then running tasks, then queue positions.
@@ -251,6 +263,9 @@ struct Inner {
     paused: Mutex<HashMap<Method, Instant>>,
     /// When finished slots were last pruned.
     pruned_at: Mutex<Option<Instant>>,
+    /// Per channel, the earliest instant its next thread post may go
+    /// (pacing by [`CHANNEL_POST_INTERVAL`]).
+    channel_next: Mutex<HashMap<String, Instant>>,
     /// Counters for metrics.
     stats: Mutex<Stats>,
     /// Where a task whose message Slack refused for good is reported (the
@@ -268,6 +283,8 @@ pub struct Stats {
     pub updates: u64,
     /// `conversations.replies` calls (reading a thread back).
     pub thread_reads: u64,
+    /// Results uploaded as files (attempts).
+    pub uploads: u64,
     /// 429 answers.
     pub rate_limited: u64,
     /// Other failed calls.
@@ -312,6 +329,7 @@ impl Consolidator {
                 ),
                 paused: Mutex::new(HashMap::new()),
                 pruned_at: Mutex::new(None),
+                channel_next: Mutex::new(HashMap::new()),
                 stats: Mutex::new(Stats::default()),
                 unpostable: Mutex::new(None),
             }),
@@ -431,7 +449,8 @@ impl Consolidator {
                     // It may read the thread and post to it too.
                     due = due
                         .max(paused_until(Method::Post))
-                        .max(paused_until(Method::Replies));
+                        .max(paused_until(Method::Replies))
+                        .max(paused_until(Method::Upload));
                 }
                 if due <= now {
                     ready.push((priority(state), slot.last_sent, id));
@@ -494,6 +513,7 @@ impl Consolidator {
             }
             *pruned_at = Some(now);
         }
+        lock(&self.inner.channel_next).retain(|_, next| *next > now);
         lock(&self.inner.slots).retain(|_, s| {
             s.in_flight
                 || s.pending.is_some()
@@ -673,25 +693,67 @@ impl Consolidator {
         }
     }
 
-    /// Posts the result's continuation replies not yet in the thread, in
-    /// order and each once, then records that Slack shows the final state.
+    /// Waits for the channel's next thread-posting slot, and takes it: the
+    /// thread posts of one channel go at most one per [`CHANNEL_POST_INTERVAL`].
+    async fn channel_slot(&self, channel: &str) {
+        let at = {
+            let now = Instant::now();
+            let mut next = lock(&self.inner.channel_next);
+            let at = next.get(channel).copied().map_or(now, |t| t.max(now));
+            next.insert(channel.to_owned(), at + CHANNEL_POST_INTERVAL);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// Posts the result's continuation replies (or its file) not yet in the
+    /// thread, in order, each once and paced per channel, then records that
+    /// Slack shows the final state.
     async fn finish_thread(&self, job: &Job, ts: &str, rendered: &Rendered) -> Result<(), Failure> {
         let task = &job.task;
         let root = task.thread_ts.as_deref().unwrap_or(ts);
-        let parts = &rendered.continuation;
+        let parts = match &rendered.file {
+            Some(_) => 1,
+            None => rendered.continuation.len(),
+        };
         let mut posted = match job.parts_posted {
             Some(n) => n,
-            None if parts.is_empty() => 0,
-            None => self.parts_in_thread(job, root).await?,
+            None if parts == 0 => 0,
+            None => {
+                let seen = self.parts_in_thread(job, root).await?;
+                if seen > usize::try_from(task.result_parts_posted).unwrap_or(0)
+                    && let Err(err) = self.inner.log.parts_posted(task.id, seen).await
+                {
+                    tracing::error!(task = task.id, error = ?err, "Cannot record the posted result parts");
+                }
+                seen
+            }
         };
-        for (i, part) in parts.iter().enumerate().skip(posted) {
-            lock(&self.inner.stats).posts += 1;
-            match self
-                .inner
-                .api
-                .post_message(&task.channel_id, Some(root), part)
-                .await
-            {
+        let first = posted;
+        for i in first..parts {
+            self.channel_slot(&task.channel_id).await;
+            let (method, sent) = match (&rendered.file, rendered.continuation.get(i)) {
+                (Some(file), _) => {
+                    lock(&self.inner.stats).uploads += 1;
+                    let sent = self
+                        .inner
+                        .api
+                        .upload_file(&task.channel_id, root, file)
+                        .await;
+                    (Method::Upload, sent)
+                }
+                (None, Some(part)) => {
+                    lock(&self.inner.stats).posts += 1;
+                    let sent = self
+                        .inner
+                        .api
+                        .post_message(&task.channel_id, Some(root), part)
+                        .await;
+                    (Method::Post, sent.map(drop))
+                }
+                (None, None) => break,
+            };
+            match sent {
                 Ok(_) => {
                     posted = i + 1;
                     self.with_slot(task.id, |s| s.parts_posted = Some(posted));
@@ -703,7 +765,7 @@ impl Consolidator {
                     // Without an answer the part may have landed: read the thread first next time.
                     let known = (!matches!(err, SlackCallError::Transport(_))).then_some(posted);
                     self.with_slot(task.id, |s| s.parts_posted = known);
-                    return Err(Failure::of(Method::Post)(err));
+                    return Err(Failure::of(method)(err));
                 }
             }
         }

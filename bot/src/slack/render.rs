@@ -7,7 +7,7 @@
 use slack_morphism::prelude::*;
 
 use crate::model::{ResultMeta, Retry, TaskState};
-use crate::slack::api::MessageBody;
+use crate::slack::api::{FileUpload, MessageBody};
 use crate::slack::mrkdwn::{self, SECTION_TEXT_MAX};
 use crate::store::{Task, TaskSummary};
 
@@ -25,6 +25,9 @@ pub const FALLBACK_TEXT_MAX: usize = 3_000;
 pub const MAX_BLOCKS: usize = 50;
 /// Result sections in the message itself; the rest goes to the thread.
 pub const RESULT_SECTIONS_IN_MESSAGE: usize = 2;
+/// Most thread replies a result continues in; a longer result is uploaded
+/// as one file instead, its beginning shown in the message.
+pub const MAX_CONTINUATION_REPLIES: usize = 3;
 /// Longest single step line shown.
 pub const STEP_SHOWN_CHARS: usize = 200;
 /// Longest error text shown.
@@ -60,13 +63,49 @@ pub fn parse_part_block_id(block_id: &str) -> Option<(i64, usize)> {
     Some((task.parse().ok()?, part.parse().ok()?))
 }
 
-/// A task rendered: the message and, for long results, the thread replies that continue it.
+/// A task rendered: the message and, for long results, the thread replies
+/// that continue it or the file that holds the whole result.
 #[derive(Debug, Clone)]
 pub struct Rendered {
     /// The task's message.
     pub message: MessageBody,
-    /// Continuation replies for the thread, in order.
+    /// Continuation replies for the thread, in order (none when the result
+    /// goes as a file).
     pub continuation: Vec<MessageBody>,
+    /// The whole result as a file for the thread, when it is longer than the
+    /// message and [`MAX_CONTINUATION_REPLIES`] replies. It counts as the
+    /// thread's one continuation part (its message carries part 1's block id).
+    pub file: Option<FileUpload>,
+}
+
+/// The name of the file a long result of `task` is uploaded as.
+pub fn result_file_name(task: i64) -> String {
+    format!("task-{task}.md")
+}
+
+/// The file holding `task`'s whole result, with the message that shares it
+/// in the thread (carrying part 1's block id, so a thread read back shows
+/// whether it was shared).
+fn result_file(task: &Task) -> FileUpload {
+    let name = result_file_name(task.id);
+    let note = format!(
+        ":page_facing_up: The whole result of *#{}* is in `{name}`.",
+        task.id
+    );
+    FileUpload {
+        title: name.clone(),
+        filename: name,
+        content: task.result.clone().unwrap_or_default(),
+        comment: MessageBody {
+            text: mrkdwn::truncate_chars(&note, FALLBACK_TEXT_MAX, "…"),
+            blocks: vec![
+                SlackSectionBlock::new()
+                    .with_text(md!(note))
+                    .with_block_id(part_block_id(task.id, 1).into())
+                    .into(),
+            ],
+        },
+    }
 }
 
 fn state_badge(state: TaskState) -> (&'static str, &'static str) {
@@ -286,6 +325,7 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     let state = task_state(task);
     let mut blocks: Vec<SlackBlock> = Vec::new();
     let mut continuation = Vec::new();
+    let mut file = None;
 
     blocks.push(
         SlackSectionBlock::new()
@@ -310,9 +350,12 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         TaskState::Completed => {
             let parts = result_sections(task);
             let total = parts.len();
+            let as_file = total > RESULT_SECTIONS_IN_MESSAGE + MAX_CONTINUATION_REPLIES;
             for (i, part) in parts.into_iter().enumerate() {
                 if i < RESULT_SECTIONS_IN_MESSAGE {
                     blocks.push(section(part));
+                } else if as_file {
+                    break;
                 } else {
                     let n = continuation.len() + 1;
                     continuation.push(MessageBody {
@@ -326,7 +369,14 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
                     });
                 }
             }
-            if total > RESULT_SECTIONS_IN_MESSAGE {
+            if as_file {
+                let f = result_file(task);
+                blocks.push(context(format!(
+                    ":page_facing_up: This is the beginning; the whole result is in the file `{}` in this thread.",
+                    f.filename
+                )));
+                file = Some(f);
+            } else if total > RESULT_SECTIONS_IN_MESSAGE {
                 let more = total - RESULT_SECTIONS_IN_MESSAGE;
                 blocks.push(context(format!(
                     ":thread: The result continues in this thread ({more} more part{}).",
@@ -404,6 +454,7 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
             blocks,
         },
         continuation,
+        file,
     }
 }
 
@@ -646,7 +697,7 @@ mod tests {
             let rendered = render(&t, position, 0);
             let bad = violations(&rendered.message);
             prop_assert!(bad.is_empty(), "{bad:?}");
-            for part in &rendered.continuation {
+            for part in rendered.continuation.iter().chain(rendered.file.as_ref().map(|f| &f.comment)) {
                 let bad = violations(part);
                 prop_assert!(bad.is_empty(), "{bad:?}");
             }
@@ -673,7 +724,22 @@ mod tests {
                 );
                 shown.extend(section_texts(part));
             }
-            if result.trim().is_empty() {
+            prop_assert!(rendered.continuation.len() <= MAX_CONTINUATION_REPLIES);
+            if let Some(file) = &rendered.file {
+                // Too long for the thread: the whole result is the file, the
+                // message shows its beginning.
+                prop_assert!(rendered.continuation.is_empty());
+                prop_assert_eq!(file.content.as_str(), result);
+                prop_assert_eq!(file.filename.clone(), format!("task-{}.md", t.id));
+                prop_assert_eq!(block_ids(&file.comment), vec![part_block_id(t.id, 1)]);
+                let beginning: String = mrkdwn::split_mrkdwn(&whole, SECTION_TEXT_MAX)
+                    .iter()
+                    .take(RESULT_SECTIONS_IN_MESSAGE)
+                    .map(|p| content(p))
+                    .collect();
+                let got: String = shown.iter().map(|p| content(p)).collect();
+                prop_assert!(got == beginning, "the message does not show the beginning: {}", first_difference(&got, &beginning));
+            } else if result.trim().is_empty() {
                 prop_assert_eq!(shown, vec!["_(no output)_".to_owned()]);
             } else {
                 let got: String = shown.iter().map(|p| content(p)).collect();

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::*;
+use crate::slack::api::FileUpload;
 
 /// `chat.postMessage`.
 const POST: &str = "chat.postMessage";
@@ -18,6 +19,8 @@ const EPHEMERAL: &str = "chat.postEphemeral";
 const UPDATE: &str = "chat.update";
 /// `conversations.replies`.
 const REPLIES: &str = "conversations.replies";
+/// A file upload (`files.getUploadURLExternal`, the bytes, `files.completeUploadExternal`).
+const UPLOAD: &str = "files.upload";
 /// The edit interval every test uses (the default setting).
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Slack's Tier 3: the default `chat.update` budget.
@@ -92,6 +95,8 @@ struct FakeState {
     editing: HashSet<String>,
     /// Edits that arrived while another edit of the same message was in flight.
     races: usize,
+    /// Files shared, in order.
+    files: Vec<FileUpload>,
 }
 
 /// An in-memory Slack for the consolidator, on tokio's clock.
@@ -230,7 +235,7 @@ impl FakeSlack {
             (None, None) => (Ok(()), true),
         };
         let mut new_ts = String::new();
-        if lands && method == POST {
+        if lands && (method == POST || method == UPLOAD) {
             state.next_ts += 1;
             new_ts = format!("1700000000.{:06}", state.next_ts);
             let posted = Posted {
@@ -307,6 +312,26 @@ impl ChatApi for FakeSlack {
                 .filter(|(ts, m)| *ts == thread_ts || m.thread_ts.as_deref() == Some(thread_ts))
                 .flat_map(|(_, m)| block_ids(&m.body))
                 .collect())
+        })
+    }
+
+    fn upload_file<'a>(
+        &'a self,
+        _channel: &'a str,
+        thread_ts: &'a str,
+        file: &'a FileUpload,
+    ) -> BoxFuture<'a, Result<(), SlackCallError>> {
+        Box::pin(async move {
+            let before = self.state().messages.len();
+            let answer = self
+                .call(UPLOAD, Some(thread_ts), Some(&file.comment))
+                .await;
+            let mut state = self.state();
+            if state.messages.len() > before {
+                // It landed (whether or not its answer did).
+                state.files.push(file.clone());
+            }
+            answer.map(drop)
         })
     }
 
@@ -843,10 +868,22 @@ async fn a_late_live_render_never_overwrites_the_final_state() {
     assert!(is_final(&edits[0]));
 }
 
-/// A Markdown result long enough for several continuation replies.
-fn long_result() -> String {
-    (1..=12)
+/// A Markdown result of `sections` sections of about 1,800 characters.
+fn result_of(sections: usize) -> String {
+    (1..=sections)
         .map(|i| format!("## Part {i}\n\n{}\n", "All good here. ".repeat(120)))
+        .collect()
+}
+
+/// A Markdown result long enough for the most continuation replies there are.
+fn long_result() -> String {
+    result_of(5)
+}
+
+/// A result of `lines` lines, far too long for the thread: it goes as a file.
+fn huge_result(lines: usize) -> String {
+    (1..=lines)
+        .map(|i| format!("line {i} of the report\n"))
         .collect()
 }
 
@@ -861,9 +898,9 @@ async fn continuation_replies_are_posted_once_each_across_failed_posts() {
     let (t, ts) = posted(&rig, 1).await;
     let done = completed(&t, &long_result());
     let parts = parts_of(&done);
-    assert!(parts >= 4, "only {parts} parts");
+    assert_eq!(parts, render::MAX_CONTINUATION_REPLIES);
     // Post 0 was the message. Part 2 lands but its answer is lost; part 3 is
-    // refused once; part 4 is rate limited once.
+    // refused once, then rate limited once.
     rig.slack.script(POST, 2, Scripted::LandThenLose);
     rig.slack.script(
         POST,
@@ -872,7 +909,7 @@ async fn continuation_replies_are_posted_once_each_across_failed_posts() {
     );
     rig.slack.script(
         POST,
-        5,
+        4,
         Scripted::Refuse(SlackCallError::RateLimited {
             retry_after: Duration::from_secs(3),
         }),
@@ -1037,4 +1074,145 @@ async fn a_message_slack_refuses_for_good_is_explained_to_the_requester_once() {
         text.contains("#1") && text.contains("not_in_channel"),
         "{text}"
     );
+}
+
+/// The thread posts (continuation replies and shared files) that Slack took, in order.
+fn thread_posts(rig: &Rig) -> Vec<Call> {
+    let mut posts: Vec<Call> = rig
+        .slack
+        .taken(POST)
+        .into_iter()
+        .chain(rig.slack.taken(UPLOAD))
+        .filter(|c| c.ts.is_some())
+        .collect();
+    posts.sort_by_key(|c| c.started);
+    posts
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_of_three_replies_stays_in_the_thread_and_a_longer_one_goes_as_a_file() {
+    let rig = Rig::new(UNLIMITED);
+    let (t1, ts1) = posted(&rig, 1).await;
+    let (t2, ts2) = posted(&rig, 2).await;
+    let fits = completed(&t1, &result_of(5));
+    let longer = completed(&t2, &result_of(6));
+    assert_eq!(parts_of(&fits), render::MAX_CONTINUATION_REPLIES);
+    rig.consolidator.show(fits, None);
+    rig.consolidator.show(longer.clone(), None);
+    rig.settle().await;
+
+    let want: Vec<String> = (1..=3).map(|n| render::part_block_id(1, n)).collect();
+    assert_eq!(rig.slack.thread(&ts1), want, "three replies, no file");
+    assert_eq!(rig.log.get(1).parts, 3);
+    let files = rig.slack.state().files.clone();
+    assert_eq!(files.len(), 1, "one file, for the longer result");
+    assert_eq!(files[0].filename, "task-2.md");
+    assert_eq!(Some(files[0].content.as_str()), longer.result.as_deref());
+    assert_eq!(
+        rig.slack.thread(&ts2),
+        vec![render::part_block_id(2, 1)],
+        "only the file in the longer one's thread"
+    );
+    let final_edit = rig.edits_of(&ts2).pop().expect("the final edit");
+    let text = shown(&final_edit);
+    assert!(text.contains("Part 1") && text.contains("Part 2"), "{text}");
+    assert!(!text.contains("Part 4"), "only the beginning: {text}");
+    assert!(text.contains("the whole result is in the file `task-2.md`"));
+    assert_eq!(rig.log.get(2).parts, 1);
+    assert!(rig.log.get(1).synced && rig.log.get(2).synced);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_six_thousand_line_result_is_uploaded_once_across_a_lost_answer() {
+    let rig = Rig::new(UNLIMITED);
+    let (t, ts) = posted(&rig, 1).await;
+    let done = completed(&t, &huge_result(6_000));
+    // The first upload is shared but its answer is lost; the second is refused.
+    rig.slack.script(UPLOAD, 0, Scripted::LandThenLose);
+    rig.consolidator.show(done.clone(), None);
+    rig.settle().await;
+
+    let files = rig.slack.state().files.clone();
+    assert_eq!(files.len(), 1, "uploaded once");
+    assert_eq!(Some(files[0].content.as_str()), done.result.as_deref());
+    assert_eq!(
+        rig.slack.calls(UPLOAD).len(),
+        1,
+        "not tried again once seen"
+    );
+    assert_eq!(rig.slack.thread(&ts), vec![render::part_block_id(1, 1)]);
+    assert!(
+        rig.slack.taken(POST).iter().all(|c| c.ts.is_none()),
+        "no replies"
+    );
+    assert_eq!(rig.log.get(1).parts, 1);
+    assert!(rig.log.get(1).synced);
+    assert!(rig.consolidator.stats().thread_reads >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_bot_does_not_upload_the_file_again() {
+    let rig = Rig::new(UNLIMITED);
+    let (t, _ts) = posted(&rig, 1).await;
+    let done = completed(&t, &huge_result(6_000));
+    rig.slack.script(UPLOAD, 0, Scripted::LandThenLose);
+    rig.consolidator.show(done.clone(), None);
+    while rig.slack.calls(UPLOAD).is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    rig.driver.abort();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(rig.log.get(1).parts, 0);
+
+    let restarted = Rig::with(rig.slack.clone(), rig.log.clone(), UNLIMITED);
+    restarted.consolidator.show(done, None);
+    restarted.settle().await;
+    assert_eq!(restarted.slack.state().files.len(), 1, "uploaded once");
+    assert_eq!(restarted.log.get(1).parts, 1);
+    assert!(restarted.log.get(1).synced);
+}
+
+#[tokio::test(start_paused = true)]
+async fn thread_posts_of_one_channel_are_paced_and_other_channels_are_not_held() {
+    let rig = Rig::new(UNLIMITED);
+    let (t1, _) = posted(&rig, 1).await;
+    let (t2, _) = posted(&rig, 2).await;
+    let (t3, _) = posted(&rig, 3).await;
+    let mut elsewhere = completed(&t3, &result_of(5));
+    elsewhere.channel_id = "C2".into();
+    elsewhere.message_ts = t3.message_ts.clone();
+    // Two long results in C1 at once (six replies), and one in C2.
+    rig.consolidator.show(completed(&t1, &result_of(5)), None);
+    rig.consolidator
+        .show(completed(&t2, &huge_result(6_000)), None);
+    rig.consolidator.show(elsewhere, None);
+    let start = Instant::now();
+    rig.settle().await;
+
+    let posts = thread_posts(&rig);
+    assert_eq!(
+        posts.len(),
+        3 + 1 + 3,
+        "three replies, a file, three replies"
+    );
+    let in_c1: Vec<&Call> = posts
+        .iter()
+        .filter(|c| c.ts.as_deref() != t3.message_ts.as_deref())
+        .collect();
+    assert_eq!(in_c1.len(), 4);
+    for pair in in_c1.windows(2) {
+        let gap = pair[1].started.duration_since(pair[0].started);
+        assert!(gap >= CHANNEL_POST_INTERVAL, "a burst: {gap:?} apart");
+    }
+    let in_c2: Vec<&Call> = posts
+        .iter()
+        .filter(|c| c.ts.as_deref() == t3.message_ts.as_deref())
+        .collect();
+    assert!(
+        in_c2[0].started.duration_since(start) < CHANNEL_POST_INTERVAL,
+        "C2's first reply waited for C1's"
+    );
+    for pair in in_c2.windows(2) {
+        assert!(pair[1].started.duration_since(pair[0].started) >= CHANNEL_POST_INTERVAL);
+    }
 }
