@@ -311,10 +311,12 @@ impl FakeAgent {
     /// The frames the bot sends up to and including the next task it hands over.
     async fn frames_until_submit(&mut self) -> Vec<BotMessage> {
         let mut seen = Vec::new();
+        // One deadline for them all: heartbeats alone must not keep it waiting.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let frame = tokio::time::timeout(DEADLINE, self.frames.recv())
+            let frame = tokio::time::timeout_at(deadline, self.frames.recv())
                 .await
-                .expect("a task in time")
+                .unwrap_or_else(|_| panic!("no task in time; frames so far: {seen:?}"))
                 .expect("the connection is open");
             let submit = matches!(frame, BotMessage::Submit(_));
             seen.push(frame);
@@ -330,8 +332,9 @@ impl FakeAgent {
 
     /// The next task the bot hands over.
     async fn submitted(&mut self) -> Submit {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let frame = tokio::time::timeout(DEADLINE, self.frames.recv())
+            let frame = tokio::time::timeout_at(deadline, self.frames.recv())
                 .await
                 .expect("a task in time")
                 .expect("the connection is open");
