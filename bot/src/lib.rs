@@ -141,9 +141,9 @@ async fn bootstrap_keys(store: &Store, settings: &Settings) -> anyhow::Result<()
 }
 
 /// While Slack cannot be asked about the bot token, the bot is not ready; it
-/// asks again every [`selfcheck::AUTH_RETRY`]. A token refused later leaves it
-/// not ready with the reason (it is already serving; stopping it would drop
-/// the work it holds).
+/// asks again every [`selfcheck::AUTH_RETRY`]. A refused token leaves it not
+/// ready with the reason: it serves (`/healthz`, the agents, the work it
+/// holds) but says plainly that it cannot reach Slack as itself.
 async fn check_token_until_known(app: Arc<App>, mut check: selfcheck::TokenCheck) {
     loop {
         match check {
@@ -200,16 +200,22 @@ pub async fn run(
         .context("Cannot store BATON_AGENT_KEYS")?;
     let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)?;
     let token = selfcheck::check_token(&slack).await;
-    if let selfcheck::TokenCheck::Refused(why) = &token {
-        anyhow::bail!("{why}");
-    }
     let checkpoint_store = store.clone();
     let (notify_store, notify_slack) = (store.clone(), slack.clone());
     let app = Arc::new(App::new(settings, store, slack, clock));
+    // Not ready before anything is served when the token is not known good.
     match token {
         selfcheck::TokenCheck::Valid(auth) => selfcheck::report_scopes(&app.settings, &auth),
-        _ => {
-            tokio::spawn(check_token_until_known(app.clone(), token));
+        selfcheck::TokenCheck::Refused(why) => {
+            tracing::error!("{why}");
+            app.readiness.not_ready(selfcheck::Part::Slack, why);
+        }
+        selfcheck::TokenCheck::Unknown(why) => {
+            app.readiness.not_ready(selfcheck::Part::Slack, why.clone());
+            tokio::spawn(check_token_until_known(
+                app.clone(),
+                selfcheck::TokenCheck::Unknown(why),
+            ));
         }
     }
     app.recover()

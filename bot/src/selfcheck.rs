@@ -1,10 +1,11 @@
 //! Self-checks: the bot token at start (`auth.test`) and the scopes it lacks,
 //! and what `/readyz` reports — each part that is not ready, with its reason.
 //!
-//! A token Slack refuses stops the bot at start (exit non-zero, the reason in
-//! plain words): nothing it does can work, and an orchestrator restarting it
-//! shows the message. A Slack that cannot be reached is not a verdict on the
-//! token: the bot starts not ready, says why on `/readyz`, and checks again.
+//! A token Slack refuses leaves the bot not ready, the reason in plain words in
+//! its log (an error) and on `/readyz`; it keeps serving what does not need
+//! Slack (agents, health), and a load balancer keeps Slack's traffic away. A
+//! Slack that cannot be reached is not a verdict on the token: the bot is not
+//! ready, says why on `/readyz`, and asks again until Slack answers.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

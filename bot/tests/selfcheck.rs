@@ -1,6 +1,6 @@
-//! The bot checks itself: a token Slack refuses stops it with the reason; a
-//! Slack it cannot ask leaves it not ready, with the reason on `/readyz`,
-//! until Slack answers. The real `baton-bot` binary against the fake Slack.
+//! The bot checks itself: a token Slack refuses, or a Slack it cannot ask,
+//! leaves it not ready with the reason on `/readyz` (and in its log); a Slack
+//! that answers later makes it ready. The real `baton-bot` binary against the fake Slack.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,21 +40,37 @@ fn spawn_bot(dir: &Path, slack_url: &str, token: &str) -> (tokio::process::Child
 }
 
 #[tokio::test]
-async fn a_token_slack_refuses_stops_the_bot_with_the_reason() {
+async fn a_token_slack_refuses_keeps_the_bot_not_ready_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (_slack, slack_url) = fake_slack().await;
     // The README's own placeholder.
-    let (child, _) = spawn_bot(dir.path(), &slack_url, "xoxb-your-token");
-    let out = tokio::time::timeout(Duration::from_secs(WAIT_SECS), child.wait_with_output())
-        .await
-        .expect("the bot exits by itself")
-        .unwrap();
-    assert!(!out.status.success(), "exit status {}", out.status);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (mut child, addr) = spawn_bot(dir.path(), &slack_url, "xoxb-your-token");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT_SECS);
+    let (status, body) = loop {
+        assert!(child.try_wait().unwrap().is_none(), "the bot exited");
+        if let Ok(answer) = try_http(addr, "GET", "/readyz", &[], "").await {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
     assert!(
-        stderr.contains("Slack refused SLACK_BOT_TOKEN (not_authed)")
-            && stderr.contains("OAuth & Permissions"),
-        "{stderr}"
+        body.contains("slack: Slack refused SLACK_BOT_TOKEN (not_authed)")
+            && body.contains("OAuth & Permissions"),
+        "{body}"
+    );
+    // It still serves: alive, and it says so.
+    assert_eq!(
+        try_http(addr, "GET", "/healthz", &[], "").await.unwrap().0,
+        200
+    );
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("ERROR") && log.contains("Slack refused SLACK_BOT_TOKEN (not_authed)"),
+        "{log}"
     );
 }
 
