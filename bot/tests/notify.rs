@@ -15,29 +15,6 @@ use baton_bot::store::{Ending, Store};
 use baton_testkit::*;
 use serde_json::Value;
 
-/// How long any one outcome may take to show.
-const DEADLINE: Duration = Duration::from_secs(20);
-/// How often a condition is looked at again.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Waits until `probe` returns something, failing after [`DEADLINE`].
-async fn eventually<T, Fut>(what: &str, mut probe: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// A bot with project `web` bound to C1 (no agent: tasks stay queued until
 /// the test ends them), and the fake Slack.
 struct Rig {

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,29 +24,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// How long any one outcome may take to show.
 const DEADLINE: Duration = Duration::from_secs(20);
-/// How often a condition is looked at again.
-const POLL: Duration = Duration::from_millis(20);
 /// The bot's user id in the events Slack sends.
 const BOT_USER: &str = "UBATON";
-
-/// Waits until `probe` returns something, failing after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// A bot with project `web` bound to channel C1, no agent, and the fake Slack.
 struct Rig {

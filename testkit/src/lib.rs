@@ -456,6 +456,29 @@ pub fn spawn_agent(bin: &Path, config: &Path) -> tokio::process::Child {
         .unwrap()
 }
 
+/// How long a test waits for an outcome to show (a deadline, not a delay).
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// Waits until `probe` returns something, looking again every 20 ms, and
+/// fails naming `what` after [`EVENTUALLY`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for a condition, checking every 20 ms, failing after `secs`.
 pub async fn wait_for<F: FnMut() -> bool>(secs: u64, what: &str, mut cond: F) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
