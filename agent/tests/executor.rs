@@ -22,23 +22,9 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A stand-in `claude` that records its arguments and replays `fixture` line
 /// by line, 20 ms apart, then exits with `code`.
+/// A stand-in `claude` replaying `fixture` (see [`fake_cli`]).
 fn fake_claude(dir: &Path, fixture: &Path, code: i32) -> PathBuf {
-    let bin = dir.join("claude");
-    let args = dir.join("claude-args");
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo '2.0.0 (Claude Code, stand-in)'; exit 0; fi\n\
-             printf '%s\\n' \"$@\" >> '{args}'\necho '--' >> '{args}'\ncat > /dev/null\n\
-             while IFS= read -r line; do printf '%s\\n' \"$line\"; sleep 0.02; done < '{fixture}'\nexit {code}\n",
-            args = args.display(),
-            fixture = fixture.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    fake_cli(dir, "claude", fixture, code)
 }
 
 /// Config for agent `e2e` with one project `web`, either `claude` or a command.
@@ -113,7 +99,12 @@ async fn claude_tasks_show_steps_as_they_happen_and_end_with_result_and_cost() {
     .await;
 
     let args = std::fs::read_to_string(dir.path().join("claude-args")).unwrap();
-    let first: Vec<&str> = args.split("--\n").next().unwrap().lines().collect();
+    let first: Vec<&str> = args
+        .split(&format!("{ARGS_END}\n"))
+        .next()
+        .unwrap()
+        .lines()
+        .collect();
     for a in [
         "-p",
         "--output-format",
@@ -139,7 +130,12 @@ async fn claude_tasks_show_steps_as_they_happen_and_end_with_result_and_cost() {
     let follow = store.task(2).await.unwrap().unwrap();
     assert_eq!(follow.parent_id, Some(1));
     let args = std::fs::read_to_string(dir.path().join("claude-args")).unwrap();
-    let second: Vec<&str> = args.split("--\n").nth(1).unwrap().lines().collect();
+    let second: Vec<&str> = args
+        .split(&format!("{ARGS_END}\n"))
+        .nth(1)
+        .unwrap()
+        .lines()
+        .collect();
     let at = second
         .iter()
         .position(|a| *a == "--resume")

@@ -923,23 +923,7 @@ impl Store {
 
     /// Records that a project exists (an agent serves it).
     pub async fn ensure_project(&self, name: &str) -> anyhow::Result<()> {
-        let row = project::ActiveModel {
-            name: Set(name.to_owned()),
-            channel_id: Set(None),
-            created_at: Set(now_ms()),
-            personas: Set(None),
-        };
-        project::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(project::Column::Name)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .do_nothing()
-            .exec(&self.db)
-            .await
-            .context("Cannot record the project")?;
-        Ok(())
+        insert_project(&self.db, name).await
     }
 
     /// Binds a channel to a project (one project per channel), in one
@@ -951,22 +935,7 @@ impl Store {
             .begin()
             .await
             .context("Cannot start binding the project")?;
-        let row = project::ActiveModel {
-            name: Set(name.to_owned()),
-            channel_id: Set(None),
-            created_at: Set(now_ms()),
-            personas: Set(None),
-        };
-        project::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(project::Column::Name)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .do_nothing()
-            .exec(&txn)
-            .await
-            .context("Cannot record the project")?;
+        insert_project(&txn, name).await?;
         project::Entity::update_many()
             .col_expr(
                 project::Column::ChannelId,
@@ -1463,6 +1432,27 @@ fn summaries() -> sea_orm::Select<task::Entity> {
             Expr::cust(format!("substr(prompt, 1, {SUMMARY_PROMPT_CHARS})")),
             "prompt",
         )
+}
+
+/// Records project `name` unless it exists, on `db` (a connection or a transaction).
+async fn insert_project(db: &impl ConnectionTrait, name: &str) -> anyhow::Result<()> {
+    let row = project::ActiveModel {
+        name: Set(name.to_owned()),
+        channel_id: Set(None),
+        created_at: Set(now_ms()),
+        personas: Set(None),
+    };
+    project::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(project::Column::Name)
+                .do_nothing()
+                .to_owned(),
+        )
+        .do_nothing()
+        .exec(db)
+        .await
+        .context("Cannot record the project")?;
+    Ok(())
 }
 
 /// The guarded `UPDATE` that hands queued tasks to `agent`.
