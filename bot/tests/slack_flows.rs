@@ -6,364 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use baton_bot::model::Retry;
-use baton_shared::protocol::{
-    AgentMessage, BotMessage, Hello, PROTOCOL_VERSION, ProjectInfo, Submit, TaskResult,
-};
-use baton_shared::{ProjectName, TaskId};
+use baton_shared::TaskId;
+use baton_shared::protocol::BotMessage;
+use baton_testkit::scene::*;
 use baton_testkit::*;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// How long any one outcome may take to show.
-const DEADLINE: Duration = Duration::from_secs(20);
-/// The bot's user id in the events Slack sends.
-const BOT_USER: &str = "UBATON";
-
-/// A bot with project `web` bound to channel C1, no agent, and the fake Slack.
-struct Rig {
-    slack: Arc<FakeSlack>,
-    /// The fake Slack's Web API URL.
-    slack_url: String,
-    bot: Bot,
-    store: baton_bot::store::Store,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    async fn start() -> Rig {
-        Rig::start_with(|_| {}).await
-    }
-
-    /// Like [`Rig::start`], with `tweak` applied to the bot's settings.
-    async fn start_with(tweak: impl FnOnce(&mut baton_bot::settings::Settings)) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let (slack, url) = fake_slack().await;
-        let bot = Bot::start(&url, dir.path(), tweak).await;
-        let bound = admin(bot.addr, "project bind web").await;
-        assert!(bound.contains("project `web`"), "{bound}");
-        let store = bot.store().await;
-        Rig {
-            slack,
-            slack_url: url,
-            bot,
-            store,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.bot.addr
-    }
-
-    /// `/baton TEXT` as `user`: the acknowledgement's ephemeral text, or "" for none.
-    async fn baton(&self, text: &str, user: &str) -> String {
-        let (status, body) = baton(self.addr(), text, user).await;
-        assert_eq!(status, 200, "{body}");
-        if body.is_empty() {
-            return body;
-        }
-        let json: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["response_type"], "ephemeral");
-        json["text"].as_str().unwrap().to_owned()
-    }
-
-    /// The task row, once `pred` holds for it.
-    async fn task_when(
-        &self,
-        id: i64,
-        what: &str,
-        pred: impl Fn(&baton_bot::store::Task) -> bool,
-    ) -> baton_bot::store::Task {
-        eventually(what, || async {
-            self.store.task(id).await.unwrap().filter(|t| pred(t))
-        })
-        .await
-    }
-
-    /// Task `id`'s message ts, once posted.
-    async fn message_ts(&self, id: i64) -> String {
-        self.task_when(id, "the task's message", |t| t.message_ts.is_some())
-            .await
-            .message_ts
-            .unwrap()
-    }
-
-    /// What message `ts` shows now: its last accepted edit, or as posted.
-    fn shown(&self, ts: &str) -> Value {
-        self.slack
-            .calls("chat.update")
-            .into_iter()
-            .rev()
-            .find(|c| c.body["ts"] == ts)
-            .map(|c| c.body)
-            .or_else(|| self.slack.thread(ts).into_iter().next())
-            .expect("the message exists")
-    }
-
-    /// Waits until message `ts` shows something containing `text`; returns it.
-    async fn shows(&self, ts: &str, text: &str) -> Value {
-        eventually(&format!("message {ts} to show {text:?}"), || async {
-            let body = self.shown(ts);
-            message_text(&body).contains(text).then_some(body)
-        })
-        .await
-    }
-
-    /// The ephemeral answers `user` got so far, in order.
-    fn ephemerals(&self, user: &str) -> Vec<Value> {
-        self.slack
-            .calls("chat.postEphemeral")
-            .into_iter()
-            .filter(|c| c.body["user"] == user)
-            .map(|c| c.body)
-            .collect()
-    }
-
-    /// Waits for `user`'s ephemeral answer number `n` (from 1); returns its text.
-    async fn ephemeral(&self, user: &str, n: usize) -> String {
-        eventually(&format!("answer {n} to {user}"), || async {
-            self.ephemerals(user)
-                .get(n - 1)
-                .map(|b| b["text"].as_str().unwrap().to_owned())
-        })
-        .await
-    }
-
-    /// Clicks `button` (as rendered) on message `ts`, as `user`.
-    async fn click(&self, user: &str, button: &Value) {
-        let payload = json!({
-            "type": "block_actions",
-            "team": {"id": "T1"},
-            "user": {"id": user},
-            "channel": {"id": "C1"},
-            "container": {"type": "message", "channel_id": "C1"},
-            "actions": [{
-                "type": "button",
-                "block_id": "b",
-                "action_id": button["action_id"],
-                "value": button["value"],
-                "action_ts": "1700000000.1",
-            }],
-        })
-        .to_string();
-        let (status, body) = post_signed(
-            self.addr(),
-            "/slack/interactions",
-            &[("payload", payload.as_str())],
-            SIGNING_SECRET,
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
-
-    /// An Events API callback carrying `event`, as Slack signs and sends it.
-    async fn event(&self, event_id: &str, event: Value, retry: Option<u32>) {
-        let payload = json!({
-            "type": "event_callback",
-            "team_id": "T1",
-            "event_id": event_id,
-            "authorizations": [{"user_id": BOT_USER}],
-            "event": event,
-        });
-        let (status, body) = post_event(self.addr(), &payload, retry).await;
-        assert_eq!(status, 200, "{body}");
-    }
-
-    /// Stops the bot, after checking that Slack took every call it made
-    /// (a reply the bot could not read would show as an error here).
-    async fn stop(self) {
-        let (_, metrics) = http(self.addr(), "GET", "/metrics", &[], "").await;
-        for counter in ["baton_slack_errors_total", "baton_slack_rate_limited_total"] {
-            assert!(
-                metrics.contains(&format!("{counter} 0\n")),
-                "{counter} is not 0:\n{metrics}"
-            );
-        }
-        self.bot.stop().await;
-    }
-
-    /// How many tasks exist.
-    async fn task_count(&self) -> usize {
-        self.store.recent_tasks(1_000).await.unwrap().len()
-    }
-}
-
-/// The button labelled `label` in a message body, if it has one.
-fn button(body: &Value, label: &str) -> Option<Value> {
-    body["blocks"]
-        .as_array()?
-        .iter()
-        .filter(|b| b["type"] == "actions")
-        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
-        .find(|e| e["text"]["text"] == label)
-        .cloned()
-}
-
-/// A user's message in channel C1 (a thread reply when `thread` is given).
-fn message(user: &str, text: &str, ts: &str, thread: Option<&str>) -> Value {
-    let mut m = json!({"type": "message", "user": user, "text": text, "channel": "C1", "ts": ts});
-    if let Some(thread) = thread {
-        m["thread_ts"] = json!(thread);
-    }
-    m
-}
-
-/// A mention of the bot in channel C1.
-fn mention(user: &str, text: &str, ts: &str, thread: Option<&str>) -> Value {
-    let mut m = message(user, &format!("<@{BOT_USER}> {text}"), ts, thread);
-    m["type"] = json!("app_mention");
-    m
-}
-
-/// An agent speaking the wire protocol over a real WebSocket, serving `web`.
-struct FakeAgent {
-    /// Frames to send.
-    out: mpsc::UnboundedSender<AgentMessage>,
-    /// Frames the bot sent.
-    frames: mpsc::UnboundedReceiver<BotMessage>,
-}
-
-/// The key of a second agent, `e2e-b`, for the bots that know it (see [`two_agents`]).
-const SECOND_KEY: &str = "e2e-second-agent-key-0123";
-
-/// Bot settings with two agent keys: `e2e` ([`AGENT_KEY`]) and `e2e-b` ([`SECOND_KEY`]).
-fn two_agents(s: &mut baton_bot::settings::Settings) {
-    s.agent_keys = format!("e2e:{AGENT_KEY},e2e-b:{SECOND_KEY}").into();
-}
-
-impl FakeAgent {
-    async fn connect(addr: SocketAddr) -> FakeAgent {
-        Self::connect_as(addr, AGENT_KEY, 1).await
-    }
-
-    /// Connects with `key`, then waits until `connected` agents are connected.
-    async fn connect_as(addr: SocketAddr, key: &str, connected: usize) -> FakeAgent {
-        let mut req = format!("ws://{addr}/agents").into_client_request().unwrap();
-        req.headers_mut()
-            .insert("Authorization", format!("Bearer {key}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        let (mut sink, mut stream) = ws.split();
-        let (out, mut to_send) = mpsc::unbounded_channel::<AgentMessage>();
-        let (got, frames) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(msg) = to_send.recv().await {
-                if sink.send(Message::Text(msg.encode().into())).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = stream.next().await {
-                if let Message::Text(text) = frame
-                    && let Ok(msg) = BotMessage::decode(&text)
-                    && got.send(msg).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let agent = FakeAgent { out, frames };
-        agent.send(AgentMessage::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            agent_version: "fake".into(),
-            capacity: 1,
-            projects: vec![ProjectInfo {
-                name: ProjectName::new("web").unwrap(),
-                max_concurrent: 1,
-            }],
-            running: Vec::new(),
-            held_results: Vec::new(),
-        }));
-        wait_agents(addr, connected).await;
-        agent
-    }
-
-    /// The frames the bot sends up to and including the next task it hands over.
-    async fn frames_until_submit(&mut self) -> Vec<BotMessage> {
-        let mut seen = Vec::new();
-        // One deadline for them all: heartbeats alone must not keep it waiting.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.frames.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no task in time; frames so far: {seen:?}"))
-                .expect("the connection is open");
-            let submit = matches!(frame, BotMessage::Submit(_));
-            seen.push(frame);
-            if submit {
-                return seen;
-            }
-        }
-    }
-
-    fn send(&self, msg: AgentMessage) {
-        self.out.send(msg).unwrap();
-    }
-
-    /// The next task the bot hands over.
-    async fn submitted(&mut self) -> Submit {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.frames.recv())
-                .await
-                .expect("a task in time")
-                .expect("the connection is open");
-            if let BotMessage::Submit(s) = frame {
-                return *s;
-            }
-        }
-    }
-
-    /// The frames the bot sends until it acknowledges `task`'s final event.
-    async fn frames_until_ack(&mut self, task: TaskId) -> Vec<BotMessage> {
-        let mut seen = Vec::new();
-        loop {
-            let frame = tokio::time::timeout(DEADLINE, self.frames.recv())
-                .await
-                .expect("the ack in time")
-                .expect("the connection is open");
-            if matches!(frame, BotMessage::Ack { task: t, .. } if t == task) {
-                return seen;
-            }
-            seen.push(frame);
-        }
-    }
-
-    /// Accepts `task`, one step.
-    fn start(&self, task: TaskId) {
-        self.send(AgentMessage::Accepted { task, seq: 1 });
-        self.send(AgentMessage::Step {
-            task,
-            seq: 2,
-            text: "thinking".into(),
-        });
-    }
-
-    /// Completes `task` with `text`, producing `session`.
-    fn complete(&self, task: TaskId, text: &str, session: &str) {
-        self.send(AgentMessage::Completed {
-            task,
-            seq: 3,
-            result: TaskResult {
-                text: text.into(),
-                session_id: Some(session.into()),
-                ..TaskResult::default()
-            },
-        });
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_on_a_queued_task_removes_it_for_its_requester_or_an_admin_only() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     assert_eq!(rig.baton("fix the flaky login test", "U1").await, "");
     let ts = rig.message_ts(1).await;
     let queued = rig.shows(&ts, "Queued").await;
@@ -439,7 +93,7 @@ async fn cancel_on_a_queued_task_removes_it_for_its_requester_or_an_admin_only()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_double_click_on_cancel_cancels_once_and_says_so() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.baton("fix the flaky login test", "U1").await;
     let ts = rig.message_ts(1).await;
     let cancel = button(&rig.shows(&ts, "Queued").await, "Cancel").unwrap();
@@ -473,7 +127,7 @@ async fn a_double_click_on_cancel_cancels_once_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_creates_one_new_task_and_says_so_in_the_old_thread() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.baton("review the auth module", "U1").await;
     let ts = rig.message_ts(1).await;
     let cancel = button(&rig.shows(&ts, "Queued").await, "Cancel").unwrap();
@@ -539,7 +193,7 @@ async fn retry_creates_one_new_task_and_says_so_in_the_old_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_on_a_finished_task_gets_a_clear_answer_and_changes_nothing() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let mut agent = FakeAgent::connect(rig.addr()).await;
     rig.baton("say hello", "U1").await;
     let submit = agent.submitted().await;
@@ -584,7 +238,7 @@ async fn a_click_on_a_finished_task_gets_a_clear_answer_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_result_continues_in_the_thread_in_order_once() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let mut agent = FakeAgent::connect(rig.addr()).await;
     rig.baton("write the report", "U1").await;
     let submit = agent.submitted().await;
@@ -634,7 +288,7 @@ async fn a_long_result_continues_in_the_thread_in_order_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_six_thousand_line_result_is_uploaded_as_one_file_with_its_beginning_shown() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let mut agent = FakeAgent::connect(rig.addr()).await;
     rig.baton("write the long report", "U1").await;
     let submit = agent.submitted().await;
@@ -687,7 +341,7 @@ async fn a_six_thousand_line_result_is_uploaded_as_one_file_with_its_beginning_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thread_posts_of_one_channel_never_burst_faster_than_the_pacing() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let mut agent = FakeAgent::connect(rig.addr()).await;
     // Two long results in one channel, one right after the other: three
     // replies, then a file while the replies are still going out.
@@ -729,7 +383,7 @@ async fn thread_posts_of_one_channel_never_burst_faster_than_the_pacing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_works_like_the_slash_command_once_per_event() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.event(
         "Ev1",
         mention("U1", "review the auth module", "1700000100.000100", None),
@@ -798,7 +452,7 @@ async fn a_mention_works_like_the_slash_command_once_per_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let mut agent = FakeAgent::connect(rig.addr()).await;
     rig.baton("plan the migration", "U1").await;
     let first = agent.submitted().await;
@@ -913,7 +567,7 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_queue_and_help_answer() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     assert_eq!(rig.baton("help", "U1").await, baton_bot::commands::help());
     assert_eq!(rig.baton("", "U1").await, baton_bot::commands::help());
     assert!(
@@ -966,7 +620,7 @@ async fn status_queue_and_help_answer() {
 /// never goes to another agent (nor back to the same one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_cancelled_before_it_was_accepted_ends_cancelled_and_is_never_sent_again() {
-    let rig = Rig::start_with(|s| {
+    let rig = Scene::start_with(|s| {
         two_agents(s);
         s.dispatch_timeout_secs = 1;
     })
@@ -1012,7 +666,7 @@ async fn a_task_cancelled_before_it_was_accepted_ends_cancelled_and_is_never_sen
 /// answers to `/baton retry` and to a new task arrive before any post lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slash_commands_are_answered_before_a_slow_slack_has_posted_anything() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.baton("review the auth module", "U1").await;
     let ts = rig.message_ts(1).await;
     let answer = rig.baton("cancel #1", "U1").await;
@@ -1061,7 +715,7 @@ async fn slash_commands_are_answered_before_a_slow_slack_has_posted_anything() {
 /// unseen: it ends cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_message_cannot_be_posted_is_not_run_and_the_person_is_told_how_to_fix_it() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.slack.fail_next("chat.postMessage", 1, "not_in_channel");
     let url = response_url_of(&rig.slack_url, "run");
     let (status, body) = baton_replying_to(rig.addr(), "fix the login", "U1", &url).await;
@@ -1088,7 +742,7 @@ async fn a_task_whose_message_cannot_be_posted_is_not_run_and_the_person_is_told
 /// later delivery of the same event changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_acknowledged_before_a_crash_is_handled_after_the_restart() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let payload = json!({
         "type": "event_callback",
         "team_id": "T1",
@@ -1096,12 +750,12 @@ async fn a_mention_acknowledged_before_a_crash_is_handled_after_the_restart() {
         "authorizations": [{"user_id": BOT_USER}],
         "event": mention("U1", "fix the login", "1700000000.000100", None),
     });
-    let Rig {
+    let Scene {
         slack,
         slack_url,
         bot,
         store,
-        _dir: dir,
+        dir,
     } = rig;
     let addr = bot.addr;
     bot.kill().await;
@@ -1134,12 +788,12 @@ async fn a_mention_acknowledged_before_a_crash_is_handled_after_the_restart() {
     .await;
     let (status, _) = post_event(addr, &payload, Some(1)).await;
     assert_eq!(status, 200);
-    let rig = Rig {
+    let rig = Scene {
         slack,
         slack_url,
         bot,
         store,
-        _dir: dir,
+        dir,
     };
     assert_eq!(rig.task_count().await, 1, "handled once");
     rig.stop().await;
@@ -1152,7 +806,7 @@ fn direct_message(user: &str, text: &str, ts: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_message_works_like_a_mention_and_is_never_left_unanswered() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.event(
         "Ev1",
         direct_message("U1", "--project web say hi", "1700000200.000100"),
@@ -1208,7 +862,7 @@ fn home_opened(user: &str) -> Value {
 }
 
 /// The text of the Home tab last published for `user`, once there is one.
-async fn home_of(rig: &Rig, user: &str, n: usize) -> String {
+async fn home_of(rig: &Scene, user: &str, n: usize) -> String {
     let view = eventually(&format!("home tab {n} of {user}"), || async {
         rig.slack
             .calls("views.publish")
@@ -1224,7 +878,7 @@ async fn home_of(rig: &Rig, user: &str, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_home_tab_shows_a_persons_tasks_and_projects_and_the_fleet_to_admins() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     rig.baton("fix the flaky login test", "U1").await;
     let ts = rig.message_ts(1).await;
 
@@ -1281,7 +935,7 @@ async fn the_home_tab_shows_a_persons_tasks_and_projects_and_the_fleet_to_admins
 /// on a command line is never handed back in a follow-up: it starts a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_up_never_resumes_a_session_id_that_is_not_one() {
-    let rig = Rig::start().await;
+    let rig = Scene::start().await;
     let mut agent = FakeAgent::connect(rig.addr()).await;
     rig.baton("plan the migration", "U1").await;
     let first = agent.submitted().await;
