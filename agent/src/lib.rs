@@ -468,6 +468,10 @@ impl Agent {
                 tracing::warn!(?code, message, "the bot reported a protocol error")
             }
             BotMessage::Welcome { .. } => {}
+            // This agent asks for no approvals yet; a decision it never asked for changes nothing.
+            BotMessage::ApprovalDecision { task, request, .. } => {
+                tracing::warn!(task = task.0, request, "a decision for no pending approval; ignored")
+            }
         }
     }
 

@@ -45,3 +45,13 @@ pub const MAX_FILES_PER_TASK: usize = 5;
 
 /// Longest name of a file written into a task's `.baton/files/`, in bytes.
 pub const MAX_FILE_NAME_BYTES: usize = 128;
+
+/// Longest tool name in an `approval_request`, in characters.
+pub const MAX_APPROVAL_TOOL_CHARS: usize = 100;
+
+/// Longest view of a tool's input in an `approval_request`, in characters;
+/// the agent cuts longer inputs (the person sees a short view, not the whole).
+pub const MAX_APPROVAL_INPUT_CHARS: usize = 1_000;
+
+/// Most approval requests one task may make; past it the agent denies by itself.
+pub const MAX_APPROVALS_PER_TASK: u32 = 1_000;

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentName, Persona, ProjectName, SessionId, TaskId};
 use crate::limits::{
-    MAX_ERROR_BYTES, MAX_FRAME_BYTES, MAX_HELLO_TASKS, MAX_OUTPUT_CHUNK_BYTES,
-    MAX_PROJECTS_PER_AGENT, MAX_PROMPT_CHARS, MAX_RESULT_BYTES, MAX_STEP_CHARS,
+    MAX_APPROVAL_INPUT_CHARS, MAX_APPROVAL_TOOL_CHARS, MAX_APPROVALS_PER_TASK, MAX_ERROR_BYTES,
+    MAX_FRAME_BYTES, MAX_HELLO_TASKS, MAX_OUTPUT_CHUNK_BYTES, MAX_PROJECTS_PER_AGENT,
+    MAX_PROMPT_CHARS, MAX_RESULT_BYTES, MAX_STEP_CHARS,
 };
 
 /// The protocol version this build speaks.
@@ -242,6 +243,23 @@ pub enum AgentMessage {
     },
     /// The agent is shutting down: send it no more tasks.
     Draining,
+    /// A running task asks a person's yes before a tool call. Not a sequenced
+    /// event: `(task, request)` names it, the agent re-sends every undecided
+    /// request after each `welcome`, and the bot records it once and answers
+    /// (again) with `approval_decision` when it has one.
+    ApprovalRequest {
+        /// The task.
+        task: TaskId,
+        /// The request's number within the task, from 1.
+        request: u32,
+        /// What asks: a Claude Code tool name ("Bash", "Edit"), or
+        /// `command` for a `"$BATON_AGENT" approve` from a command task.
+        tool: String,
+        /// A short view of what it wants to do (the command, the file), cut
+        /// by the agent to [`MAX_APPROVAL_INPUT_CHARS`].
+        #[serde(default)]
+        input: String,
+    },
 }
 
 impl AgentMessage {
@@ -255,7 +273,9 @@ impl AgentMessage {
             | AgentMessage::Completed { task, seq, .. }
             | AgentMessage::Failed { task, seq, .. }
             | AgentMessage::Cancelled { task, seq } => Some((*task, *seq)),
-            AgentMessage::Hello(_) | AgentMessage::Draining => None,
+            AgentMessage::Hello(_)
+            | AgentMessage::Draining
+            | AgentMessage::ApprovalRequest { .. } => None,
         }
     }
 
@@ -312,6 +332,28 @@ impl AgentMessage {
             }
             AgentMessage::Rejected { message, .. } if message.len() > MAX_ERROR_BYTES => {
                 Err(too_large("message", MAX_ERROR_BYTES))
+            }
+            AgentMessage::ApprovalRequest {
+                request,
+                tool,
+                input,
+                ..
+            } => {
+                if *request == 0 || *request > MAX_APPROVALS_PER_TASK {
+                    return Err(invalid(
+                        "request must be between 1 and MAX_APPROVALS_PER_TASK",
+                    ));
+                }
+                if tool.trim().is_empty() {
+                    return Err(invalid("the tool is empty"));
+                }
+                if tool.chars().count() > MAX_APPROVAL_TOOL_CHARS {
+                    return Err(too_large("tool", MAX_APPROVAL_TOOL_CHARS));
+                }
+                if input.chars().count() > MAX_APPROVAL_INPUT_CHARS {
+                    return Err(too_large("input", MAX_APPROVAL_INPUT_CHARS));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -372,6 +414,20 @@ pub enum BotMessage {
         /// The acknowledged event's sequence number.
         seq: Seq,
     },
+    /// The answer to an `approval_request`. Sent once when decided, and
+    /// again whenever the agent re-sends the request; the agent applies the
+    /// first and ignores the rest.
+    ApprovalDecision {
+        /// The task.
+        task: TaskId,
+        /// The request's number within the task.
+        request: u32,
+        /// What was decided.
+        decision: Decision,
+        /// The Slack user who decided; `None` for a timeout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// The agent sent something the bot could not use; nothing was changed.
     Error {
         /// What kind of problem.
@@ -426,6 +482,25 @@ impl BotMessage {
             code: err.code(),
             message: err.to_string(),
         }
+    }
+}
+
+/// What a person (or the clock) decided about an approval request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Go ahead.
+    Approved,
+    /// Do not.
+    Denied,
+    /// Nobody answered within `BATON_APPROVAL_TIMEOUT_SECS`: a no.
+    TimedOut,
+}
+
+impl Decision {
+    /// Whether the tool call may go ahead.
+    pub fn allows(self) -> bool {
+        self == Decision::Approved
     }
 }
 
@@ -504,8 +579,16 @@ const AGENT_TYPES: &[&str] = &[
     "failed",
     "cancelled",
     "draining",
+    "approval_request",
 ];
-const BOT_TYPES: &[&str] = &["welcome", "submit", "cancel", "ack", "error"];
+const BOT_TYPES: &[&str] = &[
+    "welcome",
+    "submit",
+    "cancel",
+    "ack",
+    "approval_decision",
+    "error",
+];
 
 /// Decodes a frame, telling malformed JSON, an unknown type and bad fields apart.
 fn decode_frame<T: serde::de::DeserializeOwned>(
@@ -614,6 +697,12 @@ mod tests {
             },
             AgentMessage::Cancelled { task: t, seq: 5 },
             AgentMessage::Draining,
+            AgentMessage::ApprovalRequest {
+                task: t,
+                request: 1,
+                tool: "Bash".into(),
+                input: "rm -rf build/".into(),
+            },
         ]
     }
 
@@ -639,6 +728,18 @@ mod tests {
                 task: TaskId(42),
                 seq: 4,
             },
+            BotMessage::ApprovalDecision {
+                task: TaskId(42),
+                request: 1,
+                decision: Decision::Approved,
+                by: Some("U1".into()),
+            },
+            BotMessage::ApprovalDecision {
+                task: TaskId(42),
+                request: 2,
+                decision: Decision::TimedOut,
+                by: None,
+            },
             BotMessage::Error {
                 code: ErrorCode::Malformed,
                 message: "x".into(),
@@ -660,6 +761,41 @@ mod tests {
             let frame = msg.encode();
             assert_eq!(BotMessage::decode(&frame), Ok(msg), "{frame}");
         }
+    }
+
+    #[test]
+    fn an_approval_request_out_of_bounds_is_refused() {
+        let too_long = "x".repeat(MAX_APPROVAL_INPUT_CHARS + 1);
+        for (frame, what) in [
+            (
+                r#"{"type":"approval_request","task":1,"request":0,"tool":"Bash"}"#.to_owned(),
+                "request",
+            ),
+            (
+                r#"{"type":"approval_request","task":1,"request":1,"tool":" "}"#.to_owned(),
+                "tool",
+            ),
+            (
+                format!(
+                    r#"{{"type":"approval_request","task":1,"request":1,"tool":"Bash","input":"{too_long}"}}"#
+                ),
+                "input",
+            ),
+        ] {
+            let err = AgentMessage::decode(&frame).expect_err(what);
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+        assert_eq!(
+            BotMessage::decode(
+                r#"{"type":"approval_decision","task":1,"request":1,"decision":"timed_out"}"#
+            ),
+            Ok(BotMessage::ApprovalDecision {
+                task: TaskId(1),
+                request: 1,
+                decision: Decision::TimedOut,
+                by: None,
+            })
+        );
     }
 
     #[test]

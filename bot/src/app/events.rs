@@ -221,7 +221,10 @@ impl App {
                     }
                 }
             }
-            AgentMessage::Hello(_) | AgentMessage::Draining => Vec::new(),
+            // Not task events: `task_seq` returned early for them.
+            AgentMessage::Hello(_)
+            | AgentMessage::Draining
+            | AgentMessage::ApprovalRequest { .. } => Vec::new(),
         }
     }
 
