@@ -7,141 +7,45 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use baton_bot::model::Retry;
 use baton_bot::settings::DefaultAccess;
 use baton_shared::ProjectName;
 use baton_shared::protocol::{AgentMessage, Hello, PROTOCOL_VERSION, ProjectInfo};
+use baton_testkit::scene::Scene;
 use baton_testkit::*;
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// How long any one outcome may take to show.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A bot with project `web` bound to channel C1 (and project `api`, bound
-/// nowhere), no agent, and the fake Slack.
-struct Rig {
-    slack: Arc<FakeSlack>,
-    bot: Bot,
-    store: baton_bot::store::Store,
-    _dir: tempfile::TempDir,
+/// The scene (project `web` bound to channel C1, no agent, the fake Slack)
+/// with project `api` too, bound nowhere.
+async fn start_with(tweak: impl FnOnce(&mut baton_bot::settings::Settings)) -> Scene {
+    let rig = Scene::start_with(tweak).await;
+    rig.store.ensure_project("api").await.unwrap();
+    rig
 }
 
-impl Rig {
-    async fn start() -> Rig {
-        Self::start_with(|_| {}).await
-    }
+async fn start() -> Scene {
+    start_with(|_| {}).await
+}
 
-    async fn start_with(tweak: impl FnOnce(&mut baton_bot::settings::Settings)) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let (slack, url) = fake_slack().await;
-        let bot = Bot::start(&url, dir.path(), tweak).await;
-        let bound = admin(bot.addr, "project bind web").await;
-        assert!(bound.contains("project `web`"), "{bound}");
-        let store = bot.store().await;
-        store.ensure_project("api").await.unwrap();
-        Rig {
-            slack,
-            bot,
-            store,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.bot.addr
-    }
-
-    /// A slash command as `user` in `channel`: its ephemeral text, or "".
-    async fn command(&self, command: &str, text: &str, user: &str, channel: &str) -> String {
-        let form = [
-            ("command", command),
-            ("text", text),
-            ("user_id", user),
-            ("channel_id", channel),
-            ("team_id", "T1"),
-            ("response_url", "http://127.0.0.1:9/response"),
-        ];
-        let (status, body) =
-            post_signed(self.addr(), "/slack/commands", &form, SIGNING_SECRET).await;
-        assert_eq!(status, 200, "{body}");
-        if body.is_empty() {
-            return body;
-        }
-        let json: Value = serde_json::from_str(&body).unwrap();
-        json["text"].as_str().unwrap().to_owned()
-    }
-
-    /// `/baton TEXT` as `user` in C1.
-    async fn baton(&self, text: &str, user: &str) -> String {
-        self.command("/baton", text, user, "C1").await
-    }
-
-    /// `/baton-admin TEXT` as UADMIN in C1.
-    async fn admin(&self, text: &str) -> String {
-        self.command("/baton-admin", text, "UADMIN", "C1").await
-    }
-
-    async fn task_count(&self) -> usize {
-        self.store.recent_tasks(1_000).await.unwrap().len()
-    }
-
-    /// The audit entries, newest first, as `actor action target detail`.
-    async fn audit(&self) -> Vec<String> {
-        self.store
-            .audit_log(100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| format!("{} {} {} {}", r.actor, r.action, r.target, r.detail))
-            .collect()
-    }
-
-    /// Clicks a button `action` carrying task `id`, as `user` in C1; returns
-    /// the ephemeral answer (the `n`th to that user).
-    async fn click(&self, user: &str, action: &str, id: i64, n: usize) -> String {
-        let payload = json!({
-            "type": "block_actions",
-            "team": {"id": "T1"},
-            "user": {"id": user},
-            "channel": {"id": "C1"},
-            "actions": [{"type": "button", "block_id": "b", "action_id": action,
-                         "value": id.to_string(), "action_ts": "1700000000.1"}],
-        })
-        .to_string();
-        let (status, body) = post_signed(
-            self.addr(),
-            "/slack/interactions",
-            &[("payload", payload.as_str())],
-            SIGNING_SECRET,
-        )
+/// Clicks a button `action` carrying task `id`, as `user` in C1; returns
+/// the ephemeral answer (the `n`th to that user).
+async fn click(rig: &Scene, user: &str, action: &str, id: i64, n: usize) -> String {
+    rig.click(user, &json!({"action_id": action, "value": id.to_string()}))
         .await;
-        assert_eq!(status, 200, "{body}");
-        self.ephemeral(user, n).await
-    }
-
-    /// `user`'s `n`th ephemeral message (from 1).
-    async fn ephemeral(&self, user: &str, n: usize) -> String {
-        eventually(&format!("answer {n} to {user}"), || async {
-            self.slack
-                .calls("chat.postEphemeral")
-                .into_iter()
-                .filter(|c| c.body["user"] == user)
-                .nth(n - 1)
-                .map(|c| c.body["text"].as_str().unwrap().to_owned())
-        })
-        .await
-    }
+    rig.ephemeral(user, n).await
 }
 
 /// Asserts that `/baton` as `user` was refused with a text containing every
 /// one of `says`, and that no task was created.
-async fn refused(rig: &Rig, reply: &str, says: &[&str]) {
+async fn refused(rig: &Scene, reply: &str, says: &[&str]) {
     for s in says {
         assert!(reply.contains(s), "{s:?} missing from the refusal: {reply}");
     }
@@ -154,7 +58,7 @@ async fn refused(rig: &Rig, reply: &str, says: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_empty_list_members_may_and_guests_and_outsiders_may_not_unless_named() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.slack.set_user(
         "UGUEST",
         FakeUser {
@@ -221,7 +125,7 @@ async fn with_an_empty_list_members_may_and_guests_and_outsiders_may_not_unless_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_slack_cannot_say_who_someone_is_the_task_is_refused() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.slack.fail_next("users.info", 1, "internal_error");
     let reply = rig.baton("fix it", "U1").await;
     refused(&rig, &reply, &["could not check with Slack", "users:read"]).await;
@@ -243,7 +147,7 @@ async fn when_slack_cannot_say_who_someone_is_the_task_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_naming_people_lets_in_them_and_their_user_groups_only() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.slack.set_group("S1", &["U2"]);
     let added = rig
         .admin("project allow web <@U1> <!subteam^S1|@devs>")
@@ -309,7 +213,7 @@ async fn a_list_naming_people_lets_in_them_and_their_user_groups_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_naming_channels_checks_the_channel_and_project_is_no_way_around_it() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.admin("project allow api <#C2|ops>").await;
     // From C1 (bound to web), naming api: refused.
     let reply = rig.baton("--project api drop the cache", "U1").await;
@@ -356,7 +260,7 @@ async fn a_list_naming_channels_checks_the_channel_and_project_is_no_way_around_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_default_access_admins_an_empty_list_lets_only_admins_in() {
-    let rig = Rig::start_with(|s| s.default_access = DefaultAccess::Admins).await;
+    let rig = start_with(|s| s.default_access = DefaultAccess::Admins).await;
     let reply = rig.baton("fix it", "U1").await;
     refused(
         &rig,
@@ -376,7 +280,7 @@ async fn with_default_access_admins_an_empty_list_lets_only_admins_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_takes_only_its_personas() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     let set = rig.admin("project personas web code,review").await;
     assert!(set.contains("`web` now takes `code`, `review`"), "{set}");
     for user in ["U1", "UADMIN"] {
@@ -407,7 +311,7 @@ async fn a_project_takes_only_its_personas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_is_seen_by_its_channel_and_handled_by_its_requester_or_an_admin() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.slack.set_members("C1", &["U1", "U2"]);
     assert_eq!(rig.baton("fix the private thing", "U1").await, "");
     rig.store.task(1).await.unwrap().unwrap();
@@ -419,12 +323,12 @@ async fn a_task_is_seen_by_its_channel_and_handled_by_its_requester_or_an_admin(
         assert!(reply.starts_with(nothing), "{text}: {reply}");
     }
     assert!(
-        rig.click("U3", "baton_cancel", 1, 1)
+        click(&rig, "U3", "baton_cancel", 1, 1)
             .await
             .starts_with(nothing)
     );
     assert!(
-        rig.click("U3", "baton_retry", 1, 2)
+        click(&rig, "U3", "baton_retry", 1, 2)
             .await
             .starts_with(nothing)
     );
@@ -491,7 +395,7 @@ async fn a_task_is_seen_by_its_channel_and_handled_by_its_requester_or_an_admin(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_lists_only_the_persons_own_tasks_and_queue_lists_what_they_may_see() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.slack.set_members("C1", &["U1", "U2"]);
     rig.slack.set_members("C9", &["U3"]);
     assert!(
@@ -542,7 +446,7 @@ async fn status_lists_only_the_persons_own_tasks_and_queue_lists_what_they_may_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_threads_requester_or_an_admin_continues_it() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     rig.baton("plan the migration", "U1").await;
     let root = eventually("task #1's message", || async {
         rig.store.task(1).await.unwrap().and_then(|t| t.message_ts)
@@ -579,7 +483,7 @@ async fn only_the_threads_requester_or_an_admin_continues_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_access_commands_change_the_lists_and_are_audited() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     let none = rig.admin("project access web").await;
     assert!(
         none.contains("The access list is empty") && none.contains("every full member"),
@@ -707,7 +611,7 @@ fn hello(projects: &[&str]) -> Hello {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_key_serves_only_the_projects_it_grants() {
-    let rig = Rig::start_with(|s| {
+    let rig = start_with(|s| {
         s.agent_keys = format!("e2e:{AGENT_KEY}:web").into();
     })
     .await;
@@ -781,7 +685,7 @@ async fn an_agent_key_serves_only_the_projects_it_grants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_never_reads_is_disconnected_not_buffered_for_ever() {
-    let rig = Rig::start().await;
+    let rig = start().await;
     // A small receive buffer, and no reads: what the bot sends piles up.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -6,109 +6,61 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use baton_bot::model::{ResultMeta, TaskState};
 use baton_bot::settings::{NotifyMode, Settings};
-use baton_bot::store::{Ending, Store};
+use baton_bot::store::Ending;
+use baton_testkit::scene::Scene;
 use baton_testkit::*;
 use serde_json::Value;
 
-/// A bot with project `web` bound to C1 (no agent: tasks stay queued until
-/// the test ends them), and the fake Slack.
-struct Rig {
-    slack: Arc<FakeSlack>,
-    url: String,
-    bot: Option<Bot>,
-    store: Store,
-    dir: tempfile::TempDir,
-    /// `BATON_NOTIFY`, for this bot and the restarted one.
-    mode: NotifyMode,
+/// The scene (project `web` bound to C1, no agent: tasks stay queued until
+/// the test ends them, the fake Slack) with `BATON_NOTIFY` = `mode`.
+async fn start(mode: NotifyMode) -> Scene {
+    Scene::start_with(move |s: &mut Settings| s.notify = mode).await
 }
 
-impl Rig {
-    async fn start(mode: NotifyMode) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let (slack, url) = fake_slack().await;
-        let bot = Bot::start(&url, dir.path(), move |s: &mut Settings| s.notify = mode).await;
-        let bound = admin(bot.addr, "project bind web").await;
-        assert!(bound.contains("project `web`"), "{bound}");
-        let store = bot.store().await;
-        Rig {
-            slack,
-            url,
-            bot: Some(bot),
-            store,
-            dir,
-            mode,
-        }
-    }
+/// `/baton TEXT` as U1; the new task's id and message ts, once posted.
+async fn task(rig: &Scene, text: &str) -> (i64, String) {
+    assert_eq!(rig.baton(text, "U1").await, "");
+    let id = eventually("the task", || async {
+        rig.store
+            .recent_tasks(1)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .map(|t| t.id)
+    })
+    .await;
+    (id, rig.message_ts(id).await)
+}
 
-    /// `/baton TEXT` as U1; the new task's id and message ts, once posted.
-    async fn task(&self, text: &str) -> (i64, String) {
-        let addr = self.bot.as_ref().unwrap().addr;
-        let (status, body) = baton(addr, text, "U1").await;
-        assert_eq!(status, 200, "{body}");
-        let id = eventually("the task", || async {
-            self.store
-                .recent_tasks(1)
-                .await
-                .unwrap()
-                .into_iter()
-                .next()
-                .map(|t| t.id)
-        })
-        .await;
-        let ts = eventually("the task's message", || async {
-            self.store
-                .task(id)
-                .await
-                .unwrap()
-                .and_then(|t| t.message_ts)
-        })
-        .await;
-        (id, ts)
-    }
+/// Ends queued task `id` as `ending`, and records that its message shows
+/// it, as the bot does (the notification waits for that).
+async fn end(rig: &Scene, id: i64, ending: Ending) {
+    assert!(
+        rig.store
+            .finish(id, None, None, &[TaskState::Queued], &ending)
+            .await
+            .unwrap()
+    );
+    rig.store.mark_slack_synced(id).await.unwrap();
+}
 
-    /// Ends queued task `id` as `ending`, and records that its message shows
-    /// it, as the bot does (the notification waits for that).
-    async fn end(&self, id: i64, ending: Ending) {
-        assert!(
-            self.store
-                .finish(id, None, None, &[TaskState::Queued], &ending)
-                .await
-                .unwrap()
-        );
-        self.store.mark_slack_synced(id).await.unwrap();
-    }
+/// Waits until task `id`'s notification is settled.
+async fn settled(rig: &Scene, id: i64) {
+    eventually("the notification settled", || async {
+        let (done, _) = rig.store.notice_state(id).await.unwrap()?;
+        done.then_some(())
+    })
+    .await;
+}
 
-    /// Waits until task `id`'s notification is settled.
-    async fn settled(&self, id: i64) {
-        eventually("the notification settled", || async {
-            let (done, _) = self.store.notice_state(id).await.unwrap()?;
-            done.then_some(())
-        })
-        .await;
-    }
-
-    /// The accepted posts that carry task `id`'s notification.
-    fn notices(&self, id: i64) -> Vec<Value> {
-        notices(&self.slack.calls("chat.postMessage"), id)
-    }
-
-    /// Kills the bot (as kill -9 would) and starts it again on the same
-    /// database, address and Slack.
-    async fn kill_and_restart(&mut self) {
-        let bot = self.bot.take().unwrap();
-        let (addr, mode) = (bot.addr, self.mode);
-        bot.kill().await;
-        let bot = Bot::restart(addr, &self.url, self.dir.path(), move |s: &mut Settings| {
-            s.notify = mode
-        })
-        .await;
-        self.bot = Some(bot);
-    }
+/// The accepted posts that carry task `id`'s notification.
+fn posted(rig: &Scene, id: i64) -> Vec<Value> {
+    notices(&rig.slack.calls("chat.postMessage"), id)
 }
 
 /// The calls among `calls` that carry task `id`'s notification.
@@ -137,11 +89,11 @@ fn completed() -> Ending {
 
 #[tokio::test]
 async fn a_completed_task_mentions_its_requester_once_in_its_thread() {
-    let rig = Rig::start(NotifyMode::Thread).await;
-    let (id, ts) = rig.task("fix the login test").await;
-    rig.end(id, completed()).await;
-    rig.settled(id).await;
-    let posted = rig.notices(id);
+    let rig = start(NotifyMode::Thread).await;
+    let (id, ts) = task(&rig, "fix the login test").await;
+    end(&rig, id, completed()).await;
+    settled(&rig, id).await;
+    let posted = posted(&rig, id);
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!(posted[0]["channel"], "C1");
     assert_eq!(posted[0]["thread_ts"], ts.as_str());
@@ -153,9 +105,10 @@ async fn a_completed_task_mentions_its_requester_once_in_its_thread() {
 
 #[tokio::test]
 async fn dm_mode_writes_to_the_requester_with_the_reason_of_a_failure() {
-    let rig = Rig::start(NotifyMode::Dm).await;
-    let (id, _) = rig.task("deploy the site").await;
-    rig.end(
+    let rig = start(NotifyMode::Dm).await;
+    let (id, _) = task(&rig, "deploy the site").await;
+    end(
+        &rig,
         id,
         Ending::Failed {
             error: "disk <full>\nat /srv".into(),
@@ -164,8 +117,8 @@ async fn dm_mode_writes_to_the_requester_with_the_reason_of_a_failure() {
         },
     )
     .await;
-    rig.settled(id).await;
-    let posted = rig.notices(id);
+    settled(&rig, id).await;
+    let posted = posted(&rig, id);
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!(posted[0]["channel"], "U1", "a message to the person");
     assert!(posted[0]["thread_ts"].is_null(), "{posted:?}");
@@ -180,35 +133,38 @@ async fn dm_mode_writes_to_the_requester_with_the_reason_of_a_failure() {
 
 #[tokio::test]
 async fn off_mode_tells_nobody() {
-    let rig = Rig::start(NotifyMode::Off).await;
-    let (id, _) = rig.task("tidy the docs").await;
-    rig.end(
+    let rig = start(NotifyMode::Off).await;
+    let (id, _) = task(&rig, "tidy the docs").await;
+    end(
+        &rig,
         id,
         Ending::Cancelled {
             note: "cancelled by <@U1>".into(),
         },
     )
     .await;
-    rig.settled(id).await;
-    assert!(rig.notices(id).is_empty());
+    settled(&rig, id).await;
+    assert!(posted(&rig, id).is_empty());
 }
 
 #[tokio::test]
 async fn a_restart_right_after_the_end_still_mentions_once() {
-    let mut rig = Rig::start(NotifyMode::Thread).await;
-    let (id, _) = rig.task("bump the version").await;
-    rig.end(id, completed()).await;
-    rig.kill_and_restart().await;
-    rig.settled(id).await;
-    assert_eq!(rig.notices(id).len(), 1, "{:?}", rig.notices(id));
+    let rig = start(NotifyMode::Thread).await;
+    let (id, _) = task(&rig, "bump the version").await;
+    end(&rig, id, completed()).await;
+    let rig = rig
+        .kill_and_restart(|s: &mut Settings| s.notify = NotifyMode::Thread)
+        .await;
+    settled(&rig, id).await;
+    assert_eq!(posted(&rig, id).len(), 1, "{:?}", posted(&rig, id));
 }
 
 #[tokio::test]
 async fn a_post_whose_answer_was_lost_is_not_posted_again_after_a_restart() {
-    let mut rig = Rig::start(NotifyMode::Thread).await;
-    let (id, ts) = rig.task("rename the module").await;
+    let rig = start(NotifyMode::Thread).await;
+    let (id, ts) = task(&rig, "rename the module").await;
     rig.slack.lose_answers("chat.postMessage", 1);
-    rig.end(id, completed()).await;
+    end(&rig, id, completed()).await;
     // Slack has the notification, the bot never hears so.
     eventually("the notification posted", || async {
         (!notices(&rig.slack.attempts("chat.postMessage"), id).is_empty()).then_some(())
@@ -216,9 +172,11 @@ async fn a_post_whose_answer_was_lost_is_not_posted_again_after_a_restart() {
     .await;
     let (done, claim) = rig.store.notice_state(id).await.unwrap().unwrap();
     assert!(!done && claim.is_some(), "claimed, not settled");
-    rig.kill_and_restart().await;
-    rig.settled(id).await;
-    assert_eq!(rig.notices(id).len(), 1, "{:?}", rig.notices(id));
+    let rig = rig
+        .kill_and_restart(|s: &mut Settings| s.notify = NotifyMode::Thread)
+        .await;
+    settled(&rig, id).await;
+    assert_eq!(posted(&rig, id).len(), 1, "{:?}", posted(&rig, id));
     assert!(
         rig.slack
             .calls("conversations.replies")
@@ -230,28 +188,28 @@ async fn a_post_whose_answer_was_lost_is_not_posted_again_after_a_restart() {
 
 #[tokio::test]
 async fn a_notification_slack_refuses_for_good_is_given_up_not_retried() {
-    let rig = Rig::start(NotifyMode::Thread).await;
-    let (id, _) = rig.task("archive me").await;
+    let rig = start(NotifyMode::Thread).await;
+    let (id, _) = task(&rig, "archive me").await;
     rig.slack
         .fail_next("chat.postMessage", 1, "channel_not_found");
-    rig.end(id, completed()).await;
-    rig.settled(id).await;
+    end(&rig, id, completed()).await;
+    settled(&rig, id).await;
     let tried = notices(&rig.slack.attempts("chat.postMessage"), id);
     assert_eq!(tried.len(), 1, "tried once: {tried:?}");
-    assert!(rig.notices(id).is_empty(), "nothing posted");
+    assert!(posted(&rig, id).is_empty(), "nothing posted");
 }
 
 #[tokio::test]
 async fn a_rate_limited_notification_is_posted_once_slack_allows_it() {
-    let rig = Rig::start(NotifyMode::Thread).await;
-    let (id, _) = rig.task("slow down").await;
+    let rig = start(NotifyMode::Thread).await;
+    let (id, _) = task(&rig, "slow down").await;
     rig.slack.fail_next("chat.postMessage", 1, "ratelimited");
-    rig.end(id, completed()).await;
-    rig.settled(id).await;
+    end(&rig, id, completed()).await;
+    settled(&rig, id).await;
     let calls = rig.slack.attempts("chat.postMessage");
     let tried = notices(&calls, id);
     assert_eq!(tried.len(), 2, "refused, then posted: {tried:?}");
-    assert_eq!(rig.notices(id).len(), 1);
+    assert_eq!(posted(&rig, id).len(), 1);
     let refused = calls.iter().find(|c| c.error.is_some()).unwrap().at;
     let posted = calls
         .iter()
@@ -268,13 +226,11 @@ async fn a_rate_limited_notification_is_posted_once_slack_allows_it() {
 /// edited to show it, and only then is the requester mentioned.
 #[tokio::test]
 async fn a_cancelled_task_is_announced_after_its_message_shows_it() {
-    let rig = Rig::start(NotifyMode::Thread).await;
-    let (id, ts) = rig.task("never mind").await;
-    let addr = rig.bot.as_ref().unwrap().addr;
-    let (status, body) = baton(addr, &format!("cancel #{id}"), "U1").await;
-    assert_eq!(status, 200, "{body}");
-    rig.settled(id).await;
-    let posted = rig.notices(id);
+    let rig = start(NotifyMode::Thread).await;
+    let (id, ts) = task(&rig, "never mind").await;
+    rig.baton(&format!("cancel #{id}"), "U1").await;
+    settled(&rig, id).await;
+    let posted = posted(&rig, id);
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!(
         posted[0]["text"],

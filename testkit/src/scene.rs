@@ -193,6 +193,67 @@ impl Scene {
     pub async fn task_count(&self) -> usize {
         self.store.recent_tasks(1_000).await.unwrap().len()
     }
+
+    /// A slash command as `user` in `channel`: its ephemeral text, or "" for none.
+    pub async fn command(&self, command: &str, text: &str, user: &str, channel: &str) -> String {
+        let form = [
+            ("command", command),
+            ("text", text),
+            ("user_id", user),
+            ("channel_id", channel),
+            ("team_id", "T1"),
+            ("response_url", "http://127.0.0.1:9/response"),
+        ];
+        let (status, body) =
+            post_signed(self.addr(), "/slack/commands", &form, SIGNING_SECRET).await;
+        assert_eq!(status, 200, "{body}");
+        if body.is_empty() {
+            return body;
+        }
+        let json: Value = serde_json::from_str(&body).unwrap();
+        json["text"].as_str().unwrap().to_owned()
+    }
+
+    /// `/baton-admin TEXT` as UADMIN in C1.
+    pub async fn admin(&self, text: &str) -> String {
+        self.command("/baton-admin", text, "UADMIN", "C1").await
+    }
+
+    /// The audit entries, newest first, as `actor action target detail`.
+    pub async fn audit(&self) -> Vec<String> {
+        self.store
+            .audit_log(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {} {} {}", r.actor, r.action, r.target, r.detail))
+            .collect()
+    }
+
+    /// Kills the bot the way kill -9 would, and starts it again on the same
+    /// database, address and Slack, with `tweak` applied to its settings.
+    pub async fn kill_and_restart(
+        self,
+        tweak: impl FnOnce(&mut baton_bot::settings::Settings),
+    ) -> Scene {
+        let Scene {
+            slack,
+            slack_url,
+            bot,
+            store,
+            dir,
+        } = self;
+        let addr = bot.addr;
+        bot.kill().await;
+        let bot = Bot::restart(addr, &slack_url, dir.path(), tweak).await;
+        Scene {
+            slack,
+            slack_url,
+            bot,
+            store,
+            dir,
+        }
+    }
 }
 
 /// The button labelled `label` in a message body, if it has one.
