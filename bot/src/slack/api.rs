@@ -694,7 +694,7 @@ impl SlackApi {
     }
 
     /// `conversations.members`: the members of a channel, page by page (at
-    /// most [`MEMBERS_MAX_PAGES`]).
+    /// most `MEMBERS_MAX_PAGES`).
     pub async fn conversation_members(&self, channel: &str) -> Result<Vec<String>, SlackCallError> {
         let limit = MEMBERS_PAGE.to_string();
         let mut members = Vec::new();
