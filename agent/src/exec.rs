@@ -21,9 +21,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::approvals::{
+    AGENT_BIN_ENV, APPROVAL_SOCKET_ENV, APPROVAL_WAIT_CAP, HOOK_TIMEOUT_MARGIN, TaskLink,
+};
 use crate::claude_stream::StreamParser;
 use crate::codex_stream::CodexParser;
-use crate::config::{Config, ExecutorKind, Isolation, ProjectConfig};
+use crate::config::{Approve, Config, ExecutorKind, Isolation, ProjectConfig};
 use crate::gemini_stream::GeminiParser;
 use crate::opencode_stream::OpencodeParser;
 use crate::stream::{EventParser, StreamEvent};
@@ -366,6 +369,32 @@ pub fn invocation(
     Ok(Invocation { argv: a, stdin })
 }
 
+/// `s` as one word for `sh`: in single quotes, each `'` written as `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Claude Code's `--settings` for a project with `approve`: a `PreToolUse`
+/// hook on the project's tools that runs `'AGENT_BIN' hook` (a shell runs
+/// it), with a timeout past [`APPROVAL_WAIT_CAP`] since a hook Claude Code
+/// times out decides nothing (the tool would run).
+pub fn approval_settings(approve: &Approve, agent_bin: &std::path::Path) -> String {
+    let command = format!("{} hook", shell_quote(&agent_bin.to_string_lossy()));
+    serde_json::json!({
+        "hooks": {
+            "PreToolUse": [{
+                "matcher": approve.matcher(),
+                "hooks": [{
+                    "type": "command",
+                    "command": command,
+                    "timeout": (APPROVAL_WAIT_CAP + HOOK_TIMEOUT_MARGIN).as_secs(),
+                }],
+            }],
+        },
+    })
+    .to_string()
+}
+
 /// Signals the task's whole process group; a group already gone is fine.
 fn signal_group(pid: Option<u32>, sig: Signal) {
     if let Some(pid) = pid {
@@ -440,6 +469,8 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
 /// learns the process group once the executor is running. A project with
 /// `isolation = "worktree"` runs it in its own git worktree (see
 /// [`crate::worktree`]) and ends its result with the branch and diff stat.
+/// With `approval`, the task may ask for approval (see [`crate::approvals`]):
+/// its socket is in its environment, and its time limit is paused while it waits.
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
@@ -447,9 +478,20 @@ pub async fn run(
     events: mpsc::UnboundedSender<ExecEvent>,
     stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
+    approval: Option<TaskLink>,
 ) -> ExecEnd {
     if project.isolation != Isolation::Worktree {
-        return run_in(cfg, project, &project.path, submit, events, stop, started).await;
+        return run_in(
+            cfg,
+            project,
+            &project.path,
+            submit,
+            events,
+            stop,
+            started,
+            approval,
+        )
+        .await;
     }
     let session = submit
         .session_id
@@ -465,7 +507,10 @@ pub async fn run(
             };
         }
     };
-    let mut end = run_in(cfg, project, &wt.dir, submit, events, stop, started).await;
+    let mut end = run_in(
+        cfg, project, &wt.dir, submit, events, stop, started, approval,
+    )
+    .await;
     let session = match &mut end {
         ExecEnd::Completed(r) => {
             let summary = wt.summary().await;
@@ -481,6 +526,7 @@ pub async fn run(
 }
 
 /// Runs a task to its end in `cwd`.
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     cfg: &Config,
     project: &ProjectConfig,
@@ -489,8 +535,12 @@ async fn run_in(
     events: mpsc::UnboundedSender<ExecEvent>,
     mut stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
+    approval: Option<TaskLink>,
 ) -> ExecEnd {
-    let Invocation { argv, stdin: input } = match invocation(cfg, project, submit) {
+    let Invocation {
+        mut argv,
+        stdin: input,
+    } = match invocation(cfg, project, submit) {
         Ok(i) => i,
         Err(error) => {
             return ExecEnd::Failed {
@@ -500,6 +550,18 @@ async fn run_in(
             };
         }
     };
+    // The agent's own binary, for `"$BATON_AGENT" approve` and Claude Code's hook.
+    let agent_bin = std::env::current_exe().ok();
+    if let (ExecutorKind::Claude, Some(approve)) = (project.executor, &project.approve) {
+        let (Some(bin), Some(_)) = (&agent_bin, &approval) else {
+            return ExecEnd::Failed {
+                error: "the project's `approve` needs an approval socket and the agent's own path, and the agent has neither; see its log".into(),
+                cause: FailureCause::Misconfigured,
+                session_id: None,
+            };
+        };
+        argv.extend(["--settings".to_owned(), approval_settings(approve, bin)]);
+    }
     let Some((prog, args)) = argv.split_first() else {
         return ExecEnd::Failed {
             error: "no command configured".into(),
@@ -527,6 +589,15 @@ async fn run_in(
         .kill_on_drop(true);
     if let Some(s) = valid_session(submit.session_id.clone()) {
         cmd.env("BATON_SESSION_ID", s);
+    }
+    if let Some(link) = &approval {
+        cmd.env(APPROVAL_SOCKET_ENV, &link.socket);
+    }
+    if let (Some(bin), true) = (
+        &agent_bin,
+        approval.is_some() || project.executor == ExecutorKind::Command,
+    ) {
+        cmd.env(AGENT_BIN_ENV, bin);
     }
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
@@ -581,7 +652,10 @@ async fn run_in(
         .max_duration_secs
         .map(Duration::from_secs)
         .unwrap_or(cfg.max_duration);
-    let deadline = Instant::now() + max;
+    let mut deadline = Instant::now() + max;
+    // While the task waits for a person, its time limit is paused.
+    let mut waiting = approval.map(|l| l.waiting);
+    let mut paused_since: Option<Instant> = None;
     let mut parser = line_parser(project, cwd);
     let mut result_text = Bounded::new(MAX_RESULT_BYTES - TRUNCATION_MARKER.len());
     let mut stream_result = None;
@@ -656,7 +730,24 @@ async fn run_in(
                     kill_at = Some(Instant::now() + cfg.cancel_grace);
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if !timed_out && stopped.is_none() => {
+            changed = async { match waiting.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                let now_waiting = match (changed, waiting.as_mut()) {
+                    (Ok(()), Some(w)) => *w.borrow_and_update(),
+                    _ => {
+                        waiting = None;
+                        false
+                    }
+                };
+                match (now_waiting, paused_since) {
+                    (true, None) => paused_since = Some(Instant::now()),
+                    (false, Some(since)) => {
+                        deadline += since.elapsed();
+                        paused_since = None;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !timed_out && stopped.is_none() && paused_since.is_none() => {
                 timed_out = true;
                 signal_group(pid, Signal::SIGTERM);
                 kill_at = Some(Instant::now() + cfg.cancel_grace);
@@ -969,6 +1060,51 @@ mod tests {
             valid_session(Some("abc-1".into())).as_deref(),
             Some("abc-1")
         );
+    }
+
+    #[test]
+    fn the_approval_hook_settings_run_the_agent_through_a_shell_on_the_projects_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        // A path a shell would split or unquote: spaces, quotes, a `$`.
+        let sub = dir.path().join("it's a $HOME \"dir\"");
+        std::fs::create_dir(&sub).unwrap();
+        let bin = sub.join("baton-agent");
+        std::fs::write(&bin, "#!/bin/sh\nprintf '%s|' \"$0\" \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let approve = Approve::Tools(vec!["Bash".into(), "Write".into()]);
+        let settings: serde_json::Value =
+            serde_json::from_str(&approval_settings(&approve, &bin)).unwrap();
+        // The shape of the documented settings block.
+        let doc: serde_json::Value =
+            serde_json::from_str(
+                &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+                    "tests/fixtures/claude-code-hooks/docs-settings-two-pretooluse-hooks.json",
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+        let entry = &settings["hooks"]["PreToolUse"][0];
+        let doc_entry = &doc["hooks"]["PreToolUse"][0];
+        assert_eq!(entry["matcher"], "Bash|Write");
+        assert_eq!(entry["hooks"][0]["type"], doc_entry["hooks"][0]["type"]);
+        assert_eq!(
+            entry["hooks"][0]["timeout"],
+            (APPROVAL_WAIT_CAP + HOOK_TIMEOUT_MARGIN).as_secs()
+        );
+        // Run as Claude Code runs it: through a shell.
+        let command = entry["hooks"][0]["command"].as_str().unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", command])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}|hook|", bin.display())
+        );
+        let all: serde_json::Value =
+            serde_json::from_str(&approval_settings(&Approve::Word("all".into()), &bin)).unwrap();
+        assert_eq!(all["hooks"]["PreToolUse"][0]["matcher"], "*");
     }
 
     #[test]
