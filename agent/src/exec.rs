@@ -655,7 +655,10 @@ async fn run_in(
     let mut deadline = Instant::now() + max;
     // While the task waits for a person, its time limit is paused.
     let mut waiting = approval.map(|l| l.waiting);
-    let mut paused_since: Option<Instant> = None;
+    let mut paused_since: Option<Instant> = waiting
+        .as_mut()
+        .is_some_and(|w| *w.borrow_and_update())
+        .then(Instant::now);
     let mut parser = line_parser(project, cwd);
     let mut result_text = Bounded::new(MAX_RESULT_BYTES - TRUNCATION_MARKER.len());
     let mut stream_result = None;
@@ -1105,6 +1108,130 @@ mod tests {
         let all: serde_json::Value =
             serde_json::from_str(&approval_settings(&Approve::Word("all".into()), &bin)).unwrap();
         assert_eq!(all["hooks"]["PreToolUse"][0]["matcher"], "*");
+    }
+
+    /// A command task that waits until the test writes to `dir/go` (a fifo),
+    /// with a one-second time limit.
+    fn waiting_task(dir: &std::path::Path) -> (Config, ProjectConfig) {
+        let fifo = dir.join("go");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (cfg, mut project) = config(ExecutorKind::Claude);
+        project.executor = ExecutorKind::Command;
+        project.command = vec!["sh".into(), "-c".into(), "cat ./go; echo done".into()];
+        project.path = dir.to_owned();
+        project.max_duration_secs = Some(1);
+        (cfg, project)
+    }
+
+    /// Runs `project`'s task 1 with `link`.
+    fn start(
+        cfg: &Config,
+        project: &ProjectConfig,
+        link: TaskLink,
+    ) -> (tokio::task::JoinHandle<ExecEnd>, watch::Sender<StopReason>) {
+        let (events, _) = mpsc::unbounded_channel();
+        let (stop_tx, stop) = watch::channel(StopReason::None);
+        let (cfg, project) = (cfg.clone(), project.clone());
+        let task = tokio::spawn(async move {
+            run(
+                &cfg,
+                &project,
+                &submit(None, &[]),
+                events,
+                stop,
+                |_| {},
+                Some(link),
+            )
+            .await
+        });
+        (task, stop_tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_waiting_for_approval_does_not_count_toward_the_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, project) = waiting_task(dir.path());
+        let (out, _requests) = mpsc::unbounded_channel();
+        let approvals = crate::approvals::Approvals::new(dir.path(), out);
+        let waiting = approvals.register(TaskId(1));
+        let ask = tokio::spawn({
+            let a = approvals.clone();
+            async move { a.ask(TaskId(1), "command", "deploy").await }
+        });
+        let mut w = waiting.clone();
+        w.wait_for(|w| *w).await.unwrap();
+        let link = TaskLink {
+            socket: dir.path().join("none.sock"),
+            waiting,
+        };
+        let (task, _stop) = start(&cfg, &project, link);
+        // A hundred times the limit passes while a person is asked.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!task.is_finished(), "the limit is paused while waiting");
+        // Decided: the limit runs again, with the second it had left.
+        assert!(approvals.decide(
+            TaskId(1),
+            1,
+            baton_shared::protocol::Decision::Approved,
+            None
+        ));
+        ask.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let end = task.await.unwrap();
+        assert!(
+            matches!(&end, ExecEnd::Failed { cause: FailureCause::Timeout, error, .. } if error == "timed out after 1 s"),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_finishes_while_waiting_is_not_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, project) = waiting_task(dir.path());
+        // A request pending from the start to the end (no timer of its own:
+        // the paused clock jumps to the next timer whenever the test idles).
+        let (_pending, waiting) = watch::channel(true);
+        let link = TaskLink {
+            socket: dir.path().join("none.sock"),
+            waiting,
+        };
+        let (task, _stop) = start(&cfg, &project, link);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let fifo = dir.path().join("go");
+        tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n"))
+            .await
+            .unwrap()
+            .unwrap();
+        let end = task.await.unwrap();
+        assert!(
+            matches!(&end, ExecEnd::Completed(r) if r.text == "go\ndone\n"),
+            "{end:?}"
+        );
+        // Without a pending request the same task is timed out.
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, project) = waiting_task(dir.path());
+        let (_tx, waiting) = watch::channel(false);
+        let link = TaskLink {
+            socket: dir.path().join("none.sock"),
+            waiting,
+        };
+        let (task, _stop) = start(&cfg, &project, link);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let end = task.await.unwrap();
+        assert!(
+            matches!(
+                &end,
+                ExecEnd::Failed {
+                    cause: FailureCause::Timeout,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
     }
 
     #[test]
