@@ -3,8 +3,13 @@
 //! [`crate::approvals`]) whether it may go ahead, and waits.
 //!
 //! - `hook` is Claude Code's `PreToolUse` hook: the hook input JSON on
-//!   stdin, the decision as Claude Code's hook output JSON on stdout, exit 0.
-//!   It fails closed: anything that keeps it from asking is a `deny`.
+//!   stdin, exit 0. A no is Claude Code's hook output JSON on stdout
+//!   (`permissionDecision: "deny"` with the reason). A yes prints nothing:
+//!   no decision, so Claude Code's own permissions (the persona's allowed
+//!   tools) still apply. A hook `allow` would skip them, and a person's yes
+//!   would then give a read-only persona tools it does not have: an approval
+//!   is an extra gate, never a grant. It fails closed: anything that keeps it
+//!   from asking is a `deny`.
 //! - `approve` is for `command` tasks: the exit code is the answer
 //!   ([`EXIT_APPROVED`], [`EXIT_DENIED`], [`EXIT_TIMED_OUT`]), or
 //!   [`EXIT_CANNOT_ASK`] / [`EXIT_USAGE`] with a message on stderr.
@@ -84,20 +89,20 @@ pub fn input_view(tool: &str, input: &Value) -> String {
     cut_view(&view, MAX_APPROVAL_INPUT_CHARS)
 }
 
-/// Claude Code's `PreToolUse` hook output for an answer.
-pub fn hook_output(answer: &Answer) -> Value {
-    let decision = if answer.decision.allows() {
-        "allow"
-    } else {
-        "deny"
-    };
-    json!({
+/// Claude Code's `PreToolUse` hook output for an answer: a `deny` with the
+/// reason for a no; nothing for a yes (no decision: Claude Code's own
+/// permissions apply, see the module's documentation).
+pub fn hook_output(answer: &Answer) -> Option<Value> {
+    if answer.decision.allows() {
+        return None;
+    }
+    Some(json!({
         "hookSpecificOutput": {
             "hookEventName": "PreToolUse",
-            "permissionDecision": decision,
+            "permissionDecision": "deny",
             "permissionDecisionReason": answer.reason,
         }
-    })
+    }))
 }
 
 /// What `hook` answers for the hook input `stdin`.
@@ -118,14 +123,16 @@ pub fn hook_answer(stdin: &str) -> Answer {
         .unwrap_or_else(|e| Answer::denied(format!("Baton could not ask for approval: {e}")))
 }
 
-/// `baton-agent hook`: prints the decision, always exits 0.
+/// `baton-agent hook`: prints the decision (nothing for a yes), always exits 0.
 pub fn hook_main() -> i32 {
     let mut stdin = String::new();
     let answer = match std::io::stdin().read_to_string(&mut stdin) {
         Ok(_) => hook_answer(&stdin),
         Err(e) => Answer::denied(format!("Baton's hook could not read the hook input: {e}")),
     };
-    println!("{}", hook_output(&answer));
+    if let Some(out) = hook_output(&answer) {
+        println!("{out}");
+    }
     0
 }
 
@@ -218,7 +225,7 @@ mod tests {
     fn the_hook_output_has_the_shape_of_the_documented_decision() {
         let doc: Value =
             serde_json::from_str(&fixture("docs-pretooluse-output-deny.json")).unwrap();
-        let ours = hook_output(&Answer::decided(Decision::Denied, Some("U024BE7LH")));
+        let ours = hook_output(&Answer::decided(Decision::Denied, Some("U024BE7LH"))).unwrap();
         let doc_out = doc["hookSpecificOutput"].as_object().unwrap();
         let our_out = ours["hookSpecificOutput"].as_object().unwrap();
         let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
@@ -229,15 +236,12 @@ mod tests {
             our_out["permissionDecisionReason"],
             "denied by U024BE7LH in Slack"
         );
-        let allow = hook_output(&Answer::decided(Decision::Approved, Some("U1")));
-        assert_eq!(allow["hookSpecificOutput"]["permissionDecision"], "allow");
-        // The documented allow example carries the same key with the same values.
-        let full: Value =
-            serde_json::from_str(&fixture("docs-pretooluse-output-allow-updatedinput.json"))
-                .unwrap();
-        assert_eq!(full["hookSpecificOutput"]["hookEventName"], "PreToolUse");
-        assert!(full["hookSpecificOutput"]["permissionDecision"].is_string());
-        let late = hook_output(&Answer::decided(Decision::TimedOut, None));
+        // A yes decides nothing (the documented `allow` would skip the persona's permissions).
+        assert_eq!(
+            hook_output(&Answer::decided(Decision::Approved, Some("U1"))),
+            None
+        );
+        let late = hook_output(&Answer::decided(Decision::TimedOut, None)).unwrap();
         assert_eq!(late["hookSpecificOutput"]["permissionDecision"], "deny");
         assert_eq!(
             late["hookSpecificOutput"]["permissionDecisionReason"],

@@ -779,6 +779,9 @@ async fn run_in(
     };
     let stderr = tail_bytes(stderr.trim(), MAX_ERROR_BYTES / 2);
 
+    // A cancel asked for before the end was seen wins over the end (a task
+    // whose approval its cancel denied may exit before the cancel is read).
+    let stopped = stopped.or((*stop.borrow() == StopReason::Cancel).then_some(StopReason::Cancel));
     match stopped {
         Some(StopReason::Cancel) => return ExecEnd::Cancelled,
         Some(StopReason::Shutdown) => {

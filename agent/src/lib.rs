@@ -470,8 +470,9 @@ impl Agent {
             BotMessage::Cancel { task } => {
                 if let Some(r) = lock(&self.tasks).get(&task.0) {
                     tracing::info!(task = task.0, "cancelling");
-                    self.approvals.cancel(task);
                     let _ = r.stop.send(StopReason::Cancel);
+                    // What it waits for is denied (after the stop: the task ends cancelled).
+                    self.approvals.cancel(task);
                 } else if let Some(held) = self.state.get_outbox(task) {
                     self.send(held);
                 }

@@ -33,8 +33,11 @@ fn bash_command() -> String {
 /// `settings-TASK.json` in the task's directory), announces a `tool` call,
 /// and when the settings' `PreToolUse` matcher names the tool runs the
 /// hook's command through `sh -c` with `hook_input` on stdin, as Claude
-/// Code does. Allowed (or no hook): the tool "runs" (`ran-TASK` appears)
-/// and the result says so; denied: the result carries the hook's reason.
+/// Code does (its stdout kept as `hook-out-TASK`). A hook `deny`: the result
+/// carries the hook's reason. No decision: its own permissions apply, as in
+/// `claude -p`: a tool the `--allowedTools` list does not name is refused
+/// (no list: allowed). Allowed: the tool "runs" (`ran-TASK` appears) and
+/// the result says so.
 fn fake_claude(dir: &Path, tool: &str, hook_input: &Path) -> PathBuf {
     let bin = dir.join("claude");
     let script = format!(
@@ -42,9 +45,11 @@ fn fake_claude(dir: &Path, tool: &str, hook_input: &Path) -> PathBuf {
 if [ "$1" = "--version" ]; then echo '2.1.0 (claude stand-in)'; exit 0; fi
 cat > /dev/null
 settings=""
+allowed=""
 prev=""
 for a in "$@"; do
   if [ "$prev" = "--settings" ]; then settings="$a"; fi
+  if [ "$prev" = "--allowedTools" ]; then allowed="$a"; fi
   prev="$a"
 done
 printf '%s\n' "$settings" > "./settings-$BATON_TASK_ID.json"
@@ -54,17 +59,25 @@ echo '{{"type":"system","subtype":"init","session_id":"'$sid'","tools":["Bash","
 echo '{{"type":"assistant","message":{{"content":[{{"type":"tool_use","id":"toolu_1","name":"'$tool'","input":{{}}}}]}},"session_id":"'$sid'"}}'
 matcher=$(printf '%s' "$settings" | sed -n 's/.*"matcher":"\([^"]*\)".*/\1/p')
 command=$(printf '%s' "$settings" | sed -n 's/.*"command":"\([^"]*\)".*/\1/p')
-decision=allow
+decision=none
 reason=""
 case "|$matcher|" in
   "|*|"|*"|$tool|"*)
     out=$(sh -c "$command" < '{input}')
+    printf '%s' "$out" > "./hook-out-$BATON_TASK_ID"
     case "$out" in
       *'"permissionDecision":"deny"'*) decision=deny ;;
+      *'"permissionDecision":"allow"'*) decision=allow ;;
     esac
     reason=$(printf '%s' "$out" | sed -n 's/.*"permissionDecisionReason":"\([^"]*\)".*/\1/p')
     ;;
 esac
+if [ "$decision" = none ] && [ -n "$allowed" ]; then
+  case ",$allowed," in
+    *",$tool,"*) decision=allow ;;
+    *) decision=deny; reason="Claude requested permissions to use $tool, but you haven't granted it yet." ;;
+  esac
+fi
 if [ "$decision" = deny ]; then
   echo '{{"type":"user","message":{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","is_error":true,"content":"'"$reason"'"}}]}},"session_id":"'$sid'"}}'
   echo '{{"type":"result","subtype":"success","is_error":false,"result":"the tool was denied: '"$reason"'","session_id":"'$sid'","num_turns":2}}'
@@ -124,6 +137,16 @@ impl Claude {
     }
 }
 
+/// The `code` persona's tools.
+const CODE_TOOLS: &[&str] = &["Read", "Edit", "MultiEdit", "Write", "Glob", "Grep", "Bash"];
+
+/// A submit of `prompt` as task `task` whose persona allows `tools`.
+fn submit_with(task: i64, prompt: &str, tools: &[&str]) -> Value {
+    let mut s = submit(task, prompt);
+    s["allowed_tools"] = json!(tools);
+    s
+}
+
 /// The agent's next frame of type `ty`, skipping the others.
 async fn next_of(ws: &mut Ws, ty: &str) -> Value {
     loop {
@@ -154,7 +177,7 @@ async fn completed_text(ws: &mut Ws, task: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_tool_call_runs_and_the_task_completes() {
     let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Bash\", \"Write\"]").await;
-    send(&mut ws, submit(1, "clean the build")).await;
+    send(&mut ws, submit_with(1, "clean the build", CODE_TOOLS)).await;
     let req = next_of(&mut ws, "approval_request").await;
     assert_eq!(
         req,
@@ -164,6 +187,11 @@ async fn an_approved_tool_call_runs_and_the_task_completes() {
     send(&mut ws, decision(1, 1, "approved", Some("U024BE7LH"))).await;
     assert_eq!(completed_text(&mut ws, 1).await, "the tool ran");
     assert!(c.ran(1));
+    // A yes is no decision: Claude Code's own permissions (the persona's tools) apply.
+    assert_eq!(
+        std::fs::read_to_string(c.project.join("hook-out-1")).unwrap(),
+        ""
+    );
     // Claude Code got the hook through --settings, on the project's tools.
     let settings: Value =
         serde_json::from_str(&std::fs::read_to_string(c.project.join("settings-1.json")).unwrap())
@@ -187,7 +215,7 @@ async fn an_approved_tool_call_runs_and_the_task_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_tool_call_does_not_run_and_the_result_says_who_denied_it() {
     let (mut c, mut ws) = Claude::start("Bash", "approve = \"all\"").await;
-    send(&mut ws, submit(1, "clean the build")).await;
+    send(&mut ws, submit_with(1, "clean the build", CODE_TOOLS)).await;
     let req = next_of(&mut ws, "approval_request").await;
     assert_eq!(
         (req["task"].clone(), req["request"].clone()),
@@ -201,7 +229,7 @@ async fn a_denied_tool_call_does_not_run_and_the_result_says_who_denied_it() {
     assert!(!c.ran(1));
 
     // Unanswered in time: denied too, and said so.
-    send(&mut ws, submit(2, "clean again")).await;
+    send(&mut ws, submit_with(2, "clean again", CODE_TOOLS)).await;
     next_of(&mut ws, "approval_request").await;
     send(&mut ws, decision(2, 1, "timed_out", None)).await;
     assert_eq!(
@@ -213,9 +241,25 @@ async fn a_denied_tool_call_does_not_run_and_the_result_says_who_denied_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yes_never_gives_a_persona_a_tool_it_does_not_have() {
+    let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Bash\"]").await;
+    // The review persona: Bash only for `git diff`.
+    let review = ["Read", "Glob", "Grep", "Bash(git diff:*)"];
+    send(&mut ws, submit_with(1, "review it", &review)).await;
+    next_of(&mut ws, "approval_request").await;
+    send(&mut ws, decision(1, 1, "approved", Some("U1"))).await;
+    assert_eq!(
+        completed_text(&mut ws, 1).await,
+        "the tool was denied: Claude requested permissions to use Bash, but you haven't granted it yet."
+    );
+    assert!(!c.ran(1));
+    c.agent.start_kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tool_outside_the_approve_list_runs_without_asking() {
     let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Write\"]").await;
-    send(&mut ws, submit(1, "list files")).await;
+    send(&mut ws, submit_with(1, "list files", CODE_TOOLS)).await;
     let frames = frames_until_final(&mut ws, 1).await;
     assert!(
         frames.iter().all(|f| f["type"] != "approval_request"),
@@ -229,7 +273,7 @@ async fn a_tool_outside_the_approve_list_runs_without_asking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_pending_across_a_reconnect_is_sent_again_and_decided_once() {
     let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Bash\"]").await;
-    send(&mut ws, submit(1, "clean the build")).await;
+    send(&mut ws, submit_with(1, "clean the build", CODE_TOOLS)).await;
     let first = next_of(&mut ws, "approval_request").await;
     // The link drops while the request waits.
     drop(ws);
@@ -250,8 +294,8 @@ async fn a_request_pending_across_a_reconnect_is_sent_again_and_decided_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tasks_waiting_at_once_are_decided_independently() {
     let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Bash\"]\nmax_concurrent = 2").await;
-    send(&mut ws, submit(1, "first")).await;
-    send(&mut ws, submit(2, "second")).await;
+    send(&mut ws, submit_with(1, "first", CODE_TOOLS)).await;
+    send(&mut ws, submit_with(2, "second", CODE_TOOLS)).await;
     let mut asked = [
         next_of(&mut ws, "approval_request").await,
         next_of(&mut ws, "approval_request").await,
