@@ -191,12 +191,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Approvals {
-    /// Approvals whose requests go out through `out`, sockets under `state_dir`.
+    /// Approvals whose requests go out through `out`, sockets under
+    /// `state_dir`. Sockets an earlier process of this agent left behind
+    /// (it was killed) are removed.
     pub fn new(state_dir: &Path, out: mpsc::UnboundedSender<AgentMessage>) -> Approvals {
+        let dir = state_dir.join(SOCKET_DIR);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Approvals {
             tasks: Arc::default(),
             out,
-            dir: state_dir.join(SOCKET_DIR),
+            dir,
         }
     }
 
@@ -231,7 +241,14 @@ impl Approvals {
         let waiting = self.register(task);
         let me = self.clone();
         let server = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
+            // The connections end with the accept loop (when the task ends).
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => c,
+                    Some(_) = conns.join_next() => continue,
+                };
+                let Ok((conn, _)) = conn else { return };
                 let peer = conn.peer_cred().map(|c| c.uid()).ok();
                 if peer != Some(owner) {
                     tracing::warn!(
@@ -242,7 +259,7 @@ impl Approvals {
                     continue;
                 }
                 let me = me.clone();
-                tokio::spawn(async move { me.serve(task, conn).await });
+                conns.spawn(async move { me.serve(task, conn).await });
             }
         });
         if let Some(t) = lock(&self.tasks).get_mut(&task) {

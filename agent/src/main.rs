@@ -78,8 +78,13 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
             p.name,
             cli.bin
         );
+        let asks = p
+            .approve
+            .as_ref()
+            .map(|a| format!(", approval asked for {}", a.matcher()))
+            .unwrap_or_default();
         println!(
-            "project {}: {} {} in {}",
+            "project {}: {} {} in {}{asks}",
             p.name,
             p.executor.as_str(),
             String::from_utf8_lossy(&out.stdout).trim(),

@@ -184,6 +184,17 @@ async fn an_approved_tool_call_runs_and_the_task_completes() {
         json!({"type": "approval_request", "task": 1, "request": 1, "tool": "Bash", "input": bash_command()})
     );
     assert!(!c.ran(1), "the tool waits for the answer");
+    // It asked over the task's own socket, in a directory only this user can enter.
+    let sockets = c.dir.path().join("agent-state/approvals");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mode = std::fs::metadata(&sockets).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(
+        std::fs::metadata(sockets.join("1.sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     send(&mut ws, decision(1, 1, "approved", Some("U024BE7LH"))).await;
     assert_eq!(completed_text(&mut ws, 1).await, "the tool ran");
     assert!(c.ran(1));
@@ -204,7 +215,6 @@ async fn an_approved_tool_call_runs_and_the_task_completes() {
         format!("'{}' hook", agent_bin().canonicalize().unwrap().display())
     );
     // The task's socket is gone with it.
-    let sockets = c.dir.path().join("agent-state/approvals");
     wait_for(30, "the task's socket removed", || {
         !sockets.join("1.sock").exists()
     })
