@@ -10,7 +10,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // `approve` answers with its exit code: a usage error must not look like 1 or 2.
-        Err(e) if std::env::args().nth(1).as_deref() == Some("approve") => {
+        Err(e)
+            if std::env::args().nth(1).as_deref() == Some("approve")
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+        {
             let _ = e.print();
             std::process::exit(baton_agent::ask::EXIT_USAGE);
         }
