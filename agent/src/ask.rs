@@ -69,7 +69,11 @@ pub fn input_view(tool: &str, input: &Value) -> String {
     let view = match (tool, text("command"), text("file_path")) {
         ("Bash", Some(command), _) => command.to_owned(),
         ("Write" | "Edit" | "MultiEdit", _, Some(file)) => {
-            let new = text("content").or_else(|| text("new_string"));
+            // Write's content, Edit's new text, or MultiEdit's first edit's.
+            let first_edit = input.pointer("/edits/0/new_string").and_then(Value::as_str);
+            let new = text("content")
+                .or_else(|| text("new_string"))
+                .or(first_edit);
             match new {
                 Some(new) => {
                     let lines: Vec<&str> = new.lines().take(VIEW_LINES + 1).collect();
@@ -216,6 +220,10 @@ mod tests {
         let content = "é".repeat(3_000);
         let view = input_view("Write", &json!({"file_path": "/a.txt", "content": content}));
         assert_eq!(view.chars().count(), MAX_APPROVAL_INPUT_CHARS);
+        let multi =
+            json!({"file_path": "/a.rs", "edits": [{"old_string": "a", "new_string": "b\nc"}]});
+        assert_eq!(input_view("MultiEdit", &multi), "/a.rs\nb\nc");
+        assert_eq!(input_view("Edit", &json!({"file_path": "/a.rs"})), "/a.rs");
         // Another tool: its input as JSON.
         let view = input_view("WebFetch", &json!({"url": "https://example.com"}));
         assert_eq!(view, r#"{"url":"https://example.com"}"#);
