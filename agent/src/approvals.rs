@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +135,8 @@ pub struct TaskLink {
     pub socket: PathBuf,
     /// True while the task has a request pending: its time limit is paused.
     pub waiting: watch::Receiver<bool>,
+    /// How many of its requests were approved (see [`HookWatch`]).
+    pub approved: Arc<AtomicU32>,
 }
 
 /// One pending request.
@@ -162,6 +165,8 @@ struct TaskApprovals {
     server: Option<tokio::task::JoinHandle<()>>,
     /// The socket's file.
     socket: Option<PathBuf>,
+    /// How many requests were approved.
+    approved: Arc<AtomicU32>,
 }
 
 impl TaskApprovals {
@@ -222,6 +227,7 @@ impl Approvals {
                 closed: None,
                 server: None,
                 socket: None,
+                approved: Arc::default(),
             },
         );
         rx
@@ -262,11 +268,17 @@ impl Approvals {
                 conns.spawn(async move { me.serve(task, conn).await });
             }
         });
+        let mut approved = Arc::default();
         if let Some(t) = lock(&self.tasks).get_mut(&task) {
             t.server = Some(server);
             t.socket = Some(socket.clone());
+            approved = t.approved.clone();
         }
-        Ok(TaskLink { socket, waiting })
+        Ok(TaskLink {
+            socket,
+            waiting,
+            approved,
+        })
     }
 
     /// One connection: an [`Ask`] line in, an [`Answer`] line out.
@@ -359,6 +371,9 @@ impl Approvals {
             return false;
         };
         t.update_waiting();
+        if decision.allows() {
+            t.approved.fetch_add(1, Ordering::SeqCst);
+        }
         tracing::info!(task = task.0, request, ?decision, by, "approval decided");
         let _ = p.reply.send(Answer::decided(decision, by));
         true
@@ -414,6 +429,72 @@ impl Approvals {
         for (_, p) in t.pending {
             let _ = p.reply.send(Answer::denied(REASON_ENDED));
         }
+    }
+}
+
+/// Watches Claude Code's stream-json for a tool call of the project's
+/// `approve` list that ran without a yes: the sign that Claude Code did not
+/// run the `PreToolUse` hook (some builds skip hooks in `-p` mode). Every
+/// such call that succeeded must have had its request approved first (the
+/// hook answers before the tool runs), so more successful calls than
+/// approvals means one ran unasked, and the executor stops the task.
+#[derive(Debug)]
+pub struct HookWatch {
+    /// The project's `approve`.
+    approve: crate::config::Approve,
+    /// Tool calls of listed tools seen and not yet ended: id → tool.
+    calls: HashMap<String, String>,
+    /// Listed tool calls that succeeded.
+    ran: u32,
+    /// The task's approved requests.
+    approved: Arc<AtomicU32>,
+}
+
+impl HookWatch {
+    /// A watch for a task of a project with `approve`.
+    pub fn new(approve: crate::config::Approve, approved: Arc<AtomicU32>) -> HookWatch {
+        HookWatch {
+            approve,
+            calls: HashMap::new(),
+            ran: 0,
+            approved,
+        }
+    }
+
+    /// Reads one stream-json line; the tool's name when a listed tool
+    /// call ran without a yes.
+    pub fn feed_line(&mut self, line: &str) -> Option<String> {
+        if !line.contains("\"tool_use\"") && !line.contains("\"tool_result\"") {
+            return None;
+        }
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let blocks = event.pointer("/message/content")?.as_array()?;
+        let text =
+            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let mut unasked = None;
+        for b in blocks {
+            match b.get("type").and_then(|t| t.as_str()) {
+                Some("tool_use") => {
+                    if let (Some(id), Some(name)) = (text(b, "id"), text(b, "name"))
+                        && self.approve.names(&name)
+                    {
+                        self.calls.insert(id, name);
+                    }
+                }
+                Some("tool_result") => {
+                    let failed = b.get("is_error").and_then(|e| e.as_bool()) == Some(true);
+                    let call = text(b, "tool_use_id").and_then(|id| self.calls.remove(&id));
+                    if let (Some(name), false) = (call, failed) {
+                        self.ran += 1;
+                        if self.ran > self.approved.load(Ordering::SeqCst) {
+                            unasked = Some(name);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        unasked
     }
 }
 
@@ -548,6 +629,36 @@ mod tests {
         assert_eq!(answer.decision, Decision::Denied);
         assert!(answer.reason.contains("at most 1000"), "{}", answer.reason);
         assert!(out.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_listed_tool_that_ran_without_a_yes_is_caught() {
+        let approved = Arc::new(AtomicU32::new(0));
+        let approve = crate::config::Approve::Tools(vec!["Bash".into()]);
+        let mut w = HookWatch::new(approve, approved.clone());
+        let call = |id: &str, name: &str| {
+            format!(
+                r#"{{"type":"assistant","message":{{"content":[{{"type":"tool_use","id":"{id}","name":"{name}","input":{{}}}}]}}}}"#
+            )
+        };
+        let result = |id: &str, error: bool| {
+            format!(
+                r#"{{"type":"user","message":{{"content":[{{"type":"tool_result","tool_use_id":"{id}","is_error":{error},"content":"x"}}]}}}}"#
+            )
+        };
+        // A tool outside the list, and a listed call that was refused: fine.
+        assert_eq!(w.feed_line(&call("t1", "Read")), None);
+        assert_eq!(w.feed_line(&result("t1", false)), None);
+        assert_eq!(w.feed_line(&call("t2", "Bash")), None);
+        assert_eq!(w.feed_line(&result("t2", true)), None);
+        // Approved, then ran: fine.
+        approved.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(w.feed_line(&call("t3", "Bash")), None);
+        assert_eq!(w.feed_line(&result("t3", false)), None);
+        // Ran with no yes: caught.
+        assert_eq!(w.feed_line(&call("t4", "Bash")), None);
+        assert_eq!(w.feed_line(&result("t4", false)), Some("Bash".into()));
+        assert_eq!(w.feed_line("not json \"tool_use\""), None);
     }
 
     #[test]

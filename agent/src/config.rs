@@ -137,6 +137,14 @@ impl Approve {
         }
     }
 
+    /// Whether a call of `tool` asks.
+    pub fn names(&self, tool: &str) -> bool {
+        match self {
+            Approve::Tools(t) => t.iter().any(|n| n == tool),
+            _ => true,
+        }
+    }
+
     /// Checks the value; `Ok(None)` for an empty list (nothing asks).
     fn validated(self) -> Result<Option<Approve>, String> {
         const WHAT: &str = "write a list of Claude Code tool names like [\"Bash\", \"Write\", \"Edit\"] or \"all\"";

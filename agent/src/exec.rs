@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::approvals::{
-    AGENT_BIN_ENV, APPROVAL_SOCKET_ENV, APPROVAL_WAIT_CAP, HOOK_TIMEOUT_MARGIN, TaskLink,
+    AGENT_BIN_ENV, APPROVAL_SOCKET_ENV, APPROVAL_WAIT_CAP, HOOK_TIMEOUT_MARGIN, HookWatch, TaskLink,
 };
 use crate::claude_stream::StreamParser;
 use crate::codex_stream::CodexParser;
@@ -653,6 +653,14 @@ async fn run_in(
         .map(Duration::from_secs)
         .unwrap_or(cfg.max_duration);
     let mut deadline = Instant::now() + max;
+    // A listed tool that ran without a yes (Claude Code skipped the hook) stops the task.
+    let mut hook_watch = match (project.executor, &project.approve, &approval) {
+        (ExecutorKind::Claude, Some(approve), Some(link)) => {
+            Some(HookWatch::new(approve.clone(), link.approved.clone()))
+        }
+        _ => None,
+    };
+    let mut unasked: Option<String> = None;
     // While the task waits for a person, its time limit is paused.
     let mut waiting = approval.map(|l| l.waiting);
     let mut paused_since: Option<Instant> = waiting
@@ -703,6 +711,14 @@ async fn run_in(
                                 }
                             }
                             LineParser::Stream(p) => {
+                                if let Some(tool) = hook_watch.as_mut().and_then(|w| w.feed_line(&line))
+                                    && unasked.is_none()
+                                {
+                                    tracing::error!(task = submit.task.0, %tool, "a tool that needs approval ran without asking: Claude Code did not run the hook; stopping the task");
+                                    unasked = Some(tool);
+                                    signal_group(pid, Signal::SIGTERM);
+                                    kill_at = Some(Instant::now() + cfg.cancel_grace);
+                                }
                                 for ev in p.feed_line(&line) {
                                     match ev {
                                         StreamEvent::Step(s) => { let _ = events.send(ExecEvent::Step(cut_chars(&s, MAX_STEP_CHARS))); }
@@ -792,6 +808,16 @@ async fn run_in(
             };
         }
         _ => {}
+    }
+    if let Some(tool) = unasked {
+        return ExecEnd::Failed {
+            error: format!(
+                "Claude Code ran {tool} without asking for approval: it did not run Baton's PreToolUse hook (passed with --settings), so the task was stopped; \
+                 check that this Claude Code version runs hooks in -p mode (docs/operations.md, Approvals)"
+            ),
+            cause: FailureCause::Misconfigured,
+            session_id: None,
+        };
     }
     if timed_out {
         return ExecEnd::Failed {
@@ -1170,6 +1196,7 @@ mod tests {
         let link = TaskLink {
             socket: dir.path().join("none.sock"),
             waiting,
+            approved: Default::default(),
         };
         let (task, _stop) = start(&cfg, &project, link);
         // A hundred times the limit passes while a person is asked.
@@ -1201,6 +1228,7 @@ mod tests {
         let link = TaskLink {
             socket: dir.path().join("none.sock"),
             waiting,
+            approved: Default::default(),
         };
         let (task, _stop) = start(&cfg, &project, link);
         tokio::time::sleep(Duration::from_secs(100)).await;
@@ -1221,6 +1249,7 @@ mod tests {
         let link = TaskLink {
             socket: dir.path().join("none.sock"),
             waiting,
+            approved: Default::default(),
         };
         let (task, _stop) = start(&cfg, &project, link);
         tokio::time::sleep(Duration::from_secs(100)).await;

@@ -37,7 +37,8 @@ fn bash_command() -> String {
 /// carries the hook's reason. No decision: its own permissions apply, as in
 /// `claude -p`: a tool the `--allowedTools` list does not name is refused
 /// (no list: allowed). Allowed: the tool "runs" (`ran-TASK` appears) and
-/// the result says so.
+/// the result says so. With `no-hooks` in the task's directory it runs no
+/// hook at all, like a Claude Code build that skips hooks.
 fn fake_claude(dir: &Path, tool: &str, hook_input: &Path) -> PathBuf {
     let bin = dir.join("claude");
     let script = format!(
@@ -61,6 +62,8 @@ matcher=$(printf '%s' "$settings" | sed -n 's/.*"matcher":"\([^"]*\)".*/\1/p')
 command=$(printf '%s' "$settings" | sed -n 's/.*"command":"\([^"]*\)".*/\1/p')
 decision=none
 reason=""
+# A build that skips hooks in -p mode, when the test asks for one.
+[ -e ./no-hooks ] && matcher=""
 case "|$matcher|" in
   "|*|"|*"|$tool|"*)
     out=$(sh -c "$command" < '{input}')
@@ -460,4 +463,25 @@ fn check_refuses_an_invalid_approve_and_names_the_key() {
         stderr.contains("project[0].approve") && stderr.contains("\"all\""),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_code_that_skips_the_hook_has_its_task_stopped_as_misconfigured() {
+    let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Bash\"]").await;
+    std::fs::write(c.project.join("no-hooks"), "").unwrap();
+    send(&mut ws, submit_with(1, "clean the build", CODE_TOOLS)).await;
+    let frames = frames_until_final(&mut ws, 1).await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "approval_request"),
+        "{frames:?}"
+    );
+    let last = frames.last().unwrap();
+    assert_eq!(last["type"], "failed", "{frames:?}");
+    assert_eq!(last["cause"], "misconfigured");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains("Claude Code ran Bash without asking for approval"),
+        "{error}"
+    );
+    c.agent.start_kill().unwrap();
 }
