@@ -555,7 +555,7 @@ async fn run_in(
     if let (ExecutorKind::Claude, Some(approve)) = (project.executor, &project.approve) {
         let (Some(bin), Some(_)) = (&agent_bin, &approval) else {
             return ExecEnd::Failed {
-                error: "the project's `approve` needs an approval socket and the agent's own path, and the agent has neither; see its log".into(),
+                error: "the project's `approve` needs the task's approval socket and the agent's own path, and the agent could not get them (see its log; a state_dir it cannot write to?)".into(),
                 cause: FailureCause::Misconfigured,
                 session_id: None,
             };
