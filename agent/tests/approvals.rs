@@ -485,3 +485,38 @@ async fn a_claude_code_that_skips_the_hook_has_its_task_stopped_as_misconfigured
     );
     c.agent.start_kill().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_approval_socket_a_task_that_must_ask_fails_before_it_runs() {
+    let (mut c, mut ws) = Claude::start("Bash", "approve = [\"Bash\"]").await;
+    // Something that is not a directory where the sockets go.
+    std::fs::write(c.dir.path().join("agent-state/approvals"), "").unwrap();
+    send(&mut ws, submit_with(1, "clean the build", CODE_TOOLS)).await;
+    let frames = frames_until_final(&mut ws, 1).await;
+    let last = frames.last().unwrap();
+    assert_eq!(last["type"], "failed", "{frames:?}");
+    assert_eq!(last["cause"], "misconfigured");
+    assert!(
+        last["error"].as_str().unwrap().contains("approval socket"),
+        "{last}"
+    );
+    assert!(!c.ran(1));
+    assert!(
+        recorded_claude_runs(&c.project).is_empty(),
+        "Claude Code never ran"
+    );
+    c.agent.start_kill().unwrap();
+}
+
+/// The tasks the stand-in `claude` ran in `project` (it writes their settings).
+fn recorded_claude_runs(project: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(project)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("settings-"))
+        })
+        .collect()
+}
