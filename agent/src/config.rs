@@ -106,6 +106,75 @@ pub struct ProjectConfig {
     /// Days a finished task's worktree is kept (default 7); its branch is kept for good.
     #[serde(default)]
     pub worktree_keep_days: Option<u64>,
+    /// Claude Code tools whose every call waits for a person's yes in Slack
+    /// (`["Bash", "Write"]`) or `"all"`; none by default (see [`crate::approvals`]).
+    #[serde(default)]
+    pub approve: Option<Approve>,
+}
+
+/// A project's `approve`: which Claude Code tool calls wait for a person.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Approve {
+    /// These tools, by their Claude Code names.
+    Tools(Vec<String>),
+    /// A word: only `"all"` is valid (every tool call).
+    Word(String),
+    /// Anything else: refused at load with a message that says what fits.
+    Other(toml::Value),
+}
+
+/// What `approve = "..."` accepts: every tool call asks.
+pub const APPROVE_ALL: &str = "all";
+
+impl Approve {
+    /// The `PreToolUse` matcher for Claude Code: `*` for all, else the tools
+    /// joined with `|` (validated names, so no regex character but `|`).
+    pub fn matcher(&self) -> String {
+        match self {
+            Approve::Tools(t) => t.join("|"),
+            _ => "*".into(),
+        }
+    }
+
+    /// Whether a call of `tool` asks.
+    pub fn names(&self, tool: &str) -> bool {
+        match self {
+            Approve::Tools(t) => t.iter().any(|n| n == tool),
+            _ => true,
+        }
+    }
+
+    /// Checks the value; `Ok(None)` for an empty list (nothing asks).
+    fn validated(self) -> Result<Option<Approve>, String> {
+        const WHAT: &str = "write a list of Claude Code tool names like [\"Bash\", \"Write\", \"Edit\"] or \"all\"";
+        match self {
+            Approve::Word(w) if w == APPROVE_ALL => Ok(Some(Approve::Word(w))),
+            Approve::Word(w) => Err(format!("`{w}` is not a valid value: {WHAT}")),
+            Approve::Other(v) => Err(format!("`{v}` is not a valid value: {WHAT}")),
+            Approve::Tools(t) if t.is_empty() => Ok(None),
+            Approve::Tools(t) => {
+                for name in &t {
+                    if !valid_tool_name(name) {
+                        return Err(format!(
+                            "`{name}` is not a tool name (letters, digits, `_` and `-`, at most {} characters): {WHAT}",
+                            baton_shared::limits::MAX_APPROVAL_TOOL_CHARS
+                        ));
+                    }
+                }
+                Ok(Some(Approve::Tools(t)))
+            }
+        }
+    }
+}
+
+/// A Claude Code tool name as `approve` takes it (`Bash`, `mcp__github__create_issue`).
+fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= baton_shared::limits::MAX_APPROVAL_TOOL_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Where a project's tasks run.
@@ -253,6 +322,15 @@ pub enum AgentCommand {
     /// List the supported coding agent CLIs on the PATH, their versions and whether they look
     /// logged in, and print a `[[project]]` block for the current directory.
     Detect,
+    /// Claude Code's PreToolUse hook (Baton passes it with --settings): asks the task's agent
+    /// for a person's yes and prints the decision as Claude Code's hook output.
+    Hook,
+    /// For a command task: ask a person's yes in Slack. Exit 0 approved, 1 denied, 2 timed
+    /// out, 3 could not ask (not in a Baton task, agent unreachable), 64 bad usage.
+    Approve {
+        /// What the task wants to do, shown in Slack.
+        text: String,
+    },
 }
 
 /// The validated configuration.
@@ -404,6 +482,23 @@ impl Config {
                 crate::worktree::check_repository(&p.path)
                     .map_err(|problem| err(&k("isolation"), problem))?;
             }
+            p.approve = match p.approve.take().map(Approve::validated).transpose() {
+                Ok(a) => a.flatten(),
+                Err(problem) => return Err(err(&k("approve"), problem)),
+            };
+            if p.approve.is_some() && p.executor != ExecutorKind::Claude {
+                return Err(err(
+                    &k("approve"),
+                    if p.executor == ExecutorKind::Command {
+                        "only the claude executor takes `approve`: a command task asks by running \"$BATON_AGENT\" approve \"TEXT\" itself, so remove `approve` here".into()
+                    } else {
+                        format!(
+                            "only the claude executor takes `approve`: {} has no hook Baton can use, so remove `approve` or use executor = \"claude\"",
+                            p.executor.display_name()
+                        )
+                    },
+                ));
+            }
             match p.parallel {
                 Some(_) if p.isolation != Isolation::Worktree => {
                     return Err(err(
@@ -423,6 +518,10 @@ impl Config {
             .or(f.state_dir)
             .map(|d| if d.is_absolute() { d } else { base.join(d) })
             .unwrap_or_else(|| base.join("baton-agent-state"));
+        if projects.iter().any(|p| p.approve.is_some()) {
+            crate::approvals::check_socket_dir(&state_dir)
+                .map_err(|problem| err("state_dir", problem))?;
+        }
         Ok(Config {
             server,
             key: key.into(),
@@ -540,6 +639,58 @@ mod tests {
         );
         let e = load("key = \"k\"\n", dir.path()).expect_err("no server");
         assert_eq!(e.key, "server");
+    }
+
+    #[test]
+    fn approve_takes_tool_names_or_all_on_claude_projects_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = |executor: &str, approve: &str| {
+            load(
+                &format!(
+                    "server = \"wss://x/agents\"\nkey = \"k\"\n[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"{executor}\"\n{approve}\n"
+                ),
+                dir.path(),
+            )
+        };
+        let approve = |a: &str| cfg("claude", a).map(|c| c.projects[0].approve.clone());
+        assert_eq!(approve("").expect("none"), None);
+        assert_eq!(approve("approve = []").expect("empty"), None);
+        let tools = approve("approve = [\"Bash\", \"Write\", \"mcp__github__create_issue\"]")
+            .expect("tools")
+            .expect("some");
+        assert_eq!(tools.matcher(), "Bash|Write|mcp__github__create_issue");
+        let all = approve("approve = \"all\"").expect("all").expect("some");
+        assert_eq!(all.matcher(), "*");
+        for (bad, says) in [
+            (
+                "approve = \"everything\"",
+                "`everything` is not a valid value",
+            ),
+            ("approve = 3", "`3` is not a valid value"),
+            (
+                "approve = [\"Bash(rm *)\"]",
+                "`Bash(rm *)` is not a tool name",
+            ),
+            ("approve = [\"\"]", "is not a tool name"),
+        ] {
+            let e = approve(bad).expect_err(bad);
+            assert_eq!(e.key, "project[0].approve", "{bad}");
+            assert!(
+                e.problem.contains(says) && e.problem.contains("\"all\""),
+                "{bad}: {}",
+                e.problem
+            );
+        }
+        let e = cfg("codex", "approve = \"all\"").expect_err("codex");
+        assert_eq!(e.key, "project[0].approve");
+        assert!(e.problem.contains("executor = \"claude\""), "{}", e.problem);
+        let e =
+            cfg("command", "command = [\"./run.sh\"]\napprove = [\"Bash\"]").expect_err("command");
+        assert!(
+            e.problem.contains("\"$BATON_AGENT\" approve"),
+            "{}",
+            e.problem
+        );
     }
 
     #[test]

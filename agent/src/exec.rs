@@ -21,9 +21,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::approvals::{
+    AGENT_BIN_ENV, APPROVAL_SOCKET_ENV, APPROVAL_WAIT_CAP, HOOK_TIMEOUT_MARGIN, HookWatch, TaskLink,
+};
 use crate::claude_stream::StreamParser;
 use crate::codex_stream::CodexParser;
-use crate::config::{Config, ExecutorKind, Isolation, ProjectConfig};
+use crate::config::{Approve, Config, ExecutorKind, Isolation, ProjectConfig};
 use crate::gemini_stream::GeminiParser;
 use crate::opencode_stream::OpencodeParser;
 use crate::stream::{EventParser, StreamEvent};
@@ -366,6 +369,32 @@ pub fn invocation(
     Ok(Invocation { argv: a, stdin })
 }
 
+/// `s` as one word for `sh`: in single quotes, each `'` written as `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Claude Code's `--settings` for a project with `approve`: a `PreToolUse`
+/// hook on the project's tools that runs `'AGENT_BIN' hook` (a shell runs
+/// it), with a timeout past [`APPROVAL_WAIT_CAP`] since a hook Claude Code
+/// times out decides nothing (the tool would run).
+pub fn approval_settings(approve: &Approve, agent_bin: &std::path::Path) -> String {
+    let command = format!("{} hook", shell_quote(&agent_bin.to_string_lossy()));
+    serde_json::json!({
+        "hooks": {
+            "PreToolUse": [{
+                "matcher": approve.matcher(),
+                "hooks": [{
+                    "type": "command",
+                    "command": command,
+                    "timeout": (APPROVAL_WAIT_CAP + HOOK_TIMEOUT_MARGIN).as_secs(),
+                }],
+            }],
+        },
+    })
+    .to_string()
+}
+
 /// Signals the task's whole process group; a group already gone is fine.
 fn signal_group(pid: Option<u32>, sig: Signal) {
     if let Some(pid) = pid {
@@ -440,6 +469,8 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
 /// learns the process group once the executor is running. A project with
 /// `isolation = "worktree"` runs it in its own git worktree (see
 /// [`crate::worktree`]) and ends its result with the branch and diff stat.
+/// With `approval`, the task may ask for approval (see [`crate::approvals`]):
+/// its socket is in its environment, and its time limit is paused while it waits.
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
@@ -447,9 +478,20 @@ pub async fn run(
     events: mpsc::UnboundedSender<ExecEvent>,
     stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
+    approval: Option<TaskLink>,
 ) -> ExecEnd {
     if project.isolation != Isolation::Worktree {
-        return run_in(cfg, project, &project.path, submit, events, stop, started).await;
+        return run_in(
+            cfg,
+            project,
+            &project.path,
+            submit,
+            events,
+            stop,
+            started,
+            approval,
+        )
+        .await;
     }
     let session = submit
         .session_id
@@ -465,7 +507,10 @@ pub async fn run(
             };
         }
     };
-    let mut end = run_in(cfg, project, &wt.dir, submit, events, stop, started).await;
+    let mut end = run_in(
+        cfg, project, &wt.dir, submit, events, stop, started, approval,
+    )
+    .await;
     let session = match &mut end {
         ExecEnd::Completed(r) => {
             let summary = wt.summary().await;
@@ -481,6 +526,7 @@ pub async fn run(
 }
 
 /// Runs a task to its end in `cwd`.
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     cfg: &Config,
     project: &ProjectConfig,
@@ -489,8 +535,12 @@ async fn run_in(
     events: mpsc::UnboundedSender<ExecEvent>,
     mut stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
+    approval: Option<TaskLink>,
 ) -> ExecEnd {
-    let Invocation { argv, stdin: input } = match invocation(cfg, project, submit) {
+    let Invocation {
+        mut argv,
+        stdin: input,
+    } = match invocation(cfg, project, submit) {
         Ok(i) => i,
         Err(error) => {
             return ExecEnd::Failed {
@@ -500,6 +550,18 @@ async fn run_in(
             };
         }
     };
+    // The agent's own binary, for `"$BATON_AGENT" approve` and Claude Code's hook.
+    let agent_bin = std::env::current_exe().ok();
+    if let (ExecutorKind::Claude, Some(approve)) = (project.executor, &project.approve) {
+        let (Some(bin), Some(_)) = (&agent_bin, &approval) else {
+            return ExecEnd::Failed {
+                error: "the project's `approve` needs the task's approval socket and the agent's own path, and the agent could not get them (see its log; a state_dir it cannot write to?)".into(),
+                cause: FailureCause::Misconfigured,
+                session_id: None,
+            };
+        };
+        argv.extend(["--settings".to_owned(), approval_settings(approve, bin)]);
+    }
     let Some((prog, args)) = argv.split_first() else {
         return ExecEnd::Failed {
             error: "no command configured".into(),
@@ -527,6 +589,15 @@ async fn run_in(
         .kill_on_drop(true);
     if let Some(s) = valid_session(submit.session_id.clone()) {
         cmd.env("BATON_SESSION_ID", s);
+    }
+    if let Some(link) = &approval {
+        cmd.env(APPROVAL_SOCKET_ENV, &link.socket);
+    }
+    if let (Some(bin), true) = (
+        &agent_bin,
+        approval.is_some() || project.executor == ExecutorKind::Command,
+    ) {
+        cmd.env(AGENT_BIN_ENV, bin);
     }
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
@@ -581,7 +652,21 @@ async fn run_in(
         .max_duration_secs
         .map(Duration::from_secs)
         .unwrap_or(cfg.max_duration);
-    let deadline = Instant::now() + max;
+    let mut deadline = Instant::now() + max;
+    // A listed tool that ran without a yes (Claude Code skipped the hook) stops the task.
+    let mut hook_watch = match (project.executor, &project.approve, &approval) {
+        (ExecutorKind::Claude, Some(approve), Some(link)) => {
+            Some(HookWatch::new(approve.clone(), link.approved.clone()))
+        }
+        _ => None,
+    };
+    let mut unasked: Option<String> = None;
+    // While the task waits for a person, its time limit is paused.
+    let mut waiting = approval.map(|l| l.waiting);
+    let mut paused_since: Option<Instant> = waiting
+        .as_mut()
+        .is_some_and(|w| *w.borrow_and_update())
+        .then(Instant::now);
     let mut parser = line_parser(project, cwd);
     let mut result_text = Bounded::new(MAX_RESULT_BYTES - TRUNCATION_MARKER.len());
     let mut stream_result = None;
@@ -626,6 +711,14 @@ async fn run_in(
                                 }
                             }
                             LineParser::Stream(p) => {
+                                if let Some(tool) = hook_watch.as_mut().and_then(|w| w.feed_line(&line))
+                                    && unasked.is_none()
+                                {
+                                    tracing::error!(task = submit.task.0, %tool, "a tool that needs approval ran without asking: Claude Code did not run the hook; stopping the task");
+                                    unasked = Some(tool);
+                                    signal_group(pid, Signal::SIGTERM);
+                                    kill_at = Some(Instant::now() + cfg.cancel_grace);
+                                }
                                 for ev in p.feed_line(&line) {
                                     match ev {
                                         StreamEvent::Step(s) => { let _ = events.send(ExecEvent::Step(cut_chars(&s, MAX_STEP_CHARS))); }
@@ -656,7 +749,24 @@ async fn run_in(
                     kill_at = Some(Instant::now() + cfg.cancel_grace);
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if !timed_out && stopped.is_none() => {
+            changed = async { match waiting.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                let now_waiting = match (changed, waiting.as_mut()) {
+                    (Ok(()), Some(w)) => *w.borrow_and_update(),
+                    _ => {
+                        waiting = None;
+                        false
+                    }
+                };
+                match (now_waiting, paused_since) {
+                    (true, None) => paused_since = Some(Instant::now()),
+                    (false, Some(since)) => {
+                        deadline += since.elapsed();
+                        paused_since = None;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !timed_out && stopped.is_none() && paused_since.is_none() => {
                 timed_out = true;
                 signal_group(pid, Signal::SIGTERM);
                 kill_at = Some(Instant::now() + cfg.cancel_grace);
@@ -685,6 +795,9 @@ async fn run_in(
     };
     let stderr = tail_bytes(stderr.trim(), MAX_ERROR_BYTES / 2);
 
+    // A cancel asked for before the end was seen wins over the end (a task
+    // whose approval its cancel denied may exit before the cancel is read).
+    let stopped = stopped.or((*stop.borrow() == StopReason::Cancel).then_some(StopReason::Cancel));
     match stopped {
         Some(StopReason::Cancel) => return ExecEnd::Cancelled,
         Some(StopReason::Shutdown) => {
@@ -695,6 +808,16 @@ async fn run_in(
             };
         }
         _ => {}
+    }
+    if let Some(tool) = unasked {
+        return ExecEnd::Failed {
+            error: format!(
+                "Claude Code ran {tool} without asking for approval: it did not run Baton's PreToolUse hook (passed with --settings), so the task was stopped; \
+                 check that this Claude Code version runs hooks in -p mode (docs/operations.md, Approvals)"
+            ),
+            cause: FailureCause::Misconfigured,
+            session_id: None,
+        };
     }
     if timed_out {
         return ExecEnd::Failed {
@@ -968,6 +1091,178 @@ mod tests {
         assert_eq!(
             valid_session(Some("abc-1".into())).as_deref(),
             Some("abc-1")
+        );
+    }
+
+    #[test]
+    fn the_approval_hook_settings_run_the_agent_through_a_shell_on_the_projects_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        // A path a shell would split or unquote: spaces, quotes, a `$`.
+        let sub = dir.path().join("it's a $HOME \"dir\"");
+        std::fs::create_dir(&sub).unwrap();
+        let bin = sub.join("baton-agent");
+        std::fs::write(&bin, "#!/bin/sh\nprintf '%s|' \"$0\" \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let approve = Approve::Tools(vec!["Bash".into(), "Write".into()]);
+        let settings: serde_json::Value =
+            serde_json::from_str(&approval_settings(&approve, &bin)).unwrap();
+        // The shape of the documented settings block.
+        let doc: serde_json::Value =
+            serde_json::from_str(
+                &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+                    "tests/fixtures/claude-code-hooks/docs-settings-two-pretooluse-hooks.json",
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+        let entry = &settings["hooks"]["PreToolUse"][0];
+        let doc_entry = &doc["hooks"]["PreToolUse"][0];
+        assert_eq!(entry["matcher"], "Bash|Write");
+        assert_eq!(entry["hooks"][0]["type"], doc_entry["hooks"][0]["type"]);
+        assert_eq!(
+            entry["hooks"][0]["timeout"],
+            (APPROVAL_WAIT_CAP + HOOK_TIMEOUT_MARGIN).as_secs()
+        );
+        // Run as Claude Code runs it: through a shell.
+        let command = entry["hooks"][0]["command"].as_str().unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", command])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}|hook|", bin.display())
+        );
+        let all: serde_json::Value =
+            serde_json::from_str(&approval_settings(&Approve::Word("all".into()), &bin)).unwrap();
+        assert_eq!(all["hooks"]["PreToolUse"][0]["matcher"], "*");
+    }
+
+    /// A command task that waits until the test writes to `dir/go` (a fifo),
+    /// with a one-second time limit.
+    fn waiting_task(dir: &std::path::Path) -> (Config, ProjectConfig) {
+        let fifo = dir.join("go");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (cfg, mut project) = config(ExecutorKind::Claude);
+        project.executor = ExecutorKind::Command;
+        project.command = vec!["sh".into(), "-c".into(), "cat ./go; echo done".into()];
+        project.path = dir.to_owned();
+        project.max_duration_secs = Some(1);
+        (cfg, project)
+    }
+
+    /// Runs `project`'s task 1 with `link`.
+    fn start(
+        cfg: &Config,
+        project: &ProjectConfig,
+        link: TaskLink,
+    ) -> (tokio::task::JoinHandle<ExecEnd>, watch::Sender<StopReason>) {
+        let (events, _) = mpsc::unbounded_channel();
+        let (stop_tx, stop) = watch::channel(StopReason::None);
+        let (cfg, project) = (cfg.clone(), project.clone());
+        let task = tokio::spawn(async move {
+            run(
+                &cfg,
+                &project,
+                &submit(None, &[]),
+                events,
+                stop,
+                |_| {},
+                Some(link),
+            )
+            .await
+        });
+        (task, stop_tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_waiting_for_approval_does_not_count_toward_the_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, project) = waiting_task(dir.path());
+        let (out, _requests) = mpsc::unbounded_channel();
+        let approvals = crate::approvals::Approvals::new(dir.path(), out);
+        let waiting = approvals.register(TaskId(1));
+        let ask = tokio::spawn({
+            let a = approvals.clone();
+            async move { a.ask(TaskId(1), "command", "deploy").await }
+        });
+        let mut w = waiting.clone();
+        w.wait_for(|w| *w).await.unwrap();
+        let link = TaskLink {
+            socket: dir.path().join("none.sock"),
+            waiting,
+            approved: Default::default(),
+        };
+        let (task, _stop) = start(&cfg, &project, link);
+        // A hundred times the limit passes while a person is asked.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!task.is_finished(), "the limit is paused while waiting");
+        // Decided: the limit runs again, with the second it had left.
+        assert!(approvals.decide(
+            TaskId(1),
+            1,
+            baton_shared::protocol::Decision::Approved,
+            None
+        ));
+        ask.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let end = task.await.unwrap();
+        assert!(
+            matches!(&end, ExecEnd::Failed { cause: FailureCause::Timeout, error, .. } if error == "timed out after 1 s"),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_finishes_while_waiting_is_not_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, project) = waiting_task(dir.path());
+        // A request pending from the start to the end (no timer of its own:
+        // the paused clock jumps to the next timer whenever the test idles).
+        let (_pending, waiting) = watch::channel(true);
+        let link = TaskLink {
+            socket: dir.path().join("none.sock"),
+            waiting,
+            approved: Default::default(),
+        };
+        let (task, _stop) = start(&cfg, &project, link);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let fifo = dir.path().join("go");
+        tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n"))
+            .await
+            .unwrap()
+            .unwrap();
+        let end = task.await.unwrap();
+        assert!(
+            matches!(&end, ExecEnd::Completed(r) if r.text == "go\ndone\n"),
+            "{end:?}"
+        );
+        // Without a pending request the same task is timed out.
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, project) = waiting_task(dir.path());
+        let (_tx, waiting) = watch::channel(false);
+        let link = TaskLink {
+            socket: dir.path().join("none.sock"),
+            waiting,
+            approved: Default::default(),
+        };
+        let (task, _stop) = start(&cfg, &project, link);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let end = task.await.unwrap();
+        assert!(
+            matches!(
+                &end,
+                ExecEnd::Failed {
+                    cause: FailureCause::Timeout,
+                    ..
+                }
+            ),
+            "{end:?}"
         );
     }
 

@@ -13,10 +13,16 @@
 //!   parsing each CLI's machine-readable output.
 //! - [`detect`]: `baton-agent detect`, the CLIs installed on this machine.
 //! - [`worktree`]: a git worktree per task for `isolation = "worktree"` projects.
+//! - [`approvals`]: tool calls waiting for a person's yes in Slack: a socket
+//!   per task, the requests sent to the bot and their decisions.
+//! - [`ask`]: `baton-agent hook` (Claude Code's `PreToolUse` hook) and
+//!   `baton-agent approve` (for command tasks), which ask over that socket.
 //! - [`attachments`]: files attached in Slack, written to `.baton/files/` and
 //!   named in the prompt.
 //! - this module: the connection loop and the task table.
 
+pub mod approvals;
+pub mod ask;
 pub mod attachments;
 pub mod claude_stream;
 pub mod codex_stream;
@@ -96,6 +102,8 @@ pub struct Agent {
     draining: AtomicBool,
     /// Signals task-table changes (shutdown waits on it).
     changed: Notify,
+    /// Approval requests of the running tasks.
+    approvals: approvals::Approvals,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,6 +136,7 @@ impl Agent {
             state.clear_started(task);
         }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let approvals = approvals::Approvals::new(&cfg.state_dir, out_tx.clone());
         Ok(Arc::new(Agent {
             cfg,
             state,
@@ -137,6 +146,7 @@ impl Agent {
             connected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             changed: Notify::new(),
+            approvals,
         }))
     }
 
@@ -389,7 +399,13 @@ impl Agent {
             return SessionEnd::Retry;
         }
         // Everything held is sent again; the bot applies each once and acknowledges.
-        for msg in self.state.outbox() {
+        // So is every undecided approval request; the bot records each once.
+        for msg in self
+            .state
+            .outbox()
+            .into_iter()
+            .chain(self.approvals.pending_requests())
+        {
             if sink.send(Message::Text(msg.encode().into())).await.is_err() {
                 return SessionEnd::Retry;
             }
@@ -455,6 +471,8 @@ impl Agent {
                 if let Some(r) = lock(&self.tasks).get(&task.0) {
                     tracing::info!(task = task.0, "cancelling");
                     let _ = r.stop.send(StopReason::Cancel);
+                    // What it waits for is denied (after the stop: the task ends cancelled).
+                    self.approvals.cancel(task);
                 } else if let Some(held) = self.state.get_outbox(task) {
                     self.send(held);
                 }
@@ -468,13 +486,23 @@ impl Agent {
                 tracing::warn!(?code, message, "the bot reported a protocol error")
             }
             BotMessage::Welcome { .. } => {}
-            // This agent asks for no approvals yet; a decision it never asked for changes nothing.
-            BotMessage::ApprovalDecision { task, request, .. } => {
-                tracing::warn!(
-                    task = task.0,
-                    request,
-                    "a decision for no pending approval; ignored"
-                )
+            BotMessage::ApprovalDecision {
+                task,
+                request,
+                decision,
+                by,
+            } => {
+                // The first decision for a pending request applies; any other changes nothing.
+                if !self
+                    .approvals
+                    .decide(task, request, decision, by.as_deref())
+                {
+                    tracing::debug!(
+                        task = task.0,
+                        request,
+                        "a decision for no pending approval; ignored"
+                    )
+                }
             }
         }
     }
@@ -588,8 +616,23 @@ impl Agent {
                     tracing::warn!(task = id.0, error = %e, "cannot record the task's process group");
                 }
             };
-            let run = exec::run(&agent.cfg, &project, &s, ev_tx, stop_rx, started);
+            // A command task may always ask; a claude task when its project has `approve`.
+            let link = if project.executor == config::ExecutorKind::Command
+                || project.approve.is_some()
+            {
+                agent
+                    .approvals
+                    .open(id)
+                    .inspect_err(|e| {
+                        tracing::error!(task = id.0, error = %e, "cannot open the task's approval socket; it cannot ask for approval")
+                    })
+                    .ok()
+            } else {
+                None
+            };
+            let run = exec::run(&agent.cfg, &project, &s, ev_tx, stop_rx, started, link);
             let (end, ()) = tokio::join!(run, forward);
+            agent.approvals.close(id);
             let n = seq.fetch_add(1, Ordering::SeqCst);
             let msg = match end {
                 ExecEnd::Completed(result) => AgentMessage::Completed {

@@ -1,4 +1,5 @@
-//! `baton-agent --config agent.toml`: runs tasks for the bot until SIGTERM or Ctrl-C.
+//! `baton-agent --config agent.toml`: runs tasks for the bot until SIGTERM or Ctrl-C;
+//! `baton-agent hook` and `baton-agent approve` ask it for approval from inside a task.
 
 use anyhow::Context;
 use baton_agent::config::{AgentCommand, Cli, Config};
@@ -6,7 +7,29 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `approve` answers with its exit code: a usage error must not look like 1 or 2.
+        Err(e)
+            if std::env::args().nth(1).as_deref() == Some("approve")
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+        {
+            let _ = e.print();
+            std::process::exit(baton_agent::ask::EXIT_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
+    // What a task runs to ask: nothing on stdout but the answer, no logging.
+    match &cli.command {
+        Some(AgentCommand::Hook) => std::process::exit(baton_agent::ask::hook_main()),
+        Some(AgentCommand::Approve { text }) => {
+            std::process::exit(baton_agent::ask::approve_main(text))
+        }
+        _ => {}
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if cli.log_format.eq_ignore_ascii_case("json") {
@@ -61,8 +84,13 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
             p.name,
             cli.bin
         );
+        let asks = p
+            .approve
+            .as_ref()
+            .map(|a| format!(", approval asked for {}", a.matcher()))
+            .unwrap_or_default();
         println!(
-            "project {}: {} {} in {}",
+            "project {}: {} {} in {}{asks}",
             p.name,
             p.executor.as_str(),
             String::from_utf8_lossy(&out.stdout).trim(),
