@@ -815,17 +815,7 @@ impl Store {
         agents: &[String],
         limit: u64,
     ) -> anyhow::Result<Vec<Task>> {
-        task::Entity::find()
-            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
-            .filter(task::Column::Project.eq(project))
-            .filter(task::Column::AfterTask.is_null())
-            .filter(
-                sea_orm::Condition::any()
-                    .add(task::Column::SessionAgent.is_null())
-                    .add(task::Column::SessionAgent.is_in(agents.iter().map(String::as_str))),
-            )
-            .order_by_asc(task::Column::Id)
-            .limit(limit.min(i64::MAX as u64))
+        dispatchable_query(project, agents, limit)
             .all(&self.read)
             .await
             .context("Cannot read the queue")
@@ -839,12 +829,7 @@ impl Store {
     pub async fn waiting_follow_ups(&self) -> anyhow::Result<Vec<Task>> {
         // Cleared before the read: a follow-up written meanwhile sets it again.
         self.maybe_waiting.store(false, Ordering::SeqCst);
-        let waiting = task::Entity::find()
-            // Word for word the partial index's condition, so that it is used.
-            .filter(Expr::cust(baton_migrations::FOLLOW_UPS_WAITING))
-            .order_by_asc(task::Column::Id)
-            .all(&self.read)
-            .await;
+        let waiting = waiting_query().all(&self.read).await;
         if !matches!(&waiting, Ok(w) if w.is_empty()) {
             self.maybe_waiting.store(true, Ordering::SeqCst);
         }
@@ -1611,6 +1596,33 @@ async fn insert_project(db: &impl ConnectionTrait, name: &str) -> anyhow::Result
     Ok(())
 }
 
+/// The query of [`Store::dispatchable`].
+fn dispatchable_query(
+    project: &str,
+    agents: &[String],
+    limit: u64,
+) -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+        .filter(task::Column::Project.eq(project))
+        .filter(task::Column::AfterTask.is_null())
+        .filter(
+            sea_orm::Condition::any()
+                .add(task::Column::SessionAgent.is_null())
+                .add(task::Column::SessionAgent.is_in(agents.iter().map(String::as_str))),
+        )
+        .order_by_asc(task::Column::Id)
+        .limit(limit.min(i64::MAX as u64))
+}
+
+/// The query of [`Store::waiting_follow_ups`].
+fn waiting_query() -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        // Word for word the partial index's condition, so that it is used.
+        .filter(Expr::cust(baton_migrations::FOLLOW_UPS_WAITING))
+        .order_by_asc(task::Column::Id)
+}
+
 /// The guarded `UPDATE` that hands queued tasks to `agent`.
 fn claim_query(agent: &str) -> sea_orm::UpdateMany<task::Entity> {
     let now = now_ms();
@@ -2204,5 +2216,147 @@ mod tests {
             [t.id]
         );
         assert_eq!(s.count_in(TaskState::Queued).await.expect("count"), 1);
+    }
+
+    /// A follow-up waiting for its turn is never claimed nor expired; once
+    /// released it joins the queue pinned to its session's agent, which alone
+    /// may claim it.
+    #[tokio::test]
+    async fn a_waiting_follow_up_is_claimed_only_once_released_and_only_by_its_agent() {
+        let (_db, s) = store().await;
+        let first = s.insert_task(new_task()).await.expect("insert");
+        let follow_up = s
+            .insert_queued_task(
+                NewTask {
+                    after_task: Some(first.id),
+                    session_id: Some("sess-0".into()),
+                    session_agent: Some("a".into()),
+                    ..new_task()
+                },
+                10,
+            )
+            .await
+            .expect("insert")
+            .expect("room");
+        let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let everyone = ["a".to_owned(), "b".to_owned()];
+        assert!(s.may_have_waiting());
+        assert_eq!(
+            ids(s.waiting_follow_ups().await.expect("read")),
+            [follow_up.id]
+        );
+        assert!(
+            !s.claim(follow_up.id, "a").await.expect("claim"),
+            "it waits"
+        );
+        assert_eq!(
+            ids(s.dispatchable("web", &everyone, 10).await.expect("read")),
+            [first.id]
+        );
+        assert!(
+            ids(s.queued_before(now_ms() + 1).await.expect("read")) == [first.id],
+            "its time to live has not started"
+        );
+        assert_eq!(
+            s.ended_among(&[first.id]).await.expect("read"),
+            Vec::<i64>::new()
+        );
+
+        assert!(
+            !s.release_follow_up(follow_up.id, first.id + 7, None, None, now_ms())
+                .await
+                .expect("release"),
+            "not what it waits for"
+        );
+        assert!(
+            s.release_follow_up(
+                follow_up.id,
+                first.id,
+                Some("sess-1".into()),
+                Some("a".into()),
+                now_ms()
+            )
+            .await
+            .expect("release")
+        );
+        assert!(
+            !s.release_follow_up(follow_up.id, first.id, None, None, now_ms())
+                .await
+                .expect("again"),
+            "released once"
+        );
+        assert!(s.waiting_follow_ups().await.expect("read").is_empty());
+        assert!(!s.may_have_waiting());
+        let released = s.task(follow_up.id).await.expect("read").expect("row");
+        assert_eq!(
+            (released.session_id.as_deref(), released.after_task),
+            (Some("sess-1"), None)
+        );
+        assert_eq!(
+            ids(s
+                .dispatchable("web", &["b".to_owned()], 10)
+                .await
+                .expect("read")),
+            [first.id],
+            "not for another agent"
+        );
+        assert_eq!(
+            ids(s.dispatchable("web", &everyone, 10).await.expect("read")),
+            [first.id, follow_up.id]
+        );
+        assert!(
+            !s.claim(follow_up.id, "b").await.expect("claim"),
+            "not b's session"
+        );
+        assert!(s.claim(follow_up.id, "a").await.expect("claim"));
+    }
+
+    /// The waiting follow-ups are read through their partial index, and the
+    /// dispatcher's read of a queue through the queue's index, however many
+    /// ended tasks the table holds.
+    #[tokio::test]
+    async fn the_follow_up_queries_use_their_indexes_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sqlite_store(&dir).await;
+        let plan = |sql: String| {
+            let s = s.clone();
+            async move {
+                s.connection()
+                    .query_all(Statement::from_string(
+                        sea_orm::DbBackend::Sqlite,
+                        format!("EXPLAIN QUERY PLAN {sql}"),
+                    ))
+                    .await
+                    .expect("plan")
+                    .iter()
+                    .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let waiting = plan(
+            waiting_query()
+                .build(sea_orm::DbBackend::Sqlite)
+                .to_string(),
+        )
+        .await;
+        assert!(
+            waiting
+                .iter()
+                .any(|d| d.contains("idx_tasks_follow_ups_waiting")),
+            "{waiting:?}"
+        );
+        let agents = ["a".to_owned(), "b".to_owned()];
+        let queue = plan(
+            dispatchable_query("web", &agents, 64)
+                .build(sea_orm::DbBackend::Sqlite)
+                .to_string(),
+        )
+        .await;
+        assert!(
+            queue
+                .iter()
+                .any(|d| d.contains("idx_tasks_state_project_id")),
+            "{queue:?}"
+        );
     }
 }
