@@ -639,15 +639,6 @@ impl Hub {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         Ok((self.route_to(name, project, placeholder)?, placeholder))
     }
-
-    /// The connected agents with a free slot for `project` now.
-    pub fn agents_with_room(&self, project: &str) -> Vec<String> {
-        lock(&self.agents)
-            .iter()
-            .filter(|(_, e)| e.free_for(project) > 0)
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
 }
 
 /// Whether agent `name` can take a task of `project` now (connected, serving

@@ -196,7 +196,8 @@ async fn two_replies_run_in_order_each_after_the_one_before() {
 
 /// A follow-up resuming a session goes only to the agent that made it: it
 /// waits while that agent is busy (its message and `/baton queue` say for
-/// whom), and the other agent, idle, never gets it.
+/// whom) without holding up the tasks queued behind it, and the other agent,
+/// idle, never gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_up_waits_for_the_busy_agent_holding_its_session() {
     let rig = Scene::start_with(two_agents).await;
@@ -209,7 +210,6 @@ async fn a_follow_up_waits_for_the_busy_agent_holding_its_session() {
     rig.baton("update the changelog", "U1").await;
     assert_eq!(a.submitted().await.task, TaskId(2));
     a.start(TaskId(2));
-    let mut b = FakeAgent::connect_as(rig.addr(), SECOND_KEY, 2).await;
 
     reply(&rig, 1, "U1", "now do step one", &root).await;
     let pinned = rig
@@ -234,8 +234,12 @@ async fn a_follow_up_waits_for_the_busy_agent_holding_its_session() {
         queue.contains("*#3*") && queue.contains("waiting for agent `e2e`"),
         "{queue}"
     );
-    // The idle agent takes newer work, and is idle again: still not the follow-up.
+    // A task queued behind it goes to the second agent when it connects; the
+    // follow-up does not, then nor once that agent is idle again.
     rig.baton("fix the footer", "U1").await;
+    rig.task_when(4, "task #4 queued", |t| t.message_ts.is_some())
+        .await;
+    let mut b = FakeAgent::connect_as(rig.addr(), SECOND_KEY, 2).await;
     let other = b.submitted().await;
     assert_eq!(other.task, TaskId(4));
     b.start(other.task);

@@ -89,29 +89,31 @@ impl App {
             }
         };
         for project in projects {
+            // Where the next read starts: a task pinned to a busy agent (it
+            // holds the task's session) is passed over, never read again in
+            // this pass, and never holds up the tasks behind it.
+            let mut read_after = 0;
             'project: loop {
                 let room = self.hub.projects_with_room();
                 if !room.contains(&project) {
                     break;
                 }
-                // Tasks pinned to an agent (it holds their session) only when
-                // that agent has room: they never hold up the others.
-                let agents = self.hub.agents_with_room(&project);
                 let batch = match self
                     .store
-                    .dispatchable(&project, &agents, DISPATCH_BATCH)
+                    .dispatchable(&project, read_after, DISPATCH_BATCH)
                     .await
                 {
                     Ok(b) if !b.is_empty() => b,
                     _ => break,
                 };
+                read_after = batch.last().map_or(read_after, |t| t.id);
                 // Route the batch in queue order (each route holds a slot on its
                 // agent), then claim it with one statement per agent.
                 let mut routed = Vec::with_capacity(batch.len());
                 let mut full = false;
                 for task in batch {
                     if let Some(agent) = task.session_agent.as_deref() {
-                        // Its agent filled up since the read: it waits for the next pass.
+                        // Only its agent; busy, it waits for a later pass.
                         if let Ok(route) = self.hub.route_to(agent, &task.project, task.id) {
                             routed.push((task, route));
                         }
@@ -125,8 +127,6 @@ impl App {
                         }
                     }
                 }
-                // Nothing could go anywhere: reading again would find the same.
-                full |= routed.is_empty();
                 let (claimed, failed) = self.claim_routed(&routed).await;
                 // As for a single claim: a database error ends this pass.
                 full |= failed;

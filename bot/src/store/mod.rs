@@ -805,17 +805,18 @@ impl Store {
             .context("Cannot count the queue")
     }
 
-    /// Queued tasks of a project an agent may take now, in queue order, at
-    /// most `limit`: not follow-ups waiting for their turn, and those pinned to
-    /// an agent only when it is one of `agents` (the agents with room). Read
-    /// through the queue's index like [`Store::queued`].
+    /// Queued tasks of a project that may be dispatched, in queue order,
+    /// after task `after_id` (0: from the head), at most `limit`: not the
+    /// follow-ups waiting for their turn. Those pinned to an agent
+    /// (`session_agent`) are among them; the caller routes them to that agent
+    /// only. Read through the queue's index like [`Store::queued`].
     pub async fn dispatchable(
         &self,
         project: &str,
-        agents: &[String],
+        after_id: i64,
         limit: u64,
     ) -> anyhow::Result<Vec<Task>> {
-        dispatchable_query(project, agents, limit)
+        dispatchable_query(project, after_id, limit)
             .all(&self.read)
             .await
             .context("Cannot read the queue")
@@ -1597,20 +1598,12 @@ async fn insert_project(db: &impl ConnectionTrait, name: &str) -> anyhow::Result
 }
 
 /// The query of [`Store::dispatchable`].
-fn dispatchable_query(
-    project: &str,
-    agents: &[String],
-    limit: u64,
-) -> sea_orm::Select<task::Entity> {
+fn dispatchable_query(project: &str, after_id: i64, limit: u64) -> sea_orm::Select<task::Entity> {
     task::Entity::find()
         .filter(task::Column::State.eq(TaskState::Queued.as_str()))
         .filter(task::Column::Project.eq(project))
+        .filter(task::Column::Id.gt(after_id))
         .filter(task::Column::AfterTask.is_null())
-        .filter(
-            sea_orm::Condition::any()
-                .add(task::Column::SessionAgent.is_null())
-                .add(task::Column::SessionAgent.is_in(agents.iter().map(String::as_str))),
-        )
         .order_by_asc(task::Column::Id)
         .limit(limit.min(i64::MAX as u64))
 }
@@ -2239,7 +2232,6 @@ mod tests {
             .expect("insert")
             .expect("room");
         let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
-        let everyone = ["a".to_owned(), "b".to_owned()];
         assert!(s.may_have_waiting());
         assert_eq!(
             ids(s.waiting_follow_ups().await.expect("read")),
@@ -2250,7 +2242,7 @@ mod tests {
             "it waits"
         );
         assert_eq!(
-            ids(s.dispatchable("web", &everyone, 10).await.expect("read")),
+            ids(s.dispatchable("web", 0, 10).await.expect("read")),
             [first.id]
         );
         assert!(
@@ -2293,16 +2285,12 @@ mod tests {
             (Some("sess-1"), None)
         );
         assert_eq!(
-            ids(s
-                .dispatchable("web", &["b".to_owned()], 10)
-                .await
-                .expect("read")),
-            [first.id],
-            "not for another agent"
+            ids(s.dispatchable("web", 0, 10).await.expect("read")),
+            [first.id, follow_up.id]
         );
         assert_eq!(
-            ids(s.dispatchable("web", &everyone, 10).await.expect("read")),
-            [first.id, follow_up.id]
+            ids(s.dispatchable("web", first.id, 10).await.expect("read")),
+            [follow_up.id]
         );
         assert!(
             !s.claim(follow_up.id, "b").await.expect("claim"),
@@ -2345,9 +2333,8 @@ mod tests {
                 .any(|d| d.contains("idx_tasks_follow_ups_waiting")),
             "{waiting:?}"
         );
-        let agents = ["a".to_owned(), "b".to_owned()];
         let queue = plan(
-            dispatchable_query("web", &agents, 64)
+            dispatchable_query("web", 7, 64)
                 .build(sea_orm::DbBackend::Sqlite)
                 .to_string(),
         )
