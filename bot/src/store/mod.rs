@@ -2292,6 +2292,11 @@ mod tests {
             ids(s.dispatchable("web", first.id, 10).await.expect("read")),
             [follow_up.id]
         );
+        assert_eq!(
+            ids(s.queued_before(now_ms() + 1).await.expect("read")),
+            [first.id, follow_up.id],
+            "released, it may expire like any queued task"
+        );
         assert!(
             !s.claim(follow_up.id, "b").await.expect("claim"),
             "not b's session"
