@@ -607,6 +607,62 @@ impl Hub {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+
+    /// Why a task of `project` pinned to agent `name` (it holds the task's
+    /// session) would wait now; None when that agent could take it.
+    pub fn why_waiting_for(&self, name: &str, project: &str) -> Option<WaitReason> {
+        let mut map = lock(&self.agents);
+        pick_one(&mut map, name, project, now()).err()
+    }
+
+    /// Like [`Hub::route`], to agent `name` only (it holds the task's session).
+    pub fn route_to(&self, name: &str, project: &str, task: i64) -> Result<Route, WaitReason> {
+        let now = now();
+        let mut map = lock(&self.agents);
+        pick_one(&mut map, name, project, now)?;
+        let e = map.get_mut(name).ok_or(WaitReason::NoAgent)?;
+        let permit = e.breaker.try_acquire(now).ok_or(WaitReason::CircuitOpen)?;
+        let conn = e.conn.as_ref().ok_or(WaitReason::NoAgent)?;
+        let route = Route {
+            agent: name.to_owned(),
+            conn_id: conn.id,
+            tx: conn.tx.clone(),
+        };
+        e.hold(task, project, permit);
+        Ok(route)
+    }
+
+    /// Like [`Hub::route_new`], to agent `name` only.
+    pub fn route_new_to(&self, name: &str, project: &str) -> Result<(Route, i64), WaitReason> {
+        let placeholder = self
+            .next_placeholder
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((self.route_to(name, project, placeholder)?, placeholder))
+    }
+}
+
+/// Whether agent `name` can take a task of `project` now (connected, serving
+/// it, with room, its circuit letting a task through), or why not.
+fn pick_one(
+    map: &mut HashMap<String, AgentEntry>,
+    name: &str,
+    project: &str,
+    now: Instant,
+) -> Result<(), WaitReason> {
+    let e = map.get_mut(name).ok_or(WaitReason::NoAgent)?;
+    let Some(conn) = &e.conn else {
+        return Err(WaitReason::NoAgent);
+    };
+    if !conn.projects.contains_key(project) || conn.draining {
+        return Err(WaitReason::NoAgent);
+    }
+    if e.free_for(project) == 0 {
+        return Err(WaitReason::Busy);
+    }
+    if !e.breaker.would_allow(now) {
+        return Err(WaitReason::CircuitOpen);
+    }
+    Ok(())
 }
 
 /// The least loaded connected agent that serves `project`, has room and whose

@@ -127,11 +127,38 @@ pub fn cancel_try_again(id: TaskId) -> String {
     format!("Task {id} changed while it was being cancelled; nothing was changed. Try again.")
 }
 
-/// A reply in a thread whose latest task has not finished.
-pub fn thread_busy(id: TaskId, state: TaskState) -> String {
+/// The note in a task's thread when a reply came while a task of the thread
+/// had not ended: the reply is kept as task `id`, which runs after `after`.
+pub fn follow_up_waits(requester: &str, id: TaskId, after: TaskId) -> String {
     format!(
-        "Task {id} in this thread is still {state}, so this reply did not start a follow-up. Reply again once it has finished, or cancel it with `/baton cancel {id}`."
+        "<@{requester}> Your reply will run as task {id} when {after} finishes, continuing the same session. `/baton cancel {n}` drops it.",
+        n = id.0
     )
+}
+
+/// Why a follow-up waits (its message): an earlier task of its thread runs.
+pub fn waits_for_task(after: TaskId) -> String {
+    format!("will run when {after} finishes (one run of a thread's session at a time)")
+}
+
+/// Why a task that resumes a session waits (its message, `/baton queue`):
+/// only agent `agent` holds the session. `why` is what keeps that agent from
+/// taking it (None: nothing, it is about to go).
+pub fn waits_for_agent(agent: &str, why: Option<crate::hub::WaitReason>) -> String {
+    use crate::hub::WaitReason;
+    let holds = format!(
+        "waiting for agent `{agent}`, which holds this thread's session (a session exists only on the machine that made it)"
+    );
+    match why {
+        None => format!("about to go to agent `{agent}`, which holds this thread's session"),
+        Some(WaitReason::NoAgent) => {
+            format!("{holds}; it runs when `{agent}` is connected and serves this project")
+        }
+        Some(WaitReason::Busy) => format!("{holds}; it runs when `{agent}` has a free slot"),
+        Some(WaitReason::CircuitOpen) => format!(
+            "{holds}; `{agent}` is failing and paused (circuit open), it runs when it recovers"
+        ),
+    }
 }
 
 /// The note in a task's thread when someone retried it.

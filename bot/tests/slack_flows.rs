@@ -507,7 +507,8 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
     )
     .await;
 
-    // While it runs, another reply does not start a second run of the session.
+    // While it runs, another reply does not start a second run of the
+    // session: it is kept, and the thread says so to the person.
     agent.start(second.task);
     rig.task_when(2, "the follow-up running", |t| t.state == "running")
         .await;
@@ -517,26 +518,47 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
         None,
     )
     .await;
-    let busy = eventually("the busy answer", || async {
-        rig.ephemerals("U1").into_iter().next()
+    let waits = rig
+        .task_when(3, "the kept reply", |t| t.message_ts.is_some())
+        .await;
+    assert_eq!(
+        (waits.state.as_str(), waits.after_task, waits.parent_id),
+        ("queued", Some(2), Some(2))
+    );
+    let note = eventually("the thread's note", || async {
+        rig.slack
+            .thread(&root)
+            .into_iter()
+            .find(|m| m["text"].as_str().is_some_and(|t| t.contains("will run")))
     })
     .await;
     assert!(
-        busy["text"]
+        note["text"]
             .as_str()
             .unwrap()
-            .contains("Task #2 in this thread is still running"),
-        "{busy}"
+            .contains("<@U1> Your reply will run as task #3 when #2 finishes"),
+        "{note}"
     );
-    assert_eq!(busy["thread_ts"], root.as_str(), "answered in the thread");
-    assert_eq!(rig.task_count().await, 2);
+    assert!(
+        rig.ephemerals("U1").is_empty(),
+        "{:?}",
+        rig.ephemerals("U1")
+    );
 
-    // Once it ended, a reply mentioning the bot (Slack sends it as both
-    // `app_mention` and `message`) continues the latest session, once.
+    // Once it ended, the kept reply runs in the session it made.
     agent.complete(second.task, "step one done", "sess-2");
-    rig.task_when(2, "the follow-up completed", |t| t.state == "completed")
+    let third = agent.submitted().await;
+    assert_eq!(third.task, TaskId(3));
+    assert_eq!(third.session_id.as_deref(), Some("sess-2"));
+    assert_eq!(third.prompt, "and step two");
+    agent.start(third.task);
+    agent.complete(third.task, "step two done", "sess-3");
+    rig.task_when(3, "the kept reply completed", |t| t.state == "completed")
         .await;
-    let text = format!("<@{BOT_USER}> and step two");
+
+    // A reply mentioning the bot (Slack sends it as both `app_mention` and
+    // `message`) continues the latest session, once.
+    let text = format!("<@{BOT_USER}> and step three");
     rig.event(
         "Ev12",
         message("U1", &text, "1700000200.000300", Some(&root)),
@@ -545,23 +567,23 @@ async fn a_thread_reply_continues_the_session_of_the_threads_latest_task() {
     .await;
     rig.event(
         "Ev13",
-        mention("U1", "and step two", "1700000200.000300", Some(&root)),
+        mention("U1", "and step three", "1700000200.000300", Some(&root)),
         None,
     )
     .await;
-    let third = agent.submitted().await;
-    assert_eq!(third.task, TaskId(3));
+    let fourth = agent.submitted().await;
+    assert_eq!(fourth.task, TaskId(4));
     assert_eq!(
-        third.session_id.as_deref(),
-        Some("sess-2"),
+        fourth.session_id.as_deref(),
+        Some("sess-3"),
         "the thread's latest session"
     );
-    assert_eq!(third.prompt, "and step two");
-    agent.start(third.task);
-    agent.complete(third.task, "step two done", "sess-3");
-    rig.task_when(3, "the third task completed", |t| t.state == "completed")
+    assert_eq!(fourth.prompt, "and step three");
+    agent.start(fourth.task);
+    agent.complete(fourth.task, "step three done", "sess-4");
+    rig.task_when(4, "the fourth task completed", |t| t.state == "completed")
         .await;
-    assert_eq!(rig.task_count().await, 3);
+    assert_eq!(rig.task_count().await, 4);
     rig.stop().await;
 }
 

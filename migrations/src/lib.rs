@@ -10,10 +10,15 @@ mod m20261201_000001_thread_and_retry;
 mod m20261206_000001_access;
 mod m20261206_000090_event_inbox;
 mod m20261207_000010_notify;
+mod m20261207_000110_follow_ups;
 
 /// The condition of the ended tasks whose requester is still to be told (the
 /// partial index's condition, which queries must repeat word for word).
 pub use m20261207_000010_notify::PENDING as NOTIFY_PENDING;
+
+/// The condition of the follow-ups still waiting for their turn (the partial
+/// index's condition, which queries must repeat word for word).
+pub use m20261207_000110_follow_ups::WAITING as FOLLOW_UPS_WAITING;
 
 /// Runs Baton's migrations in order.
 #[derive(Debug)]
@@ -28,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_access::Migration),
             Box::new(m20261206_000090_event_inbox::Migration),
             Box::new(m20261207_000010_notify::Migration),
+            Box::new(m20261207_000110_follow_ups::Migration),
         ]
     }
 }

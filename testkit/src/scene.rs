@@ -307,6 +307,17 @@ impl FakeAgent {
 
     /// Connects with `key`, then waits until `connected` agents are connected.
     pub async fn connect_as(addr: SocketAddr, key: &str, connected: usize) -> FakeAgent {
+        Self::connect_running(addr, key, connected, &[]).await
+    }
+
+    /// Like [`FakeAgent::connect_as`], its hello saying it runs `running`
+    /// (an agent coming back to a restarted bot).
+    pub async fn connect_running(
+        addr: SocketAddr,
+        key: &str,
+        connected: usize,
+        running: &[TaskId],
+    ) -> FakeAgent {
         let mut req = format!("ws://{addr}/agents").into_client_request().unwrap();
         req.headers_mut()
             .insert("Authorization", format!("Bearer {key}").parse().unwrap());
@@ -340,7 +351,7 @@ impl FakeAgent {
                 name: ProjectName::new("web").unwrap(),
                 max_concurrent: 1,
             }],
-            running: Vec::new(),
+            running: running.to_vec(),
             held_results: Vec::new(),
         }));
         wait_agents(addr, connected).await;

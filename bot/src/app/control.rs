@@ -99,6 +99,8 @@ impl App {
                 thread_ts: None,
                 parent_id: Some(task.id),
                 session_id: None,
+                session_agent: None,
+                after_task: None,
                 response_url: None,
             })
             .await;

@@ -94,7 +94,13 @@ impl App {
         self.check_start(&req, &project).await?;
         // An agent that can take it now is chosen before it is written, so it
         // is written dispatched to that agent: one write, not insert then claim.
-        let routed = self.hub.route_new(&project);
+        let routed = match (req.after_task, req.session_agent.as_deref()) {
+            // A follow-up waiting for an earlier task goes to no agent yet.
+            (Some(_), _) => Err(WaitReason::Busy),
+            // A session exists only on the agent that made it.
+            (None, Some(agent)) => self.hub.route_new_to(agent, &project),
+            (None, None) => self.hub.route_new(&project),
+        };
         let release = |routed: &Result<(Route, i64), WaitReason>| {
             if let Ok((route, placeholder)) = routed {
                 self.hub
@@ -128,6 +134,8 @@ impl App {
             parent_id: req.parent_id,
             session_id: req.session_id,
             agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
+            after_task: req.after_task,
+            session_agent: req.session_agent,
         };
         let written = match &routed {
             Ok(_) => self.store.insert_task(new).await,
@@ -160,6 +168,16 @@ impl App {
             Ok((route, placeholder)) => {
                 self.hub.bind_new(&route.agent, placeholder, task.id);
                 self.hand_out(task.clone(), &route).await;
+            }
+            Err(_) if task.after_task.is_some() => {
+                self.show_queued(&task.project).await;
+                tracing::info!(
+                    task = task.id,
+                    after = task.after_task,
+                    "follow-up waits for its turn"
+                );
+                // Its predecessor may have ended meanwhile.
+                self.dispatch_wake.notify_one();
             }
             Err(reason) => {
                 self.show_queued(&task.project).await;
@@ -254,6 +272,8 @@ mod tests {
             thread_ts: None,
             parent_id: None,
             session_id: None,
+            session_agent: None,
+            after_task: None,
             response_url: None,
         }));
         assert!(futures::poll!(creating.as_mut()).is_pending());

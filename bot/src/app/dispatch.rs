@@ -14,6 +14,8 @@ use crate::breaker::Outcome;
 use crate::hub::Route;
 use crate::model::TaskState;
 use crate::personas;
+use crate::replies;
+use crate::slack::render;
 use crate::store::{Ending, Task};
 use crate::sync::lock;
 
@@ -78,6 +80,7 @@ impl App {
     /// Hands queued tasks to agents with room, in queue order, then refreshes
     /// what the still-queued tasks' messages say.
     pub async fn dispatch_pass(&self) {
+        self.release_follow_ups().await;
         let projects = match self.store.projects_with_queue().await {
             Ok(p) => p,
             Err(err) => {
@@ -86,20 +89,36 @@ impl App {
             }
         };
         for project in projects {
+            // Where the next read starts: a task pinned to a busy agent (it
+            // holds the task's session) is passed over, never read again in
+            // this pass, and never holds up the tasks behind it.
+            let mut read_after = 0;
             'project: loop {
                 let room = self.hub.projects_with_room();
                 if !room.contains(&project) {
                     break;
                 }
-                let batch = match self.store.queued(&project, DISPATCH_BATCH).await {
+                let batch = match self
+                    .store
+                    .dispatchable(&project, read_after, DISPATCH_BATCH)
+                    .await
+                {
                     Ok(b) if !b.is_empty() => b,
                     _ => break,
                 };
+                read_after = batch.last().map_or(read_after, |t| t.id);
                 // Route the batch in queue order (each route holds a slot on its
                 // agent), then claim it with one statement per agent.
                 let mut routed = Vec::with_capacity(batch.len());
                 let mut full = false;
                 for task in batch {
+                    if let Some(agent) = task.session_agent.as_deref() {
+                        // Only its agent; busy, it waits for a later pass.
+                        if let Ok(route) = self.hub.route_to(agent, &task.project, task.id) {
+                            routed.push((task, route));
+                        }
+                        continue;
+                    }
                     match self.hub.route(&task.project, task.id) {
                         Ok(route) => routed.push((task, route)),
                         Err(_) => {
@@ -148,6 +167,119 @@ impl App {
         (claimed, failed)
     }
 
+    /// Lets the follow-ups whose turn came run. A follow-up waits (its
+    /// `after_task`) until every earlier task of its thread has ended (earlier
+    /// waiting follow-ups included, so replies run in order, one at a time);
+    /// then it joins its project's queue resuming the thread's latest session,
+    /// pinned to the agent that holds it. How the earlier tasks ended does not
+    /// matter: failed or cancelled, the follow-up still runs (with the
+    /// session, if one was made). One that ended while it waited (cancelled,
+    /// expired) is taken off the waiting list.
+    async fn release_follow_ups(&self) {
+        if !self.store.may_have_waiting() {
+            return;
+        }
+        let waiting = match self.store.waiting_follow_ups().await {
+            Ok(w) => w,
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot read the waiting follow-ups");
+                return;
+            }
+        };
+        // Only those whose predecessor ended need a closer look (one read).
+        let afters: Vec<i64> = waiting.iter().filter_map(|t| t.after_task).collect();
+        let ended: HashSet<i64> = match self.store.ended_among(&afters).await {
+            Ok(ended) => ended.into_iter().collect(),
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot read the follow-ups' predecessors");
+                return;
+            }
+        };
+        for follow_up in waiting {
+            let due = render::task_state(&follow_up) != TaskState::Queued
+                || follow_up.after_task.is_some_and(|a| ended.contains(&a));
+            if !due {
+                continue;
+            }
+            if let Err(err) = self.release_follow_up(&follow_up).await {
+                tracing::error!(task = follow_up.id, error = ?err, "cannot release a follow-up");
+            }
+        }
+    }
+
+    /// Releases one waiting follow-up if its turn came (see [`App::release_follow_ups`]).
+    async fn release_follow_up(&self, follow_up: &Task) -> anyhow::Result<()> {
+        let Some(after) = follow_up.after_task else {
+            return Ok(());
+        };
+        if render::task_state(follow_up) != TaskState::Queued {
+            return self.store.forget_waiting(follow_up.id).await;
+        }
+        // The tasks of its thread before it (a follow-up always has a thread;
+        // without one, the task it waits for alone).
+        let earlier: Vec<Task> = match follow_up.thread_ts.as_deref() {
+            Some(root) => self
+                .store
+                .thread_tasks(&follow_up.channel_id, root)
+                .await?
+                .into_iter()
+                .filter(|t| t.id < follow_up.id)
+                .collect(),
+            None => self.store.task(after).await?.into_iter().collect(),
+        };
+        if let Some(blocking) = earlier
+            .iter()
+            .rev()
+            .find(|t| !render::task_state(t).is_terminal())
+        {
+            // Not yet. If what it waited for ended while an earlier task still
+            // runs, it now waits for that one, and its message says so.
+            if blocking.id != after {
+                let reason = replies::waits_for_task(TaskId(blocking.id));
+                if self
+                    .store
+                    .wait_after(follow_up.id, after, blocking.id, &reason)
+                    .await?
+                {
+                    self.show_from_db(follow_up.id).await;
+                }
+            }
+            return Ok(());
+        }
+        // The thread's latest session, on the agent that holds it: the agent
+        // that ran the task, or (never run) the one it was pinned to.
+        let holder = earlier.iter().rev().find(|t| {
+            t.session_id
+                .as_ref()
+                .is_some_and(|s| baton_shared::SessionId::new(s.clone()).is_ok())
+        });
+        let (session_id, session_agent) = match holder {
+            Some(t) => (
+                t.session_id.clone(),
+                t.agent.clone().or_else(|| t.session_agent.clone()),
+            ),
+            None => (
+                follow_up.session_id.clone(),
+                follow_up.session_agent.clone(),
+            ),
+        };
+        if self
+            .store
+            .release_follow_up(
+                follow_up.id,
+                after,
+                session_id,
+                session_agent,
+                self.clock.now_ms(),
+            )
+            .await?
+        {
+            tracing::info!(task = follow_up.id, after, "follow-up released");
+            lock(&self.queue_shown).remove(&follow_up.id);
+        }
+        Ok(())
+    }
+
     /// Updates the messages of a project's queued tasks whose position or reason changed.
     pub(super) async fn show_queued(&self, project: &str) {
         let reason = self
@@ -161,11 +293,25 @@ impl App {
         else {
             return;
         };
-        for (i, mut task) in queued.into_iter().enumerate() {
-            let pos = i as u64 + 1;
+        let mut pos = 0;
+        for mut task in queued {
+            // A follow-up waiting for its turn has no place in the queue yet;
+            // a task pinned to its session's agent waits for that agent.
+            let (position, reason) = match (task.after_task, task.session_agent.as_deref()) {
+                (Some(after), _) => (None, Some(replies::waits_for_task(TaskId(after)))),
+                (None, Some(agent)) => {
+                    pos += 1;
+                    let why = self.hub.why_waiting_for(agent, project);
+                    (Some(pos), Some(replies::waits_for_agent(agent, why)))
+                }
+                (None, None) => {
+                    pos += 1;
+                    (Some(pos), reason.clone())
+                }
+            };
             let changed = {
                 let mut shown = lock(&self.queue_shown);
-                let now = (pos, reason.clone());
+                let now = (position.unwrap_or(0), reason.clone());
                 let changed = shown.get(&task.id) != Some(&now);
                 shown.insert(task.id, now);
                 changed
@@ -177,7 +323,7 @@ impl App {
                     }
                     task.wait_reason = Some(r.clone());
                 }
-                self.consolidator.show(task, Some(pos));
+                self.consolidator.show(task, position);
             }
         }
     }

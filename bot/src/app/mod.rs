@@ -63,6 +63,12 @@ pub struct TaskRequest {
     pub parent_id: Option<i64>,
     /// The session to resume.
     pub session_id: Option<String>,
+    /// The agent holding `session_id`: the task goes to no other agent.
+    pub session_agent: Option<String>,
+    /// The thread's task this follow-up waits for (it had not ended when the
+    /// reply came): the task is kept, and runs once the thread's earlier
+    /// tasks have ended.
+    pub after_task: Option<i64>,
     /// The slash command's `response_url`: where the person hears of what
     /// goes wrong after the acknowledgement (its message cannot be posted).
     pub response_url: Option<String>,
@@ -119,6 +125,10 @@ pub struct App {
     pub directory: crate::access::Directory,
     /// What is not ready, for `/readyz`.
     pub readiness: crate::selfcheck::Readiness,
+    /// Held while a thread reply becomes a task, so that two replies arriving
+    /// together see each other (one waits for the other, never two runs of a
+    /// session at once).
+    pub follow_ups: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for App {
@@ -192,6 +202,7 @@ impl App {
             unpostable: Mutex::new(Some(unpostable)),
             directory: crate::access::Directory::default(),
             readiness: crate::selfcheck::Readiness::default(),
+            follow_ups: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -210,6 +210,8 @@ mod tests {
             parent_id: None,
             session_id: None,
             agent: None,
+            after_task: None,
+            session_agent: None,
         };
         req.agent = Some("a".into());
         let task = store.insert_task(req).await.expect("written dispatched");

@@ -48,6 +48,8 @@ pub(super) fn request(prompt: &str) -> TaskRequest {
         thread_ts: None,
         parent_id: None,
         session_id: None,
+        session_agent: None,
+        after_task: None,
         response_url: None,
     }
 }

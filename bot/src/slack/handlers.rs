@@ -125,6 +125,8 @@ async fn handle_baton(app: &Arc<App>, text: &str, user: &str, at: Where<'_>) -> 
                 thread_ts: thread_ts.map(str::to_owned),
                 parent_id: None,
                 session_id: None,
+                session_agent: None,
+                after_task: None,
                 response_url: response_url.map(str::to_owned),
             };
             match app.create_task(req).await {
@@ -179,8 +181,22 @@ async fn queue(app: &App, user: &str) -> Result<String, RequestError> {
             .map(|r| r.describe())
             .unwrap_or("about to be dispatched");
         let queued = app.store.queued(&p, app.settings.queue_max.max(1)).await?;
-        let total = queued.len();
-        for (i, t) in queued.iter().enumerate() {
+        // A follow-up waiting for an earlier task of its thread has no place yet.
+        let total = queued.iter().filter(|t| t.after_task.is_none()).count();
+        let mut position = 0;
+        for t in &queued {
+            let (place, why) = match (t.after_task, t.session_agent.as_deref()) {
+                (Some(after), _) => (None, replies::waits_for_task(TaskId(after))),
+                (None, Some(agent)) => {
+                    position += 1;
+                    let held = app.hub.why_waiting_for(agent, &p);
+                    (Some(position), replies::waits_for_agent(agent, held))
+                }
+                (None, None) => {
+                    position += 1;
+                    (Some(position), why.to_owned())
+                }
+            };
             if !app.may_see(t, user).await {
                 continue;
             }
@@ -188,11 +204,13 @@ async fn queue(app: &App, user: &str) -> Result<String, RequestError> {
                 more += 1;
                 continue;
             }
+            let place = place
+                .map(|i| format!(" · position {i} of {total}"))
+                .unwrap_or_default();
             lines.push(format!(
-                "• *#{}* `{}` · position {} of {total} — {why}",
+                "• *#{}* `{}`{place} — {why}",
                 t.id,
                 crate::slack::mrkdwn::escape(&t.project),
-                i + 1
             ));
         }
     }
@@ -477,8 +495,10 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
 }
 
 /// A reply in a task's thread: a follow-up task that resumes the session of
-/// the thread's latest task, posted in the same thread. Refused while a task
-/// of the thread has not finished (two runs cannot resume one session).
+/// the thread's latest task, posted in the same thread, on the agent that
+/// holds that session. While a task of the thread has not ended, the reply
+/// is kept and runs when it has (the thread says so, mentioning the person):
+/// two runs never resume one session at once.
 async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: &str) -> Reply {
     let (persona, prompt) = match commands::parse(text) {
         Ok(Command::Run {
@@ -495,20 +515,18 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
         }
         Err(e) => return Reply::Ephemeral(e.0),
     };
+    // Replies arriving together are taken one after the other: the later one
+    // sees the earlier one's task and waits for it.
+    let turn = app.follow_ups.lock().await;
     let tasks = match app.store.thread_tasks(&event.channel, root).await {
         Ok(tasks) => tasks,
         Err(err) => return Reply::Ephemeral(RequestError::Internal(err).user_text()),
     };
-    if let Some(busy) = tasks
+    // The thread's latest task that has not ended: the reply waits for it.
+    let busy = tasks
         .iter()
         .rev()
-        .find(|t| !render::task_state(t).is_terminal())
-    {
-        return Reply::Ephemeral(replies::thread_busy(
-            TaskId(busy.id),
-            render::task_state(busy),
-        ));
-    }
+        .find(|t| !render::task_state(t).is_terminal());
     let Some(parent) = tasks
         .iter()
         .rev()
@@ -525,6 +543,13 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
     {
         return Reply::Ephemeral(e.user_text());
     }
+    // What an agent reported as its session: resumed only when it is a
+    // session id (never a flag or shell words on the agent's command line);
+    // otherwise the follow-up starts a new session.
+    let session_id = parent
+        .session_id
+        .clone()
+        .filter(|s| baton_shared::SessionId::new(s.clone()).is_ok());
     let req = TaskRequest {
         persona,
         project: baton_shared::ProjectName::new(parent.project.clone()).ok(),
@@ -537,18 +562,38 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
         },
         channel_id: parent.channel_id.clone(),
         thread_ts: Some(root.to_owned()),
-        parent_id: Some(parent.id),
-        // What an agent reported as its session: resumed only when it is a
-        // session id (never a flag or shell words on the agent's command line);
-        // otherwise the follow-up starts a new session.
-        session_id: parent
-            .session_id
-            .clone()
-            .filter(|s| baton_shared::SessionId::new(s.clone()).is_ok()),
+        parent_id: Some(busy.map_or(parent.id, |b| b.id)),
+        // The session and its agent are taken again when a waiting follow-up
+        // is released: the task it waited for may make a newer one.
+        session_agent: session_id.as_ref().and(
+            parent
+                .agent
+                .clone()
+                .or_else(|| parent.session_agent.clone()),
+        ),
+        session_id,
+        after_task: busy.map(|b| b.id),
         response_url: None,
     };
-    match app.create_task(req).await {
-        Ok(_) => Reply::Empty,
+    let created = app.create_task(req).await;
+    drop(turn);
+    match created {
+        Ok(task) => {
+            if let Some(after) = task.after_task {
+                let body = crate::slack::api::MessageBody {
+                    text: replies::follow_up_waits(&task.requester, TaskId(task.id), TaskId(after)),
+                    blocks: Vec::new(),
+                };
+                if let Err(err) = app
+                    .slack
+                    .post_message(&task.channel_id, Some(root), &body)
+                    .await
+                {
+                    tracing::warn!(task = task.id, error = %err, "cannot say in the thread that the reply waits");
+                }
+            }
+            Reply::Empty
+        }
         Err(e) => Reply::Ephemeral(e.user_text()),
     }
 }

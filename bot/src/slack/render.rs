@@ -641,6 +641,8 @@ mod tests {
             slack_synced: false,
             result_parts_posted: 0,
             retried_as: None,
+            after_task: None,
+            session_agent: None,
         }
     }
 

@@ -82,6 +82,12 @@ pub mod task {
         /// The task that retried this one (0 while that retry is being created);
         /// read it through [`crate::store::Task::retry`].
         pub retried_as: Option<i64>,
+        /// The task this follow-up waits for (a reply sent while the thread's
+        /// task had not ended); None once it may run. Never dispatched while set.
+        pub after_task: Option<i64>,
+        /// The agent holding `session_id`: a task resuming a session goes to
+        /// no other agent (the session only exists on that machine).
+        pub session_agent: Option<String>,
     }
 
     /// No relations are navigated through sea-orm.

@@ -70,6 +70,11 @@ pub struct NewTask {
     /// The agent it goes to at once, when one was routed before it was
     /// written: it is written `dispatched` to that agent, not `queued`.
     pub agent: Option<String>,
+    /// The task it waits for (a follow-up sent while the thread's task had
+    /// not ended): written queued, and not dispatched until released.
+    pub after_task: Option<i64>,
+    /// The agent holding `session_id`: it goes to no other agent.
+    pub session_agent: Option<String>,
 }
 
 /// How a task ended, as written by [`Store::finish`].
@@ -183,6 +188,10 @@ pub struct Store {
     maybe_queued: Arc<AtomicBool>,
     /// Tasks this process ended, by terminal state (see [`Store::ended`]).
     ended: Arc<[AtomicU64; 4]>,
+    /// False only when no follow-up can be waiting for its turn: cleared just
+    /// before [`Store::waiting_follow_ups`] reads, set after every write of a
+    /// waiting one. Lets the dispatcher skip its read when none waits.
+    maybe_waiting: Arc<AtomicBool>,
 }
 
 /// The terminal states, in the order of [`Store::ended`].
@@ -264,6 +273,7 @@ impl Store {
             writer,
             maybe_queued: Arc::new(AtomicBool::new(true)),
             ended: Arc::new(Default::default()),
+            maybe_waiting: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -348,6 +358,9 @@ impl Store {
         if task.agent.is_none() {
             self.maybe_queued.store(true, Ordering::SeqCst);
         }
+        if task.after_task.is_some() {
+            self.maybe_waiting.store(true, Ordering::SeqCst);
+        }
         Ok(task)
     }
 
@@ -400,6 +413,9 @@ impl Store {
         };
         let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
         self.maybe_queued.store(true, Ordering::SeqCst);
+        if task.after_task.is_some() {
+            self.maybe_waiting.store(true, Ordering::SeqCst);
+        }
         Ok(Some(task))
     }
 
@@ -493,11 +509,13 @@ impl Store {
         Ok(res == 1)
     }
 
-    /// Queued tasks that entered the queue before `cutoff_ms`.
+    /// Queued tasks that entered the queue before `cutoff_ms`. A follow-up
+    /// waiting for its turn is not in the queue yet: it enters it when released.
     pub async fn queued_before(&self, cutoff_ms: i64) -> anyhow::Result<Vec<Task>> {
         task::Entity::find()
             .filter(task::Column::State.eq(TaskState::Queued.as_str()))
             .filter(task::Column::QueuedAt.lt(cutoff_ms))
+            .filter(task::Column::AfterTask.is_null())
             .order_by_asc(task::Column::Id)
             .all(&self.read)
             .await
@@ -785,6 +803,128 @@ impl Store {
             .count(&self.read)
             .await
             .context("Cannot count the queue")
+    }
+
+    /// Queued tasks of a project that may be dispatched, in queue order,
+    /// after task `after_id` (0: from the head), at most `limit`: not the
+    /// follow-ups waiting for their turn. Those pinned to an agent
+    /// (`session_agent`) are among them; the caller routes them to that agent
+    /// only. Read through the queue's index like [`Store::queued`].
+    pub async fn dispatchable(
+        &self,
+        project: &str,
+        after_id: i64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<Task>> {
+        dispatchable_query(project, after_id, limit)
+            .all(&self.read)
+            .await
+            .context("Cannot read the queue")
+    }
+
+    /// Follow-ups written waiting for an earlier task, oldest first (through
+    /// the partial index of [`baton_migrations::FOLLOW_UPS_WAITING`]). Bounded:
+    /// they are queued tasks, which the queue's bound counts. Rows that ended
+    /// while they waited (cancelled, expired) are among them until
+    /// [`Store::forget_waiting`].
+    pub async fn waiting_follow_ups(&self) -> anyhow::Result<Vec<Task>> {
+        // Cleared before the read: a follow-up written meanwhile sets it again.
+        self.maybe_waiting.store(false, Ordering::SeqCst);
+        let waiting = waiting_query().all(&self.read).await;
+        if !matches!(&waiting, Ok(w) if w.is_empty()) {
+            self.maybe_waiting.store(true, Ordering::SeqCst);
+        }
+        waiting.context("Cannot read the waiting follow-ups")
+    }
+
+    /// Those of `ids` that have ended.
+    pub async fn ended_among(&self, ids: &[i64]) -> anyhow::Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        task::Entity::find()
+            .select_only()
+            .column(task::Column::Id)
+            .filter(task::Column::Id.is_in(ids.iter().copied()))
+            .filter(task::Column::State.is_in(states(&TERMINAL)))
+            .into_tuple::<i64>()
+            .all(&self.read)
+            .await
+            .context("Cannot read how tasks ended")
+    }
+
+    /// Whether a follow-up may be waiting (false: certainly none is).
+    pub fn may_have_waiting(&self) -> bool {
+        self.maybe_waiting.load(Ordering::SeqCst)
+    }
+
+    /// Lets a waiting follow-up run: it joins its project's queue now (its
+    /// time to live counts from now), resuming `session_id` on
+    /// `session_agent` only. False when it no longer waits for `after` (released
+    /// already, cancelled).
+    pub async fn release_follow_up(
+        &self,
+        id: i64,
+        after: i64,
+        session_id: Option<String>,
+        session_agent: Option<String>,
+        queued_at: i64,
+    ) -> anyhow::Result<bool> {
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::AfterTask, Expr::value(Option::<i64>::None))
+            .col_expr(task::Column::SessionId, Expr::value(session_id))
+            .col_expr(task::Column::SessionAgent, Expr::value(session_agent))
+            .col_expr(task::Column::QueuedAt, Expr::value(queued_at))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
+            .col_expr(
+                task::Column::WaitReason,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::AfterTask.eq(after))
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .write(self)
+            .await
+            .context("Cannot release the follow-up")?;
+        if res == 1 {
+            self.maybe_queued.store(true, Ordering::SeqCst);
+        }
+        Ok(res == 1)
+    }
+
+    /// A waiting follow-up now waits for `now` instead of `before` (which
+    /// ended while an earlier task of the thread still runs), as `reason` says.
+    pub async fn wait_after(
+        &self,
+        id: i64,
+        before: i64,
+        now: i64,
+        reason: &str,
+    ) -> anyhow::Result<bool> {
+        let res = task::Entity::update_many()
+            .col_expr(task::Column::AfterTask, Expr::value(now))
+            .col_expr(task::Column::WaitReason, Expr::value(reason))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::AfterTask.eq(before))
+            .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+            .write(self)
+            .await
+            .context("Cannot record what the follow-up waits for")?;
+        Ok(res == 1)
+    }
+
+    /// Takes a follow-up that ended while it waited (cancelled, expired) out
+    /// of the waiting ones' index.
+    pub async fn forget_waiting(&self, id: i64) -> anyhow::Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::AfterTask, Expr::value(Option::<i64>::None))
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::State.ne(TaskState::Queued.as_str()))
+            .write(self)
+            .await
+            .context("Cannot forget an ended follow-up")?;
+        Ok(())
     }
 
     /// How many tasks are in `state`.
@@ -1383,6 +1523,8 @@ fn new_task_row(new: NewTask) -> task::ActiveModel {
         slack_synced: Set(false),
         result_parts_posted: Set(0),
         retried_as: Set(None),
+        after_task: Set(new.after_task),
+        session_agent: Set(new.session_agent),
         ..Default::default()
     }
 }
@@ -1455,6 +1597,25 @@ async fn insert_project(db: &impl ConnectionTrait, name: &str) -> anyhow::Result
     Ok(())
 }
 
+/// The query of [`Store::dispatchable`].
+fn dispatchable_query(project: &str, after_id: i64, limit: u64) -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+        .filter(task::Column::Project.eq(project))
+        .filter(task::Column::Id.gt(after_id))
+        .filter(task::Column::AfterTask.is_null())
+        .order_by_asc(task::Column::Id)
+        .limit(limit.min(i64::MAX as u64))
+}
+
+/// The query of [`Store::waiting_follow_ups`].
+fn waiting_query() -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        // Word for word the partial index's condition, so that it is used.
+        .filter(Expr::cust(baton_migrations::FOLLOW_UPS_WAITING))
+        .order_by_asc(task::Column::Id)
+}
+
 /// The guarded `UPDATE` that hands queued tasks to `agent`.
 fn claim_query(agent: &str) -> sea_orm::UpdateMany<task::Entity> {
     let now = now_ms();
@@ -1473,6 +1634,14 @@ fn claim_query(agent: &str) -> sea_orm::UpdateMany<task::Entity> {
             Expr::value(Option::<String>::None),
         )
         .filter(task::Column::State.eq(TaskState::Queued.as_str()))
+        // Not a follow-up still waiting for its turn, nor one whose session
+        // another agent holds.
+        .filter(task::Column::AfterTask.is_null())
+        .filter(
+            sea_orm::Condition::any()
+                .add(task::Column::SessionAgent.is_null())
+                .add(task::Column::SessionAgent.eq(agent)),
+        )
 }
 
 /// The guarded `UPDATE` that ends a task (see [`Store::finish`]).
@@ -1720,6 +1889,8 @@ mod tests {
             parent_id: None,
             session_id: None,
             agent: None,
+            after_task: None,
+            session_agent: None,
         }
     }
 
@@ -2038,5 +2209,146 @@ mod tests {
             [t.id]
         );
         assert_eq!(s.count_in(TaskState::Queued).await.expect("count"), 1);
+    }
+
+    /// A follow-up waiting for its turn is never claimed nor expired; once
+    /// released it joins the queue pinned to its session's agent, which alone
+    /// may claim it.
+    #[tokio::test]
+    async fn a_waiting_follow_up_is_claimed_only_once_released_and_only_by_its_agent() {
+        let (_db, s) = store().await;
+        let first = s.insert_task(new_task()).await.expect("insert");
+        let follow_up = s
+            .insert_queued_task(
+                NewTask {
+                    after_task: Some(first.id),
+                    session_id: Some("sess-0".into()),
+                    session_agent: Some("a".into()),
+                    ..new_task()
+                },
+                10,
+            )
+            .await
+            .expect("insert")
+            .expect("room");
+        let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert!(s.may_have_waiting());
+        assert_eq!(
+            ids(s.waiting_follow_ups().await.expect("read")),
+            [follow_up.id]
+        );
+        assert!(
+            !s.claim(follow_up.id, "a").await.expect("claim"),
+            "it waits"
+        );
+        assert_eq!(
+            ids(s.dispatchable("web", 0, 10).await.expect("read")),
+            [first.id]
+        );
+        assert!(
+            ids(s.queued_before(now_ms() + 1).await.expect("read")) == [first.id],
+            "its time to live has not started"
+        );
+        assert_eq!(
+            s.ended_among(&[first.id]).await.expect("read"),
+            Vec::<i64>::new()
+        );
+
+        assert!(
+            !s.release_follow_up(follow_up.id, first.id + 7, None, None, now_ms())
+                .await
+                .expect("release"),
+            "not what it waits for"
+        );
+        assert!(
+            s.release_follow_up(
+                follow_up.id,
+                first.id,
+                Some("sess-1".into()),
+                Some("a".into()),
+                now_ms()
+            )
+            .await
+            .expect("release")
+        );
+        assert!(
+            !s.release_follow_up(follow_up.id, first.id, None, None, now_ms())
+                .await
+                .expect("again"),
+            "released once"
+        );
+        assert!(s.waiting_follow_ups().await.expect("read").is_empty());
+        assert!(!s.may_have_waiting());
+        let released = s.task(follow_up.id).await.expect("read").expect("row");
+        assert_eq!(
+            (released.session_id.as_deref(), released.after_task),
+            (Some("sess-1"), None)
+        );
+        assert_eq!(
+            ids(s.dispatchable("web", 0, 10).await.expect("read")),
+            [first.id, follow_up.id]
+        );
+        assert_eq!(
+            ids(s.dispatchable("web", first.id, 10).await.expect("read")),
+            [follow_up.id]
+        );
+        assert_eq!(
+            ids(s.queued_before(now_ms() + 1).await.expect("read")),
+            [first.id, follow_up.id],
+            "released, it may expire like any queued task"
+        );
+        assert!(
+            !s.claim(follow_up.id, "b").await.expect("claim"),
+            "not b's session"
+        );
+        assert!(s.claim(follow_up.id, "a").await.expect("claim"));
+    }
+
+    /// The waiting follow-ups are read through their partial index, and the
+    /// dispatcher's read of a queue through the queue's index, however many
+    /// ended tasks the table holds.
+    #[tokio::test]
+    async fn the_follow_up_queries_use_their_indexes_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sqlite_store(&dir).await;
+        let plan = |sql: String| {
+            let s = s.clone();
+            async move {
+                s.connection()
+                    .query_all(Statement::from_string(
+                        sea_orm::DbBackend::Sqlite,
+                        format!("EXPLAIN QUERY PLAN {sql}"),
+                    ))
+                    .await
+                    .expect("plan")
+                    .iter()
+                    .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let waiting = plan(
+            waiting_query()
+                .build(sea_orm::DbBackend::Sqlite)
+                .to_string(),
+        )
+        .await;
+        assert!(
+            waiting
+                .iter()
+                .any(|d| d.contains("idx_tasks_follow_ups_waiting")),
+            "{waiting:?}"
+        );
+        let queue = plan(
+            dispatchable_query("web", 7, 64)
+                .build(sea_orm::DbBackend::Sqlite)
+                .to_string(),
+        )
+        .await;
+        assert!(
+            queue
+                .iter()
+                .any(|d| d.contains("idx_tasks_state_project_id")),
+            "{queue:?}"
+        );
     }
 }
