@@ -1,7 +1,7 @@
 //! The migrations go up and down on a real SQLite file, and on a real
 //! PostgreSQL database when the tests have one (`BATON_TEST_DATABASE_URL`).
 
-use baton_migrations::{MigrationName, Migrator, MigratorTrait};
+use baton_migrations::{Migrator, MigratorTrait};
 use sea_orm_migration::sea_orm::{
     ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement,
 };

@@ -641,6 +641,7 @@ mod tests {
             slack_synced: false,
             result_parts_posted: 0,
             retried_as: None,
+            approvals: Vec::new(),
         }
     }
 

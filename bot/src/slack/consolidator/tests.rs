@@ -504,6 +504,7 @@ fn task(id: i64, state: TaskState) -> Task {
         slack_synced: false,
         result_parts_posted: 0,
         retried_as: None,
+        approvals: Vec::new(),
     }
 }
 
