@@ -246,6 +246,23 @@ impl FakeAgent {
 
     /// Connects with `key`, then waits until `connected` agents are connected.
     pub async fn connect_as(addr: SocketAddr, key: &str, connected: usize) -> FakeAgent {
+        Self::connect_hello(addr, key, connected, &[]).await
+    }
+
+    /// Connects (again) with [`AGENT_KEY`], its hello saying it runs `running`
+    /// (an agent back after a reconnect or a restart of the bot).
+    pub async fn connect_running(addr: SocketAddr, running: &[TaskId]) -> FakeAgent {
+        Self::connect_hello(addr, AGENT_KEY, 1, running).await
+    }
+
+    /// Connects with `key`, saying it runs `running`, then waits until
+    /// `connected` agents are connected.
+    async fn connect_hello(
+        addr: SocketAddr,
+        key: &str,
+        connected: usize,
+        running: &[TaskId],
+    ) -> FakeAgent {
         let mut req = format!("ws://{addr}/agents").into_client_request().unwrap();
         req.headers_mut()
             .insert("Authorization", format!("Bearer {key}").parse().unwrap());
@@ -259,6 +276,8 @@ impl FakeAgent {
                     break;
                 }
             }
+            // Dropped (see `FakeAgent::disconnect`): the agent hangs up.
+            let _ = sink.close().await;
         });
         tokio::spawn(async move {
             while let Some(Ok(frame)) = stream.next().await {
@@ -279,7 +298,7 @@ impl FakeAgent {
                 name: ProjectName::new("web").unwrap(),
                 max_concurrent: 1,
             }],
-            running: Vec::new(),
+            running: running.to_vec(),
             held_results: Vec::new(),
         }));
         wait_agents(addr, connected).await;
@@ -302,6 +321,12 @@ impl FakeAgent {
                 return seen;
             }
         }
+    }
+
+    /// Hangs up, then waits until the bot counts `connected` agents.
+    pub async fn disconnect(self, addr: SocketAddr, connected: usize) {
+        drop(self);
+        wait_agents(addr, connected).await;
     }
 
     pub fn send(&self, msg: AgentMessage) {

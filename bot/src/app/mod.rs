@@ -11,6 +11,7 @@
 //! person or an admin does to a task) and `recovery` (the sweeps, and
 //! rebuilding memory after a restart).
 
+mod approvals;
 mod control;
 mod create;
 mod dispatch;
@@ -39,6 +40,7 @@ use crate::slack::api::SlackApi;
 use crate::slack::consolidator::Consolidator;
 use crate::store::{Store, Task};
 
+pub use approvals::{ApprovalDesk, DECISIONS, notice_marker};
 pub use dispatch::{DISPATCH_BATCH, EVENT_ID_RETENTION, PRUNE_INTERVAL};
 pub use recovery::{RESPONSE_URL_KEPT, SWEEP_INTERVAL};
 
@@ -119,6 +121,8 @@ pub struct App {
     pub directory: crate::access::Directory,
     /// What is not ready, for `/readyz`.
     pub readiness: crate::selfcheck::Readiness,
+    /// Approval requests: the thread replies being posted, decisions by kind.
+    pub approval_desk: ApprovalDesk,
 }
 
 impl std::fmt::Debug for App {
@@ -171,6 +175,7 @@ impl App {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
         let (unpostable_tx, unpostable) = tokio::sync::mpsc::unbounded_channel();
+        let clock_now = clock.now_ms();
         consolidator.report_unpostable(unpostable_tx);
         App {
             hub: Hub::new(settings.breaker()),
@@ -192,6 +197,7 @@ impl App {
             unpostable: Mutex::new(Some(unpostable)),
             directory: crate::access::Directory::default(),
             readiness: crate::selfcheck::Readiness::default(),
+            approval_desk: ApprovalDesk::new(clock_now),
         }
     }
 

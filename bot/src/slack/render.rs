@@ -6,7 +6,7 @@
 
 use slack_morphism::prelude::*;
 
-use crate::model::{ResultMeta, Retry, TaskState};
+use crate::model::{ApprovalState, ResultMeta, Retry, ShownApproval, TaskState};
 use crate::slack::api::{FileUpload, MessageBody};
 use crate::slack::mrkdwn::{self, SECTION_TEXT_MAX};
 use crate::store::{Task, TaskSummary};
@@ -41,6 +41,28 @@ pub const PROMPT_FALLBACK_CHARS: usize = 200;
 pub const ACTION_CANCEL: &str = "baton_cancel";
 /// The action id of the Retry button.
 pub const ACTION_RETRY: &str = "baton_retry";
+/// The action id of an approval request's Approve button.
+pub const ACTION_APPROVE: &str = "baton_approve";
+/// The action id of an approval request's Deny button.
+pub const ACTION_DENY: &str = "baton_deny";
+/// Pending approval requests shown with their buttons (the agent asks one
+/// at a time per tool call; more would crowd the message).
+pub const SHOWN_PENDING_APPROVALS: usize = 5;
+/// Decided approval requests shown (the latest), while the task runs.
+pub const SHOWN_DECISIONS: usize = 3;
+/// Characters of an approval request's input shown.
+pub const APPROVAL_INPUT_SHOWN_CHARS: usize = 1_000;
+
+/// The value an approval button carries: `TASK:REQUEST`.
+pub fn approval_value(task: i64, request: u32) -> String {
+    format!("{task}:{request}")
+}
+
+/// The task and request an approval button's value names.
+pub fn parse_approval_value(value: &str) -> Option<(baton_shared::TaskId, u32)> {
+    let (task, request) = value.split_once(':')?;
+    Some((task.parse().ok()?, request.parse().ok()?))
+}
 
 /// Block id prefix of a result's continuation reply: `baton-result-{task}-{part}`.
 const PART_BLOCK_PREFIX: &str = "baton-result-";
@@ -191,9 +213,102 @@ pub fn task_state(task: &Task) -> TaskState {
     task.state.parse().unwrap_or(TaskState::Failed)
 }
 
+/// Whether the task's message shows a pending approval request.
+fn waits_for_approval(task: &Task, state: TaskState) -> bool {
+    !state.is_terminal()
+        && task
+            .approvals
+            .iter()
+            .any(|a| a.state == ApprovalState::Pending)
+}
+
+/// The badge of the task as its message shows it: a running task that
+/// waits for approval says so.
+fn shown_badge(task: &Task, state: TaskState) -> (&'static str, &'static str) {
+    if waits_for_approval(task, state) {
+        (":raised_hand:", "Waiting for approval")
+    } else {
+        state_badge(state)
+    }
+}
+
+/// A pending approval request: the tool and what it wants to do.
+fn approval_text(a: &ShownApproval) -> String {
+    let head = format!(
+        ":raised_hand: *Approval needed:* `{}` wants to:",
+        name(&a.tool)
+    );
+    let input = a.input.trim();
+    if input.is_empty() {
+        return head;
+    }
+    let shown = mrkdwn::truncate_chars(input, APPROVAL_INPUT_SHOWN_CHARS, "…");
+    let fences = "```\n\n```".chars().count() + head.chars().count() + 1;
+    format!(
+        "{head}\n```\n{}\n```",
+        mrkdwn::code_tail(&shown, SECTION_TEXT_MAX.saturating_sub(fences))
+    )
+}
+
+/// A decided approval request, in one line.
+fn decision_line(a: &ShownApproval) -> Option<String> {
+    let by = a
+        .decided_by
+        .as_deref()
+        .filter(|b| b.bytes().all(|c| c.is_ascii_alphanumeric()))
+        .map(|b| format!(" by <@{b}>"))
+        .unwrap_or_default();
+    let tool = name(&a.tool);
+    Some(match a.state {
+        ApprovalState::Approved => format!(":white_check_mark: `{tool}` approved{by}"),
+        ApprovalState::Denied => format!(":no_entry: `{tool}` denied{by}"),
+        ApprovalState::TimedOut => {
+            format!(":alarm_clock: `{tool}` timed out unanswered: denied")
+        }
+        ApprovalState::Pending | ApprovalState::Closed => return None,
+    })
+}
+
+/// The approval requests' blocks of a live task: the latest decisions, then
+/// each pending request with its Approve and Deny buttons.
+fn approval_blocks(task: &Task) -> Vec<SlackBlock> {
+    let mut blocks = Vec::new();
+    let decided: Vec<String> = task.approvals.iter().filter_map(decision_line).collect();
+    let from = decided.len().saturating_sub(SHOWN_DECISIONS);
+    if from < decided.len() {
+        blocks.push(context(decided[from..].join("\n")));
+    }
+    for a in task
+        .approvals
+        .iter()
+        .filter(|a| a.state == ApprovalState::Pending)
+        .take(SHOWN_PENDING_APPROVALS)
+    {
+        blocks.push(section(approval_text(a)));
+        let value = approval_value(task.id, a.request);
+        let button = |action: &str, label: &str, style| {
+            SlackActionBlockElement::Button(
+                SlackBlockButtonElement::new(pt!(label))
+                    .with_action_id(action.into())
+                    .with_value(value.clone())
+                    .with_style(style),
+            )
+        };
+        blocks.push(
+            SlackActionsBlock::new(vec![
+                button(ACTION_APPROVE, "Approve", SlackBlockButtonStyle::Primary),
+                button(ACTION_DENY, "Deny", SlackBlockButtonStyle::Danger),
+            ])
+            .with_block_id(format!("approval-{}-{}", task.id, a.request).into())
+            .into(),
+        );
+    }
+    blocks
+}
+
 /// The header line: state, persona, project, id, elapsed.
 fn header(task: &Task, state: TaskState, now_ms: i64) -> String {
-    let (emoji, label) = state_badge(state);
+    let (emoji, label) = shown_badge(task, state);
     let end = task.finished_at.unwrap_or(now_ms);
     format!(
         "{emoji} *{label}* · {} · `{}` · *#{}* · {}",
@@ -345,6 +460,9 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         let tail = mrkdwn::tail_chars(task.output_tail.trim_end(), OUTPUT_TAIL_SHOWN_CHARS);
         blocks.push(section(code_block_tail(tail)));
     }
+    if live {
+        blocks.extend(approval_blocks(task));
+    }
 
     match state {
         TaskState::Completed => {
@@ -437,7 +555,7 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     }
     blocks.truncate(MAX_BLOCKS);
 
-    let (_, label) = state_badge(state);
+    let (_, label) = shown_badge(task, state);
     let fallback = format!(
         "#{} {}: {}",
         task.id,
