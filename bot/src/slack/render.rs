@@ -794,6 +794,7 @@ mod tests {
             result in long_hostile(),
             error in prop::option::of(long_hostile()),
             wait_reason in prop::option::of(hostile()),
+            approvals in prop::collection::vec(any_approval(), 0..=12),
         ) -> Task {
             let mut t = task(id, state);
             (t.persona, t.project, t.agent) = names;
@@ -804,7 +805,20 @@ mod tests {
             t.result = Some(result);
             t.error = error;
             t.wait_reason = wait_reason;
+            t.approvals = approvals;
             t
+        }
+    }
+
+    prop_compose! {
+        fn any_approval()(
+            request in 1u32..=1_000,
+            tool in any_name(),
+            input in long_hostile(),
+            state in prop::sample::select(ApprovalState::ALL.to_vec()),
+            decided_by in prop::option::of(any_name()),
+        ) -> ShownApproval {
+            ShownApproval { request, tool, input, state, decided_by }
         }
     }
 
@@ -935,6 +949,59 @@ mod tests {
             text.starts_with(&format!("_+{} earlier_", 20 - shown)),
             "{text}"
         );
+    }
+
+    /// A pending request shows its tool and input escaped (an agent wrote
+    /// them: no mention, no link, no early end of the code block) with its
+    /// buttons; a decision names who decided; none of it once the task ended.
+    #[test]
+    fn an_approval_request_is_shown_escaped_with_its_buttons() {
+        let mut t = task(7, TaskState::Running);
+        t.approvals = vec![
+            ShownApproval {
+                request: 1,
+                tool: "Bash".into(),
+                input: "rm -rf x".into(),
+                state: ApprovalState::Approved,
+                decided_by: Some("U1".into()),
+            },
+            ShownApproval {
+                request: 2,
+                tool: "Ba`sh <!here>".into(),
+                input: "echo <!channel> && cat <<EOF\n```\nEOF".into(),
+                state: ApprovalState::Pending,
+                decided_by: None,
+            },
+        ];
+        let message = render(&t, None, 0).message;
+        let text = section_texts(&message).join("\n");
+        assert!(text.contains("*Waiting for approval*"), "{text}");
+        assert!(text.contains("`Ba'sh &lt;!here&gt;`"), "{text}");
+        assert!(
+            text.contains("echo &lt;!channel&gt; &amp;&amp; cat &lt;&lt;EOF"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("\n```\nEOF"),
+            "the input cannot close the block: {text}"
+        );
+        let json = serde_json::to_value(&message.blocks).unwrap().to_string();
+        assert!(json.contains("approved by <@U1>"), "{json}");
+        assert!(json.contains(r#""action_id":"baton_approve""#), "{json}");
+        assert!(json.contains(r#""action_id":"baton_deny""#), "{json}");
+        assert!(json.contains(r#""value":"7:2""#), "{json}");
+        assert_eq!(
+            parse_approval_value("7:2"),
+            Some((baton_shared::TaskId(7), 2))
+        );
+        assert_eq!(parse_approval_value("7"), None);
+
+        t.state = TaskState::Completed.as_str().into();
+        let json = serde_json::to_value(&render(&t, None, 0).message.blocks)
+            .unwrap()
+            .to_string();
+        assert!(!json.contains("baton_approve"), "{json}");
+        assert!(!json.contains("Waiting for approval"), "{json}");
     }
 
     #[test]
