@@ -14,10 +14,12 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use baton_shared::TaskId;
 use baton_shared::protocol::{BotMessage, Decision, ErrorCode};
 use slack_morphism::prelude::*;
+use tokio::time::Instant;
 
 use super::App;
 use crate::access::Who;
@@ -27,6 +29,11 @@ use crate::slack::api::MessageBody;
 use crate::store::Task;
 use crate::store::approvals::Approval;
 use crate::sync::lock;
+
+/// How often the sweep reads the pending requests even when this process
+/// recorded none since it found none: another process sharing the database
+/// (PostgreSQL) may have recorded some, and may be gone.
+pub const APPROVAL_RECHECK: Duration = Duration::from_secs(60);
 
 /// The decisions, in the order of [`ApprovalDesk::decided`].
 pub const DECISIONS: [Decision; 3] = [Decision::Approved, Decision::Denied, Decision::TimedOut];
@@ -52,6 +59,8 @@ pub struct ApprovalDesk {
     maybe_pending: AtomicBool,
     /// Decisions this process applied, by kind (see [`DECISIONS`]).
     decided: [AtomicU64; 3],
+    /// When the sweep last read the pending requests (see [`APPROVAL_RECHECK`]).
+    last_read: Mutex<Option<Instant>>,
 }
 
 impl ApprovalDesk {
@@ -62,6 +71,7 @@ impl ApprovalDesk {
             started_at,
             maybe_pending: AtomicBool::new(true),
             decided: Default::default(),
+            last_read: Mutex::new(None),
         }
     }
 
@@ -355,9 +365,11 @@ impl App {
     /// runs are closed, and missing thread replies are posted.
     pub(super) async fn sweep_approvals(&self) {
         let desk = &self.approval_desk;
-        if !desk.maybe_pending.swap(false, Ordering::SeqCst) {
+        let due = lock(&desk.last_read).is_none_or(|at| at.elapsed() >= APPROVAL_RECHECK);
+        if !desk.maybe_pending.swap(false, Ordering::SeqCst) && !due {
             return;
         }
+        *lock(&desk.last_read) = Some(Instant::now());
         let pending = match self.store.pending_approvals().await {
             Ok(p) => p,
             Err(err) => {

@@ -8,8 +8,9 @@
 //! Each concern has its own module, each adding an `impl App` block:
 //! `create` (new tasks), `dispatch` (handing queued tasks out),
 //! `events` (what agents report), `control` (cancel, retry, what a
-//! person or an admin does to a task) and `recovery` (the sweeps, and
-//! rebuilding memory after a restart).
+//! person or an admin does to a task), `recovery` (the sweeps, and
+//! rebuilding memory after a restart) and `approvals` (a running task's
+//! approval requests: shown, answered by a person, timed out).
 
 mod approvals;
 mod control;
