@@ -15,6 +15,7 @@ use baton_shared::TaskId;
 use baton_shared::protocol::{AgentMessage, BotMessage, Decision, ErrorCode};
 use baton_testkit::scene::*;
 use baton_testkit::*;
+use sea_orm::ConnectionTrait;
 use serde_json::Value;
 
 /// A task id no agent holds: a request for it is refused, which serves as
@@ -388,6 +389,13 @@ async fn a_pending_request_survives_a_bot_restart() {
 
     let addr = rig.addr();
     rig.bot.kill().await;
+    // As if it died between posting the thread reply and recording it: the
+    // new process finds the reply in the thread and does not post it again.
+    rig.store
+        .connection()
+        .execute_unprepared("UPDATE approvals SET posted = FALSE")
+        .await
+        .unwrap();
     let edits_before = rig.slack.calls("chat.update").len();
     rig.bot = Bot::restart(addr, &rig.slack_url, rig.dir.path(), |_| {}).await;
     // The agent reconnects, says it still runs the task, and asks again.
@@ -406,6 +414,15 @@ async fn a_pending_request_survives_a_bot_restart() {
             .filter(|b| button(b, "Approve").is_some())
     })
     .await;
+    eventually("the thread reply found and recorded again", || async {
+        rig.store
+            .approval(task.0, 1)
+            .await
+            .unwrap()
+            .filter(|a| a.posted)
+    })
+    .await;
+    assert_eq!(notices(&rig, &ts, task, 1).len(), 1);
     rig.click("U1", &button(&shown, "Approve").unwrap()).await;
     assert_eq!(
         next_decision(&mut agent).await,
