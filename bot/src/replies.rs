@@ -258,10 +258,21 @@ pub fn task_ended_dm(id: TaskId, channel: &str, state: TaskState, reason: Option
 }
 
 /// Who may answer approval requests, for a refusal: the requester, the
-/// admins and the project's approvers.
-pub fn not_an_approver(id: TaskId, requester: &str, project: &str, user: &str) -> String {
+/// admins and the project's approvers. `approvers` are the project's
+/// approvers as Slack mentions: the command that would allow `user` keeps
+/// them (it replaces the list).
+pub fn not_an_approver(
+    id: TaskId,
+    requester: &str,
+    project: &str,
+    user: &str,
+    approvers: &[String],
+) -> String {
+    let mut who = approvers.to_vec();
+    who.push(format!("<@{user}>"));
     format!(
-        "Only <@{requester}> (who started task {id}), a Baton admin or an approver of project `{project}` can answer its approval requests. To answer them, ask an admin: `/baton-admin project approvers {project} <@{user}>`."
+        "Only <@{requester}> (who started task {id}), a Baton admin or an approver of project `{project}` can answer its approval requests. To answer them, ask an admin: `/baton-admin project approvers {project} {}`.",
+        who.join(" ")
     )
 }
 

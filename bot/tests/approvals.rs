@@ -222,7 +222,7 @@ async fn approvers_and_admins_may_answer_and_an_outsider_is_refused() {
     assert!(
         refused.contains("Only <@U1>")
             && refused.contains("approver of project `web`")
-            && refused.contains("/baton-admin project approvers web <@U9>"),
+            && refused.contains("/baton-admin project approvers web <@U3> <!subteam^S7> <@U9>`"),
         "{refused}"
     );
     assert_eq!(stored(&rig, task, 1).await, (ApprovalState::Pending, None));

@@ -292,11 +292,20 @@ impl App {
                     "not the requester, an admin or an approver",
                 )
                 .await?;
+            let approvers: Vec<String> = self
+                .store
+                .approvers(&t.project)
+                .await?
+                .iter()
+                .filter_map(|row| Who::from_stored(&row.kind, &row.entry_id))
+                .map(|who| who.mention())
+                .collect();
             return Ok(replies::not_an_approver(
                 task,
                 &t.requester,
                 &t.project,
                 user,
+                &approvers,
             ));
         }
         if a.state() != ApprovalState::Pending {
