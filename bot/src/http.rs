@@ -209,6 +209,20 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     for (state, n) in crate::store::TERMINAL.iter().zip(app.store.ended()) {
         let _ = writeln!(out, "baton_tasks_ended_total{{state=\"{state}\"}} {n}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP baton_approval_decisions_total Approval requests this process decided, by decision.\n# TYPE baton_approval_decisions_total counter"
+    );
+    for (decision, n) in crate::app::DECISIONS
+        .iter()
+        .zip(app.approval_desk.decided())
+    {
+        let decision = crate::model::ApprovalState::of(*decision);
+        let _ = writeln!(
+            out,
+            "baton_approval_decisions_total{{decision=\"{decision}\"}} {n}"
+        );
+    }
     let agents = app.hub.snapshot();
     let _ = writeln!(
         out,

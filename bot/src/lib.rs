@@ -11,7 +11,8 @@
 //!   `app/dispatch` (handing queued tasks out; the dispatcher loop),
 //!   `app/events` (applying agents' events; reconciling a hello),
 //!   `app/control` (cancel, retry, what people and admins do to tasks),
-//!   `app/recovery` (the sweeps; rebuilding memory after a restart).
+//!   `app/recovery` (the sweeps; rebuilding memory after a restart),
+//!   `app/approvals` (agents' approval requests: shown, answered, timed out).
 //! - [`model`]: the domain types the modules share (task states, a task's retry).
 //! - [`hub`]: connected agents, routing, their circuit breakers ([`breaker`]).
 //! - [`agents`]: the agents' WebSocket endpoint.

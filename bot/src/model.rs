@@ -133,3 +133,93 @@ pub enum Retry {
     /// Retried as this task.
     As(TaskId),
 }
+
+/// Where an approval request stands (the `approvals.state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApprovalState {
+    /// Waiting for a person (or the timeout).
+    Pending,
+    /// A person said yes.
+    Approved,
+    /// A person said no.
+    Denied,
+    /// Nobody answered within `BATON_APPROVAL_TIMEOUT_SECS`.
+    TimedOut,
+    /// The task ended before anyone answered: nothing more to decide.
+    Closed,
+}
+
+impl ApprovalState {
+    /// Every state, for parsing.
+    pub const ALL: [ApprovalState; 5] = [
+        ApprovalState::Pending,
+        ApprovalState::Approved,
+        ApprovalState::Denied,
+        ApprovalState::TimedOut,
+        ApprovalState::Closed,
+    ];
+
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::TimedOut => "timed_out",
+            ApprovalState::Closed => "closed",
+        }
+    }
+
+    /// The state a decision leaves a request in.
+    pub fn of(decision: baton_shared::protocol::Decision) -> Self {
+        use baton_shared::protocol::Decision;
+        match decision {
+            Decision::Approved => ApprovalState::Approved,
+            Decision::Denied => ApprovalState::Denied,
+            Decision::TimedOut => ApprovalState::TimedOut,
+        }
+    }
+
+    /// The decision this state records, if it is one.
+    pub fn decision(self) -> Option<baton_shared::protocol::Decision> {
+        use baton_shared::protocol::Decision;
+        match self {
+            ApprovalState::Approved => Some(Decision::Approved),
+            ApprovalState::Denied => Some(Decision::Denied),
+            ApprovalState::TimedOut => Some(Decision::TimedOut),
+            ApprovalState::Pending | ApprovalState::Closed => None,
+        }
+    }
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ApprovalState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ApprovalState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not an approval state"))
+    }
+}
+
+/// One approval request as a task's message shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownApproval {
+    /// The request's number within the task.
+    pub request: u32,
+    /// What asks.
+    pub tool: String,
+    /// What it wants to do.
+    pub input: String,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// Who decided, for a person's decision.
+    pub decided_by: Option<String>,
+}

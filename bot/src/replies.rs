@@ -283,3 +283,60 @@ pub fn task_ended_dm(id: TaskId, channel: &str, state: TaskState, reason: Option
         ending(state, reason)
     )
 }
+
+/// Who may answer approval requests, for a refusal: the requester, the
+/// admins and the project's approvers. `approvers` are the project's
+/// approvers as Slack mentions: the command that would allow `user` keeps
+/// them (it replaces the list).
+pub fn not_an_approver(
+    id: TaskId,
+    requester: &str,
+    project: &str,
+    user: &str,
+    approvers: &[String],
+) -> String {
+    let mut who = approvers.to_vec();
+    who.push(format!("<@{user}>"));
+    format!(
+        "Only <@{requester}> (who started task {id}), a Baton admin or an approver of project `{project}` can answer its approval requests. To answer them, ask an admin: `/baton-admin project approvers {project} {}`.",
+        who.join(" ")
+    )
+}
+
+/// An approval button of a request that is already decided (or closed).
+pub fn approval_already_decided(
+    id: TaskId,
+    request: u32,
+    state: crate::model::ApprovalState,
+    by: Option<&str>,
+) -> String {
+    use crate::model::ApprovalState as S;
+    let what = match (state, by) {
+        (S::Approved, Some(by)) => format!("was already approved by <@{by}>"),
+        (S::Denied, Some(by)) => format!("was already denied by <@{by}>"),
+        (S::Approved, None) => "was already approved".into(),
+        (S::Denied, None) => "was already denied".into(),
+        (S::TimedOut, _) => "timed out unanswered (denied)".into(),
+        (S::Closed, _) | (S::Pending, _) => "is closed: the task ended".into(),
+    };
+    format!("Approval request {request} of task {id} {what}; that button no longer applies.")
+}
+
+/// An approval button of an unknown request.
+pub fn no_such_approval(id: TaskId, request: u32) -> String {
+    format!("Task {id} has no approval request {request}. `/baton status {id}` shows the task.")
+}
+
+/// What the person who answered an approval request is told.
+pub fn approval_decided(id: TaskId, request: u32, approved: bool) -> String {
+    let verb = if approved { "approved" } else { "denied" };
+    format!("You {verb} approval request {request} of task {id}; the agent is told.")
+}
+
+/// The thread reply that tells the requester an approval request waits for them.
+pub fn approval_needed(requester: &str, id: TaskId, tool: &str) -> String {
+    let tool = crate::slack::mrkdwn::escape_text(&tool.replace('`', "'"));
+    format!(
+        "<@{requester}> task {id} waits for approval to use `{tool}`: *Approve* or *Deny* it on the task's message."
+    )
+}

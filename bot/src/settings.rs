@@ -98,6 +98,12 @@ pub struct Settings {
     #[arg(long, env = "BATON_AGENT_GRACE_SECS", default_value_t = 300)]
     pub agent_grace_secs: u64,
 
+    /// Seconds an approval request waits for a person's answer before it
+    /// counts as denied (`timed_out`); the wait does not count toward the
+    /// task's time limit.
+    #[arg(long, env = "BATON_APPROVAL_TIMEOUT_SECS", default_value_t = 1800)]
+    pub approval_timeout_secs: u64,
+
     /// Circuit breaker: sliding window in seconds.
     #[arg(long, env = "BATON_BREAKER_WINDOW_SECS", default_value_t = 600)]
     pub breaker_window_secs: u64,

@@ -11,6 +11,7 @@ mod m20261206_000001_access;
 mod m20261206_000090_event_inbox;
 mod m20261207_000010_notify;
 mod m20261207_000110_follow_ups;
+mod m20261207_000120_approvals;
 
 /// The condition of the ended tasks whose requester is still to be told (the
 /// partial index's condition, which queries must repeat word for word).
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000090_event_inbox::Migration),
             Box::new(m20261207_000010_notify::Migration),
             Box::new(m20261207_000110_follow_ups::Migration),
+            Box::new(m20261207_000120_approvals::Migration),
         ]
     }
 }

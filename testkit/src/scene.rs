@@ -331,6 +331,8 @@ impl FakeAgent {
                     break;
                 }
             }
+            // Dropped (see `FakeAgent::disconnect`): the agent hangs up.
+            let _ = sink.close().await;
         });
         tokio::spawn(async move {
             while let Some(Ok(frame)) = stream.next().await {
@@ -374,6 +376,12 @@ impl FakeAgent {
                 return seen;
             }
         }
+    }
+
+    /// Hangs up, then waits until the bot counts `connected` agents.
+    pub async fn disconnect(self, addr: SocketAddr, connected: usize) {
+        drop(self);
+        wait_agents(addr, connected).await;
     }
 
     pub fn send(&self, msg: AgentMessage) {

@@ -24,6 +24,17 @@ fn outcome_of(msg: &AgentMessage) -> Outcome {
 impl App {
     /// Applies one event from `agent`. Returns the frames to answer with.
     pub async fn apply_event(&self, agent: &str, msg: AgentMessage) -> Vec<BotMessage> {
+        if let AgentMessage::ApprovalRequest {
+            task,
+            request,
+            tool,
+            input,
+        } = msg
+        {
+            return self
+                .approval_requested(agent, task, request, &tool, &input)
+                .await;
+        }
         let Some((task_id, seq)) = msg.task_seq() else {
             return Vec::new();
         };
@@ -286,7 +297,9 @@ impl App {
                 }
                 // The database's row replaces what memory held (its state may
                 // be stale: "dispatched" for a task that runs); progress
-                // applied in memory but not yet written is kept.
+                // applied in memory but not yet written is kept, and so is
+                // what its message shows of its approval requests.
+                self.keep_shown_approvals(&mut task);
                 let mut live = lock(&self.live);
                 if let Some(mem) = live.get(&task.id)
                     && mem.last_seq > task.last_seq

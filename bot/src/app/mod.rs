@@ -8,9 +8,11 @@
 //! Each concern has its own module, each adding an `impl App` block:
 //! `create` (new tasks), `dispatch` (handing queued tasks out),
 //! `events` (what agents report), `control` (cancel, retry, what a
-//! person or an admin does to a task) and `recovery` (the sweeps, and
-//! rebuilding memory after a restart).
+//! person or an admin does to a task), `recovery` (the sweeps, and
+//! rebuilding memory after a restart) and `approvals` (a running task's
+//! approval requests: shown, answered by a person, timed out).
 
+mod approvals;
 mod control;
 mod create;
 mod dispatch;
@@ -39,6 +41,7 @@ use crate::slack::api::SlackApi;
 use crate::slack::consolidator::Consolidator;
 use crate::store::{Store, Task};
 
+pub use approvals::{ApprovalDesk, DECISIONS, notice_marker};
 pub use dispatch::{DISPATCH_BATCH, EVENT_ID_RETENTION, PRUNE_INTERVAL};
 pub use recovery::{RESPONSE_URL_KEPT, SWEEP_INTERVAL};
 
@@ -129,6 +132,8 @@ pub struct App {
     /// together see each other (one waits for the other, never two runs of a
     /// session at once).
     pub follow_ups: tokio::sync::Mutex<()>,
+    /// Approval requests: the thread replies being posted, decisions by kind.
+    pub approval_desk: ApprovalDesk,
 }
 
 impl std::fmt::Debug for App {
@@ -181,6 +186,7 @@ impl App {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
         let (unpostable_tx, unpostable) = tokio::sync::mpsc::unbounded_channel();
+        let clock_now = clock.now_ms();
         consolidator.report_unpostable(unpostable_tx);
         App {
             hub: Hub::new(settings.breaker()),
@@ -203,6 +209,7 @@ impl App {
             directory: crate::access::Directory::default(),
             readiness: crate::selfcheck::Readiness::default(),
             follow_ups: tokio::sync::Mutex::new(()),
+            approval_desk: ApprovalDesk::new(clock_now),
         }
     }
 

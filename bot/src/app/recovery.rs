@@ -18,7 +18,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const RESPONSE_URL_KEPT: Duration = Duration::from_secs(30 * 60);
 
 impl App {
-    /// Accept timeouts, queue expiry, lost agents. Runs every [`SWEEP_INTERVAL`].
+    /// Accept timeouts, queue expiry, approval requests, lost agents. Runs every [`SWEEP_INTERVAL`].
     pub async fn sweep(&self) {
         let now = Instant::now();
         lock(&self.response_urls)
@@ -94,6 +94,8 @@ impl App {
             Err(err) => tracing::error!(error = ?err, "cannot expire queued tasks"),
         }
 
+        self.sweep_approvals().await;
+
         let grace = Duration::from_secs(self.settings.agent_grace_secs);
         for (agent, tasks) in self.hub.lost_agents(grace) {
             for id in tasks {
@@ -167,6 +169,8 @@ impl App {
         for project in self.store.projects_with_queue().await? {
             self.show_queued(&project).await;
         }
+        // Last: the messages of tasks that wait for approval keep their buttons.
+        self.restore_approvals().await?;
         self.dispatch_wake.notify_one();
         Ok(())
     }

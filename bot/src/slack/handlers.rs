@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use baton_shared::TaskId;
+use baton_shared::protocol::Decision;
 use serde::Deserialize;
 
 use crate::admin;
@@ -151,7 +152,8 @@ async fn status(app: &App, id: Option<TaskId>, user: &str) -> Result<String, Req
     match id {
         Some(id) => {
             let t = app.visible_task(id, user, "status").await?;
-            Ok(render::task_line(&t))
+            let waiting = app.approval_status(&t).await.unwrap_or_default();
+            Ok(format!("{}{waiting}", render::task_line(&t)))
         }
         None => {
             let mine = app.store.tasks_of(user, STATUS_LISTED).await?;
@@ -277,7 +279,16 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
         return;
     }
     let user = payload.user.id.clone();
-    for action in payload.actions {
+    for action in &payload.actions {
+        if let Some(decision) = approval_decision(&action.action_id) {
+            let Some((id, request)) = render::parse_approval_value(&action.value) else {
+                tracing::warn!(value = %action.value, "approval button with an unreadable value");
+                continue;
+            };
+            let text = app.answer_approval(id, request, &user, decision).await;
+            answer_click(app, &payload, &user, &text).await;
+            continue;
+        }
         let Ok(id) = action.value.parse::<TaskId>() else {
             tracing::warn!(value = %action.value, "button with an unreadable task id");
             continue;
@@ -319,6 +330,31 @@ pub async fn handle_interaction(app: &Arc<App>, payload: Interaction) {
         {
             tracing::warn!(error = %err, "cannot answer a button click");
         }
+    }
+}
+
+/// The decision an approval button stands for; None for other buttons.
+fn approval_decision(action_id: &str) -> Option<Decision> {
+    match action_id {
+        render::ACTION_APPROVE => Some(Decision::Approved),
+        render::ACTION_DENY => Some(Decision::Denied),
+        _ => None,
+    }
+}
+
+/// Tells the person who clicked, privately, in the clicked message's thread.
+async fn answer_click(app: &App, payload: &Interaction, user: &str, text: &str) {
+    let thread = payload
+        .message
+        .as_ref()
+        .and_then(|m| m.thread_ts.as_deref());
+    if !payload.channel.id.is_empty()
+        && let Err(err) = app
+            .slack
+            .post_ephemeral_in(&payload.channel.id, thread, user, text)
+            .await
+    {
+        tracing::warn!(error = %err, "cannot answer a button click");
     }
 }
 

@@ -6,7 +6,7 @@
 
 use slack_morphism::prelude::*;
 
-use crate::model::{ResultMeta, Retry, TaskState};
+use crate::model::{ApprovalState, ResultMeta, Retry, ShownApproval, TaskState};
 use crate::slack::api::{FileUpload, MessageBody};
 use crate::slack::mrkdwn::{self, SECTION_TEXT_MAX};
 use crate::store::{Task, TaskSummary};
@@ -41,6 +41,28 @@ pub const PROMPT_FALLBACK_CHARS: usize = 200;
 pub const ACTION_CANCEL: &str = "baton_cancel";
 /// The action id of the Retry button.
 pub const ACTION_RETRY: &str = "baton_retry";
+/// The action id of an approval request's Approve button.
+pub const ACTION_APPROVE: &str = "baton_approve";
+/// The action id of an approval request's Deny button.
+pub const ACTION_DENY: &str = "baton_deny";
+/// Pending approval requests shown with their buttons (the agent asks one
+/// at a time per tool call; more would crowd the message).
+pub const SHOWN_PENDING_APPROVALS: usize = 5;
+/// Decided approval requests shown (the latest), while the task runs.
+pub const SHOWN_DECISIONS: usize = 3;
+/// Characters of an approval request's input shown.
+pub const APPROVAL_INPUT_SHOWN_CHARS: usize = 1_000;
+
+/// The value an approval button carries: `TASK:REQUEST`.
+pub fn approval_value(task: i64, request: u32) -> String {
+    format!("{task}:{request}")
+}
+
+/// The task and request an approval button's value names.
+pub fn parse_approval_value(value: &str) -> Option<(baton_shared::TaskId, u32)> {
+    let (task, request) = value.split_once(':')?;
+    Some((task.parse().ok()?, request.parse().ok()?))
+}
 
 /// Block id prefix of a result's continuation reply: `baton-result-{task}-{part}`.
 const PART_BLOCK_PREFIX: &str = "baton-result-";
@@ -191,9 +213,102 @@ pub fn task_state(task: &Task) -> TaskState {
     task.state.parse().unwrap_or(TaskState::Failed)
 }
 
+/// Whether the task's message shows a pending approval request.
+fn waits_for_approval(task: &Task, state: TaskState) -> bool {
+    !state.is_terminal()
+        && task
+            .approvals
+            .iter()
+            .any(|a| a.state == ApprovalState::Pending)
+}
+
+/// The badge of the task as its message shows it: a running task that
+/// waits for approval says so.
+fn shown_badge(task: &Task, state: TaskState) -> (&'static str, &'static str) {
+    if waits_for_approval(task, state) {
+        (":raised_hand:", "Waiting for approval")
+    } else {
+        state_badge(state)
+    }
+}
+
+/// A pending approval request: the tool and what it wants to do.
+fn approval_text(a: &ShownApproval) -> String {
+    let head = format!(
+        ":raised_hand: *Approval needed:* `{}` wants to:",
+        name(&a.tool)
+    );
+    let input = a.input.trim();
+    if input.is_empty() {
+        return head;
+    }
+    let shown = mrkdwn::truncate_chars(input, APPROVAL_INPUT_SHOWN_CHARS, "…");
+    let fences = "```\n\n```".chars().count() + head.chars().count() + 1;
+    format!(
+        "{head}\n```\n{}\n```",
+        mrkdwn::code_tail(&shown, SECTION_TEXT_MAX.saturating_sub(fences))
+    )
+}
+
+/// A decided approval request, in one line.
+fn decision_line(a: &ShownApproval) -> Option<String> {
+    let by = a
+        .decided_by
+        .as_deref()
+        .filter(|b| b.bytes().all(|c| c.is_ascii_alphanumeric()))
+        .map(|b| format!(" by <@{b}>"))
+        .unwrap_or_default();
+    let tool = name(&a.tool);
+    Some(match a.state {
+        ApprovalState::Approved => format!(":white_check_mark: `{tool}` approved{by}"),
+        ApprovalState::Denied => format!(":no_entry: `{tool}` denied{by}"),
+        ApprovalState::TimedOut => {
+            format!(":alarm_clock: `{tool}` timed out unanswered: denied")
+        }
+        ApprovalState::Pending | ApprovalState::Closed => return None,
+    })
+}
+
+/// The approval requests' blocks of a live task: the latest decisions, then
+/// each pending request with its Approve and Deny buttons.
+fn approval_blocks(task: &Task) -> Vec<SlackBlock> {
+    let mut blocks = Vec::new();
+    let decided: Vec<String> = task.approvals.iter().filter_map(decision_line).collect();
+    let from = decided.len().saturating_sub(SHOWN_DECISIONS);
+    if from < decided.len() {
+        blocks.push(context(decided[from..].join("\n")));
+    }
+    for a in task
+        .approvals
+        .iter()
+        .filter(|a| a.state == ApprovalState::Pending)
+        .take(SHOWN_PENDING_APPROVALS)
+    {
+        blocks.push(section(approval_text(a)));
+        let value = approval_value(task.id, a.request);
+        let button = |action: &str, label: &str, style| {
+            SlackActionBlockElement::Button(
+                SlackBlockButtonElement::new(pt!(label))
+                    .with_action_id(action.into())
+                    .with_value(value.clone())
+                    .with_style(style),
+            )
+        };
+        blocks.push(
+            SlackActionsBlock::new(vec![
+                button(ACTION_APPROVE, "Approve", SlackBlockButtonStyle::Primary),
+                button(ACTION_DENY, "Deny", SlackBlockButtonStyle::Danger),
+            ])
+            .with_block_id(format!("approval-{}-{}", task.id, a.request).into())
+            .into(),
+        );
+    }
+    blocks
+}
+
 /// The header line: state, persona, project, id, elapsed.
 fn header(task: &Task, state: TaskState, now_ms: i64) -> String {
-    let (emoji, label) = state_badge(state);
+    let (emoji, label) = shown_badge(task, state);
     let end = task.finished_at.unwrap_or(now_ms);
     format!(
         "{emoji} *{label}* · {} · `{}` · *#{}* · {}",
@@ -345,6 +460,9 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
         let tail = mrkdwn::tail_chars(task.output_tail.trim_end(), OUTPUT_TAIL_SHOWN_CHARS);
         blocks.push(section(code_block_tail(tail)));
     }
+    if live {
+        blocks.extend(approval_blocks(task));
+    }
 
     match state {
         TaskState::Completed => {
@@ -437,7 +555,7 @@ pub fn render(task: &Task, position: Option<u64>, now_ms: i64) -> Rendered {
     }
     blocks.truncate(MAX_BLOCKS);
 
-    let (_, label) = state_badge(state);
+    let (_, label) = shown_badge(task, state);
     let fallback = format!(
         "#{} {}: {}",
         task.id,
@@ -643,6 +761,7 @@ mod tests {
             retried_as: None,
             after_task: None,
             session_agent: None,
+            approvals: Vec::new(),
         }
     }
 
@@ -677,6 +796,7 @@ mod tests {
             result in long_hostile(),
             error in prop::option::of(long_hostile()),
             wait_reason in prop::option::of(hostile()),
+            approvals in prop::collection::vec(any_approval(), 0..=12),
         ) -> Task {
             let mut t = task(id, state);
             (t.persona, t.project, t.agent) = names;
@@ -687,7 +807,20 @@ mod tests {
             t.result = Some(result);
             t.error = error;
             t.wait_reason = wait_reason;
+            t.approvals = approvals;
             t
+        }
+    }
+
+    prop_compose! {
+        fn any_approval()(
+            request in 1u32..=1_000,
+            tool in any_name(),
+            input in long_hostile(),
+            state in prop::sample::select(ApprovalState::ALL.to_vec()),
+            decided_by in prop::option::of(any_name()),
+        ) -> ShownApproval {
+            ShownApproval { request, tool, input, state, decided_by }
         }
     }
 
@@ -818,6 +951,59 @@ mod tests {
             text.starts_with(&format!("_+{} earlier_", 20 - shown)),
             "{text}"
         );
+    }
+
+    /// A pending request shows its tool and input escaped (an agent wrote
+    /// them: no mention, no link, no early end of the code block) with its
+    /// buttons; a decision names who decided; none of it once the task ended.
+    #[test]
+    fn an_approval_request_is_shown_escaped_with_its_buttons() {
+        let mut t = task(7, TaskState::Running);
+        t.approvals = vec![
+            ShownApproval {
+                request: 1,
+                tool: "Bash".into(),
+                input: "rm -rf x".into(),
+                state: ApprovalState::Approved,
+                decided_by: Some("U1".into()),
+            },
+            ShownApproval {
+                request: 2,
+                tool: "Ba`sh <!here>".into(),
+                input: "echo <!channel> && cat <<EOF\n```\nEOF".into(),
+                state: ApprovalState::Pending,
+                decided_by: None,
+            },
+        ];
+        let message = render(&t, None, 0).message;
+        let text = section_texts(&message).join("\n");
+        assert!(text.contains("*Waiting for approval*"), "{text}");
+        assert!(text.contains("`Ba'sh &lt;!here&gt;`"), "{text}");
+        assert!(
+            text.contains("echo &lt;!channel&gt; &amp;&amp; cat &lt;&lt;EOF"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("\n```\nEOF"),
+            "the input cannot close the block: {text}"
+        );
+        let json = serde_json::to_value(&message.blocks).unwrap().to_string();
+        assert!(json.contains("approved by <@U1>"), "{json}");
+        assert!(json.contains(r#""action_id":"baton_approve""#), "{json}");
+        assert!(json.contains(r#""action_id":"baton_deny""#), "{json}");
+        assert!(json.contains(r#""value":"7:2""#), "{json}");
+        assert_eq!(
+            parse_approval_value("7:2"),
+            Some((baton_shared::TaskId(7), 2))
+        );
+        assert_eq!(parse_approval_value("7"), None);
+
+        t.state = TaskState::Completed.as_str().into();
+        let json = serde_json::to_value(&render(&t, None, 0).message.blocks)
+            .unwrap()
+            .to_string();
+        assert!(!json.contains("baton_approve"), "{json}");
+        assert!(!json.contains("Waiting for approval"), "{json}");
     }
 
     #[test]

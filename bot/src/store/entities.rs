@@ -88,6 +88,11 @@ pub mod task {
         /// The agent holding `session_id`: a task resuming a session goes to
         /// no other agent (the session only exists on that machine).
         pub session_agent: Option<String>,
+        /// What its message shows of its approval requests (pending ones
+        /// with their buttons, then the latest decisions); not a column: kept
+        /// with the task's live view and read from the `approvals` table.
+        #[sea_orm(ignore)]
+        pub approvals: Vec<crate::model::ShownApproval>,
     }
 
     /// No relations are navigated through sea-orm.
@@ -266,6 +271,43 @@ pub mod project_approver {
     }
 
     /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `approvals` table.
+pub mod approval {
+    use sea_orm::entity::prelude::*;
+
+    /// One approval request of a task.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "approvals")]
+    pub struct Model {
+        /// The task that asks.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_id: i64,
+        /// The request's number within the task, from 1.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub request: i64,
+        /// What asks: a Claude Code tool name, or `command`.
+        pub tool: String,
+        /// A short view of what the tool wants to do.
+        #[sea_orm(column_type = "Text")]
+        pub input: String,
+        /// `pending`, `approved`, `denied`, `timed_out` or `closed` (see `ApprovalState`).
+        pub state: String,
+        /// The Slack user who decided.
+        pub decided_by: Option<String>,
+        /// Unix ms (the bot's wall clock) when first received.
+        pub requested_at: i64,
+        /// Unix ms when decided or closed.
+        pub decided_at: Option<i64>,
+        /// The thread reply that mentions the requester is in Slack.
+        pub posted: bool,
+    }
+
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 

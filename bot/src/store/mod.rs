@@ -5,6 +5,7 @@
 //! racing writers cannot both move a task, and a late or repeated event changes
 //! nothing.
 
+pub mod approvals;
 pub mod entities;
 pub mod file_lock;
 mod group;

@@ -506,6 +506,7 @@ fn task(id: i64, state: TaskState) -> Task {
         retried_as: None,
         after_task: None,
         session_agent: None,
+        approvals: Vec::new(),
     }
 }
 
