@@ -841,6 +841,7 @@ mod tests {
             system_prompt: Some("Be careful.".into()),
             allowed_tools: tools.iter().map(|t| (*t).to_owned()).collect(),
             model: None,
+            files: Vec::new(),
         }
     }
 

@@ -470,7 +470,11 @@ impl Agent {
             BotMessage::Welcome { .. } => {}
             // This agent asks for no approvals yet; a decision it never asked for changes nothing.
             BotMessage::ApprovalDecision { task, request, .. } => {
-                tracing::warn!(task = task.0, request, "a decision for no pending approval; ignored")
+                tracing::warn!(
+                    task = task.0,
+                    request,
+                    "a decision for no pending approval; ignored"
+                )
             }
         }
     }

@@ -88,6 +88,19 @@ impl App {
             let now = self.store.task(id.0).await?.unwrap_or(task);
             return Err(RequestError::User(refusal(&now)));
         }
+        // A retry takes the files the task was given.
+        let files = self
+            .store
+            .task_files(task.id)
+            .await?
+            .into_iter()
+            .map(|f| super::Attachment {
+                id: f.file_id,
+                name: f.name,
+                size: u64::try_from(f.size).unwrap_or_default(),
+                url: f.url,
+            })
+            .collect();
         let created = self
             .create_task(TaskRequest {
                 persona: task.persona.parse().unwrap_or_default(),
@@ -100,6 +113,7 @@ impl App {
                 parent_id: Some(task.id),
                 session_id: None,
                 response_url: None,
+                files,
             })
             .await;
         let new = match created {

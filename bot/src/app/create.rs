@@ -10,9 +10,11 @@ use tokio::time::Instant;
 use super::{App, RequestError, TaskRequest};
 use crate::breaker::Outcome;
 use crate::hub::{Route, WaitReason};
+use crate::model::TaskState;
 use crate::replies;
-use crate::store::{NewTask, Task};
+use crate::store::{Ending, NewTask, Task, TaskFile};
 use crate::sync::lock;
+use baton_shared::files::{check_attachments, unique_names};
 
 impl App {
     /// Picks the task's project: `--project`, the channel's binding, or the only one.
@@ -87,6 +89,8 @@ impl App {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(RequestError::User(replies::shutting_down()));
         }
+        // Files a task cannot take refuse the request before anything is written.
+        let files = task_files(&req.files)?;
         let project = self
             .resolve_project(req.project.as_ref(), &req.channel_id)
             .await?;
@@ -152,6 +156,12 @@ impl App {
                 return Err(err.into());
             }
         };
+        if let Err(err) = self.store.add_task_files(task.id, &files).await {
+            // Never run without its files: it ends failed, visibly.
+            release(&routed);
+            self.fail_unfiled(&task, &err).await;
+            return Err(err.into());
+        }
         tracing::info!(task = task.id, project = %task.project, "task created");
         if let Some(url) = response_url {
             lock(&self.response_urls).insert(task.id, (url, Instant::now()));
@@ -167,6 +177,44 @@ impl App {
             }
         }
         Ok(task)
+    }
+}
+
+/// The files of a request as the task keeps them, with safe distinct names;
+/// refused (with what would allow them) when a task cannot take them.
+fn task_files(files: &[super::Attachment]) -> Result<Vec<TaskFile>, RequestError> {
+    check_attachments(files.iter().map(|f| (f.name.as_str(), f.size)))
+        .map_err(|refusal| RequestError::User(replies::files_refused(&refusal)))?;
+    let names = unique_names(files.iter().map(|f| f.name.as_str()));
+    Ok(files
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (f, name))| TaskFile {
+            task_id: 0,
+            file_id: f.id.clone(),
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            name,
+            size: i64::try_from(f.size).unwrap_or(i64::MAX),
+            url: f.url.clone(),
+        })
+        .collect())
+}
+
+impl App {
+    /// Ends a task whose files could not be written: it must not run without them.
+    async fn fail_unfiled(&self, task: &Task, err: &anyhow::Error) {
+        tracing::error!(task = task.id, error = ?err, "cannot record the task's files; failing it");
+        let ending = Ending::Failed {
+            error: "The files attached to the request could not be recorded; ask again.".into(),
+            cause: "internal".into(),
+            session_id: None,
+        };
+        let from = [TaskState::Queued, TaskState::Dispatched];
+        if let Err(err) = self.store.finish(task.id, None, None, &from, &ending).await {
+            tracing::error!(task = task.id, error = ?err, "cannot record the task's end");
+        }
+        self.show_from_db(task.id).await;
     }
 }
 
@@ -255,6 +303,7 @@ mod tests {
             parent_id: None,
             session_id: None,
             response_url: None,
+            files: Vec::new(),
         }));
         assert!(futures::poll!(creating.as_mut()).is_pending());
         drop(creating);

@@ -49,6 +49,7 @@ pub(super) fn request(prompt: &str) -> TaskRequest {
         parent_id: None,
         session_id: None,
         response_url: None,
+        files: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod entities;
 pub mod file_lock;
 mod group;
 pub mod notifications;
+mod task_files;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use group::GroupWriter;
 
 pub use entities::task::Model as Task;
 use entities::{agent, audit, project, project_access, project_approver, slack_event, task};
+pub use task_files::TaskFile;
 
 use crate::model::{ResultMeta, Retry, TaskState, now_ms};
 
