@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::attachments;
 use crate::claude_stream::StreamParser;
 use crate::codex_stream::CodexParser;
 use crate::config::{Config, ExecutorKind, Isolation, ProjectConfig};
@@ -440,6 +441,8 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
 /// learns the process group once the executor is running. A project with
 /// `isolation = "worktree"` runs it in its own git worktree (see
 /// [`crate::worktree`]) and ends its result with the branch and diff stat.
+/// A task with attached files fetches them from `files` into its directory
+/// first (see [`attachments::prepare`]).
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
@@ -447,8 +450,15 @@ pub async fn run(
     events: mpsc::UnboundedSender<ExecEvent>,
     stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
+    files: Option<&attachments::Fetch>,
 ) -> ExecEnd {
     if project.isolation != Isolation::Worktree {
+        let with_files =
+            match attachments::prepare(files, submit, &project.path, stop.clone()).await {
+                Ok(s) => s,
+                Err(end) => return end,
+            };
+        let submit = with_files.as_ref().unwrap_or(submit);
         return run_in(cfg, project, &project.path, submit, events, stop, started).await;
     }
     let session = submit
@@ -465,6 +475,15 @@ pub async fn run(
             };
         }
     };
+    // The files go into the task's worktree, where it runs.
+    let with_files = match attachments::prepare(files, submit, &wt.dir, stop.clone()).await {
+        Ok(s) => s,
+        Err(end) => {
+            wt.finished(submit.session_id.as_deref());
+            return end;
+        }
+    };
+    let submit = with_files.as_ref().unwrap_or(submit);
     let mut end = run_in(cfg, project, &wt.dir, submit, events, stop, started).await;
     let session = match &mut end {
         ExecEnd::Completed(r) => {

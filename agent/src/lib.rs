@@ -96,6 +96,11 @@ pub struct Agent {
     draining: AtomicBool,
     /// Signals task-table changes (shutdown waits on it).
     changed: Notify,
+    /// Fetches tasks' attached files from the bot.
+    files: attachments::FileSource,
+    /// The server URL of the current (or last) connection: tasks' files are
+    /// fetched from the bot that handed them out.
+    server_now: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,7 +133,10 @@ impl Agent {
             state.clear_started(task);
         }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let files = attachments::FileSource::new(cfg.key.clone())?;
         Ok(Arc::new(Agent {
+            files,
+            server_now: Mutex::new(cfg.server.clone()),
             cfg,
             state,
             tasks: Mutex::new(HashMap::new()),
@@ -261,13 +269,21 @@ impl Agent {
     async fn connection_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut backoff = new_backoff();
         let mut attempt = 0u32;
+        // The servers are tried in turn: a failed session moves to the next
+        // at once; a whole round of failures backs off before the next round.
+        let servers = &self.cfg.servers;
+        let mut next = 0usize;
+        let mut failed_in_round = 0usize;
         loop {
             if *stop.borrow() {
                 return;
             }
+            let server = servers[next % servers.len()].clone();
+            next = (next + 1) % servers.len();
+            *lock(&self.server_now) = server.clone();
             let started = Instant::now();
             let end = tokio::select! {
-                end = self.session() => end,
+                end = self.session(&server) => end,
                 _ = stop.wait_for(|v| *v) => return,
             };
             self.connected.store(false, Ordering::SeqCst);
@@ -275,7 +291,16 @@ impl Agent {
                 // A session that lasted was a success: start the backoff over.
                 backoff = new_backoff();
                 attempt = 0;
+                failed_in_round = 0;
             }
+            if matches!(end, SessionEnd::Retry) {
+                failed_in_round += 1;
+                if failed_in_round < servers.len() {
+                    tracing::warn!(%server, next = %servers[next], "bot unreachable; trying the next server");
+                    continue;
+                }
+            }
+            failed_in_round = 0;
             let wait = match end {
                 SessionEnd::Stop => return,
                 SessionEnd::Refused => RECONNECT_REFUSED,
@@ -284,7 +309,7 @@ impl Agent {
                     backoff.next().unwrap_or(RECONNECT_MAX)
                 }
             };
-            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, server = %self.cfg.server, "bot unreachable; retrying");
+            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %server, "bot unreachable; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|v| *v) => return,
@@ -295,8 +320,8 @@ impl Agent {
         }
     }
 
-    async fn session(self: &Arc<Self>) -> SessionEnd {
-        let mut req = match self.cfg.server.as_str().into_client_request() {
+    async fn session(self: &Arc<Self>, server: &str) -> SessionEnd {
+        let mut req = match server.into_client_request() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "bad server URL");
@@ -588,7 +613,19 @@ impl Agent {
                     tracing::warn!(task = id.0, error = %e, "cannot record the task's process group");
                 }
             };
-            let run = exec::run(&agent.cfg, &project, &s, ev_tx, stop_rx, started);
+            let fetch = attachments::Fetch {
+                source: agent.files.clone(),
+                server: lock(&agent.server_now).clone(),
+            };
+            let run = exec::run(
+                &agent.cfg,
+                &project,
+                &s,
+                ev_tx,
+                stop_rx,
+                started,
+                Some(&fetch),
+            );
             let (end, ()) = tokio::join!(run, forward);
             let n = seq.fetch_add(1, Ordering::SeqCst);
             let msg = match end {
