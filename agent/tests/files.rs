@@ -118,7 +118,7 @@ async fn a_file_that_cannot_be_fetched_fails_the_task_with_the_reason_before_it_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_first_server_refuses_connections_runs_tasks_through_the_second() {
     let dir = tempfile::tempdir().unwrap();
-    let (slack, slack_url) = fake_slack().await;
+    let (_slack, slack_url) = fake_slack().await;
     let bot = Bot::start(&slack_url, dir.path(), |_| {}).await;
     let project = project_dir(
         dir.path(),
