@@ -155,3 +155,85 @@ async fn an_agent_whose_first_server_refuses_connections_runs_tasks_through_the_
     assert!(task.result.unwrap().contains("ran: say hello"));
     bot.stop().await;
 }
+
+/// Runs git in `dir`, failing the test if it fails.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worktree_tasks_files_land_in_its_worktree_not_the_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, slack_url) = fake_slack().await;
+    let bot = Bot::start(&slack_url, dir.path(), |_| {}).await;
+    let repo = project_dir(
+        dir.path(),
+        "repo",
+        "#!/bin/sh\nprintf 'in %s: ' \"$(git rev-parse --abbrev-ref HEAD)\"\ncat .baton/files/spec.md\n",
+    );
+    git(&repo, &["init", "--quiet"]);
+    git(&repo, &["add", "run.sh"]);
+    git(&repo, &["commit", "--quiet", "-m", "start"]);
+    let cfg = write_config(
+        dir.path(),
+        bot.addr,
+        &repo,
+        "executor = \"command\"\ncommand = [\"/bin/sh\", \"./run.sh\"]\nisolation = \"worktree\"",
+        "",
+    );
+    let _agent = spawn_agent(&agent_bin(), &cfg);
+    wait_agents(bot.addr, 1).await;
+
+    let spec = slack.attach_file(&slack_url, "spec.md", b"the spec");
+    mention_with_files(&bot, "Ev1", "build it", vec![spec]).await;
+    let task = ended(&bot, 1).await;
+    assert_eq!(task.state, "completed", "{:?}", task.error);
+    let result = task.result.unwrap();
+    assert!(result.contains("in baton/task-1: the spec"), "{result}");
+    assert!(
+        !repo.join(".baton").exists(),
+        "the checkout itself is untouched"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_larger_than_its_event_claimed_is_not_passed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, slack_url) = fake_slack().await;
+    let bot = Bot::start(&slack_url, dir.path(), |_| {}).await;
+    let ran = dir.path().join("ran");
+    let script = format!("#!/bin/sh\ntouch '{}'\n", ran.display());
+    let project = project_dir(dir.path(), "project", &script);
+    let _agent = start_agent(dir.path(), bot.addr, &project, 1);
+    wait_agents(bot.addr, 1).await;
+
+    let limit = usize::try_from(baton_shared::limits::MAX_FILE_BYTES).unwrap();
+    let mut big = slack.attach_file(&slack_url, "big.bin", &vec![b'x'; limit + 1]);
+    // A size in an event is only a claim.
+    big["size"] = json!(10);
+    mention_with_files(&bot, "Ev1", "read it", vec![big]).await;
+
+    let task = ended(&bot, 1).await;
+    assert_eq!(task.state, "failed");
+    let error = task.error.unwrap();
+    assert!(
+        error.contains("cannot fetch the attached file `big.bin`"),
+        "{error}"
+    );
+    assert!(error.contains("larger than 20971520 bytes"), "{error}");
+    assert!(!ran.exists(), "the executor never started");
+    assert!(!project.join(".baton/files/big.bin").exists());
+    bot.stop().await;
+}
