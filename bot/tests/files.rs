@@ -273,3 +273,47 @@ async fn the_fake_slack_serves_a_file_only_with_the_bot_token() {
         (200, "hello".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_task_takes_its_files_when_dispatched_later_and_a_retry_takes_them_again() {
+    let rig = Scene::start().await;
+    let file = rig.slack.attach_file(&rig.slack_url, "log.txt", b"boom");
+    // No agent yet: the task waits in the queue, its files kept with it.
+    rig.event(
+        "Ev1",
+        mention_with_files("why did it fail", "1700000700.000100", vec![file.clone()]),
+        None,
+    )
+    .await;
+    rig.task_when(1, "the task queued", |t| t.state == "queued")
+        .await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    let first = agent.submitted().await;
+    let expected = [SubmitFile {
+        id: file["id"].as_str().unwrap().into(),
+        name: "log.txt".into(),
+        size: 4,
+    }];
+    assert_eq!(first.files, expected, "the dispatcher read them back");
+    agent.send(baton_shared::protocol::AgentMessage::Failed {
+        task: first.task,
+        seq: 1,
+        error: "the CLI broke".into(),
+        cause: baton_shared::protocol::FailureCause::Task,
+        session_id: None,
+    });
+    rig.task_when(1, "the task failed", |t| t.state == "failed")
+        .await;
+
+    let answer = rig.baton("retry #1", "U1").await;
+    assert!(answer.contains("#2"), "{answer}");
+    let retried = agent.submitted().await;
+    assert_eq!(retried.task.0, 2);
+    assert_eq!(retried.files, expected, "a retry takes the task's files");
+    let path = format!("/agents/files/2/{}", expected[0].id);
+    assert_eq!(
+        get(rig.addr(), &path, Some(AGENT_KEY)).await,
+        (200, "boom".to_owned())
+    );
+    rig.stop().await;
+}
