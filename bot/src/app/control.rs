@@ -84,11 +84,8 @@ impl App {
         if !state.can_retry() || task.retry() != Retry::None {
             return Err(RequestError::User(refusal(&task)));
         }
-        if !self.store.claim_retry(id.0).await? {
-            let now = self.store.task(id.0).await?.unwrap_or(task);
-            return Err(RequestError::User(refusal(&now)));
-        }
-        // A retry takes the files the task was given.
+        // A retry takes the files the task was given (read before the
+        // claim: nothing is left to undo if the read fails).
         let files = self
             .store
             .task_files(task.id)
@@ -101,6 +98,10 @@ impl App {
                 url: f.url,
             })
             .collect();
+        if !self.store.claim_retry(id.0).await? {
+            let now = self.store.task(id.0).await?.unwrap_or(task);
+            return Err(RequestError::User(refusal(&now)));
+        }
         let created = self
             .create_task(TaskRequest {
                 persona: task.persona.parse().unwrap_or_default(),

@@ -10,9 +10,8 @@ use tokio::time::Instant;
 use super::{App, RequestError, TaskRequest};
 use crate::breaker::Outcome;
 use crate::hub::{Route, WaitReason};
-use crate::model::TaskState;
 use crate::replies;
-use crate::store::{Ending, NewTask, Task, TaskFile};
+use crate::store::{NewTask, Task, TaskFile};
 use crate::sync::lock;
 use baton_shared::files::{check_attachments, unique_names};
 
@@ -134,13 +133,17 @@ impl App {
             agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
         };
         let written = match &routed {
-            Ok(_) => self.store.insert_task(new).await,
+            Ok(_) => self.store.insert_task_with_files(new, &files).await,
             // It joins the queue only if the queue has room: the bound is
             // checked by the insert itself (the check above is a fast path).
             Err(_) => {
                 let project = new.project.clone();
                 let max = self.settings.queue_max;
-                match self.store.insert_queued_task(new, max).await {
+                match self
+                    .store
+                    .insert_queued_task_with_files(new, max, &files)
+                    .await
+                {
                     Ok(Some(task)) => Ok(task),
                     Ok(None) => {
                         return Err(RequestError::User(replies::queue_full(&project, max)));
@@ -156,12 +159,6 @@ impl App {
                 return Err(err.into());
             }
         };
-        if let Err(err) = self.store.add_task_files(task.id, &files).await {
-            // Never run without its files: it ends failed, visibly.
-            release(&routed);
-            self.fail_unfiled(&task, &err).await;
-            return Err(err.into());
-        }
         tracing::info!(task = task.id, project = %task.project, "task created");
         if let Some(url) = response_url {
             lock(&self.response_urls).insert(task.id, (url, Instant::now()));
@@ -199,23 +196,6 @@ fn task_files(files: &[super::Attachment]) -> Result<Vec<TaskFile>, RequestError
             url: f.url.clone(),
         })
         .collect())
-}
-
-impl App {
-    /// Ends a task whose files could not be written: it must not run without them.
-    async fn fail_unfiled(&self, task: &Task, err: &anyhow::Error) {
-        tracing::error!(task = task.id, error = ?err, "cannot record the task's files; failing it");
-        let ending = Ending::Failed {
-            error: "The files attached to the request could not be recorded; ask again.".into(),
-            cause: "internal".into(),
-            session_id: None,
-        };
-        let from = [TaskState::Queued, TaskState::Dispatched];
-        if let Err(err) = self.store.finish(task.id, None, None, &from, &ending).await {
-            tracing::error!(task = task.id, error = ?err, "cannot record the task's end");
-        }
-        self.show_from_db(task.id).await;
-    }
 }
 
 #[cfg(test)]

@@ -337,12 +337,22 @@ impl Store {
 
     /// Writes a new queued task and returns it.
     pub async fn insert_task(&self, new: NewTask) -> anyhow::Result<Task> {
+        self.insert_task_with_files(new, &[]).await
+    }
+
+    /// Writes a new task with the files attached to it, in one transaction
+    /// (no dispatcher may see the task without them); returns the task.
+    pub async fn insert_task_with_files(
+        &self,
+        new: NewTask,
+        files: &[TaskFile],
+    ) -> anyhow::Result<Task> {
         let row = new_task_row(new);
         let mut insert = task::Entity::insert(row).into_query();
         insert.returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
         let rows = self
-            .write_rows(stmt)
+            .write_task_rows(stmt, files)
             .await
             .context("Cannot write the task")?;
         let row = rows.first().context("The database returned no task")?;
@@ -358,6 +368,17 @@ impl Store {
     /// are one statement (`INSERT … SELECT … WHERE (SELECT COUNT(*) …) < max`):
     /// with SQLite's single writer no other write comes between them.
     pub async fn insert_queued_task(&self, new: NewTask, max: u64) -> anyhow::Result<Option<Task>> {
+        self.insert_queued_task_with_files(new, max, &[]).await
+    }
+
+    /// [`Store::insert_queued_task`], with the files attached to the task
+    /// written in the same transaction.
+    pub async fn insert_queued_task_with_files(
+        &self,
+        new: NewTask,
+        max: u64,
+        files: &[TaskFile],
+    ) -> anyhow::Result<Option<Task>> {
         use sea_orm::sea_query::{Query, SimpleExpr};
         use sea_orm::{ActiveValue, Iterable};
         let project = new.project.clone();
@@ -394,7 +415,7 @@ impl Store {
             .returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
         let rows = self
-            .write_rows(stmt)
+            .write_task_rows(stmt, files)
             .await
             .context("Cannot write the task")?;
         let Some(row) = rows.first() else {
