@@ -317,3 +317,25 @@ async fn a_queued_task_takes_its_files_when_dispatched_later_and_a_retry_takes_t
     );
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_with_a_file_starts_a_task_with_it() {
+    let rig = Scene::start().await;
+    let mut agent = FakeAgent::connect(rig.addr()).await;
+    let file = rig.slack.attach_file(&rig.slack_url, "report.pdf", b"%PDF");
+    // A direct message with a file: a `message` of subtype `file_share` in an im.
+    let mut dm = message("U1", "summarise this", "1700000800.000100", None);
+    dm["channel"] = json!("D1");
+    dm["channel_type"] = json!("im");
+    dm["subtype"] = json!("file_share");
+    dm["files"] = json!([file]);
+    rig.event("Ev1", dm, None).await;
+    let submit = agent.submitted().await;
+    assert_eq!(submit.prompt, "summarise this");
+    assert_eq!(submit.files.len(), 1);
+    assert_eq!(
+        (submit.files[0].name.as_str(), submit.files[0].size),
+        ("report.pdf", 4)
+    );
+    rig.stop().await;
+}
