@@ -183,29 +183,38 @@ impl FileSource {
             ));
         }
         let path = attachment_path(task_dir, &file.name).map_err(|e| e.to_string())?;
-        let mut out = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        let mut body = answer.into_body();
-        let mut size = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("the download broke off: {e}"))?;
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            size += chunk.len() as u64;
-            if size > MAX_FILE_BYTES {
-                drop(out);
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(too_large(&file.name).to_string());
-            }
-            out.write_all(&chunk)
+        let written = async {
+            let mut out = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-        out.flush()
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let mut body = answer.into_body();
+            let mut size = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| format!("the download broke off: {e}"))?;
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                size += chunk.len() as u64;
+                if size > MAX_FILE_BYTES {
+                    return Err(too_large(&file.name).to_string());
+                }
+                out.write_all(&chunk)
+                    .await
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            out.flush()
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(size)
+        };
+        let size = match written.await {
+            Ok(size) => size,
+            Err(why) => {
+                // No partial file is left for the task to mistake for the whole.
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(why);
+            }
+        };
         Ok(size)
     }
 }

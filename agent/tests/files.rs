@@ -237,3 +237,40 @@ async fn a_file_larger_than_its_event_claimed_is_not_passed_on() {
     assert!(!project.join(".baton/files/big.bin").exists());
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_goes_past_the_limit_unannounced_is_cut_off_and_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, slack_url) = fake_slack().await;
+    let bot = Bot::start(&slack_url, dir.path(), |_| {}).await;
+    let ran = dir.path().join("ran");
+    let script = format!("#!/bin/sh\ntouch '{}'\n", ran.display());
+    let project = project_dir(dir.path(), "project", &script);
+    let _agent = start_agent(dir.path(), bot.addr, &project, 1);
+    wait_agents(bot.addr, 1).await;
+
+    let limit = usize::try_from(baton_shared::limits::MAX_FILE_BYTES).unwrap();
+    let mut big = slack.attach_file(&slack_url, "big.bin", &vec![b'x'; limit + 1]);
+    big["size"] = json!(10);
+    // No length up front: the bot learns the size only as the bytes arrive.
+    slack.serve_without_length(big["id"].as_str().unwrap());
+    mention_with_files(&bot, "Ev1", "read it", vec![big]).await;
+
+    let task = ended(&bot, 1).await;
+    assert_eq!(task.state, "failed");
+    let error = task.error.unwrap();
+    assert!(
+        error.contains("cannot fetch the attached file `big.bin`"),
+        "{error}"
+    );
+    assert!(!ran.exists(), "the executor never started");
+    assert!(
+        error.contains("the download broke off"),
+        "the bot cut it: {error}"
+    );
+    assert!(
+        !project.join(".baton/files/big.bin").exists(),
+        "no partial file is left"
+    );
+    bot.stop().await;
+}
