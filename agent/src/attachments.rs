@@ -57,7 +57,14 @@ fn attachment_path(task_dir: &Path, name: &str) -> io::Result<PathBuf> {
                 ));
             }
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir)?;
+                // A folder Baton made is Baton's: git leaves it out of the
+                // task's changes (`git add -A` included).
+                if dir.parent() == Some(task_dir) {
+                    std::fs::write(dir.join(".gitignore"), IGNORE_ALL)?;
+                }
+            }
             Err(e) => return Err(e),
         }
     }
@@ -67,6 +74,11 @@ fn attachment_path(task_dir: &Path, name: &str) -> io::Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// The `.gitignore` written in a `.baton` folder the agent creates: git
+/// ignores the folder and everything in it.
+const IGNORE_ALL: &str =
+    "# Written by baton-agent: files attached to tasks, not part of the project.\n*\n";
 
 /// The longest one file's fetch may take, from the request to its last byte
 /// (20 MiB at a slow 100 KiB/s is under four minutes).
@@ -341,6 +353,10 @@ mod tests {
         let rel = write_attachment(dir.path(), "notes.txt", b"hello").unwrap();
         assert_eq!(rel, Path::new(".baton/files/notes.txt"));
         assert_eq!(std::fs::read(dir.path().join(&rel)).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(".baton/.gitignore")).unwrap(),
+            IGNORE_ALL
+        );
         let prompt = prompt_with_files("read it", &[(rel, 5)]);
         assert_eq!(
             prompt,

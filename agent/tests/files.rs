@@ -180,7 +180,7 @@ async fn a_worktree_tasks_files_land_in_its_worktree_not_the_checkout() {
     let repo = project_dir(
         dir.path(),
         "repo",
-        "#!/bin/sh\nprintf 'in %s: ' \"$(git rev-parse --abbrev-ref HEAD)\"\ncat .baton/files/spec.md\n",
+        "#!/bin/sh\nprintf 'in %s: ' \"$(git rev-parse --abbrev-ref HEAD)\"\ncat .baton/files/spec.md\nprintf '\\nstatus: [%s]\\n' \"$(git status --porcelain)\"\n",
     );
     git(&repo, &["init", "--quiet"]);
     git(&repo, &["add", "run.sh"]);
@@ -201,6 +201,10 @@ async fn a_worktree_tasks_files_land_in_its_worktree_not_the_checkout() {
     assert_eq!(task.state, "completed", "{:?}", task.error);
     let result = task.result.unwrap();
     assert!(result.contains("in baton/task-1: the spec"), "{result}");
+    assert!(
+        result.contains("status: []"),
+        "git leaves the attached files out of the task's changes: {result}"
+    );
     assert!(
         !repo.join(".baton").exists(),
         "the checkout itself is untouched"
