@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use baton_shared::ProjectName;
+use baton_shared::files::{check_attachments, unique_names};
 use tokio::time::Instant;
 
 use super::{App, RequestError, TaskRequest};
@@ -13,7 +14,6 @@ use crate::hub::{Route, WaitReason};
 use crate::replies;
 use crate::store::{NewTask, Task, TaskFile};
 use crate::sync::lock;
-use baton_shared::files::{check_attachments, unique_names};
 
 impl App {
     /// Picks the task's project: `--project`, the channel's binding, or the only one.
