@@ -229,12 +229,64 @@ pub fn check_server(server: &str) -> Result<(), String> {
     }
 }
 
+/// `server` in the file: one URL, or a list tried in turn.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ServerSetting {
+    /// `server = "wss://host/agents"`.
+    One(String),
+    /// `server = ["wss://a/agents", "wss://b/agents"]`.
+    Many(Vec<String>),
+}
+
+impl ServerSetting {
+    /// The URLs, in order.
+    pub fn urls(self) -> Vec<String> {
+        match self {
+            ServerSetting::One(url) => vec![url],
+            ServerSetting::Many(urls) => urls,
+        }
+    }
+}
+
+/// The URLs of `BATON_SERVER` / `--server`: one, or several separated by commas.
+pub fn split_servers(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks every URL of `servers` with [`check_server`]; the error names the
+/// bad one (and its place, when there are several).
+pub fn check_servers(servers: &[String]) -> Result<(), (String, String)> {
+    if servers.is_empty() {
+        return Err((
+            "server".into(),
+            "empty: give at least one URL, like wss://host/agents".into(),
+        ));
+    }
+    for (i, url) in servers.iter().enumerate() {
+        check_server(url).map_err(|problem| {
+            let key = if servers.len() > 1 {
+                format!("server[{i}]")
+            } else {
+                "server".into()
+            };
+            (key, problem)
+        })?;
+    }
+    Ok(())
+}
+
 /// The file's shape.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// `wss://host/agents`.
-    pub server: Option<String>,
+    /// `wss://host/agents`, or a list of such URLs tried in turn.
+    pub server: Option<ServerSetting>,
     /// The agent key.
     pub key: Option<String>,
     /// Tasks at once.
@@ -281,7 +333,8 @@ pub struct Cli {
     /// The config file.
     #[arg(long, env = "BATON_AGENT_CONFIG", default_value = "agent.toml")]
     pub config: PathBuf,
-    /// The bot's agents endpoint (wss://host/agents).
+    /// The bot's agents endpoint (wss://host/agents); several, separated by
+    /// commas, are tried in turn.
     #[arg(long, env = "BATON_SERVER")]
     pub server: Option<String>,
     /// The agent key.
@@ -336,8 +389,11 @@ pub enum AgentCommand {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The bot's agents endpoint.
+    /// The bot's agents endpoint: the first of [`Config::servers`].
     pub server: String,
+    /// Every agents endpoint, tried in turn (a failed connection moves to the
+    /// next; a whole round without one backs off).
+    pub servers: Vec<String>,
     /// The key.
     pub key: SecretString,
     /// Tasks at once.
@@ -416,13 +472,18 @@ impl Config {
             key: key.into(),
             problem,
         };
-        let server = cli.server.clone().or(f.server).ok_or_else(|| {
-            err(
-                "server",
-                "missing: set `server = \"wss://host/agents\"` or BATON_SERVER".into(),
-            )
-        })?;
-        check_server(&server).map_err(|problem| err("server", problem))?;
+        let servers = match (cli.server.as_deref(), f.server) {
+            (Some(flag), _) => split_servers(flag),
+            (None, Some(setting)) => setting.urls(),
+            (None, None) => {
+                return Err(err(
+                    "server",
+                    "missing: set `server = \"wss://host/agents\"` or BATON_SERVER".into(),
+                ));
+            }
+        };
+        check_servers(&servers).map_err(|(key, problem)| err(&key, problem))?;
+        let server = servers[0].clone();
         let key = cli.key.clone().or(f.key).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
             err("key", "missing: set `key = \"...\"` or BATON_AGENT_KEY (from `/baton-admin agent add NAME`)".into())
         })?;
@@ -524,6 +585,7 @@ impl Config {
         }
         Ok(Config {
             server,
+            servers,
             key: key.into(),
             capacity,
             state_dir,
@@ -729,5 +791,59 @@ mod tests {
         .expect_err("ws:// to a remote host");
         assert_eq!(e.key, "server");
         assert!(e.problem.contains("loopback"), "{}", e.problem);
+    }
+
+    #[test]
+    fn server_may_be_a_list_in_the_file_or_in_baton_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let project = "[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"claude\"\n";
+        let c = load(
+            &format!("server = \"wss://a/agents\"\nkey = \"k\"\n{project}"),
+            dir.path(),
+        )
+        .expect("one URL, as before");
+        assert_eq!(c.servers, ["wss://a/agents"]);
+        assert_eq!(c.server, "wss://a/agents");
+        let c = load(
+            &format!(
+                "server = [\"wss://a/agents\", \"ws://127.0.0.1:9/agents\"]\nkey = \"k\"\n{project}"
+            ),
+            dir.path(),
+        )
+        .expect("a list");
+        assert_eq!(c.servers, ["wss://a/agents", "ws://127.0.0.1:9/agents"]);
+        assert_eq!(c.server, "wss://a/agents");
+
+        let f: FileConfig = toml::from_str(&format!("key = \"k\"\n{project}")).expect("parses");
+        let cli = Cli {
+            server: Some(" wss://a/agents, wss://b/agents ,".into()),
+            ..Cli::default()
+        };
+        let c = Config::from_parts(f, &cli, "agent.toml", dir.path()).expect("BATON_SERVER list");
+        assert_eq!(c.servers, ["wss://a/agents", "wss://b/agents"]);
+    }
+
+    #[test]
+    fn each_listed_server_must_be_wss_and_the_bad_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let project = "[[project]]\nname = \"web\"\npath = \".\"\nexecutor = \"claude\"\n";
+        let e = load(
+            &format!(
+                "server = [\"wss://a/agents\", \"ws://b.example.com/agents\"]\nkey = \"k\"\n{project}"
+            ),
+            dir.path(),
+        )
+        .expect_err("ws:// to a remote host in the list");
+        assert_eq!(e.key, "server[1]");
+        assert!(
+            e.problem.contains("ws://b.example.com/agents"),
+            "{}",
+            e.problem
+        );
+        assert!(e.problem.contains("use wss://"), "{}", e.problem);
+        let e = load(&format!("server = []\nkey = \"k\"\n{project}"), dir.path())
+            .expect_err("an empty list");
+        assert_eq!(e.key, "server");
+        assert!(e.problem.contains("at least one URL"), "{}", e.problem);
     }
 }

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::approvals::{
     AGENT_BIN_ENV, APPROVAL_SOCKET_ENV, APPROVAL_WAIT_CAP, HOOK_TIMEOUT_MARGIN, HookWatch, TaskLink,
 };
+use crate::attachments;
 use crate::claude_stream::StreamParser;
 use crate::codex_stream::CodexParser;
 use crate::config::{Approve, Config, ExecutorKind, Isolation, ProjectConfig};
@@ -471,6 +472,8 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
 /// [`crate::worktree`]) and ends its result with the branch and diff stat.
 /// With `approval`, the task may ask for approval (see [`crate::approvals`]):
 /// its socket is in its environment, and its time limit is paused while it waits.
+/// A task with attached files fetches them from `files` into its directory
+/// first (see [`attachments::prepare`]).
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
@@ -479,8 +482,15 @@ pub async fn run(
     stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
     approval: Option<TaskLink>,
+    files: Option<&attachments::Fetch>,
 ) -> ExecEnd {
     if project.isolation != Isolation::Worktree {
+        let with_files =
+            match attachments::prepare(files, submit, &project.path, stop.clone()).await {
+                Ok(s) => s,
+                Err(end) => return end,
+            };
+        let submit = with_files.as_ref().unwrap_or(submit);
         return run_in(
             cfg,
             project,
@@ -507,6 +517,15 @@ pub async fn run(
             };
         }
     };
+    // The files go into the task's worktree, where it runs.
+    let with_files = match attachments::prepare(files, submit, &wt.dir, stop.clone()).await {
+        Ok(s) => s,
+        Err(end) => {
+            wt.finished(submit.session_id.as_deref());
+            return end;
+        }
+    };
+    let submit = with_files.as_ref().unwrap_or(submit);
     let mut end = run_in(
         cfg, project, &wt.dir, submit, events, stop, started, approval,
     )
@@ -964,6 +983,7 @@ mod tests {
             system_prompt: Some("Be careful.".into()),
             allowed_tools: tools.iter().map(|t| (*t).to_owned()).collect(),
             model: None,
+            files: Vec::new(),
         }
     }
 
@@ -1174,6 +1194,7 @@ mod tests {
                 stop,
                 |_| {},
                 Some(link),
+                None,
             )
             .await
         });

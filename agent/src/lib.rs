@@ -104,6 +104,11 @@ pub struct Agent {
     changed: Notify,
     /// Approval requests of the running tasks.
     approvals: approvals::Approvals,
+    /// Fetches tasks' attached files from the bot.
+    files: attachments::FileSource,
+    /// The server URL of the current (or last) connection: tasks' files are
+    /// fetched from the bot that handed them out.
+    server_now: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,7 +142,10 @@ impl Agent {
         }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let approvals = approvals::Approvals::new(&cfg.state_dir, out_tx.clone());
+        let files = attachments::FileSource::new(cfg.key.clone())?;
         Ok(Arc::new(Agent {
+            files,
+            server_now: Mutex::new(cfg.server.clone()),
             cfg,
             state,
             tasks: Mutex::new(HashMap::new()),
@@ -271,13 +279,21 @@ impl Agent {
     async fn connection_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut backoff = new_backoff();
         let mut attempt = 0u32;
+        // The servers are tried in turn: a failed session moves to the next
+        // at once; a whole round of failures backs off before the next round.
+        let servers = &self.cfg.servers;
+        let mut next = 0usize;
+        let mut failed_in_round = 0usize;
         loop {
             if *stop.borrow() {
                 return;
             }
+            let server = servers[next % servers.len()].clone();
+            next = (next + 1) % servers.len();
+            *lock(&self.server_now) = server.clone();
             let started = Instant::now();
             let end = tokio::select! {
-                end = self.session() => end,
+                end = self.session(&server) => end,
                 _ = stop.wait_for(|v| *v) => return,
             };
             self.connected.store(false, Ordering::SeqCst);
@@ -285,7 +301,16 @@ impl Agent {
                 // A session that lasted was a success: start the backoff over.
                 backoff = new_backoff();
                 attempt = 0;
+                failed_in_round = 0;
             }
+            if matches!(end, SessionEnd::Retry) {
+                failed_in_round += 1;
+                if failed_in_round < servers.len() {
+                    tracing::warn!(%server, next = %servers[next], "bot unreachable; trying the next server");
+                    continue;
+                }
+            }
+            failed_in_round = 0;
             let wait = match end {
                 SessionEnd::Stop => return,
                 SessionEnd::Refused => RECONNECT_REFUSED,
@@ -294,7 +319,7 @@ impl Agent {
                     backoff.next().unwrap_or(RECONNECT_MAX)
                 }
             };
-            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, server = %self.cfg.server, "bot unreachable; retrying");
+            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %server, "bot unreachable; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|v| *v) => return,
@@ -305,8 +330,8 @@ impl Agent {
         }
     }
 
-    async fn session(self: &Arc<Self>) -> SessionEnd {
-        let mut req = match self.cfg.server.as_str().into_client_request() {
+    async fn session(self: &Arc<Self>, server: &str) -> SessionEnd {
+        let mut req = match server.into_client_request() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "bad server URL");
@@ -630,7 +655,20 @@ impl Agent {
             } else {
                 None
             };
-            let run = exec::run(&agent.cfg, &project, &s, ev_tx, stop_rx, started, link);
+            let fetch = attachments::Fetch {
+                source: agent.files.clone(),
+                server: lock(&agent.server_now).clone(),
+            };
+            let run = exec::run(
+                &agent.cfg,
+                &project,
+                &s,
+                ev_tx,
+                stop_rx,
+                started,
+                link,
+                Some(&fetch),
+            );
             let (end, ()) = tokio::join!(run, forward);
             agent.approvals.close(id);
             let n = seq.fetch_add(1, Ordering::SeqCst);

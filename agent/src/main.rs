@@ -101,7 +101,7 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
         "config OK: {} project(s), capacity {}, server {}",
         cfg.projects.len(),
         cfg.capacity,
-        cfg.server
+        cfg.servers.join(", ")
     );
     Ok(())
 }

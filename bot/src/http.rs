@@ -4,12 +4,15 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path as AxPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
+use baton_shared::limits::MAX_FILE_BYTES;
+use futures::StreamExt;
 
 use crate::app::App;
 use crate::model::TaskState;
@@ -34,6 +37,7 @@ pub fn router(app: Arc<App>, verifier: Option<Verifier>) -> Router {
     };
     Router::new()
         .route("/agents", get(crate::agents::upgrade))
+        .route("/agents/files/{task}/{id}", get(agent_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -135,6 +139,124 @@ async fn slack_events(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The answer to a fetch of a file that is not this agent's to fetch (no such
+/// task, another agent's, ended, or no such file): the same for all, so it
+/// says nothing about other agents' tasks.
+const NO_SUCH_FILE: &str = "no such file for this agent\n";
+
+/// `GET /agents/files/{task}/{id}`: a file attached to a task, for the agent
+/// the task is assigned to now (its key, as for the WebSocket), streamed
+/// from Slack with the bot token and cut at [`MAX_FILE_BYTES`].
+async fn agent_file(
+    State(app): State<Arc<App>>,
+    AxPath((task, file)): AxPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(key) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing agent key: send Authorization: Bearer KEY\n",
+        )
+            .into_response();
+    };
+    let agent = match app.store.agent_by_key_hash(&crate::keys::hash(key)).await {
+        Ok(Some(row)) if crate::keys::matches(key, &row.key_hash) => row.name,
+        Ok(_) => {
+            return (StatusCode::UNAUTHORIZED, "unknown or revoked agent key\n").into_response();
+        }
+        Err(err) => {
+            tracing::error!(error = ?err, "cannot check an agent key");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the key now; retry\n",
+            )
+                .into_response();
+        }
+    };
+    let Ok(task) = task.parse::<i64>() else {
+        return (StatusCode::NOT_FOUND, NO_SUCH_FILE).into_response();
+    };
+    let found = async {
+        let Some(t) = app.store.task(task).await? else {
+            return Ok(None);
+        };
+        let active = matches!(
+            t.state.parse::<TaskState>(),
+            Ok(TaskState::Dispatched | TaskState::Running)
+        );
+        if !active || t.agent.as_deref() != Some(agent.as_str()) {
+            return Ok(None);
+        }
+        app.store.task_file(task, &file).await
+    };
+    let file = match found.await {
+        Ok(Some(f)) => f,
+        Ok(None) => return (StatusCode::NOT_FOUND, NO_SUCH_FILE).into_response(),
+        Err(err) => {
+            tracing::error!(task, error = ?err, "cannot read a task's file");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot read the task now; retry\n",
+            )
+                .into_response();
+        }
+    };
+    let answer = match app.slack.download(&file.url).await {
+        Ok(a) => a,
+        Err(err) => {
+            tracing::warn!(task, file = %file.file_id, error = %err, "cannot fetch a task's file from Slack");
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("cannot fetch the file from Slack: {err}\n"),
+            )
+                .into_response();
+        }
+    };
+    let announced = answer
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_FILE_BYTES) {
+        return (
+            StatusCode::BAD_GATEWAY,
+            format!("the file is larger than {MAX_FILE_BYTES} bytes\n"),
+        )
+            .into_response();
+    }
+    tracing::info!(task, file = %file.file_id, %agent, "streaming a task's file to its agent");
+    // Streamed as it arrives; a body that goes past the limit (a size in an
+    // event is only a claim) is cut off with an error, so the agent sees an
+    // incomplete answer, never a silently shortened file.
+    let mut sent = 0u64;
+    let body = answer.into_body().into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        sent += chunk.len() as u64;
+        if sent > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the file is larger than {MAX_FILE_BYTES} bytes"
+            )));
+        }
+        Ok(chunk)
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(n) = announced {
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+    }
+    response
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

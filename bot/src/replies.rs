@@ -340,3 +340,20 @@ pub fn approval_needed(requester: &str, id: TaskId, tool: &str) -> String {
         "<@{requester}> task {id} waits for approval to use `{tool}`: *Approve* or *Deny* it on the task's message."
     )
 }
+
+/// Files attached to a request that a task cannot take: nothing was created,
+/// and the text says what would allow it (fewer or smaller files).
+pub fn files_refused(refusal: &baton_shared::files::FileRefusal) -> String {
+    use baton_shared::files::FileRefusal;
+    use baton_shared::limits::{MAX_FILE_BYTES, MAX_FILES_PER_TASK};
+    let why = match refusal {
+        FileRefusal::TooMany { count } => format!(
+            "{count} files are attached, and a task takes at most {MAX_FILES_PER_TASK}. Attach fewer (or zip them into one), then ask again."
+        ),
+        FileRefusal::TooLarge { name, size } => format!(
+            "`{}` is {size} bytes, and a task takes files of at most {MAX_FILE_BYTES} bytes (20 MiB). Attach a smaller file, or put it where the project can reach it and name it in the prompt.",
+            crate::slack::mrkdwn::escape_text(&name.replace('`', "'"))
+        ),
+    };
+    format!("This task was not created: {why}")
+}

@@ -119,6 +119,7 @@ pub fn needed_scopes(settings: &Settings) -> Vec<(&'static str, &'static str)> {
         ("groups:history", "thread replies in private channels"),
         ("im:history", "direct messages to the app"),
         ("files:write", "uploading a long result as a file"),
+        ("files:read", "downloading the files attached to a task"),
     ]
 }
 
@@ -164,6 +165,10 @@ mod tests {
         let missing = missing_scopes(&settings, Some(&granted));
         assert!(
             missing.contains(&"im:history (direct messages to the app)".to_owned()),
+            "{missing:?}"
+        );
+        assert!(
+            missing.contains(&"files:read (downloading the files attached to a task)".to_owned()),
             "{missing:?}"
         );
         assert!(!missing.iter().any(|m| m.starts_with("commands")));

@@ -10,6 +10,7 @@ mod m20261201_000001_thread_and_retry;
 mod m20261206_000001_access;
 mod m20261206_000090_event_inbox;
 mod m20261207_000010_notify;
+mod m20261207_000100_task_files;
 mod m20261207_000110_follow_ups;
 mod m20261207_000120_approvals;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_access::Migration),
             Box::new(m20261206_000090_event_inbox::Migration),
             Box::new(m20261207_000010_notify::Migration),
+            Box::new(m20261207_000100_task_files::Migration),
             Box::new(m20261207_000110_follow_ups::Migration),
             Box::new(m20261207_000120_approvals::Migration),
         ]

@@ -49,8 +49,9 @@ async fn up_down_up(url: &str) {
     let db = Database::connect(url).await.expect("connect");
 
     Migrator::up(&db, None).await.expect("up");
+    let first = tables(&db).await;
     assert_eq!(
-        tables(&db).await,
+        first,
         [
             "agents",
             "approvals",
@@ -59,6 +60,7 @@ async fn up_down_up(url: &str) {
             "project_approvers",
             "projects",
             "slack_events",
+            "task_files",
             "tasks"
         ]
     );
@@ -75,7 +77,7 @@ async fn up_down_up(url: &str) {
     assert!(tables(&db).await.is_empty());
 
     Migrator::up(&db, None).await.expect("up again");
-    assert_eq!(tables(&db).await.len(), 8);
+    assert_eq!(tables(&db).await, first);
     assert!(
         Migrator::get_pending_migrations(&db)
             .await

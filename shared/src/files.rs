@@ -89,15 +89,29 @@ pub fn unique_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String>
         let mut candidate = safe.clone();
         let mut n = 2;
         while out.contains(&candidate) {
-            candidate = match safe.rsplit_once('.') {
-                Some((stem, ext)) => format!("{stem}-{n}.{ext}"),
-                None => format!("{safe}-{n}"),
-            };
+            candidate = numbered(&safe, n);
             n += 1;
         }
         out.push(candidate);
     }
     out
+}
+
+/// `safe` with `-n` before its extension, its stem cut so that the whole
+/// stays within [`MAX_FILE_NAME_BYTES`] (and so stays a safe name).
+fn numbered(safe: &str, n: usize) -> String {
+    let (stem, ext) = match safe.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => (stem, format!(".{ext}")),
+        _ => (safe, String::new()),
+    };
+    let suffix = format!("-{n}{ext}");
+    let mut cut = stem
+        .len()
+        .min(MAX_FILE_NAME_BYTES.saturating_sub(suffix.len()));
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", stem[..cut].trim_end())
 }
 
 #[cfg(test)]
@@ -146,6 +160,19 @@ mod tests {
             unique_names(["a.txt", "dir/a.txt", "a.txt", "b"]),
             ["a.txt", "a-2.txt", "a-3.txt", "b"]
         );
+    }
+
+    #[test]
+    fn repeated_long_names_stay_distinct_safe_and_within_the_limit() {
+        let long = format!("{}.txt", "é".repeat(100));
+        let names = unique_names([long.as_str(), long.as_str(), long.as_str()]);
+        for name in &names {
+            assert!(name.len() <= MAX_FILE_NAME_BYTES, "{}", name.len());
+            assert_eq!(&sanitize_file_name(name), name, "a safe name as it is");
+            assert!(name.ends_with(".txt"), "{name}");
+        }
+        assert!(names[1].ends_with("-2.txt") && names[2].ends_with("-3.txt"));
+        assert_ne!(names[0], names[1]);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AgentName, Persona, ProjectName, SessionId, TaskId};
 use crate::limits::{
     MAX_APPROVAL_INPUT_CHARS, MAX_APPROVAL_TOOL_CHARS, MAX_APPROVALS_PER_TASK, MAX_ERROR_BYTES,
-    MAX_FRAME_BYTES, MAX_HELLO_TASKS, MAX_OUTPUT_CHUNK_BYTES, MAX_PROJECTS_PER_AGENT,
-    MAX_PROMPT_CHARS, MAX_RESULT_BYTES, MAX_STEP_CHARS,
+    MAX_FILE_BYTES, MAX_FILES_PER_TASK, MAX_FRAME_BYTES, MAX_HELLO_TASKS, MAX_OUTPUT_CHUNK_BYTES,
+    MAX_PROJECTS_PER_AGENT, MAX_PROMPT_CHARS, MAX_RESULT_BYTES, MAX_STEP_CHARS,
 };
 
 /// The protocol version this build speaks.
@@ -383,6 +383,23 @@ pub struct Submit {
     /// The model to use, when one is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Files attached in Slack to the message that started the task or
+    /// follow-up; the agent fetches each from the bot before it runs the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<SubmitFile>,
+}
+
+/// A file attached to a task: the agent fetches it with
+/// `GET /agents/files/{task}/{id}` and writes it to `.baton/files/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitFile {
+    /// Slack's file id (`F…`): the last part of the URL it is fetched from.
+    pub id: String,
+    /// The name it is written under, already made safe by the bot
+    /// (`files::sanitize_file_name` / `files::unique_names`).
+    pub name: String,
+    /// Its size in bytes, as Slack announced it.
+    pub size: u64,
 }
 
 /// A frame from the bot to the agent.
@@ -451,6 +468,10 @@ impl BotMessage {
             BotMessage::Submit(s) if s.prompt.trim().is_empty() => {
                 Err(invalid("the prompt is empty"))
             }
+            BotMessage::Submit(s) if s.files.len() > MAX_FILES_PER_TASK => {
+                Err(too_large("files", MAX_FILES_PER_TASK))
+            }
+            BotMessage::Submit(s) if let Some(why) = bad_file(&s.files) => Err(invalid(&why)),
             BotMessage::Submit(s) => match s.session_id.as_deref().map(SessionId::new) {
                 // It would reach an executor's command line: refused, never passed on.
                 Some(Err(e)) => Err(ProtocolError::Invalid(e.to_string())),
@@ -567,6 +588,33 @@ fn invalid(msg: &str) -> ProtocolError {
 
 fn too_large(what: &'static str, limit: usize) -> ProtocolError {
     ProtocolError::TooLarge { what, limit }
+}
+
+/// Longest file id a submit may carry (Slack's are about a dozen characters).
+const MAX_FILE_ID_CHARS: usize = 64;
+
+/// What is wrong with a submit's files, if anything: an id that cannot go
+/// in a URL path, a name that is not already safe (it names a path on the
+/// agent), two files of one name, or a size over [`MAX_FILE_BYTES`].
+fn bad_file(files: &[SubmitFile]) -> Option<String> {
+    for (i, f) in files.iter().enumerate() {
+        if f.id.is_empty()
+            || f.id.len() > MAX_FILE_ID_CHARS
+            || !f.id.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Some(format!("the file id {:?} is not a Slack file id", f.id));
+        }
+        if crate::files::sanitize_file_name(&f.name) != f.name {
+            return Some(format!("the file name {:?} is not a safe name", f.name));
+        }
+        if files[..i].iter().any(|o| o.name == f.name) {
+            return Some(format!("two files are named {:?}", f.name));
+        }
+        if f.size > MAX_FILE_BYTES {
+            return Some(format!("{} is larger than {MAX_FILE_BYTES} bytes", f.name));
+        }
+    }
+    None
 }
 
 const AGENT_TYPES: &[&str] = &[
@@ -722,6 +770,11 @@ mod tests {
                 system_prompt: Some("You review.".into()),
                 allowed_tools: vec!["Read".into()],
                 model: None,
+                files: vec![SubmitFile {
+                    id: "F0001".into(),
+                    name: "notes.txt".into(),
+                    size: 5,
+                }],
             })),
             BotMessage::Cancel { task: TaskId(42) },
             BotMessage::Ack {
@@ -915,6 +968,44 @@ mod tests {
         assert!(matches!(
             BotMessage::decode(&BotMessage::Submit(Box::new(submit)).encode()),
             Err(ProtocolError::TooLarge { what: "prompt", .. })
+        ));
+    }
+
+    #[test]
+    fn a_submit_with_unsafe_or_too_many_files_is_refused() {
+        let base = match bot_messages().remove(1) {
+            BotMessage::Submit(s) => *s,
+            _ => unreachable!(),
+        };
+        let file = |id: &str, name: &str, size: u64| SubmitFile {
+            id: id.into(),
+            name: name.into(),
+            size,
+        };
+        let decode = |files: Vec<SubmitFile>| {
+            let mut s = base.clone();
+            s.files = files;
+            BotMessage::decode(&BotMessage::Submit(Box::new(s)).encode())
+        };
+        assert!(decode(vec![file("F1", "a.txt", 1), file("F2", "b.txt", 2)]).is_ok());
+        for bad in [
+            vec![file("F1", "../etc/passwd", 1)],
+            vec![file("F1", ".env", 1)],
+            vec![file("../x", "a.txt", 1)],
+            vec![file("F1", "a.txt", 1), file("F2", "a.txt", 1)],
+            vec![file("F1", "a.txt", MAX_FILE_BYTES + 1)],
+        ] {
+            assert!(
+                matches!(decode(bad.clone()), Err(ProtocolError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        let many = (0..=MAX_FILES_PER_TASK)
+            .map(|i| file(&format!("F{i}"), &format!("{i}.txt"), 1))
+            .collect();
+        assert!(matches!(
+            decode(many),
+            Err(ProtocolError::TooLarge { what: "files", .. })
         ));
     }
 

@@ -76,6 +76,9 @@ struct Inner {
     scopes: Option<String>,
     /// Files by id: uploaded by the bot, or attached by a test for the bot to download.
     files: Vec<FakeFile>,
+    /// Ids of files whose download is sent in chunks without a length (see
+    /// [`FakeSlack::serve_without_length`]).
+    unannounced: std::collections::HashSet<String>,
 }
 
 /// A file the fake Slack holds.
@@ -303,6 +306,12 @@ impl FakeSlack {
         json!({"id": id, "name": name, "title": name, "size": bytes.len(),
                "mimetype": "application/octet-stream", "url_private": url,
                "url_private_download": url})
+    }
+
+    /// Sends file `id`'s download in chunks without a `Content-Length`, as a
+    /// proxy in front of Slack may: its size shows only as it arrives.
+    pub fn serve_without_length(&self, id: &str) {
+        self.lock().unannounced.insert(id.to_owned());
     }
 
     /// Whether this call's answer is to be lost.
@@ -678,6 +687,9 @@ async fn upload_bytes(
     }
 }
 
+/// The chunks a download without a length is sent in.
+const UNANNOUNCED_CHUNK_BYTES: usize = 64 * 1024;
+
 /// A file's `url_private_download`: its bytes, only with the bot token
 /// (without it Slack answers with a sign-in page, not the file).
 async fn download(
@@ -689,13 +701,28 @@ async fn download(
         return (StatusCode::FORBIDDEN, "sign in to download").into_response();
     }
     let id = file.split('-').nth(1).unwrap_or_default();
-    let bytes = slack
-        .lock()
-        .files
-        .iter()
-        .find(|f| f.id == id)
-        .map(|f| f.bytes.clone());
+    let (bytes, unannounced) = {
+        let inner = slack.lock();
+        let bytes = inner
+            .files
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| f.bytes.clone());
+        (bytes, inner.unannounced.contains(id))
+    };
     match bytes {
+        Some(bytes) if unannounced => {
+            let chunks: Vec<Result<axum::body::Bytes, std::convert::Infallible>> = bytes
+                .chunks(UNANNOUNCED_CHUNK_BYTES)
+                .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+                .collect();
+            (
+                StatusCode::OK,
+                [("content-type", "application/octet-stream")],
+                axum::body::Body::from_stream(futures::stream::iter(chunks)),
+            )
+                .into_response()
+        }
         Some(bytes) => (
             StatusCode::OK,
             [("content-type", "application/octet-stream")],

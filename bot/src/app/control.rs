@@ -84,6 +84,20 @@ impl App {
         if !state.can_retry() || task.retry() != Retry::None {
             return Err(RequestError::User(refusal(&task)));
         }
+        // A retry takes the files the task was given (read before the
+        // claim: nothing is left to undo if the read fails).
+        let files = self
+            .store
+            .task_files(task.id)
+            .await?
+            .into_iter()
+            .map(|f| super::Attachment {
+                id: f.file_id,
+                name: f.name,
+                size: u64::try_from(f.size).unwrap_or_default(),
+                url: f.url,
+            })
+            .collect();
         if !self.store.claim_retry(id.0).await? {
             let now = self.store.task(id.0).await?.unwrap_or(task);
             return Err(RequestError::User(refusal(&now)));
@@ -102,6 +116,7 @@ impl App {
                 session_agent: None,
                 after_task: None,
                 response_url: None,
+                files,
             })
             .await;
         let new = match created {

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use baton_shared::ProjectName;
+use baton_shared::files::{check_attachments, unique_names};
 use tokio::time::Instant;
 
 use super::{App, RequestError, TaskRequest};
 use crate::breaker::Outcome;
 use crate::hub::{Route, WaitReason};
 use crate::replies;
-use crate::store::{NewTask, Task};
+use crate::store::{NewTask, Task, TaskFile};
 use crate::sync::lock;
 
 impl App {
@@ -87,6 +88,8 @@ impl App {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(RequestError::User(replies::shutting_down()));
         }
+        // Files a task cannot take refuse the request before anything is written.
+        let files = task_files(&req.files)?;
         let project = self
             .resolve_project(req.project.as_ref(), &req.channel_id)
             .await?;
@@ -138,13 +141,17 @@ impl App {
             session_agent: req.session_agent,
         };
         let written = match &routed {
-            Ok(_) => self.store.insert_task(new).await,
+            Ok(_) => self.store.insert_task_with_files(new, &files).await,
             // It joins the queue only if the queue has room: the bound is
             // checked by the insert itself (the check above is a fast path).
             Err(_) => {
                 let project = new.project.clone();
                 let max = self.settings.queue_max;
-                match self.store.insert_queued_task(new, max).await {
+                match self
+                    .store
+                    .insert_queued_task_with_files(new, max, &files)
+                    .await
+                {
                     Ok(Some(task)) => Ok(task),
                     Ok(None) => {
                         return Err(RequestError::User(replies::queue_full(&project, max)));
@@ -186,6 +193,27 @@ impl App {
         }
         Ok(task)
     }
+}
+
+/// The files of a request as the task keeps them, with safe distinct names;
+/// refused (with what would allow them) when a task cannot take them.
+fn task_files(files: &[super::Attachment]) -> Result<Vec<TaskFile>, RequestError> {
+    check_attachments(files.iter().map(|f| (f.name.as_str(), f.size)))
+        .map_err(|refusal| RequestError::User(replies::files_refused(&refusal)))?;
+    let names = unique_names(files.iter().map(|f| f.name.as_str()));
+    Ok(files
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (f, name))| TaskFile {
+            task_id: 0,
+            file_id: f.id.clone(),
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            name,
+            size: i64::try_from(f.size).unwrap_or(i64::MAX),
+            url: f.url.clone(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -275,6 +303,7 @@ mod tests {
             session_agent: None,
             after_task: None,
             response_url: None,
+            files: Vec::new(),
         }));
         assert!(futures::poll!(creating.as_mut()).is_pending());
         drop(creating);

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_shared::protocol::{BotMessage, Submit};
+use baton_shared::protocol::{BotMessage, Submit, SubmitFile};
 use baton_shared::{Persona, ProjectName, TaskId};
 use tokio::time::Instant;
 
@@ -49,6 +49,25 @@ impl App {
         };
         let persona: Persona = task.persona.parse().unwrap_or_default();
         let def = personas::definition(persona);
+        // Its files go with every dispatch (a re-dispatch after a restart too).
+        let files = match self.store.task_files(task.id).await {
+            Ok(files) => Some(
+                files
+                    .into_iter()
+                    .map(|f| SubmitFile {
+                        id: f.file_id,
+                        name: f.name,
+                        size: u64::try_from(f.size).unwrap_or_default(),
+                    })
+                    .collect(),
+            ),
+            Err(err) => {
+                // Not sent without its files: the accept timeout puts it back.
+                tracing::error!(task = task.id, error = ?err, "cannot read the task's files");
+                None
+            }
+        };
+        let files_read = files.is_some();
         let submit = BotMessage::Submit(Box::new(Submit {
             task: TaskId(task.id),
             project,
@@ -58,6 +77,7 @@ impl App {
             system_prompt: Some(def.system_prompt.to_owned()),
             allowed_tools: def.allowed_tools.iter().map(|t| (*t).to_owned()).collect(),
             model: task.model.clone(),
+            files: files.unwrap_or_default(),
         }));
         let mut task = task;
         task.state = TaskState::Dispatched.as_str().to_owned();
@@ -70,7 +90,9 @@ impl App {
         let deadline = Instant::now() + Duration::from_secs(self.settings.dispatch_timeout_secs);
         lock(&self.awaiting).insert(task.id, (route.agent.clone(), deadline));
         // If the connection is gone, the accept timeout puts the task back.
-        let _ = route.tx.send(crate::hub::Outgoing::Frame(submit));
+        if files_read {
+            let _ = route.tx.send(crate::hub::Outgoing::Frame(submit));
+        }
         let waited = (self.clock.now_ms() - task.queued_at).max(0) as u64;
         self.dispatch_latency.observe(Duration::from_millis(waited));
         tracing::info!(task = task.id, agent = %route.agent, "task dispatched");

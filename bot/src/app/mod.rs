@@ -75,6 +75,21 @@ pub struct TaskRequest {
     /// The slash command's `response_url`: where the person hears of what
     /// goes wrong after the acknowledgement (its message cannot be posted).
     pub response_url: Option<String>,
+    /// The files attached in Slack to the message that asked for it.
+    pub files: Vec<Attachment>,
+}
+
+/// A file attached in Slack to the message that asks for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Slack's file id (`F…`).
+    pub id: String,
+    /// Its name as attached (made safe when the task is written).
+    pub name: String,
+    /// Its size in bytes, as Slack says.
+    pub size: u64,
+    /// Slack's `url_private_download`, fetched with the bot token.
+    pub url: String,
 }
 
 type UserLimiter = RateLimiter<

@@ -51,6 +51,7 @@ pub(super) fn request(prompt: &str) -> TaskRequest {
         session_agent: None,
         after_task: None,
         response_url: None,
+        files: Vec::new(),
     }
 }
 

@@ -387,6 +387,65 @@ impl SlackApi {
         }
     }
 
+    /// GETs a file attached in Slack (its `url_private_download`) with the
+    /// bot token; the answer's body is not read, so the caller streams it.
+    /// The token goes only to Slack itself (a `slack.com` host over https, or
+    /// `SLACK_API_URL`'s host): any other URL is refused. An answer other
+    /// than 200, or a sign-in page instead of the file (what Slack gives a
+    /// token without `files:read`), is an error.
+    pub async fn download(&self, url: &str) -> Result<axum::response::Response, SlackCallError> {
+        let parsed = url::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| {
+                SlackCallError::Transport("Slack gave no download URL for the file".into())
+            })?;
+        let api = url::Url::parse(&self.api_url).ok();
+        let slack_host = parsed.scheme() == "https"
+            && parsed
+                .host_str()
+                .is_some_and(|h| h == "slack.com" || h.ends_with(".slack.com"));
+        let api_host = api.as_ref().is_some_and(|a| {
+            a.host_str().is_some() && a.host_str() == parsed.host_str() && a.port() == parsed.port()
+        });
+        if !slack_host && !api_host {
+            return Err(SlackCallError::Transport(format!(
+                "the file's URL is not on Slack ({}); the bot token is not sent there",
+                parsed.host_str().unwrap_or("no host")
+            )));
+        }
+        let request = http::Request::get(parsed.as_str())
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token.token_value.0),
+            )
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, self.raw.request(request))
+            .await
+            .map_err(|_| SlackCallError::Transport("the file download timed out".into()))?
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let html = answer
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html"));
+        match answer.status() {
+            http::StatusCode::OK if html => Err(SlackCallError::Api(
+                "Slack answered with a sign-in page: the bot token needs the files:read scope"
+                    .into(),
+            )),
+            http::StatusCode::OK => Ok(answer.map(axum::body::Body::new)),
+            http::StatusCode::TOO_MANY_REQUESTS => Err(SlackCallError::RateLimited {
+                retry_after: DEFAULT_RETRY_AFTER,
+            }),
+            s => Err(SlackCallError::Api(format!(
+                "Slack answered HTTP {} for the file",
+                s.as_u16()
+            ))),
+        }
+    }
+
     /// `auth.test`: who the bot token belongs to, and the scopes it grants
     /// (from the `x-oauth-scopes` header Slack adds to every answer).
     pub async fn auth_test(&self) -> Result<AuthTest, SlackCallError> {

@@ -10,7 +10,7 @@ use baton_shared::protocol::Decision;
 use serde::Deserialize;
 
 use crate::admin;
-use crate::app::{App, RequestError, TaskRequest};
+use crate::app::{App, Attachment, RequestError, TaskRequest};
 use crate::commands::{self, Command};
 use crate::model::TaskState;
 use crate::replies;
@@ -76,6 +76,7 @@ pub async fn handle_command(app: &Arc<App>, cmd: SlashCommand) -> Reply {
                     channel: &cmd.channel_id,
                     thread_ts: None,
                     response_url: Some(cmd.response_url.as_str()).filter(|u| !u.is_empty()),
+                    files: &[],
                 };
                 handle_baton(app, &cmd.text, &cmd.user_id, at).await
             }
@@ -95,6 +96,8 @@ struct Where<'a> {
     thread_ts: Option<&'a str>,
     /// The slash command's `response_url`, for a slash command.
     response_url: Option<&'a str>,
+    /// The files attached to the message (a mention's; a slash command has none).
+    files: &'a [SlackFile],
 }
 
 /// Handles the words of `/baton` (or a mention), from `user` at `at`.
@@ -104,6 +107,7 @@ async fn handle_baton(app: &Arc<App>, text: &str, user: &str, at: Where<'_>) -> 
         channel,
         thread_ts,
         response_url,
+        files,
     } = at;
     let command = match commands::parse(text) {
         Ok(c) => c,
@@ -129,6 +133,7 @@ async fn handle_baton(app: &Arc<App>, text: &str, user: &str, at: Where<'_>) -> 
                 session_agent: None,
                 after_task: None,
                 response_url: response_url.map(str::to_owned),
+                files: files.iter().map(SlackFile::attachment).collect(),
             };
             match app.create_task(req).await {
                 Ok(_) => return Reply::Empty,
@@ -422,6 +427,52 @@ pub struct Event {
     /// The tab opened, for `app_home_opened`: `home` or `messages`.
     #[serde(default)]
     pub tab: Option<String>,
+    /// The files attached to the message (`files:read`).
+    #[serde(default)]
+    pub files: Vec<SlackFile>,
+}
+
+/// A file attached to a message, as the event gives it (the parts Baton uses).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+pub struct SlackFile {
+    /// Slack's file id (`F…`).
+    #[serde(default)]
+    pub id: String,
+    /// Its name as attached.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its title, when it has no name.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Its size in bytes, as Slack says.
+    #[serde(default)]
+    pub size: u64,
+    /// Where its bytes are, for a request with the bot token.
+    #[serde(default)]
+    pub url_private_download: Option<String>,
+    /// The same, for files that have no download URL.
+    #[serde(default)]
+    pub url_private: Option<String>,
+}
+
+impl SlackFile {
+    /// The file as a task request carries it.
+    fn attachment(&self) -> Attachment {
+        Attachment {
+            id: self.id.clone(),
+            name: self
+                .name
+                .clone()
+                .or_else(|| self.title.clone())
+                .unwrap_or_else(|| self.id.clone()),
+            size: self.size,
+            url: self
+                .url_private_download
+                .clone()
+                .or_else(|| self.url_private.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl Event {
@@ -460,8 +511,9 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
         .first()
         .map(|a| a.user_id.as_str())
         .filter(|s| !s.is_empty());
+    // A message with files attached comes as the `file_share` subtype.
     if event.bot_id.is_some()
-        || event.subtype.is_some()
+        || event.subtype.as_deref().is_some_and(|s| s != "file_share")
         || event.user.is_empty()
         || Some(event.user.as_str()) == bot
     {
@@ -510,6 +562,7 @@ pub async fn handle_event(app: &Arc<App>, env: EventEnvelope) {
                 channel: &event.channel,
                 thread_ts: event.thread_ts.as_deref(),
                 response_url: None,
+                files: &event.files,
             };
             handle_baton(app, &text, &event.user, at).await
         }
@@ -546,6 +599,7 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
                 channel: &event.channel,
                 thread_ts: Some(root),
                 response_url: None,
+                files: &event.files,
             };
             return handle_baton(app, text, &event.user, at).await;
         }
@@ -610,6 +664,7 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
         session_id,
         after_task: busy.map(|b| b.id),
         response_url: None,
+        files: event.files.iter().map(SlackFile::attachment).collect(),
     };
     let created = app.create_task(req).await;
     drop(turn);

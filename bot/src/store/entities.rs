@@ -313,3 +313,35 @@ pub mod approval {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The `task_files` table.
+pub mod task_file {
+    use sea_orm::entity::prelude::*;
+
+    /// One file attached in Slack to the message that started a task.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task_files")]
+    pub struct Model {
+        /// The task.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_id: i64,
+        /// Slack's file id (`F…`).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub file_id: String,
+        /// Its place among the task's files, in the message's order.
+        pub position: i32,
+        /// The safe name it is written under in `.baton/files/`.
+        pub name: String,
+        /// Its size in bytes, as Slack announced it.
+        pub size: i64,
+        /// Slack's `url_private_download`, fetched with the bot token.
+        #[sea_orm(column_type = "Text")]
+        pub url: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

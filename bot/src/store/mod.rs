@@ -10,6 +10,7 @@ pub mod entities;
 pub mod file_lock;
 mod group;
 pub mod notifications;
+mod task_files;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use group::GroupWriter;
 
 pub use entities::task::Model as Task;
 use entities::{agent, audit, project, project_access, project_approver, slack_event, task};
+pub use task_files::TaskFile;
 
 use crate::model::{ResultMeta, Retry, TaskState, now_ms};
 
@@ -346,12 +348,22 @@ impl Store {
 
     /// Writes a new queued task and returns it.
     pub async fn insert_task(&self, new: NewTask) -> anyhow::Result<Task> {
+        self.insert_task_with_files(new, &[]).await
+    }
+
+    /// Writes a new task with the files attached to it, in one transaction
+    /// (no dispatcher may see the task without them); returns the task.
+    pub async fn insert_task_with_files(
+        &self,
+        new: NewTask,
+        files: &[TaskFile],
+    ) -> anyhow::Result<Task> {
         let row = new_task_row(new);
         let mut insert = task::Entity::insert(row).into_query();
         insert.returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
         let rows = self
-            .write_rows(stmt)
+            .write_task_rows(stmt, files)
             .await
             .context("Cannot write the task")?;
         let row = rows.first().context("The database returned no task")?;
@@ -370,6 +382,17 @@ impl Store {
     /// are one statement (`INSERT … SELECT … WHERE (SELECT COUNT(*) …) < max`):
     /// with SQLite's single writer no other write comes between them.
     pub async fn insert_queued_task(&self, new: NewTask, max: u64) -> anyhow::Result<Option<Task>> {
+        self.insert_queued_task_with_files(new, max, &[]).await
+    }
+
+    /// [`Store::insert_queued_task`], with the files attached to the task
+    /// written in the same transaction.
+    pub async fn insert_queued_task_with_files(
+        &self,
+        new: NewTask,
+        max: u64,
+        files: &[TaskFile],
+    ) -> anyhow::Result<Option<Task>> {
         use sea_orm::sea_query::{Query, SimpleExpr};
         use sea_orm::{ActiveValue, Iterable};
         let project = new.project.clone();
@@ -406,7 +429,7 @@ impl Store {
             .returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
         let rows = self
-            .write_rows(stmt)
+            .write_task_rows(stmt, files)
             .await
             .context("Cannot write the task")?;
         let Some(row) = rows.first() else {

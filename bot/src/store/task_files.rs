@@ -1,0 +1,151 @@
+//! The files attached in Slack to the message that started a task: written
+//! with the task, read to build its `submit` and to serve the agent's fetch.
+
+use anyhow::Context;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QueryResult, Set,
+    Statement, TransactionTrait,
+};
+
+use super::Store;
+use super::entities::task_file;
+
+/// A file attached to a task.
+pub use task_file::Model as TaskFile;
+
+impl Store {
+    /// Runs a task's insert (`stmt`, with a `RETURNING` clause) and writes
+    /// `files` for the task it returns, in one transaction; without files,
+    /// the insert alone, through the writer as any write. The insert's rows.
+    pub(super) async fn write_task_rows(
+        &self,
+        stmt: Statement,
+        files: &[TaskFile],
+    ) -> Result<Vec<QueryResult>, DbErr> {
+        if files.is_empty() {
+            return self.write_rows(stmt).await;
+        }
+        let txn = self.db.begin().await?;
+        let rows = txn.query_all(stmt).await?;
+        if let Some(row) = rows.first() {
+            let task_id: i64 = row.try_get("", "id")?;
+            let rows = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| task_file::ActiveModel {
+                    task_id: Set(task_id),
+                    file_id: Set(f.file_id.clone()),
+                    position: Set(i32::try_from(i).unwrap_or(i32::MAX)),
+                    name: Set(f.name.clone()),
+                    size: Set(f.size),
+                    url: Set(f.url.clone()),
+                });
+            task_file::Entity::insert_many(rows).exec(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(rows)
+    }
+
+    /// The files attached to a task, in the message's order.
+    pub async fn task_files(&self, task_id: i64) -> anyhow::Result<Vec<TaskFile>> {
+        task_file::Entity::find()
+            .filter(task_file::Column::TaskId.eq(task_id))
+            .order_by_asc(task_file::Column::Position)
+            .all(&self.read)
+            .await
+            .context("Cannot read the task's files")
+    }
+
+    /// One file of a task, if the task has it.
+    pub async fn task_file(&self, task_id: i64, file_id: &str) -> anyhow::Result<Option<TaskFile>> {
+        task_file::Entity::find_by_id((task_id, file_id.to_owned()))
+            .one(&self.read)
+            .await
+            .context("Cannot read the task's file")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_ms;
+    use crate::store::NewTask;
+
+    fn new_task() -> NewTask {
+        NewTask {
+            queued_at: now_ms(),
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "read the files".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+            agent: None,
+            after_task: None,
+            session_agent: None,
+        }
+    }
+
+    fn file(id: &str, name: &str) -> TaskFile {
+        TaskFile {
+            task_id: 0,
+            file_id: id.into(),
+            position: 0,
+            name: name.into(),
+            size: 5,
+            url: format!("https://files.slack.com/files-pri/T1-{id}/download/{name}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tasks_files_are_written_with_it_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("f.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let files = [file("F2", "b.txt"), file("F1", "a.txt")];
+        let task = store
+            .insert_queued_task_with_files(new_task(), 1, &files)
+            .await
+            .expect("insert")
+            .expect("the queue has room");
+        let kept = store.task_files(task.id).await.expect("read");
+        let names: Vec<_> = kept
+            .iter()
+            .map(|f| (f.file_id.as_str(), f.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("F2", "b.txt"), ("F1", "a.txt")],
+            "in the message's order"
+        );
+        assert!(kept.iter().all(|f| f.task_id == task.id));
+        let one = store.task_file(task.id, "F1").await.expect("read");
+        assert_eq!(one.map(|f| f.name), Some("a.txt".to_owned()));
+        assert_eq!(
+            store.task_file(task.id + 1, "F1").await.expect("read"),
+            None
+        );
+
+        // The queue is full: neither the task nor its files are written.
+        let refused = store
+            .insert_queued_task_with_files(new_task(), 1, &[file("F3", "c.txt")])
+            .await
+            .expect("insert");
+        assert!(refused.is_none());
+        assert_eq!(
+            task_file::Entity::find()
+                .all(&store.read)
+                .await
+                .expect("all")
+                .len(),
+            2,
+            "no files without their task"
+        );
+
+        let plain = store.insert_task(new_task()).await.expect("insert");
+        assert!(store.task_files(plain.id).await.expect("read").is_empty());
+    }
+}
