@@ -466,14 +466,22 @@ pub fn kill_leftover(task: TaskId, pgid: u32) -> usize {
     killed
 }
 
+/// What connects a running task to its agent besides its events.
+#[derive(Debug, Default)]
+pub struct Links<'a> {
+    /// The task may ask for approval (see [`crate::approvals`]): its socket is
+    /// in its environment, and its time limit is paused while it waits.
+    pub approval: Option<TaskLink>,
+    /// Where its attached files come from: they are fetched into its
+    /// directory before it starts (see [`attachments::prepare`]).
+    pub files: Option<&'a attachments::Fetch>,
+}
+
 /// Runs a task to its end. `stop` flips to a reason to stop it; `started`
 /// learns the process group once the executor is running. A project with
 /// `isolation = "worktree"` runs it in its own git worktree (see
 /// [`crate::worktree`]) and ends its result with the branch and diff stat.
-/// With `approval`, the task may ask for approval (see [`crate::approvals`]):
-/// its socket is in its environment, and its time limit is paused while it waits.
-/// A task with attached files fetches them from `files` into its directory
-/// first (see [`attachments::prepare`]).
+/// `links` connect it to the agent beyond its events (see [`Links`]).
 pub async fn run(
     cfg: &Config,
     project: &ProjectConfig,
@@ -481,9 +489,9 @@ pub async fn run(
     events: mpsc::UnboundedSender<ExecEvent>,
     stop: watch::Receiver<StopReason>,
     started: impl FnOnce(u32),
-    approval: Option<TaskLink>,
-    files: Option<&attachments::Fetch>,
+    links: Links<'_>,
 ) -> ExecEnd {
+    let Links { approval, files } = links;
     if project.isolation != Isolation::Worktree {
         let with_files =
             match attachments::prepare(files, submit, &project.path, stop.clone()).await {
@@ -1193,8 +1201,10 @@ mod tests {
                 events,
                 stop,
                 |_| {},
-                Some(link),
-                None,
+                Links {
+                    approval: Some(link),
+                    files: None,
+                },
             )
             .await
         });

@@ -666,8 +666,10 @@ impl Agent {
                 ev_tx,
                 stop_rx,
                 started,
-                link,
-                Some(&fetch),
+                exec::Links {
+                    approval: link,
+                    files: Some(&fetch),
+                },
             );
             let (end, ()) = tokio::join!(run, forward);
             agent.approvals.close(id);
