@@ -218,6 +218,9 @@ pub async fn run(
             ));
         }
     }
+    app.register_instance()
+        .await
+        .context("Cannot register this process in the database")?;
     app.recover()
         .await
         .context("Cannot recover tasks from the database")?;
@@ -235,6 +238,7 @@ pub async fn run(
             .run(stopped(stop_rx.clone()), SHUTDOWN_FLUSH),
     );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
+    let lease = tokio::spawn(app.clone().run_lease(stopped(stop_rx.clone())));
     let checkpointer = tokio::spawn(run_checkpoints(checkpoint_store, stopped(stop_rx.clone())));
     let notifier = tokio::spawn(notify::run(
         notify_store,
@@ -272,6 +276,7 @@ pub async fn run(
     server.await.context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
+    let _ = lease.await;
     let _ = consolidator.await;
     let _ = checkpointer.await;
     let _ = notifier.await;

@@ -10,6 +10,7 @@ mod m20261201_000001_thread_and_retry;
 mod m20261206_000001_access;
 mod m20261206_000090_event_inbox;
 mod m20261207_000010_notify;
+mod m20261207_000130_instances;
 
 /// The condition of the ended tasks whose requester is still to be told (the
 /// partial index's condition, which queries must repeat word for word).
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_access::Migration),
             Box::new(m20261206_000090_event_inbox::Migration),
             Box::new(m20261207_000010_notify::Migration),
+            Box::new(m20261207_000130_instances::Migration),
         ]
     }
 }

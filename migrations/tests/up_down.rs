@@ -54,6 +54,7 @@ async fn up_down_up(url: &str) {
         [
             "agents",
             "audit_log",
+            "instances",
             "project_access",
             "project_approvers",
             "projects",
@@ -74,7 +75,7 @@ async fn up_down_up(url: &str) {
     assert!(tables(&db).await.is_empty());
 
     Migrator::up(&db, None).await.expect("up again");
-    assert_eq!(tables(&db).await.len(), 7);
+    assert_eq!(tables(&db).await.len(), 8);
     assert!(
         Migrator::get_pending_migrations(&db)
             .await

@@ -15,6 +15,7 @@ mod control;
 mod create;
 mod dispatch;
 mod events;
+mod instances;
 mod recovery;
 #[cfg(test)]
 mod test_support;
@@ -40,6 +41,7 @@ use crate::slack::consolidator::Consolidator;
 use crate::store::{Store, Task};
 
 pub use dispatch::{DISPATCH_BATCH, EVENT_ID_RETENTION, PRUNE_INTERVAL};
+pub use instances::{LEASE_RENEW, LEASE_TTL};
 pub use recovery::{RESPONSE_URL_KEPT, SWEEP_INTERVAL};
 
 /// A request for a task, from a slash command, a mention, a thread reply or a retry.
@@ -119,6 +121,10 @@ pub struct App {
     pub directory: crate::access::Directory,
     /// What is not ready, for `/readyz`.
     pub readiness: crate::selfcheck::Readiness,
+    /// This process's id among the processes sharing the database (random).
+    instance_id: String,
+    /// When this process started (Unix ms, on `clock`).
+    started_at: i64,
 }
 
 impl std::fmt::Debug for App {
@@ -173,6 +179,8 @@ impl App {
         let (unpostable_tx, unpostable) = tokio::sync::mpsc::unbounded_channel();
         consolidator.report_unpostable(unpostable_tx);
         App {
+            instance_id: instances::new_instance_id(),
+            started_at: clock.now_ms(),
             hub: Hub::new(settings.breaker()),
             admins: settings.admin_ids().into_iter().collect(),
             settings,

@@ -8,6 +8,7 @@
 pub mod entities;
 pub mod file_lock;
 mod group;
+mod instances;
 pub mod notifications;
 
 use std::sync::Arc;
