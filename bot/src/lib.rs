@@ -239,6 +239,7 @@ pub async fn run(
     );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
     let lease = tokio::spawn(app.clone().run_lease(stopped(stop_rx.clone())));
+    let handover = tokio::spawn(app.clone().run_handover(stopped(stop_rx.clone())));
     let checkpointer = tokio::spawn(run_checkpoints(checkpoint_store, stopped(stop_rx.clone())));
     let notifier = tokio::spawn(notify::run(
         notify_store,
@@ -277,6 +278,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
     let _ = lease.await;
+    let _ = handover.await;
     let _ = consolidator.await;
     let _ = checkpointer.await;
     let _ = notifier.await;

@@ -137,7 +137,11 @@ impl App {
                 let project = new.project.clone();
                 let max = self.settings.queue_max;
                 match self.store.insert_queued_task(new, max).await {
-                    Ok(Some(task)) => Ok(task),
+                    Ok(Some(task)) => {
+                        // An agent of another process may serve it.
+                        self.announce(super::Signal::Queued).await;
+                        Ok(task)
+                    }
                     Ok(None) => {
                         return Err(RequestError::User(replies::queue_full(&project, max)));
                     }

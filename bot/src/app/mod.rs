@@ -15,6 +15,7 @@ mod control;
 mod create;
 mod dispatch;
 mod events;
+mod handover;
 mod instances;
 mod recovery;
 #[cfg(test)]
@@ -41,6 +42,7 @@ use crate::slack::consolidator::Consolidator;
 use crate::store::{Store, Task};
 
 pub use dispatch::{DISPATCH_BATCH, EVENT_ID_RETENTION, PRUNE_INTERVAL};
+pub use handover::{CHANNEL, HANDOVER_POLL, LISTEN_RETRY, Signal};
 pub use instances::{LEASE_RENEW, LEASE_TTL};
 pub use recovery::{RESPONSE_URL_KEPT, SWEEP_INTERVAL};
 

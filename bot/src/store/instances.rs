@@ -150,6 +150,43 @@ impl Store {
             .context("a lease")
     }
 
+    /// Sends `payload` on the PostgreSQL notification channel `channel`
+    /// (`pg_notify`: delivered to every listener once the statement commits).
+    pub async fn notify(&self, channel: &str, payload: &str) -> anyhow::Result<()> {
+        let stmt = self.stmt(
+            "SELECT pg_notify($1, $2)",
+            vec![channel.into(), payload.into()],
+        );
+        self.db
+            .execute(stmt)
+            .await
+            .context("Cannot notify the other processes")?;
+        Ok(())
+    }
+
+    /// Another process queued a task: the next dispatch pass reads the queues.
+    pub fn mark_maybe_queued(&self) {
+        self.maybe_queued
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The dispatched and running tasks a cancel was asked for.
+    pub async fn cancels_asked(&self) -> anyhow::Result<Vec<super::Task>> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+        use super::entities::task;
+        use crate::model::TaskState;
+        task::Entity::find()
+            .filter(task::Column::CancelRequested.eq(true))
+            .filter(
+                task::Column::State
+                    .is_in([TaskState::Dispatched.as_str(), TaskState::Running.as_str()]),
+            )
+            .all(&self.read)
+            .await
+            .context("Cannot read the tasks to cancel")
+    }
+
     /// The instance holding agent `name`'s connection, as recorded.
     pub async fn agent_instance(&self, name: &str) -> anyhow::Result<Option<String>> {
         let stmt = self.stmt(
@@ -249,5 +286,70 @@ mod tests {
         assert_eq!(store.instance_lease("old").await.expect("read"), None);
         assert_eq!(store.instance_lease("new").await.expect("read"), Some(200));
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
+    }
+
+    fn queued_task() -> crate::store::NewTask {
+        crate::store::NewTask {
+            queued_at: 1,
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "p".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+            agent: None,
+        }
+    }
+
+    /// Two processes claiming the same queued tasks at once: each task goes
+    /// to exactly one of them.
+    #[tokio::test]
+    async fn racing_claims_hand_each_task_to_one_agent() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            ids.push(store.insert_task(queued_task()).await.expect("task").id);
+        }
+        let (a, b) = tokio::join!(store.claim_many(&ids, "a"), store.claim_many(&ids, "b"));
+        let (a, b) = (a.expect("a claims"), b.expect("b claims"));
+        let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ids, "each task once: a {a:?}, b {b:?}");
+    }
+
+    /// On PostgreSQL a claim skips a task another process is claiming now
+    /// (its row locked) instead of waiting for it.
+    #[tokio::test]
+    async fn a_claim_skips_a_task_locked_by_another_claim() {
+        let Some(server) =
+            baton_testkit::db::postgres_or_skip("a_claim_skips_a_task_locked_by_another_claim")
+        else {
+            return;
+        };
+        use sea_orm::TransactionTrait;
+        let db = baton_testkit::db::TestDb::postgres(&server).await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let locked = store.insert_task(queued_task()).await.expect("task").id;
+        let free = store.insert_task(queued_task()).await.expect("task").id;
+        let other = store.connection().begin().await.expect("a transaction");
+        other
+            .execute(Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT id FROM tasks WHERE id = $1 FOR UPDATE",
+                [locked.into()],
+            ))
+            .await
+            .expect("lock the row");
+        let got = store.claim_many(&[locked, free], "a").await.expect("claim");
+        assert_eq!(got, vec![free]);
+        other.rollback().await.expect("rollback");
+        let got = store.claim_many(&[locked], "b").await.expect("claim");
+        assert_eq!(got, vec![locked], "claimed once the other let go");
     }
 }
