@@ -246,6 +246,17 @@ impl FakeAgent {
 
     /// Connects with `key`, then waits until `connected` agents are connected.
     pub async fn connect_as(addr: SocketAddr, key: &str, connected: usize) -> FakeAgent {
+        Self::connect_running(addr, key, connected, Vec::new()).await
+    }
+
+    /// Connects with `key` saying in its hello that it runs `running` (an
+    /// agent coming back), then waits until `connected` agents are connected.
+    pub async fn connect_running(
+        addr: SocketAddr,
+        key: &str,
+        connected: usize,
+        running: Vec<TaskId>,
+    ) -> FakeAgent {
         let mut req = format!("ws://{addr}/agents").into_client_request().unwrap();
         req.headers_mut()
             .insert("Authorization", format!("Bearer {key}").parse().unwrap());
@@ -279,7 +290,7 @@ impl FakeAgent {
                 name: ProjectName::new("web").unwrap(),
                 max_concurrent: 1,
             }],
-            running: Vec::new(),
+            running,
             held_results: Vec::new(),
         }));
         wait_agents(addr, connected).await;
