@@ -17,7 +17,7 @@ use baton_shared::protocol::{AgentMessage, BotMessage};
 use baton_testkit::db::postgres_or_skip;
 use baton_testkit::scene::{DEADLINE, FakeAgent};
 use baton_testkit::{
-    AGENT_KEY, BotProcess, admin, baton, eventually, fake_slack, http, wait_state,
+    AGENT_KEY, BotProcess, admin, baton, eventually, fake_slack, http, wait_agents, wait_state,
 };
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -241,6 +241,100 @@ async fn a_killed_process_s_agent_moves_and_its_task_ends_once() {
         store.task(id).await.unwrap().unwrap().state,
         "completed",
         "ended once"
+    );
+
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_on_one_process_runs_on_the_agent_of_another() {
+    let Some(_) = postgres_or_skip("a_retry_on_one_process_runs_on_the_agent_of_another") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
+    let store = a.store().await;
+    let id = start_task(b.addr, &store, "flaky job").await;
+    let task = agent.submitted().await.task;
+    agent.start(task);
+    agent.send(AgentMessage::Failed {
+        task,
+        seq: 3,
+        error: "exit 1".into(),
+        cause: baton_shared::protocol::FailureCause::Task,
+        session_id: None,
+    });
+    wait_state(&store, id, "failed", 20).await;
+
+    let (status, body) = baton(a.addr, &format!("retry #{id}"), "UADMIN").await;
+    assert_eq!(status, 200, "{body}");
+    let again = agent.submitted().await.task;
+    assert_ne!(again, task, "a new task");
+    assert_eq!(
+        store.task(id).await.unwrap().unwrap().retried_as,
+        Some(again.0)
+    );
+    agent.start(again);
+    agent.complete(again, "passed this time", "s2");
+    wait_state(&store, again.0, "completed", 20).await;
+
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoke_on_one_process_disconnects_the_agent_from_another() {
+    let Some(_) = postgres_or_skip("a_revoke_on_one_process_disconnects_the_agent_from_another")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
+    let answer = admin(a.addr, "agent revoke e2e").await;
+    assert!(answer.contains("is revoked"), "{answer}");
+    // B closes the connection: the agent's frames end.
+    let closed = tokio::time::timeout(DEADLINE, async {
+        while agent.frames.recv().await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the agent is still connected to B");
+    wait_agents(b.addr, 0).await;
+
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_process_s_task_is_taken_over_once_its_lease_expires() {
+    let Some(_) = postgres_or_skip("a_dead_process_s_task_is_taken_over_once_its_lease_expires")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
+    let store = a.store().await;
+    let id = start_task(a.addr, &store, "a long job").await;
+    let task = agent.submitted().await.task;
+    agent.start(task);
+    wait_state(&store, id, "running", 20).await;
+
+    // B dies and its agent never comes back: once B's lease has expired, A
+    // takes the task over, waits the grace period, and fails it as lost.
+    b.kill().await;
+    drop(agent);
+    let ttl_in_renewals =
+        (baton_bot::app::LEASE_TTL.as_millis() / baton_bot::app::LEASE_RENEW.as_millis()) as u32;
+    renewed(&store, 1, ttl_in_renewals + 2).await;
+    wait_state(&store, id, "failed", 20).await;
+    let failed = store.task(id).await.unwrap().unwrap();
+    assert_eq!(failed.failure_cause.as_deref(), Some("agent_lost"));
+    assert!(
+        failed.error.as_deref().unwrap_or("").contains("agent lost"),
+        "{:?}",
+        failed.error
     );
 
     a.stop().await;
