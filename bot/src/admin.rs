@@ -132,7 +132,12 @@ async fn run(
             // The process holding the agent, if another, closes it there.
             app.announce(crate::app::Signal::HealthReset(name.to_string()))
                 .await;
-            if app.hub.reset_breaker(name.as_str()) {
+            let here = app.hub.reset_breaker(name.as_str());
+            // Held by another process (PostgreSQL): that process resets it.
+            let elsewhere = !here
+                && app.store.is_shared()
+                && app.store.agent_instance(name.as_str()).await?.is_some();
+            if here || elsewhere {
                 app.dispatch_wake.notify_one();
                 format!("The circuit of `{name}` is closed; it receives tasks again.")
             } else {

@@ -284,14 +284,19 @@ async fn a_retry_on_one_process_runs_on_the_agent_of_another() {
 }
 
 #[tokio::test]
-async fn a_revoke_on_one_process_disconnects_the_agent_from_another() {
-    let Some(_) = postgres_or_skip("a_revoke_on_one_process_disconnects_the_agent_from_another")
+async fn admin_actions_on_one_process_reach_the_agent_on_another() {
+    let Some(_) = postgres_or_skip("admin_actions_on_one_process_reach_the_agent_on_another")
     else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let (_slack, url) = fake_slack().await;
     let (a, b, mut agent) = two_processes(dir.path(), &url).await;
+    let answer = admin(a.addr, "health reset e2e").await;
+    assert!(
+        answer.contains("is closed"),
+        "reset where it is held: {answer}"
+    );
     let answer = admin(a.addr, "agent revoke e2e").await;
     assert!(answer.contains("is revoked"), "{answer}");
     // B closes the connection: the agent's frames end.

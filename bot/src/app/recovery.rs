@@ -128,10 +128,10 @@ impl App {
                 self.hub.release(&agent, id, Outcome::Failure);
                 match self
                     .store
-                    .finish(
+                    .finish_lost(
                         id,
-                        Some(&agent),
-                        None,
+                        &agent,
+                        (self.instance_id(), self.clock.now_ms()),
                         &[TaskState::Dispatched, TaskState::Running],
                         &ending,
                     )

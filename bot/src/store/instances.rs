@@ -187,6 +187,40 @@ impl Store {
             .context("Cannot read the tasks to cancel")
     }
 
+    /// Ends task `id` of `agent` as lost (see [`Store::finish`]), unless
+    /// another live instance than `me` holds the agent now (its lease runs
+    /// past `now`): then it changes nothing and returns false. One statement,
+    /// so an agent reconnecting elsewhere at that moment keeps its task.
+    pub async fn finish_lost(
+        &self,
+        id: i64,
+        agent: &str,
+        (me, now): (&str, i64),
+        from: &[crate::model::TaskState],
+        ending: &super::Ending,
+    ) -> anyhow::Result<bool> {
+        use sea_orm::QueryFilter;
+        use sea_orm::sea_query::Expr;
+
+        use super::Write;
+        let mut q = super::finish_query(id, Some(agent), None, from, ending);
+        if self.is_shared() {
+            q = q.filter(Expr::cust_with_values(
+                "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
+                 WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > $3)",
+                [Value::from(agent), Value::from(me), Value::from(now)],
+            ));
+        }
+        let res = q
+            .write(self)
+            .await
+            .context("Cannot record the task's end")?;
+        if res == 1 {
+            self.count_ended(ending.state());
+        }
+        Ok(res == 1)
+    }
+
     /// The instance holding agent `name`'s connection, as recorded.
     pub async fn agent_instance(&self, name: &str) -> anyhow::Result<Option<String>> {
         let stmt = self.stmt(
@@ -351,5 +385,50 @@ mod tests {
         other.rollback().await.expect("rollback");
         let got = store.claim_many(&[locked], "b").await.expect("claim");
         assert_eq!(got, vec![locked], "claimed once the other let go");
+    }
+
+    /// The lost-agent sweep's end is one guarded statement: on PostgreSQL
+    /// it fails nothing while another live instance holds the agent, and
+    /// fails the task once that instance's lease has run out.
+    #[tokio::test]
+    async fn a_task_is_not_failed_as_lost_while_another_live_instance_holds_its_agent() {
+        use crate::model::TaskState;
+        use crate::store::Ending;
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        let mut new = queued_task();
+        new.agent = Some("laptop".into());
+        let id = store.insert_task(new).await.expect("task").id;
+        let now = 1_000_000;
+        store
+            .renew_instance("b", now, now + 10_000)
+            .await
+            .expect("b");
+        store.hold_agent("laptop", "b").await.expect("hold");
+        let ending = Ending::Failed {
+            error: "agent lost".into(),
+            cause: "agent_lost".into(),
+            session_id: None,
+        };
+        let from = [TaskState::Dispatched, TaskState::Running];
+        let lost = |at: i64| store.finish_lost(id, "laptop", ("a", at), &from, &ending);
+        if store.is_shared() {
+            assert!(!lost(now).await.expect("guarded"), "held by live b");
+            assert_eq!(
+                store.task(id).await.expect("read").expect("row").state,
+                "dispatched"
+            );
+        }
+        assert!(lost(now + 10_000).await.expect("b's lease ran out"));
+        assert_eq!(
+            store.task(id).await.expect("read").expect("row").state,
+            "failed"
+        );
+        assert!(!lost(now + 10_000).await.expect("once"), "ends once");
     }
 }
