@@ -129,7 +129,15 @@ async fn run(
             app.store
                 .audit(actor, "health.reset", name.as_str(), "")
                 .await?;
-            if app.hub.reset_breaker(name.as_str()) {
+            // The process holding the agent, if another, closes it there.
+            app.announce(crate::app::Signal::HealthReset(name.to_string()))
+                .await;
+            let here = app.hub.reset_breaker(name.as_str());
+            // Held by another process (PostgreSQL): that process resets it.
+            let elsewhere = !here
+                && app.store.is_shared()
+                && app.store.agent_instance(name.as_str()).await?.is_some();
+            if here || elsewhere {
                 app.dispatch_wake.notify_one();
                 format!("The circuit of `{name}` is closed; it receives tasks again.")
             } else {
@@ -213,6 +221,8 @@ async fn run(
                     baton_shared::protocol::close_code::REVOKED,
                     "key revoked",
                 );
+                app.announce(crate::app::Signal::Revoke(name.to_string()))
+                    .await;
                 format!("Agent `{name}` is revoked and disconnected; its key no longer works.")
             } else {
                 format!("There is no live agent `{name}`. `/baton-admin agents` lists them.")

@@ -211,6 +211,8 @@ async fn serve(
         }
     };
     app.hub.set_refused(name.as_str(), refused);
+    // Before its tasks are reconciled: from now on no other process takes them over.
+    app.hold_agent(name.as_str()).await;
     tracing::info!(
         capacity = hello.capacity,
         projects = hello.projects.len(),
@@ -339,6 +341,9 @@ async fn serve(
             );
         }
     }
+    // Released before it is unregistered: a new connection of this agent
+    // (refused while this one is registered) records its hold after this.
+    app.release_agent(name.as_str()).await;
     app.hub.unregister(name.as_str(), conn_id);
     app.dispatch_wake.notify_one();
     tracing::info!("agent disconnected");

@@ -219,6 +219,9 @@ pub async fn run(
             ));
         }
     }
+    app.register_instance()
+        .await
+        .context("Cannot register this process in the database")?;
     app.recover()
         .await
         .context("Cannot recover tasks from the database")?;
@@ -236,6 +239,8 @@ pub async fn run(
             .run(stopped(stop_rx.clone()), SHUTDOWN_FLUSH),
     );
     let dispatcher = tokio::spawn(app.clone().run_dispatcher(stopped(stop_rx.clone())));
+    let lease = tokio::spawn(app.clone().run_lease(stopped(stop_rx.clone())));
+    let handover = tokio::spawn(app.clone().run_handover(stopped(stop_rx.clone())));
     let checkpointer = tokio::spawn(run_checkpoints(checkpoint_store, stopped(stop_rx.clone())));
     let notifier = tokio::spawn(notify::run(
         notify_store,
@@ -273,6 +278,8 @@ pub async fn run(
     server.await.context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
+    let _ = lease.await;
+    let _ = handover.await;
     let _ = consolidator.await;
     let _ = checkpointer.await;
     let _ = notifier.await;

@@ -36,6 +36,8 @@ pub enum Part {
     SocketMode,
     /// The database.
     Database,
+    /// This process's lease in the database (see `app::LEASE_RENEW`).
+    Lease,
 }
 
 impl Part {
@@ -44,6 +46,7 @@ impl Part {
             Part::Slack => "slack",
             Part::SocketMode => "socket mode",
             Part::Database => "database",
+            Part::Lease => "lease",
         }
     }
 }

@@ -13,6 +13,7 @@ mod m20261207_000010_notify;
 mod m20261207_000100_task_files;
 mod m20261207_000110_follow_ups;
 mod m20261207_000120_approvals;
+mod m20261207_000130_instances;
 
 /// The condition of the ended tasks whose requester is still to be told (the
 /// partial index's condition, which queries must repeat word for word).
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000100_task_files::Migration),
             Box::new(m20261207_000110_follow_ups::Migration),
             Box::new(m20261207_000120_approvals::Migration),
+            Box::new(m20261207_000130_instances::Migration),
         ]
     }
 }

@@ -56,6 +56,7 @@ async fn up_down_up(url: &str) {
             "agents",
             "approvals",
             "audit_log",
+            "instances",
             "project_access",
             "project_approvers",
             "projects",

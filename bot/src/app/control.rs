@@ -57,8 +57,12 @@ impl App {
                     if let Some(t) = lock(&self.live).get_mut(&id.0) {
                         t.cancel_requested = true;
                     }
-                    // Delivered now if connected; otherwise on reconnect (reconciliation).
-                    self.hub.send(agent, BotMessage::Cancel { task: id });
+                    // Delivered now if connected here; if connected to another
+                    // process, by it (hand-over); otherwise on reconnect
+                    // (reconciliation).
+                    if !self.hub.send(agent, BotMessage::Cancel { task: id }) {
+                        self.announce(super::Signal::Cancel(id.0)).await;
+                    }
                 }
                 return Ok(replies::cancel_requested(id, false));
             }
@@ -190,7 +194,9 @@ impl App {
                         if let Some(t) = lock(&self.live).get_mut(&task.id) {
                             t.cancel_requested = true;
                         }
-                        self.hub.send(&agent, BotMessage::Cancel { task: id });
+                        if !self.hub.send(&agent, BotMessage::Cancel { task: id }) {
+                            self.announce(super::Signal::Cancel(task.id)).await;
+                        }
                     }
                 }
                 Ok(false) => {}

@@ -152,7 +152,11 @@ impl App {
                     .insert_queued_task_with_files(new, max, &files)
                     .await
                 {
-                    Ok(Some(task)) => Ok(task),
+                    Ok(Some(task)) => {
+                        // An agent of another process may serve it.
+                        self.announce(super::Signal::Queued).await;
+                        Ok(task)
+                    }
                     Ok(None) => {
                         return Err(RequestError::User(replies::queue_full(&project, max)));
                     }

@@ -17,6 +17,8 @@ mod control;
 mod create;
 mod dispatch;
 mod events;
+mod handover;
+mod instances;
 mod recovery;
 #[cfg(test)]
 mod test_support;
@@ -43,6 +45,8 @@ use crate::store::{Store, Task};
 
 pub use approvals::{ApprovalDesk, DECISIONS, notice_marker};
 pub use dispatch::{DISPATCH_BATCH, EVENT_ID_RETENTION, PRUNE_INTERVAL};
+pub use handover::{CHANNEL, HANDOVER_POLL, LISTEN_RETRY, Signal};
+pub use instances::{LEASE_RENEW, LEASE_TTL};
 pub use recovery::{RESPONSE_URL_KEPT, SWEEP_INTERVAL};
 
 /// A request for a task, from a slash command, a mention, a thread reply or a retry.
@@ -149,6 +153,10 @@ pub struct App {
     pub follow_ups: tokio::sync::Mutex<()>,
     /// Approval requests: the thread replies being posted, decisions by kind.
     pub approval_desk: ApprovalDesk,
+    /// This process's id among the processes sharing the database (random).
+    instance_id: String,
+    /// When this process started (Unix ms, on `clock`).
+    started_at: i64,
 }
 
 impl std::fmt::Debug for App {
@@ -204,6 +212,8 @@ impl App {
         let clock_now = clock.now_ms();
         consolidator.report_unpostable(unpostable_tx);
         App {
+            instance_id: instances::new_instance_id(),
+            started_at: clock.now_ms(),
             hub: Hub::new(settings.breaker()),
             admins: settings.admin_ids().into_iter().collect(),
             settings,

@@ -97,7 +97,25 @@ impl App {
         self.sweep_approvals().await;
 
         let grace = Duration::from_secs(self.settings.agent_grace_secs);
-        for (agent, tasks) in self.hub.lost_agents(grace) {
+        let lost = self.hub.lost_agents(grace);
+        // An agent connected to another live process is not lost: its
+        // tasks are that process's (always none on SQLite).
+        let elsewhere = if lost.is_empty() {
+            Default::default()
+        } else {
+            match self.agents_held_elsewhere().await {
+                Ok(held) => held,
+                Err(err) => {
+                    tracing::error!(error = ?err, "cannot read which processes hold the agents; no agent is declared lost now");
+                    return;
+                }
+            }
+        };
+        for (agent, tasks) in lost {
+            if elsewhere.contains(&agent) {
+                self.let_go(&agent, &tasks);
+                continue;
+            }
             for id in tasks {
                 let ending = Ending::Failed {
                     error: format!(
@@ -112,10 +130,10 @@ impl App {
                 self.hub.release(&agent, id, Outcome::Failure);
                 match self
                     .store
-                    .finish(
+                    .finish_lost(
                         id,
-                        Some(&agent),
-                        None,
+                        &agent,
+                        (self.instance_id(), self.clock.now_ms()),
                         &[TaskState::Dispatched, TaskState::Running],
                         &ending,
                     )
@@ -130,32 +148,22 @@ impl App {
     }
 
     /// Rebuilds memory from the database after a start: tasks held by agents
-    /// wait for them, and every message not up to date is shown again.
+    /// wait for them, and every message not up to date is shown again. The
+    /// tasks of agents another live process holds are left to it (none on
+    /// SQLite); a stopped process's are taken over once its lease expires
+    /// (see [`App::take_over_orphans`]).
     pub async fn recover(&self) -> anyhow::Result<()> {
         self.store.release_stale_retry_claims().await?;
+        let elsewhere = self.agents_held_elsewhere().await?;
         for task in self
             .store
             .tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX)
             .await?
         {
-            if let Some(agent) = task.agent.clone() {
-                self.hub.adopt(&agent, task.id, &task.project);
-                if task.state == TaskState::Dispatched.as_str() {
-                    // No acknowledgement recorded: the agent may have accepted
-                    // it just before the crash and be running it. It is put
-                    // back only if the agent is not back within its grace
-                    // period (agents take seconds to reconnect); when it comes
-                    // back first, reconciliation settles it from its hello
-                    // (running: it stays; unknown to it: back to the queue).
-                    let wait = self
-                        .settings
-                        .dispatch_timeout_secs
-                        .max(self.settings.agent_grace_secs);
-                    let deadline = Instant::now() + Duration::from_secs(wait);
-                    lock(&self.awaiting).insert(task.id, (agent, deadline));
-                }
-                lock(&self.live).insert(task.id, task);
+            if task.agent.as_ref().is_some_and(|a| elsewhere.contains(a)) {
+                continue;
             }
+            self.adopt_task(task);
         }
         for task in self.store.unsynced_tasks().await? {
             if task.message_ts.is_none() {

@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod entities;
 pub mod file_lock;
 mod group;
+mod instances;
 pub mod notifications;
 mod task_files;
 
@@ -476,6 +477,7 @@ impl Store {
     pub async fn claim(&self, id: i64, agent: &str) -> anyhow::Result<bool> {
         let res = claim_query(agent)
             .filter(task::Column::Id.eq(id))
+            .apply_if(skip_locked(self.is_shared(), &[id]), QueryFilter::filter)
             .write(self)
             .await
             .context("Cannot claim the task")?;
@@ -487,6 +489,7 @@ impl Store {
     pub async fn claim_many(&self, ids: &[i64], agent: &str) -> anyhow::Result<Vec<i64>> {
         let rows = claim_query(agent)
             .filter(task::Column::Id.is_in(ids.iter().copied()))
+            .apply_if(skip_locked(self.is_shared(), ids), QueryFilter::filter)
             .write_returning(self)
             .await
             .context("Cannot claim the tasks")?;
@@ -1666,6 +1669,28 @@ fn claim_query(agent: &str) -> sea_orm::UpdateMany<task::Entity> {
                 .add(task::Column::SessionAgent.is_null())
                 .add(task::Column::SessionAgent.eq(agent)),
         )
+}
+
+/// On PostgreSQL (`shared`), a claim's condition that skips the tasks
+/// another process is claiming at this moment (`FOR UPDATE SKIP LOCKED`):
+/// exactly one process dispatches a task, and none waits for another's
+/// claim. None on SQLite (one writer: nothing to skip).
+fn skip_locked(shared: bool, ids: &[i64]) -> Option<sea_orm::sea_query::SimpleExpr> {
+    use sea_orm::sea_query::{LockBehavior, LockType, Query};
+    if !shared {
+        return None;
+    }
+    Some(
+        Expr::col(task::Column::Id).in_subquery(
+            Query::select()
+                .column(task::Column::Id)
+                .from(task::Entity)
+                .and_where(task::Column::Id.is_in(ids.iter().copied()))
+                .and_where(task::Column::State.eq(TaskState::Queued.as_str()))
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                .to_owned(),
+        ),
+    )
 }
 
 /// The guarded `UPDATE` that ends a task (see [`Store::finish`]).

@@ -1,0 +1,242 @@
+//! Hand-over between processes sharing PostgreSQL: what one process does that
+//! concerns an agent connected to another (a task queued, a cancel, an
+//! admin's revoke or circuit reset) is announced with `NOTIFY` on
+//! [`CHANNEL`]; every process `LISTEN`s (sqlx's `PgListener`) and acts on
+//! what concerns the agents it holds. A notification can be missed (the
+//! listening connection drops): a poll every [`HANDOVER_POLL`] delivers the
+//! cancels asked for, and the dispatcher reads the queues every second anyway.
+//!
+//! On SQLite there is one process: nothing here runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_shared::TaskId;
+use baton_shared::protocol::{BotMessage, close_code};
+use sea_orm::sqlx::postgres::PgListener;
+
+use super::App;
+use crate::model::TaskState;
+use crate::sync::lock;
+
+/// The PostgreSQL notification channel the processes share.
+pub const CHANNEL: &str = "baton_handover";
+/// How often the cancels asked for are delivered from the database, should
+/// a notification have been missed.
+pub const HANDOVER_POLL: Duration = Duration::from_secs(2);
+/// How long the listener waits before connecting again after a failure.
+pub const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// What one process tells the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// A task was queued: dispatch.
+    Queued,
+    /// A cancel was asked for this task: tell its agent.
+    Cancel(i64),
+    /// This agent's key was revoked: close its connection.
+    Revoke(String),
+    /// An admin closed this agent's circuit.
+    HealthReset(String),
+}
+
+impl Signal {
+    /// The notification's payload: the sending instance, the kind, its argument.
+    pub fn encode(&self, from: &str) -> String {
+        match self {
+            Signal::Queued => format!("{from} queued"),
+            Signal::Cancel(id) => format!("{from} cancel {id}"),
+            Signal::Revoke(agent) => format!("{from} revoke {agent}"),
+            Signal::HealthReset(agent) => format!("{from} reset {agent}"),
+        }
+    }
+
+    /// The sender and the signal of a payload; None for anything else.
+    pub fn decode(payload: &str) -> Option<(&str, Signal)> {
+        let mut parts = payload.splitn(3, ' ');
+        let from = parts.next()?;
+        let signal = match (parts.next()?, parts.next()) {
+            ("queued", None) => Signal::Queued,
+            ("cancel", Some(id)) => Signal::Cancel(id.parse().ok()?),
+            ("revoke", Some(agent)) if !agent.is_empty() => Signal::Revoke(agent.to_owned()),
+            ("reset", Some(agent)) if !agent.is_empty() => Signal::HealthReset(agent.to_owned()),
+            _ => return None,
+        };
+        Some((from, signal))
+    }
+}
+
+impl App {
+    /// Tells the other processes (PostgreSQL only; a failure is logged: the
+    /// poll is the fallback).
+    pub async fn announce(&self, signal: Signal) {
+        if !self.store.is_shared() {
+            return;
+        }
+        let payload = signal.encode(self.instance_id());
+        if let Err(err) = self.store.notify(CHANNEL, &payload).await {
+            tracing::warn!(error = ?err, payload, "cannot notify the other processes; they learn it at their next poll");
+        }
+    }
+
+    /// Acts on what another process announced.
+    pub async fn on_signal(&self, signal: Signal) {
+        match signal {
+            Signal::Queued => {
+                self.store.mark_maybe_queued();
+                self.dispatch_wake.notify_one();
+            }
+            Signal::Cancel(id) => match self.store.task(id).await {
+                Ok(Some(task)) => self.deliver_cancel(&task),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(task = id, error = ?err, "cannot read a task to cancel")
+                }
+            },
+            Signal::Revoke(agent) => {
+                self.hub.close(&agent, close_code::REVOKED, "key revoked");
+            }
+            Signal::HealthReset(agent) => {
+                if self.hub.reset_breaker(&agent) {
+                    self.dispatch_wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Sends a cancel asked for `task` to its agent if this process holds
+    /// the agent's connection and has not sent it yet.
+    fn deliver_cancel(&self, task: &crate::store::Task) {
+        let state: TaskState = task.state.parse().unwrap_or(TaskState::Failed);
+        let Some(agent) = task.agent.as_deref() else {
+            return;
+        };
+        if !task.cancel_requested
+            || state.is_terminal()
+            || state == TaskState::Queued
+            || !self.hub.is_connected(agent)
+        {
+            return;
+        }
+        let first = match lock(&self.live).get_mut(&task.id) {
+            Some(t) => !std::mem::replace(&mut t.cancel_requested, true),
+            None => true,
+        };
+        if first
+            && self.hub.send(
+                agent,
+                BotMessage::Cancel {
+                    task: TaskId(task.id),
+                },
+            )
+        {
+            tracing::info!(task = task.id, agent, "cancel handed over to the agent");
+        }
+    }
+
+    /// Delivers every cancel asked for to the agents this process holds.
+    async fn deliver_cancels(&self) {
+        match self.store.cancels_asked().await {
+            Ok(tasks) => {
+                for task in &tasks {
+                    self.deliver_cancel(task);
+                }
+            }
+            Err(err) => tracing::error!(error = ?err, "cannot read the cancels asked for"),
+        }
+    }
+
+    /// Listens for the other processes' signals until `shutdown` (PostgreSQL
+    /// only), polling every [`HANDOVER_POLL`] for what a missed one would have said.
+    pub async fn run_handover(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        if !self.store.is_shared() {
+            return;
+        }
+        tokio::pin!(shutdown);
+        let mut poll = tokio::time::interval(HANDOVER_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listener: Option<PgListener> = None;
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let next = async {
+                match listener.as_mut() {
+                    Some(l) => l.try_recv().await,
+                    None => {
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                        Ok(None)
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = poll.tick() => self.deliver_cancels().await,
+                got = next => match got {
+                    Ok(Some(n)) => {
+                        if let Some((from, signal)) = Signal::decode(n.payload())
+                            && from != self.instance_id()
+                        {
+                            self.on_signal(signal).await;
+                        }
+                    }
+                    // The connection dropped (and was made again): what was
+                    // said meanwhile is lost; catch up from the database.
+                    Ok(None) => {
+                        self.store.mark_maybe_queued();
+                        self.dispatch_wake.notify_one();
+                        self.deliver_cancels().await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the hand-over listener failed; connecting again");
+                        listener = None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// A listener on [`CHANNEL`]; None (logged) when it cannot be had now.
+    async fn listen(&self) -> Option<PgListener> {
+        let connected = async {
+            let mut l = PgListener::connect(&self.settings.database_url).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(l)
+        };
+        match connected.await {
+            Ok(l) => Some(l),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for the other processes; polling meanwhile");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Signal;
+
+    #[test]
+    fn signals_survive_their_payload_and_junk_is_refused() {
+        for signal in [
+            Signal::Queued,
+            Signal::Cancel(42),
+            Signal::Revoke("laptop".into()),
+            Signal::HealthReset("ci box".into()),
+        ] {
+            let payload = signal.encode("abc");
+            assert_eq!(Signal::decode(&payload), Some(("abc", signal)));
+        }
+        for junk in [
+            "",
+            "abc",
+            "abc cancel",
+            "abc cancel x",
+            "abc queued 1",
+            "abc what 1",
+        ] {
+            assert_eq!(Signal::decode(junk), None, "{junk:?}");
+        }
+    }
+}

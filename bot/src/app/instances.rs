@@ -1,0 +1,255 @@
+//! This process among others on one database: its lease (registered at start,
+//! renewed every [`LEASE_RENEW`], removed at a graceful stop), which agents it
+//! holds, and taking over the tasks of processes whose lease expired.
+//!
+//! On SQLite there is only this process (a second one is refused): the rows of
+//! former processes are forgotten at start, and nothing is ever taken over
+//! from another.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::App;
+use crate::model::TaskState;
+use crate::selfcheck::Part;
+use crate::store::Task;
+use crate::sync::lock;
+
+/// How often this process renews its lease (and, on PostgreSQL, takes over
+/// the tasks of processes whose lease expired).
+pub const LEASE_RENEW: Duration = Duration::from_secs(2);
+/// How long a lease lasts unless renewed: a process not heard of for this
+/// long is dead, and its tasks are taken over.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// A fresh random id for this process.
+pub fn new_instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl App {
+    /// This process's instance id (random, drawn at start).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Registers this process with a lease. On SQLite, every other row is a
+    /// dead process's: it is forgotten, and so are the agents it held.
+    pub async fn register_instance(&self) -> anyhow::Result<()> {
+        if !self.store.is_shared() {
+            self.store.forget_other_instances(&self.instance_id).await?;
+        }
+        self.renew_lease().await
+    }
+
+    /// Writes this process's lease, [`LEASE_TTL`] from now.
+    async fn renew_lease(&self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        self.store
+            .renew_instance(
+                &self.instance_id,
+                self.started_at,
+                now + LEASE_TTL.as_millis() as i64,
+            )
+            .await
+    }
+
+    /// Renews the lease once; a failure is logged and makes the process not
+    /// ready (`/readyz`) until a renewal succeeds. Then, on PostgreSQL, takes
+    /// over the tasks no live process holds.
+    pub async fn lease_tick(&self) {
+        match self.renew_lease().await {
+            Ok(()) => self.readiness.ready(Part::Lease),
+            Err(err) => {
+                tracing::error!(error = ?err, "cannot renew this process's lease; other processes take over its tasks when it expires");
+                self.readiness.not_ready(
+                    Part::Lease,
+                    "cannot renew this process's lease in the database",
+                );
+                return;
+            }
+        }
+        if self.store.is_shared()
+            && let Err(err) = self.take_over_orphans().await
+        {
+            tracing::error!(error = ?err, "cannot take over the tasks of stopped processes");
+        }
+    }
+
+    /// Renews the lease every [`LEASE_RENEW`] until `shutdown`, then removes it.
+    pub async fn run_lease(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(LEASE_RENEW);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => self.lease_tick().await,
+            }
+        }
+        if let Err(err) = self.store.remove_instance(&self.instance_id).await {
+            tracing::warn!(error = ?err, "cannot remove this process's lease; it expires by itself");
+        }
+    }
+
+    /// Records that this process holds `agent`'s connection.
+    pub async fn hold_agent(&self, agent: &str) {
+        if let Err(err) = self.store.hold_agent(agent, &self.instance_id).await {
+            tracing::error!(agent, error = ?err, "cannot record that this process holds the agent");
+        }
+    }
+
+    /// Records that this process no longer holds `agent`'s connection
+    /// (unless another process holds it by now).
+    pub async fn release_agent(&self, agent: &str) {
+        if let Err(err) = self.store.release_agent(agent, &self.instance_id).await {
+            tracing::error!(agent, error = ?err, "cannot record that the agent left this process");
+        }
+    }
+
+    /// The agents another live process holds (none on SQLite): their tasks
+    /// are never failed nor taken over here.
+    pub(super) async fn agents_held_elsewhere(&self) -> anyhow::Result<HashSet<String>> {
+        if !self.store.is_shared() {
+            return Ok(HashSet::new());
+        }
+        self.store
+            .agents_held_elsewhere(&self.instance_id, self.clock.now_ms())
+            .await
+    }
+
+    /// Starts waiting here for the agent of a dispatched or running task that
+    /// no live process holds: it is failed as lost unless its agent is back
+    /// (here or elsewhere) within its grace period.
+    pub(super) fn adopt_task(&self, task: Task) {
+        let Some(agent) = task.agent.clone() else {
+            return;
+        };
+        self.hub.adopt(&agent, task.id, &task.project);
+        if task.state == TaskState::Dispatched.as_str() {
+            // No acknowledgement recorded: the agent may have accepted
+            // it just before the crash and be running it. It is put
+            // back only if the agent is not back within its grace
+            // period (agents take seconds to reconnect); when it comes
+            // back first, reconciliation settles it from its hello
+            // (running: it stays; unknown to it: back to the queue).
+            let wait = self
+                .settings
+                .dispatch_timeout_secs
+                .max(self.settings.agent_grace_secs);
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            lock(&self.awaiting).insert(task.id, (agent, deadline));
+        }
+        lock(&self.live).insert(task.id, task);
+    }
+
+    /// Takes over the dispatched and running tasks whose agent no live
+    /// process holds and this one does not wait for: those of a process
+    /// whose lease expired (killed, or cut off from the database).
+    pub async fn take_over_orphans(&self) -> anyhow::Result<()> {
+        let elsewhere = self.agents_held_elsewhere().await?;
+        let tasks = self
+            .store
+            .tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX)
+            .await?;
+        for task in tasks {
+            let Some(agent) = task.agent.as_deref() else {
+                continue;
+            };
+            if elsewhere.contains(agent)
+                || self.hub.holds(agent, task.id)
+                || self.hub.is_connected(agent)
+            {
+                continue;
+            }
+            tracing::info!(
+                task = task.id,
+                agent,
+                "taking over a task no live process holds"
+            );
+            self.adopt_task(task);
+        }
+        Ok(())
+    }
+
+    /// Forgets, without ending them, the tasks of `agent` that this process
+    /// waited for: another live process holds the agent now.
+    pub(super) fn let_go(&self, agent: &str, tasks: &[i64]) {
+        for id in tasks {
+            lock(&self.live).remove(id);
+            lock(&self.awaiting).remove(id);
+            self.hub
+                .release(agent, *id, crate::breaker::Outcome::Ignored);
+        }
+        tracing::info!(
+            agent,
+            tasks = tasks.len(),
+            "the agent is connected to another process; its tasks are that process's"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::app::App;
+    use crate::clock::ManualWallClock;
+    use crate::settings::Settings;
+    use crate::slack::api::SlackApi;
+    use crate::store::Store;
+
+    use super::LEASE_TTL;
+
+    async fn app(dir: &tempfile::TempDir, clock: ManualWallClock) -> (Arc<App>, Store) {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+        let store = Store::connect(&url).await.expect("store");
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        let app = Arc::new(App::new(settings, store.clone(), slack, Arc::new(clock)));
+        (app, store)
+    }
+
+    /// A process registers with a lease of [`LEASE_TTL`] on its clock, and
+    /// each renewal moves it on.
+    #[tokio::test]
+    async fn the_lease_is_registered_and_renewed_on_the_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualWallClock::default();
+        let (app, store) = app(&dir, clock.clone()).await;
+        let start = crate::clock::WallClock::now_ms(&clock);
+        app.register_instance().await.expect("registered");
+        let ttl = LEASE_TTL.as_millis() as i64;
+        let lease = || store.instance_lease(app.instance_id());
+        assert_eq!(lease().await.expect("read"), Some(start + ttl));
+        clock.advance(super::LEASE_RENEW);
+        app.lease_tick().await;
+        assert_eq!(
+            lease().await.expect("read"),
+            Some(start + super::LEASE_RENEW.as_millis() as i64 + ttl)
+        );
+        assert!(app.readiness.problems().is_empty());
+    }
+
+    /// A process that cannot renew its lease says so on `/readyz`.
+    #[tokio::test]
+    async fn a_process_that_cannot_renew_its_lease_is_not_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (app, store) = app(&dir, ManualWallClock::default()).await;
+        app.register_instance().await.expect("registered");
+        store.kill_writer();
+        app.lease_tick().await;
+        let problems = app.readiness.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("lease:") && p.contains("cannot renew")),
+            "{problems:?}"
+        );
+    }
+}

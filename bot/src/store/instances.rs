@@ -1,0 +1,436 @@
+//! The running bot processes (`instances`, each with a lease it renews) and
+//! which of them holds each agent's connection (`agents.instance`).
+//!
+//! With SQLite there is one process (a second one is refused), so every other
+//! instance row is a dead one's; with PostgreSQL a row whose lease has not
+//! expired is a live process, whose agents' tasks are its own.
+
+use std::collections::HashSet;
+
+use anyhow::Context;
+use sea_orm::{ConnectionTrait, Statement, Value};
+
+use super::Store;
+
+impl Store {
+    /// Whether several processes may share this database (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres
+    }
+
+    /// A statement for this database: `sql` with `$1`, `$2`… placeholders
+    /// (rewritten to `?` for SQLite).
+    fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+        let backend = self.db.get_database_backend();
+        let sql = if self.is_shared() {
+            sql.to_owned()
+        } else {
+            let mut out = sql.to_owned();
+            for i in (1..=values.len()).rev() {
+                out = out.replace(&format!("${i}"), "?");
+            }
+            out
+        };
+        Statement::from_sql_and_values(backend, sql, values)
+    }
+
+    /// Writes instance `id`'s lease: registers it, or renews it (registers it
+    /// again should its row have gone).
+    pub async fn renew_instance(
+        &self,
+        id: &str,
+        started_at: i64,
+        lease_until: i64,
+    ) -> anyhow::Result<()> {
+        let stmt = self.stmt(
+            "INSERT INTO instances (id, started_at, lease_until) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+            vec![id.into(), started_at.into(), lease_until.into()],
+        );
+        self.write(stmt)
+            .await
+            .context("Cannot renew this process's lease")?;
+        Ok(())
+    }
+
+    /// Removes instance `id` (graceful shutdown): the agents it held are
+    /// held by none.
+    pub async fn remove_instance(&self, id: &str) -> anyhow::Result<()> {
+        let release = self.stmt(
+            "UPDATE agents SET instance = NULL WHERE instance = $1",
+            vec![id.into()],
+        );
+        self.write(release)
+            .await
+            .context("Cannot release this process's agents")?;
+        let delete = self.stmt("DELETE FROM instances WHERE id = $1", vec![id.into()]);
+        self.write(delete)
+            .await
+            .context("Cannot remove this process's lease")?;
+        Ok(())
+    }
+
+    /// Forgets every instance but `id`, and what they held: for a database
+    /// only one process uses (SQLite), where they are all dead.
+    pub async fn forget_other_instances(&self, id: &str) -> anyhow::Result<()> {
+        let release = self.stmt(
+            "UPDATE agents SET instance = NULL WHERE instance IS NOT NULL AND instance <> $1",
+            vec![id.into()],
+        );
+        self.write(release)
+            .await
+            .context("Cannot release the agents of former processes")?;
+        let delete = self.stmt("DELETE FROM instances WHERE id <> $1", vec![id.into()]);
+        self.write(delete)
+            .await
+            .context("Cannot forget former processes")?;
+        Ok(())
+    }
+
+    /// Records that instance `id` holds agent `name`'s connection.
+    pub async fn hold_agent(&self, name: &str, id: &str) -> anyhow::Result<()> {
+        let stmt = self.stmt(
+            "UPDATE agents SET instance = $1 WHERE name = $2",
+            vec![id.into(), name.into()],
+        );
+        self.write(stmt)
+            .await
+            .context("Cannot record which process holds the agent")?;
+        Ok(())
+    }
+
+    /// Records that agent `name`'s connection is held by none, if instance
+    /// `id` still held it (a newer connection elsewhere keeps its claim).
+    pub async fn release_agent(&self, name: &str, id: &str) -> anyhow::Result<()> {
+        let stmt = self.stmt(
+            "UPDATE agents SET instance = NULL WHERE name = $1 AND instance = $2",
+            vec![name.into(), id.into()],
+        );
+        self.write(stmt)
+            .await
+            .context("Cannot record that the agent left this process")?;
+        Ok(())
+    }
+
+    /// The agents whose connection another live instance than `me` holds
+    /// (its lease runs past `now`, Unix ms): their tasks are that instance's.
+    pub async fn agents_held_elsewhere(
+        &self,
+        me: &str,
+        now: i64,
+    ) -> anyhow::Result<HashSet<String>> {
+        let stmt = self.stmt(
+            "SELECT a.name AS name FROM agents a JOIN instances i ON i.id = a.instance \
+             WHERE a.instance <> $1 AND i.lease_until > $2",
+            vec![me.into(), now.into()],
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read which processes hold the agents")?;
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "name").context("an agent's name"))
+            .collect()
+    }
+
+    /// The lease of instance `id` (Unix ms), if it is registered.
+    pub async fn instance_lease(&self, id: &str) -> anyhow::Result<Option<i64>> {
+        let stmt = self.stmt(
+            "SELECT lease_until FROM instances WHERE id = $1",
+            vec![id.into()],
+        );
+        let row = self
+            .read
+            .query_one(stmt)
+            .await
+            .context("Cannot read the lease")?;
+        row.map(|r| r.try_get::<i64>("", "lease_until"))
+            .transpose()
+            .context("a lease")
+    }
+
+    /// Sends `payload` on the PostgreSQL notification channel `channel`
+    /// (`pg_notify`: delivered to every listener once the statement commits).
+    pub async fn notify(&self, channel: &str, payload: &str) -> anyhow::Result<()> {
+        let stmt = self.stmt(
+            "SELECT pg_notify($1, $2)",
+            vec![channel.into(), payload.into()],
+        );
+        self.db
+            .execute(stmt)
+            .await
+            .context("Cannot notify the other processes")?;
+        Ok(())
+    }
+
+    /// Another process queued a task: the next dispatch pass reads the queues.
+    pub fn mark_maybe_queued(&self) {
+        self.maybe_queued
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The dispatched and running tasks a cancel was asked for.
+    pub async fn cancels_asked(&self) -> anyhow::Result<Vec<super::Task>> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+        use super::entities::task;
+        use crate::model::TaskState;
+        task::Entity::find()
+            .filter(task::Column::CancelRequested.eq(true))
+            .filter(
+                task::Column::State
+                    .is_in([TaskState::Dispatched.as_str(), TaskState::Running.as_str()]),
+            )
+            .all(&self.read)
+            .await
+            .context("Cannot read the tasks to cancel")
+    }
+
+    /// Ends task `id` of `agent` as lost (see [`Store::finish`]), unless
+    /// another live instance than `me` holds the agent now (its lease runs
+    /// past `now`): then it changes nothing and returns false. One statement,
+    /// so an agent reconnecting elsewhere at that moment keeps its task.
+    pub async fn finish_lost(
+        &self,
+        id: i64,
+        agent: &str,
+        (me, now): (&str, i64),
+        from: &[crate::model::TaskState],
+        ending: &super::Ending,
+    ) -> anyhow::Result<bool> {
+        use sea_orm::QueryFilter;
+        use sea_orm::sea_query::Expr;
+
+        use super::Write;
+        let mut q = super::finish_query(id, Some(agent), None, from, ending);
+        if self.is_shared() {
+            q = q.filter(Expr::cust_with_values(
+                "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
+                 WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > $3)",
+                [Value::from(agent), Value::from(me), Value::from(now)],
+            ));
+        }
+        let res = q
+            .write(self)
+            .await
+            .context("Cannot record the task's end")?;
+        if res == 1 {
+            self.count_ended(ending.state());
+        }
+        Ok(res == 1)
+    }
+
+    /// The instance holding agent `name`'s connection, as recorded.
+    pub async fn agent_instance(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let stmt = self.stmt(
+            "SELECT instance FROM agents WHERE name = $1",
+            vec![name.into()],
+        );
+        let row = self
+            .read
+            .query_one(stmt)
+            .await
+            .context("Cannot read which process holds the agent")?;
+        Ok(row.and_then(|r| r.try_get::<Option<String>>("", "instance").ok().flatten()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease makes its instance live until it runs out; an agent held by a
+    /// live instance is "held elsewhere" for every other one, and only its
+    /// holder releases it.
+    #[tokio::test]
+    async fn an_agent_is_held_by_a_live_instance_until_its_lease_runs_out() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        let now = 1_000_000;
+        store
+            .renew_instance("a", now, now + 10_000)
+            .await
+            .expect("a");
+        store
+            .renew_instance("b", now, now + 10_000)
+            .await
+            .expect("b");
+        store.hold_agent("laptop", "a").await.expect("hold");
+        assert_eq!(
+            store
+                .agent_instance("laptop")
+                .await
+                .expect("read")
+                .as_deref(),
+            Some("a")
+        );
+        let elsewhere = |me: &'static str, at: i64| {
+            let store = store.clone();
+            async move { store.agents_held_elsewhere(me, at).await.expect("read") }
+        };
+        assert!(elsewhere("b", now).await.contains("laptop"));
+        assert!(elsewhere("a", now).await.is_empty(), "not elsewhere: here");
+        assert!(
+            elsewhere("b", now + 10_000).await.is_empty(),
+            "a lease that ran out holds nothing"
+        );
+
+        // Renewed, it holds again; only its holder releases the agent.
+        store
+            .renew_instance("a", now, now + 20_000)
+            .await
+            .expect("renew");
+        assert!(elsewhere("b", now + 10_000).await.contains("laptop"));
+        store.release_agent("laptop", "b").await.expect("not b's");
+        assert!(elsewhere("b", now).await.contains("laptop"));
+        store.release_agent("laptop", "a").await.expect("a's");
+        assert!(elsewhere("b", now).await.is_empty());
+        assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
+
+        // A graceful stop removes the lease and lets go of the agents.
+        store.hold_agent("laptop", "a").await.expect("hold");
+        store.remove_instance("a").await.expect("remove");
+        assert_eq!(store.instance_lease("a").await.expect("read"), None);
+        assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
+        assert_eq!(
+            store.instance_lease("b").await.expect("read"),
+            Some(now + 10_000)
+        );
+    }
+
+    /// On a database one process uses, the rows of former processes are
+    /// forgotten with the agents they held.
+    #[tokio::test]
+    async fn former_instances_are_forgotten_with_their_agents() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        store.renew_instance("old", 1, 100).await.expect("old");
+        store.hold_agent("laptop", "old").await.expect("hold");
+        store.renew_instance("new", 2, 200).await.expect("new");
+        store.forget_other_instances("new").await.expect("forget");
+        assert_eq!(store.instance_lease("old").await.expect("read"), None);
+        assert_eq!(store.instance_lease("new").await.expect("read"), Some(200));
+        assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
+    }
+
+    fn queued_task() -> crate::store::NewTask {
+        crate::store::NewTask {
+            queued_at: 1,
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "p".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+            agent: None,
+            after_task: None,
+            session_agent: None,
+        }
+    }
+
+    /// Two processes claiming the same queued tasks at once: each task goes
+    /// to exactly one of them.
+    #[tokio::test]
+    async fn racing_claims_hand_each_task_to_one_agent() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            ids.push(store.insert_task(queued_task()).await.expect("task").id);
+        }
+        let (a, b) = tokio::join!(store.claim_many(&ids, "a"), store.claim_many(&ids, "b"));
+        let (a, b) = (a.expect("a claims"), b.expect("b claims"));
+        let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ids, "each task once: a {a:?}, b {b:?}");
+    }
+
+    /// On PostgreSQL a claim skips a task another process is claiming now
+    /// (its row locked) instead of waiting for it.
+    #[tokio::test]
+    async fn a_claim_skips_a_task_locked_by_another_claim() {
+        let Some(server) =
+            baton_testkit::db::postgres_or_skip("a_claim_skips_a_task_locked_by_another_claim")
+        else {
+            return;
+        };
+        use sea_orm::TransactionTrait;
+        let db = baton_testkit::db::TestDb::postgres(&server).await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let locked = store.insert_task(queued_task()).await.expect("task").id;
+        let free = store.insert_task(queued_task()).await.expect("task").id;
+        let other = store.connection().begin().await.expect("a transaction");
+        other
+            .execute(Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT id FROM tasks WHERE id = $1 FOR UPDATE",
+                [locked.into()],
+            ))
+            .await
+            .expect("lock the row");
+        let got = store.claim_many(&[locked, free], "a").await.expect("claim");
+        assert_eq!(got, vec![free]);
+        other.rollback().await.expect("rollback");
+        let got = store.claim_many(&[locked], "b").await.expect("claim");
+        assert_eq!(got, vec![locked], "claimed once the other let go");
+    }
+
+    /// The lost-agent sweep's end is one guarded statement: on PostgreSQL
+    /// it fails nothing while another live instance holds the agent, and
+    /// fails the task once that instance's lease has run out.
+    #[tokio::test]
+    async fn a_task_is_not_failed_as_lost_while_another_live_instance_holds_its_agent() {
+        use crate::model::TaskState;
+        use crate::store::Ending;
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        let mut new = queued_task();
+        new.agent = Some("laptop".into());
+        let id = store.insert_task(new).await.expect("task").id;
+        let now = 1_000_000;
+        store
+            .renew_instance("b", now, now + 10_000)
+            .await
+            .expect("b");
+        store.hold_agent("laptop", "b").await.expect("hold");
+        let ending = Ending::Failed {
+            error: "agent lost".into(),
+            cause: "agent_lost".into(),
+            session_id: None,
+        };
+        let from = [TaskState::Dispatched, TaskState::Running];
+        let lost = |at: i64| store.finish_lost(id, "laptop", ("a", at), &from, &ending);
+        if store.is_shared() {
+            assert!(!lost(now).await.expect("guarded"), "held by live b");
+            assert_eq!(
+                store.task(id).await.expect("read").expect("row").state,
+                "dispatched"
+            );
+        }
+        assert!(lost(now + 10_000).await.expect("b's lease ran out"));
+        assert_eq!(
+            store.task(id).await.expect("read").expect("row").state,
+            "failed"
+        );
+        assert!(!lost(now + 10_000).await.expect("once"), "ends once");
+    }
+}
