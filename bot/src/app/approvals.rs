@@ -181,6 +181,17 @@ impl App {
     /// Shows task `id`'s requests on its message, as the database has them
     /// (a task this process does not hold live is left as it is).
     async fn show_approvals(&self, id: i64) {
+        self.show_approvals_if(id, |_| true).await;
+    }
+
+    /// A task this process adopts from an agent that connected to it (after
+    /// a restart, or from another process): its message keeps the requests
+    /// the database has for it. Nothing is shown when it has none.
+    pub(super) async fn adopt_approvals(&self, id: i64) {
+        self.show_approvals_if(id, |rows| !rows.is_empty()).await;
+    }
+
+    async fn show_approvals_if(&self, id: i64, worth_showing: impl Fn(&[Approval]) -> bool) {
         let rows = match self.store.approvals_of(id).await {
             Ok(rows) => rows,
             Err(err) => {
@@ -188,6 +199,9 @@ impl App {
                 return;
             }
         };
+        if !worth_showing(&rows) {
+            return;
+        }
         let approvals = shown(&rows);
         let task = {
             let mut live = lock(&self.live);

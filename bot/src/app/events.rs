@@ -279,6 +279,9 @@ impl App {
             .agent_tasks(agent, &[TaskState::Dispatched, TaskState::Running])
             .await?;
         let mine_ids: HashSet<i64> = mine.iter().map(|t| t.id).collect();
+        // Tasks this process did not hold live: their approval requests are
+        // read from the database once they are.
+        let mut adopted = Vec::new();
         for mut task in mine {
             let state: TaskState = task.state.parse().unwrap_or(TaskState::Running);
             if running.contains(&task.id) || held.contains(&task.id) {
@@ -308,6 +311,9 @@ impl App {
                     task.step_count = mem.step_count;
                     task.output_tail.clone_from(&mem.output_tail);
                     task.last_seq = mem.last_seq;
+                }
+                if !live.contains_key(&task.id) {
+                    adopted.push(task.id);
                 }
                 live.insert(task.id, task);
             } else if state == TaskState::Dispatched {
@@ -342,6 +348,9 @@ impl App {
         // Tasks the agent runs that are no longer its own (re-queued, ended): stop them.
         for t in running.difference(&mine_ids) {
             out.push(BotMessage::Cancel { task: TaskId(*t) });
+        }
+        for id in adopted {
+            self.adopt_approvals(id).await;
         }
         self.dispatch_wake.notify_one();
         Ok(out)

@@ -1360,18 +1360,30 @@ impl Store {
                 Ok(true)
             }
             None => {
-                agent::ActiveModel {
+                // Another process may add the same name at the same moment
+                // (each bot stores BATON_AGENT_KEYS at start): one insert
+                // wins, the other then finds the row as if it had been there.
+                let inserted = agent::Entity::insert(agent::ActiveModel {
                     name: Set(name.to_owned()),
                     key_hash: Set(key_hash.to_owned()),
                     created_at: Set(now_ms()),
                     created_by: Set(Some(created_by.to_owned())),
                     revoked_at: Set(None),
                     projects: Set(None),
-                }
-                .insert(&self.db)
+                })
+                .on_conflict(
+                    OnConflict::column(agent::Column::Name)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&self.db)
                 .await
                 .context("Cannot add the agent")?;
-                Ok(true)
+                if inserted == 1 {
+                    Ok(true)
+                } else {
+                    Box::pin(self.put_agent(name, key_hash, created_by, replace)).await
+                }
             }
         }
     }
