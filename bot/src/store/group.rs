@@ -75,6 +75,8 @@ pub struct GroupWriter {
     jobs: mpsc::UnboundedSender<Job>,
     /// Commits made (a group of one counts too).
     commits: Arc<AtomicU64>,
+    /// Statements run.
+    writes: Arc<AtomicU64>,
     /// The writer task, to stop it in tests.
     #[cfg(test)]
     task: Arc<tokio::task::AbortHandle>,
@@ -91,10 +93,12 @@ impl GroupWriter {
     pub fn start(db: DatabaseConnection) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
-        let _task = tokio::spawn(run(db, rx, commits.clone()));
+        let writes = Arc::new(AtomicU64::new(0));
+        let _task = tokio::spawn(run(db, rx, commits.clone(), writes.clone()));
         GroupWriter {
             jobs,
             commits,
+            writes,
             #[cfg(test)]
             task: Arc::new(_task.abort_handle()),
         }
@@ -115,6 +119,11 @@ impl GroupWriter {
     /// Commits made so far.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Statements run so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Runs `stmt`; the rows it changed, once committed.
@@ -148,10 +157,12 @@ async fn run(
     db: DatabaseConnection,
     mut rx: mpsc::UnboundedReceiver<Job>,
     commits: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
 ) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         commits.fetch_add(1, Ordering::Relaxed);
+        writes.fetch_add(group.len() as u64, Ordering::Relaxed);
         if group.len() == 1 {
             let job = group.remove(0);
             let res = one(&db, job.stmt, job.want).await;
@@ -193,6 +204,7 @@ async fn run(
             }
             for job in group.drain(..) {
                 commits.fetch_add(1, Ordering::Relaxed);
+                writes.fetch_add(1, Ordering::Relaxed);
                 let res = one(&db, job.stmt, job.want).await;
                 let _ = job.done.send(res);
             }

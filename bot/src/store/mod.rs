@@ -310,6 +310,11 @@ impl Store {
         self.writer.as_ref().map(GroupWriter::commits)
     }
 
+    /// Statements the group writer ran; None without one (PostgreSQL).
+    pub fn writes(&self) -> Option<u64> {
+        self.writer.as_ref().map(GroupWriter::writes)
+    }
+
     /// Runs a write: through the group writer when there is one.
     async fn write(&self, stmt: Statement) -> Result<u64, DbErr> {
         match &self.writer {
