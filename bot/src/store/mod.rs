@@ -19,8 +19,8 @@ use baton_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
-    QuerySelect, QueryTrait, Set, Statement, TransactionTrait,
+    DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Set, Statement, TransactionTrait,
 };
 
 use group::GroupWriter;
@@ -175,7 +175,7 @@ pub struct Store {
     /// Whether `read` is a separate SQLite pool that can checkpoint.
     sqlite_file: bool,
     /// SQLite's group commit for the task writes; None for PostgreSQL, whose
-    /// pool writes in parallel.
+    /// pool writes in parallel, and for an in-memory SQLite database.
     writer: Option<GroupWriter>,
     /// False only when no task can be queued: cleared just before
     /// [`Store::projects_with_queue`] reads, set after every write that
@@ -256,7 +256,18 @@ impl Store {
         } else {
             db.clone()
         };
-        let writer = sqlite.then(|| GroupWriter::start(db.clone()));
+        // The group writer owns a connection of its own to the file (an
+        // in-memory database is one per connection: it writes through `db`).
+        let writer = match file_lock::sqlite_path(url) {
+            Some(path) if sqlite_file => Some(GroupWriter::start(
+                &path,
+                group::Pragmas {
+                    busy_timeout: SQLITE_BUSY_TIMEOUT,
+                    autocheckpoint_pages: SQLITE_AUTOCHECKPOINT_PAGES,
+                },
+            )?),
+            _ => None,
+        };
         Ok(Store {
             db,
             read,
@@ -323,11 +334,17 @@ impl Store {
         }
     }
 
-    /// Runs a write with a `RETURNING` clause; its rows.
-    async fn write_rows(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+    /// Runs a write with a `RETURNING` clause of every task column; the tasks.
+    async fn write_tasks(&self, stmt: Statement) -> Result<Vec<Task>, DbErr> {
         match &self.writer {
-            Some(w) => w.query(stmt).await,
-            None => self.db.query_all(stmt).await,
+            Some(w) => w.query_tasks(stmt).await,
+            None => self
+                .db
+                .query_all(stmt)
+                .await?
+                .iter()
+                .map(|row| Task::from_query_result(row, ""))
+                .collect(),
         }
     }
 
@@ -345,11 +362,13 @@ impl Store {
         insert.returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
         let rows = self
-            .write_rows(stmt)
+            .write_tasks(stmt)
             .await
             .context("Cannot write the task")?;
-        let row = rows.first().context("The database returned no task")?;
-        let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
+        let task = rows
+            .into_iter()
+            .next()
+            .context("The database returned no task")?;
         if task.agent.is_none() {
             self.maybe_queued.store(true, Ordering::SeqCst);
         }
@@ -397,13 +416,12 @@ impl Store {
             .returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
         let rows = self
-            .write_rows(stmt)
+            .write_tasks(stmt)
             .await
             .context("Cannot write the task")?;
-        let Some(row) = rows.first() else {
+        let Some(task) = rows.into_iter().next() else {
             return Ok(None);
         };
-        let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
         self.maybe_queued.store(true, Ordering::SeqCst);
         Ok(Some(task))
     }
@@ -1410,12 +1428,9 @@ impl Write for sea_orm::UpdateMany<task::Entity> {
     async fn write_returning(self, store: &Store) -> Result<Vec<Task>, DbErr> {
         let mut update = self.into_query();
         update.returning_all();
-        let rows = store
-            .write_rows(store.db.get_database_backend().build(&update))
-            .await?;
-        rows.iter()
-            .map(|row| Task::from_query_result(row, ""))
-            .collect()
+        store
+            .write_tasks(store.db.get_database_backend().build(&update))
+            .await
     }
 }
 
