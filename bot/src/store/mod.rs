@@ -1254,17 +1254,20 @@ impl Store {
             payload: Set(None),
             handled_at: Set(Some(now_ms())),
         };
-        let res = slack_event::Entity::insert(row)
+        // Through the group writer: one connection writes SQLite, so an
+        // event never waits in SQLite's busy handler behind a group.
+        let insert = slack_event::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(slack_event::Column::EventId)
                     .do_nothing()
                     .to_owned(),
             )
-            .do_nothing()
-            .exec(&self.db)
+            .build(self.db.get_database_backend());
+        let inserted = self
+            .write(insert)
             .await
             .context("Cannot record the Slack event")?;
-        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+        Ok(inserted == 1)
     }
 
     /// Records a Slack event with its envelope (JSON) before it is
@@ -1278,29 +1281,33 @@ impl Store {
             payload: Set(Some(payload.to_owned())),
             handled_at: Set(None),
         };
-        let res = slack_event::Entity::insert(row)
+        // Through the group writer: one connection writes SQLite, so an
+        // event never waits in SQLite's busy handler behind a group.
+        let insert = slack_event::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(slack_event::Column::EventId)
                     .do_nothing()
                     .to_owned(),
             )
-            .do_nothing()
-            .exec(&self.db)
+            .build(self.db.get_database_backend());
+        let inserted = self
+            .write(insert)
             .await
             .context("Cannot record the Slack event")?;
-        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+        Ok(inserted == 1)
     }
 
     /// Marks a recorded Slack event handled (its payload is dropped).
     pub async fn event_handled(&self, event_id: &str) -> anyhow::Result<()> {
-        slack_event::Entity::update_many()
+        let update = slack_event::Entity::update_many()
             .col_expr(slack_event::Column::HandledAt, Expr::value(now_ms()))
             .col_expr(
                 slack_event::Column::Payload,
                 Expr::value(Option::<String>::None),
             )
             .filter(slack_event::Column::EventId.eq(event_id))
-            .exec(&self.db)
+            .build(self.db.get_database_backend());
+        self.write(update)
             .await
             .context("Cannot record that the Slack event was handled")?;
         Ok(())
