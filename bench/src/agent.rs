@@ -164,6 +164,16 @@ impl Probe {
         lock(&self.ended).clone()
     }
 
+    /// When the command that created each of `tasks` was sent.
+    pub fn sent_at(&self, tasks: &[i64]) -> HashMap<i64, Instant> {
+        let sent = lock(&self.sent);
+        let task_of = lock(&self.task_of);
+        tasks
+            .iter()
+            .filter_map(|t| Some((*t, *sent.get(task_of.get(t)?)?)))
+            .collect()
+    }
+
     /// Task ids of commands sent in `[from, to)`.
     pub fn tasks_sent_between(&self, from: Instant, to: Instant) -> Vec<i64> {
         let sent = lock(&self.sent);

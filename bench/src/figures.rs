@@ -247,6 +247,13 @@ async fn wait_connected(client: &Client, addr: SocketAddr, n: usize) -> anyhow::
     }
 }
 
+/// A counter of the bot's `/metrics` (None when the bot does not report it).
+async fn metric(client: &Client, addr: SocketAddr, name: &str) -> Option<f64> {
+    let text = client.get_text(addr, "/metrics").await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Waits until every command sent reached an agent and every task's final
 /// state reached Slack.
 async fn quiesce(bot: &BotProcess, probe: &Probe, sent: u64) -> anyhow::Result<()> {
@@ -278,6 +285,24 @@ fn final_lags(bot: &BotProcess, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
             let end = ended.get(t)?;
             let shown = log.final_at.get(t)?;
             Some(shown.saturating_duration_since(*end).as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+/// Slash command sent → the task's message posted to Slack, ms.
+fn post_lags(bot: &BotProcess, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
+    let sent = probe.sent_at(tasks);
+    let log = slack_log::lock(&bot.log);
+    tasks
+        .iter()
+        .filter_map(|t| {
+            let posted = log.posted_at.get(t)?;
+            Some(
+                posted
+                    .saturating_duration_since(*sent.get(t)?)
+                    .as_secs_f64()
+                    * 1e3,
+            )
         })
         .collect()
 }
@@ -365,6 +390,15 @@ impl Ctx {
         let (p50, p99) = p50_p99(&lat);
         report.dispatch_p50_ms = Some(p50);
         report.dispatch_p99_ms = Some(p99);
+        let posted = post_lags(&bot, &probe, &tasks);
+        report.slash_to_message_p50_ms = percentile(&posted, 50.0).map(|v| round(v, 3));
+        report.extra.insert(
+            "slash_to_message_p99_ms".into(),
+            round(percentile(&posted, 99.0).unwrap_or(f64::NAN), 3),
+        );
+        report.workloads.insert("slash_to_message_p50_ms".into(), format!(
+            "the {} tasks of the 200 commands/s run: the signed /baton request being written → the fake Slack receiving the chat.postMessage that creates the task's message",
+            posted.len()));
         let lags = final_lags(&bot, &probe, &tasks);
         report.final_edit_lag_ms = percentile(&lags, 99.0).map(|v| round(v, 1));
         report.extra.insert(
@@ -490,6 +524,14 @@ impl Ctx {
         wait_connected(&self.client, bot.addr, 0).await
     }
 
+    /// Only the lifecycle runs, on a bot of their own (`--only lifecycles`).
+    pub async fn lifecycles_only(&self, report: &mut Report) -> anyhow::Result<()> {
+        let db = Db::prepare(&self.dir("lifecycles")?, 64).await?;
+        let bot = BotProcess::start(&self.bin, &db, &self.bot_config(None), &self.client).await?;
+        self.lifecycles(&bot, report).await?;
+        bot.stop().await
+    }
+
     /// Complete lifecycles per second, for each number of progress events.
     async fn lifecycles(&self, bot: &BotProcess, report: &mut Report) -> anyhow::Result<()> {
         let plan = &self.plan;
@@ -509,6 +551,8 @@ impl Ctx {
             )
             .await?;
             let finals_before = slack_log::lock(&bot.log).final_at.len();
+            let writes0 = metric(&self.client, bot.addr, "baton_db_writes_total").await;
+            let commits0 = metric(&self.client, bot.addr, "baton_db_commits_total").await;
             let (cpu0, own0) = (bot.cpu_secs()?, crate::bot::cpu_secs("/proc/self/stat")?);
             let failures = Arc::new(Failures::default());
             let start = Instant::now();
@@ -550,6 +594,18 @@ impl Ctx {
             let per = |secs: f64| round(secs * 1e3 / total.max(1) as f64, 3);
             let bot_cpu_ms = per(bot.cpu_secs()? - cpu0);
             let bench_cpu_ms = per(crate::bot::cpu_secs("/proc/self/stat")? - own0);
+            // Database statements and commits per lifecycle (SQLite's group writer counts them).
+            let per_task = |before: Option<f64>, after: Option<f64>| {
+                Some(round((after? - before?) / total.max(1) as f64, 2))
+            };
+            let writes = per_task(
+                writes0,
+                metric(&self.client, bot.addr, "baton_db_writes_total").await,
+            );
+            let commits = per_task(
+                commits0,
+                metric(&self.client, bot.addr, "baton_db_commits_total").await,
+            );
             report.curves.events_per_task.push(EventsPoint {
                 events: events.into(),
                 lifecycles_per_s: rate,
@@ -557,13 +613,21 @@ impl Ctx {
                 bench_cpu_ms,
             });
             println!(
-                "  {rate:.0} lifecycles/s ({total} tasks); CPU per lifecycle: bot {bot_cpu_ms:.3} ms, benchmark {bench_cpu_ms:.3} ms"
+                "  {rate:.0} lifecycles/s ({total} tasks); CPU per lifecycle: bot {bot_cpu_ms:.3} ms, benchmark {bench_cpu_ms:.3} ms; database writes {}, commits {}",
+                writes.map_or("-".into(), |w| w.to_string()),
+                commits.map_or("-".into(), |c| c.to_string()),
             );
             if events == 10 {
                 report.lifecycles_per_s = Some(rate);
-                report
-                    .extra
-                    .insert("bot_cpu_ms_per_lifecycle".into(), bot_cpu_ms);
+                report.cpu_ms_per_lifecycle = Some(bot_cpu_ms);
+                if let Some(w) = writes {
+                    report.extra.insert("db_writes_per_lifecycle".into(), w);
+                }
+                if let Some(c) = commits {
+                    report.extra.insert("db_commits_per_lifecycle".into(), c);
+                }
+                report.workloads.insert("cpu_ms_per_lifecycle".into(), format!(
+                    "the bot process's CPU time (utime + stime from /proc) over the whole lifecycles run with 10 progress events (warm-up and the wait for the last final edits included) / the lifecycles started ({total})"));
                 report
                     .extra
                     .insert("bench_cpu_ms_per_lifecycle".into(), bench_cpu_ms);

@@ -36,7 +36,8 @@ use crate::report::Report;
 const WANTED_FDS: u64 = 20_000;
 
 /// The measurements, by the name `--only` takes.
-const MEASUREMENTS: &[&str] = &["base", "agents", "rows", "dead-agent"];
+/// `lifecycles` is also part of `base`; alone, it runs on a bot of its own.
+const MEASUREMENTS: &[&str] = &["base", "lifecycles", "agents", "rows", "dead-agent"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,9 +57,15 @@ struct Args {
     /// The baton-bot binary to measure [default: baton-bot next to this program].
     #[arg(long)]
     bot_bin: Option<PathBuf>,
-    /// Only these measurements (comma-separated): base, agents, rows, dead-agent.
+    /// Only these measurements (comma-separated): base, lifecycles, agents,
+    /// rows, dead-agent. `lifecycles` alone (without base) runs only the
+    /// lifecycle runs, on a bot of its own: for comparing CPU per lifecycle.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Progress events per task of the lifecycle runs (comma-separated)
+    /// [default: 1,10,100]; the headline figures come from the run with 10.
+    #[arg(long, value_delimiter = ',')]
+    events: Vec<u32>,
     /// RUST_LOG of the bot (production runs at info).
     #[arg(long, default_value = "info")]
     bot_log: String,
@@ -166,11 +173,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => temp.path().to_owned(),
     };
-    let plan = if args.quick {
+    let mut plan = if args.quick {
         Plan::quick()
     } else {
         Plan::full()
     };
+    if !args.events.is_empty() {
+        plan.events = args.events.clone();
+    }
     let ctx = Ctx {
         bin: bin.clone(),
         root,
@@ -215,6 +225,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if wants("base") {
         ctx.base(&mut report).await.context("base measurements")?;
+    } else if args.only.iter().any(|o| o == "lifecycles") {
+        ctx.lifecycles_only(&mut report)
+            .await
+            .context("lifecycles")?;
     }
     if wants("agents") {
         ctx.agents_memory(&mut report)
@@ -234,6 +248,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.dead_agent_detect_s = r.dead_agent_detect_s;
         report.extra.extend(r.extra);
         report.workloads.extend(r.workloads);
+    }
+    // Two processes on PostgreSQL are not measured by this program yet.
+    for key in report::PG_KEYS {
+        report
+            .workloads
+            .insert(key.into(), report::PG_SKIPPED.into());
     }
     report.environment.load_avg_end = load_avg();
     report.environment.run_secs = stats::round(started.elapsed().as_secs_f64(), 1);

@@ -39,6 +39,20 @@ pub struct Report {
     /// Bot resident memory when idle, MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bot_idle_rss_mib: Option<f64>,
+    /// Bot CPU time per complete lifecycle (10 progress events), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms_per_lifecycle: Option<f64>,
+    /// Signed slash command sent → the task's message posted to the fake Slack, p50, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slash_to_message_p50_ms: Option<f64>,
+    /// Two processes on PostgreSQL: task created on one → its frame at an
+    /// agent of the other, p50, ms. Always written: null without `--postgres URL`.
+    pub pg_cross_dispatch_p50_ms: Option<f64>,
+    /// The same, p99. Null without `--postgres URL`.
+    pub pg_cross_dispatch_p99_ms: Option<f64>,
+    /// Two processes on PostgreSQL: complete lifecycles per second. Null
+    /// without `--postgres URL`.
+    pub pg_lifecycles_per_s: Option<f64>,
 
     /// Further figures (named in `workloads` too).
     pub extra: BTreeMap<String, f64>,
@@ -192,6 +206,12 @@ pub const TARGETS: &[Target] = &[
         meets: |v| v >= 2000.0,
     },
     Target {
+        key: "cpu_ms_per_lifecycle",
+        unit: "ms",
+        text: "≤ 0.7 ms",
+        meets: |v| v <= 0.7,
+    },
+    Target {
         key: "idle_conn_kib",
         unit: "KiB",
         text: "≤ 8 KiB",
@@ -228,7 +248,43 @@ pub const TARGETS: &[Target] = &[
         text: "≤ 250 ms",
         meets: |v| v <= 250.0,
     },
+    Target {
+        key: "slash_to_message_p50_ms",
+        unit: "ms",
+        text: "≤ 50 ms",
+        meets: |v| v <= 50.0,
+    },
+    Target {
+        key: "pg_cross_dispatch_p50_ms",
+        unit: "ms",
+        text: "≤ 5 ms",
+        meets: |v| v <= 5.0,
+    },
+    Target {
+        key: "pg_cross_dispatch_p99_ms",
+        unit: "ms",
+        text: "≤ 20 ms",
+        meets: |v| v <= 20.0,
+    },
+    Target {
+        key: "pg_lifecycles_per_s",
+        unit: "/s",
+        text: "≥ 1,000/s",
+        meets: |v| v >= 1000.0,
+    },
 ];
+
+/// The PostgreSQL figures, written as null (with this note in `workloads`)
+/// when the run has no PostgreSQL to measure.
+pub const PG_KEYS: [&str; 3] = [
+    "pg_cross_dispatch_p50_ms",
+    "pg_cross_dispatch_p99_ms",
+    "pg_lifecycles_per_s",
+];
+
+/// Why the PostgreSQL figures are null.
+pub const PG_SKIPPED: &str =
+    "needs --postgres URL: two bot processes on one PostgreSQL database (not measured in this run)";
 
 impl Report {
     /// A headline figure by its JSON key.
@@ -244,6 +300,11 @@ impl Report {
             "dead_agent_detect_s" => self.dead_agent_detect_s,
             "queue_drain_ms" => self.queue_drain_ms,
             "bot_idle_rss_mib" => self.bot_idle_rss_mib,
+            "cpu_ms_per_lifecycle" => self.cpu_ms_per_lifecycle,
+            "slash_to_message_p50_ms" => self.slash_to_message_p50_ms,
+            "pg_cross_dispatch_p50_ms" => self.pg_cross_dispatch_p50_ms,
+            "pg_cross_dispatch_p99_ms" => self.pg_cross_dispatch_p99_ms,
+            "pg_lifecycles_per_s" => self.pg_lifecycles_per_s,
             _ => None,
         }
     }
@@ -271,6 +332,7 @@ impl Report {
                     format!("{} {}", fmt_num(v), t.unit),
                     if ok { "yes" } else { "NO" },
                 ),
+                _ if PG_KEYS.contains(&t.key) => ("null".to_owned(), "needs --postgres URL"),
                 _ => ("-".to_owned(), ""),
             };
             out.push_str(&format!(

@@ -37,6 +37,8 @@ pub struct SlackLog {
     pub final_at: HashMap<i64, Instant>,
     /// Messages posted (created).
     pub posts: usize,
+    /// When each task's message was first posted.
+    pub posted_at: HashMap<i64, Instant>,
 }
 
 /// Locks the log (a poisoned lock still holds usable data).
@@ -73,6 +75,7 @@ impl SlackLog {
         }
         if method == Method::Post {
             self.posts += 1;
+            self.posted_at.entry(task).or_insert(at);
         }
         self.calls.push(SlackCall { method, task, at });
     }

@@ -411,6 +411,13 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         );
         let _ = writeln!(out, "baton_db_commits_total {commits}");
     }
+    if let Some(writes) = app.store.writes() {
+        let _ = writeln!(
+            out,
+            "# HELP baton_db_writes_total Statements run by SQLite's group writer.\n# TYPE baton_db_writes_total counter"
+        );
+        let _ = writeln!(out, "baton_db_writes_total {writes}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

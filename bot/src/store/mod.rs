@@ -22,8 +22,8 @@ use baton_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
-    QuerySelect, QueryTrait, Set, Statement, TransactionTrait,
+    DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Set, Statement, TransactionTrait,
 };
 
 use group::GroupWriter;
@@ -184,7 +184,7 @@ pub struct Store {
     /// Whether `read` is a separate SQLite pool that can checkpoint.
     sqlite_file: bool,
     /// SQLite's group commit for the task writes; None for PostgreSQL, whose
-    /// pool writes in parallel.
+    /// pool writes in parallel, and for an in-memory SQLite database.
     writer: Option<GroupWriter>,
     /// False only when no task can be queued: cleared just before
     /// [`Store::projects_with_queue`] reads, set after every write that
@@ -269,7 +269,18 @@ impl Store {
         } else {
             db.clone()
         };
-        let writer = sqlite.then(|| GroupWriter::start(db.clone()));
+        // The group writer owns a connection of its own to the file (an
+        // in-memory database is one per connection: it writes through `db`).
+        let writer = match file_lock::sqlite_path(url) {
+            Some(path) if sqlite_file => Some(GroupWriter::start(
+                &path,
+                group::Pragmas {
+                    busy_timeout: SQLITE_BUSY_TIMEOUT,
+                    autocheckpoint_pages: SQLITE_AUTOCHECKPOINT_PAGES,
+                },
+            )?),
+            _ => None,
+        };
         Ok(Store {
             db,
             read,
@@ -324,6 +335,11 @@ impl Store {
         self.writer.as_ref().map(GroupWriter::commits)
     }
 
+    /// Statements the group writer ran; None without one (PostgreSQL).
+    pub fn writes(&self) -> Option<u64> {
+        self.writer.as_ref().map(GroupWriter::writes)
+    }
+
     /// Runs a write: through the group writer when there is one.
     async fn write(&self, stmt: Statement) -> Result<u64, DbErr> {
         match &self.writer {
@@ -332,11 +348,17 @@ impl Store {
         }
     }
 
-    /// Runs a write with a `RETURNING` clause; its rows.
-    async fn write_rows(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+    /// Runs a write with a `RETURNING` clause of every task column; the tasks.
+    async fn write_tasks(&self, stmt: Statement) -> Result<Vec<Task>, DbErr> {
         match &self.writer {
-            Some(w) => w.query(stmt).await,
-            None => self.db.query_all(stmt).await,
+            Some(w) => w.query_tasks(stmt).await,
+            None => self
+                .db
+                .query_all(stmt)
+                .await?
+                .iter()
+                .map(|row| Task::from_query_result(row, ""))
+                .collect(),
         }
     }
 
@@ -367,8 +389,10 @@ impl Store {
             .write_task_rows(stmt, files)
             .await
             .context("Cannot write the task")?;
-        let row = rows.first().context("The database returned no task")?;
-        let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
+        let task = rows
+            .into_iter()
+            .next()
+            .context("The database returned no task")?;
         if task.agent.is_none() {
             self.maybe_queued.store(true, Ordering::SeqCst);
         }
@@ -433,10 +457,9 @@ impl Store {
             .write_task_rows(stmt, files)
             .await
             .context("Cannot write the task")?;
-        let Some(row) = rows.first() else {
+        let Some(task) = rows.into_iter().next() else {
             return Ok(None);
         };
-        let task = Task::from_query_result(row, "").context("Cannot read the written task")?;
         self.maybe_queued.store(true, Ordering::SeqCst);
         if task.after_task.is_some() {
             self.maybe_waiting.store(true, Ordering::SeqCst);
@@ -1410,17 +1433,20 @@ impl Store {
             payload: Set(None),
             handled_at: Set(Some(now_ms())),
         };
-        let res = slack_event::Entity::insert(row)
+        // Through the group writer: one connection writes SQLite, so an
+        // event never waits in SQLite's busy handler behind a group.
+        let insert = slack_event::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(slack_event::Column::EventId)
                     .do_nothing()
                     .to_owned(),
             )
-            .do_nothing()
-            .exec(&self.db)
+            .build(self.db.get_database_backend());
+        let inserted = self
+            .write(insert)
             .await
             .context("Cannot record the Slack event")?;
-        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+        Ok(inserted == 1)
     }
 
     /// Records a Slack event with its envelope (JSON) before it is
@@ -1434,29 +1460,33 @@ impl Store {
             payload: Set(Some(payload.to_owned())),
             handled_at: Set(None),
         };
-        let res = slack_event::Entity::insert(row)
+        // Through the group writer: one connection writes SQLite, so an
+        // event never waits in SQLite's busy handler behind a group.
+        let insert = slack_event::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(slack_event::Column::EventId)
                     .do_nothing()
                     .to_owned(),
             )
-            .do_nothing()
-            .exec(&self.db)
+            .build(self.db.get_database_backend());
+        let inserted = self
+            .write(insert)
             .await
             .context("Cannot record the Slack event")?;
-        Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
+        Ok(inserted == 1)
     }
 
     /// Marks a recorded Slack event handled (its payload is dropped).
     pub async fn event_handled(&self, event_id: &str) -> anyhow::Result<()> {
-        slack_event::Entity::update_many()
+        let update = slack_event::Entity::update_many()
             .col_expr(slack_event::Column::HandledAt, Expr::value(now_ms()))
             .col_expr(
                 slack_event::Column::Payload,
                 Expr::value(Option::<String>::None),
             )
             .filter(slack_event::Column::EventId.eq(event_id))
-            .exec(&self.db)
+            .build(self.db.get_database_backend());
+        self.write(update)
             .await
             .context("Cannot record that the Slack event was handled")?;
         Ok(())
@@ -1586,12 +1616,9 @@ impl Write for sea_orm::UpdateMany<task::Entity> {
     async fn write_returning(self, store: &Store) -> Result<Vec<Task>, DbErr> {
         let mut update = self.into_query();
         update.returning_all();
-        let rows = store
-            .write_rows(store.db.get_database_backend().build(&update))
-            .await?;
-        rows.iter()
-            .map(|row| Task::from_query_result(row, ""))
-            .collect()
+        store
+            .write_tasks(store.db.get_database_backend().build(&update))
+            .await
     }
 }
 

@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QueryResult, Set,
-    Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    Set, Statement, TransactionTrait,
 };
 
-use super::Store;
 use super::entities::task_file;
+use super::{Store, Task};
 
 /// A file attached to a task.
 pub use task_file::Model as TaskFile;
@@ -21,9 +21,9 @@ impl Store {
         &self,
         stmt: Statement,
         files: &[TaskFile],
-    ) -> Result<Vec<QueryResult>, DbErr> {
+    ) -> Result<Vec<Task>, DbErr> {
         if files.is_empty() {
-            return self.write_rows(stmt).await;
+            return self.write_tasks(stmt).await;
         }
         let txn = self.db.begin().await?;
         let rows = txn.query_all(stmt).await?;
@@ -43,7 +43,9 @@ impl Store {
             task_file::Entity::insert_many(rows).exec(&txn).await?;
         }
         txn.commit().await?;
-        Ok(rows)
+        rows.iter()
+            .map(|row| Task::from_query_result(row, ""))
+            .collect()
     }
 
     /// The files attached to a task, in the message's order.
