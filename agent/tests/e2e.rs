@@ -177,3 +177,75 @@ async fn metrics_can_require_a_bearer_token() {
     );
     bot.stop().await;
 }
+
+/// A command task that asks with `"$BATON_AGENT" approve` and prints what it heard.
+const ASKING: &str =
+    "#!/bin/sh\n\"$BATON_AGENT\" approve \"deploy to prod\"\necho \"approve said $?\"\n";
+
+/// Approvals through the whole stack: the real agent binary's command task
+/// asks, the bot shows Approve and Deny on the task's message, someone who
+/// may not answer is refused privately and changes nothing, the requester's
+/// signed click reaches the script as exit code 0, and the message records
+/// who decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_asked_by_the_agent_is_answered_in_slack_and_reaches_the_task() {
+    use baton_testkit::scene::{Scene, button};
+
+    let rig = Scene::start().await;
+    let project = project_dir(rig.dir.path(), "project", ASKING);
+    let _agent = start_agent(rig.dir.path(), rig.addr(), &project, 1);
+    wait_agents(rig.addr(), 1).await;
+    assert_eq!(rig.baton("deploy the site", "U1").await, "");
+    let ts = rig.message_ts(1).await;
+
+    let asking = rig.shows(&ts, "deploy to prod").await;
+    let approve = button(&asking, "Approve").expect("an Approve button");
+    assert!(button(&asking, "Deny").is_some(), "{asking}");
+
+    // U2 did not start the task and is no approver: told so, nothing decided.
+    rig.click("U2", &approve).await;
+    let refusal = rig.ephemeral("U2", 1).await;
+    assert!(
+        refusal.contains("/baton-admin project approvers web"),
+        "{refusal}"
+    );
+    assert_eq!(
+        rig.store.approval(1, 1).await.unwrap().unwrap().state,
+        "pending"
+    );
+
+    rig.click("U1", &approve).await;
+    let done = rig.shows(&ts, "Completed").await;
+    assert!(
+        message_text(&done).contains("approve said 0"),
+        "the script heard the yes: {done}"
+    );
+    let decided = rig.store.approval(1, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (decided.state.as_str(), decided.decided_by.as_deref()),
+        ("approved", Some("U1"))
+    );
+    rig.stop().await;
+}
+
+/// The same with a no: an admin's Deny reaches the script as exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_deny_in_slack_reaches_the_task_as_a_no() {
+    use baton_testkit::scene::{Scene, button};
+
+    let rig = Scene::start().await;
+    let project = project_dir(rig.dir.path(), "project", ASKING);
+    let _agent = start_agent(rig.dir.path(), rig.addr(), &project, 1);
+    wait_agents(rig.addr(), 1).await;
+    assert_eq!(rig.baton("deploy the site", "U1").await, "");
+    let ts = rig.message_ts(1).await;
+    let asking = rig.shows(&ts, "deploy to prod").await;
+    rig.click("UADMIN", &button(&asking, "Deny").expect("a Deny button"))
+        .await;
+    let done = rig.shows(&ts, "approve said").await;
+    assert!(
+        message_text(&done).contains("approve said 1"),
+        "the script heard the no: {done}"
+    );
+    rig.stop().await;
+}
