@@ -46,27 +46,33 @@ pub fn queue_full(project: &str, max: u64) -> String {
 }
 
 /// Unknown project.
-pub fn unknown_project(name: &str, known: &[String]) -> String {
-    if known.is_empty() {
+pub fn unknown_project(name: &str, usable: &[String], any: bool) -> String {
+    if !any {
         format!(
             "There is no project `{name}`: no agent has announced a project yet. Connect an agent that serves `{name}` (see the README), then try again."
         )
+    } else if usable.is_empty() {
+        format!(
+            "There is no project `{name}` that you may use, and no other project you may use either. Ask an admin to add you: `/baton-admin project allow PROJECT @you`."
+        )
     } else {
         format!(
-            "There is no project `{name}`. Known projects: {}. Use `--project NAME`.",
-            quote_list(known)
+            "There is no project `{name}`. Projects you may use: {}. Use `--project NAME`.",
+            quote_list(usable)
         )
     }
 }
 
 /// No project could be chosen.
-pub fn no_project(known: &[String]) -> String {
-    if known.is_empty() {
+pub fn no_project(usable: &[String], any: bool) -> String {
+    if !any {
         "No project is known yet: connect an agent (it announces the projects it serves), then try again.".into()
+    } else if usable.is_empty() {
+        "This channel is not bound to a project, and there is no project you may use. Ask an admin to add you: `/baton-admin project allow PROJECT @you`.".into()
     } else {
         format!(
-            "This channel is not bound to a project and there are several: {}. Add `--project NAME`, or ask an admin to run `/baton-admin project bind PROJECT` here.",
-            quote_list(known)
+            "This channel is not bound to a project. Projects you may use: {}. Add `--project NAME`, or ask an admin to run `/baton-admin project bind PROJECT` here.",
+            quote_list(usable)
         )
     }
 }

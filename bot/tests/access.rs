@@ -727,3 +727,27 @@ async fn an_agent_that_never_reads_is_disconnected_not_buffered_for_ever() {
     );
     rig.bot.stop().await;
 }
+
+/// A refusal for an unknown or missing project lists only the projects the
+/// person may use: the names of the others are not theirs to learn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_project_is_answered_with_only_the_projects_the_person_may_use() {
+    let rig = start().await;
+    let allowed = rig.admin("project allow api <@U2>").await;
+    assert!(allowed.contains("api"), "{allowed}");
+
+    let reply = rig.command("/baton", "--project nope hi", "U1", "C9").await;
+    assert!(reply.contains("There is no project `nope`"), "{reply}");
+    assert!(reply.contains("`web`"), "{reply}");
+    assert!(!reply.contains("api"), "U1 may not use api: {reply}");
+    let reply = rig.command("/baton", "hi", "U1", "C9").await;
+    assert!(reply.contains("`web`") && !reply.contains("api"), "{reply}");
+
+    // U2 is on api's list, and web's list is empty: both.
+    let reply = rig.command("/baton", "--project nope hi", "U2", "C9").await;
+    assert!(
+        reply.contains("`web`") && reply.contains("`api`"),
+        "{reply}"
+    );
+    assert_eq!(rig.task_count().await, 0, "a refusal creates nothing");
+}

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use baton_shared::ProjectName;
 use baton_shared::files::{check_attachments, unique_names};
 use tokio::time::Instant;
 
@@ -17,32 +16,38 @@ use crate::sync::lock;
 
 impl App {
     /// Picks the task's project: `--project`, the channel's binding, or the only one.
-    async fn resolve_project(
-        &self,
-        explicit: Option<&ProjectName>,
-        channel: &str,
-    ) -> Result<String, RequestError> {
+    /// A refusal lists only the projects the requester may use: the names
+    /// of the others are not theirs to learn.
+    async fn resolve_project(&self, req: &TaskRequest) -> Result<String, RequestError> {
+        let explicit = req.project.as_ref();
         // The channel's binding first: the common case needs one query.
         if explicit.is_none()
-            && let Some(bound) = self.binding(channel).await?
+            && let Some(bound) = self.binding(&req.channel_id).await?
         {
             return Ok(bound);
         }
         let known = self.store.project_names().await?;
-        if let Some(p) = explicit {
-            return if known.iter().any(|k| k == p.as_str()) {
-                Ok(p.to_string())
-            } else {
-                Err(RequestError::User(replies::unknown_project(
-                    p.as_str(),
-                    &known,
-                )))
-            };
+        if let Some(p) = explicit
+            && known.iter().any(|k| k == p.as_str())
+        {
+            return Ok(p.to_string());
         }
-        match known.as_slice() {
-            [only] => Ok(only.clone()),
-            _ => Err(RequestError::User(replies::no_project(&known))),
+        if explicit.is_none()
+            && let [only] = known.as_slice()
+        {
+            return Ok(only.clone());
         }
+        let usable: Vec<String> = self
+            .usable_projects(&req.requester, &req.team_id)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let any = !known.is_empty();
+        Err(RequestError::User(match explicit {
+            Some(p) => replies::unknown_project(p.as_str(), &usable, any),
+            None => replies::no_project(&usable, any),
+        }))
     }
 
     /// The project `channel` is bound to, if any (cached).
@@ -90,9 +95,7 @@ impl App {
         }
         // Files a task cannot take refuse the request before anything is written.
         let files = task_files(&req.files)?;
-        let project = self
-            .resolve_project(req.project.as_ref(), &req.channel_id)
-            .await?;
+        let project = self.resolve_project(&req).await?;
         // Who may start what: one check for every way a task is created.
         self.check_start(&req, &project).await?;
         // An agent that can take it now is chosen before it is written, so it
