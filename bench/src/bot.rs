@@ -1,6 +1,7 @@
 //! The bot under test: a real `baton-bot` process on a SQLite file in a temp
-//! dir, talking to the fake Slack on loopback; its database pre-filled with
-//! agent keys (and, for the table-growth curve, old tasks) before it starts.
+//! dir (or, with `--postgres`, several on one PostgreSQL database), talking to
+//! the fake Slack on loopback; its database pre-filled with agent keys (and,
+//! for the table-growth curve, old tasks) before it starts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,10 +45,10 @@ pub struct BotConfig {
     pub log: String,
 }
 
-/// A prepared database directory: the SQLite file the bot will open.
+/// A prepared database: the SQLite file (or PostgreSQL database) the bot will open.
 #[derive(Debug)]
 pub struct Db {
-    /// The temp dir holding `baton.db` and the bot's log.
+    /// The temp dir holding `baton.db` and the bots' logs.
     pub dir: PathBuf,
     /// `DATABASE_URL`.
     pub url: String,
@@ -57,6 +58,13 @@ impl Db {
     /// Creates the schema in `dir/baton.db` with `agents` keys and the project.
     pub async fn prepare(dir: &Path, agents: usize) -> anyhow::Result<Db> {
         let url = format!("sqlite://{}?mode=rwc", dir.join("baton.db").display());
+        Db::prepare_at(dir, &url, agents).await
+    }
+
+    /// Creates the schema in the (empty) database at `url` with `agents`
+    /// keys and the project; the bots' logs go to `dir`.
+    pub async fn prepare_at(dir: &Path, url: &str, agents: usize) -> anyhow::Result<Db> {
+        let url = url.to_owned();
         let store = baton_bot::store::Store::connect(&url)
             .await
             .context("Cannot create the benchmark database")?;
@@ -64,7 +72,7 @@ impl Db {
         let now = now_ms();
         let txn = db.begin().await?;
         txn.execute_unprepared(&format!(
-            "INSERT OR IGNORE INTO projects (name, channel_id, created_at) VALUES ('{PROJECT}', 'C1', {now})"
+            "INSERT INTO projects (name, channel_id, created_at) VALUES ('{PROJECT}', 'C1', {now}) ON CONFLICT (name) DO NOTHING"
         ))
         .await?;
         let rows: Vec<String> = (0..agents)
@@ -78,7 +86,8 @@ impl Db {
             .collect();
         for chunk in rows.chunks(INSERT_CHUNK) {
             txn.execute_unprepared(&format!(
-                "INSERT OR REPLACE INTO agents (name, key_hash, created_at, created_by, revoked_at) VALUES {}",
+                "INSERT INTO agents (name, key_hash, created_at, created_by, revoked_at) VALUES {}
+                 ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash, revoked_at = NULL",
                 chunk.join(",")
             ))
             .await?;
@@ -139,6 +148,29 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A fake Slack Web API on loopback and what it saw: one workspace, which
+/// several bot processes may share.
+#[derive(Debug)]
+pub struct Slack {
+    /// Its base URL (`SLACK_API_URL`).
+    pub url: String,
+    /// What it saw, compactly.
+    pub log: Arc<Mutex<SlackLog>>,
+}
+
+impl Slack {
+    /// Starts a fake Slack on a free port.
+    pub async fn start() -> Slack {
+        let (slack, url) = baton_testkit::fake_slack().await;
+        let log = Arc::new(Mutex::new(SlackLog::default()));
+        {
+            let log = log.clone();
+            slack.tap(move |call| crate::slack_log::lock(&log).record(call));
+        }
+        Slack { url, log }
+    }
+}
+
 /// A running `baton-bot` process.
 #[derive(Debug)]
 pub struct BotProcess {
@@ -184,24 +216,34 @@ impl BotProcess {
         cfg: &BotConfig,
         client: &Client,
     ) -> anyhow::Result<BotProcess> {
-        let (slack, slack_url) = baton_testkit::fake_slack().await;
-        let log = Arc::new(Mutex::new(SlackLog::default()));
-        {
-            let log = log.clone();
-            slack.tap(move |call| crate::slack_log::lock(&log).record(call));
-        }
+        let slack = Slack::start().await;
+        BotProcess::start_on(bin, db, cfg, client, &slack, "bot.log").await
+    }
+
+    /// Starts `bin` on `db` talking to `slack` (which other processes may
+    /// share), its output in `db.dir/log_name`, and waits until it is ready.
+    pub async fn start_on(
+        bin: &Path,
+        db: &Db,
+        cfg: &BotConfig,
+        client: &Client,
+        slack: &Slack,
+        log_name: &str,
+    ) -> anyhow::Result<BotProcess> {
+        let (slack_url, log) = (&slack.url, slack.log.clone());
         let addr = free_addr()?;
+        let log_path = db.dir.join(log_name);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(db.dir.join("bot.log"))
+            .open(&log_path)
             .context("Cannot open the bot's log file")?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.current_dir(&db.dir)
             .env_clear()
             .env("SLACK_BOT_TOKEN", BOT_TOKEN)
             .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
-            .env("SLACK_API_URL", &slack_url)
+            .env("SLACK_API_URL", slack_url)
             .env("DATABASE_URL", &db.url)
             .env("BATON_LISTEN", addr.to_string())
             .env("BATON_ADMINS", crate::bot::ADMIN)
@@ -227,7 +269,7 @@ impl BotProcess {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "baton-bot exited with {status} before it was ready; see {}",
-                    db.dir.join("bot.log").display()
+                    log_path.display()
                 );
             }
             if client.get_status(addr, "/readyz").await == Some(200) {

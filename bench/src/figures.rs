@@ -14,11 +14,11 @@ use crate::agent::{self, Agent, Probe, Work};
 use crate::bot::{BotConfig, BotProcess, Db};
 use crate::client::Client;
 use crate::report::{AgentsPoint, EventsPoint, RateStep, Report, RowsPoint};
-use crate::slack_log;
+use crate::slack_log::{self, SlackLog};
 use crate::stats::{percentile, round};
 
 /// The Slack user every command comes from.
-const USER: &str = "UBENCH";
+pub(crate) const USER: &str = "UBENCH";
 /// Answers timed per listing (`/baton status`, `/baton-admin tasks`) on the rows curve.
 const LISTING_SAMPLES: usize = 50;
 /// Command rate of the latency figures (DESIGN: "at 200 commands/s").
@@ -26,11 +26,11 @@ const LATENCY_RATE: f64 = 200.0;
 /// A step of the highest-rate search is sustained only if its p99 stays under this.
 const STABLE_P99_MS: f64 = 50.0;
 /// Simulated agents taking work in the throughput runs.
-const WORKERS: usize = 8;
+pub(crate) const WORKERS: usize = 8;
 /// Concurrent slash commands in the lifecycle run (Slack's side of the load).
-const COMMANDERS: usize = 32;
+pub(crate) const COMMANDERS: usize = 32;
 /// Lifecycles started and not yet shown final, at most, in the lifecycle run.
-const OUTSTANDING_MAX: usize = 8000;
+pub(crate) const OUTSTANDING_MAX: usize = 8000;
 /// Concurrent WebSocket handshakes while connecting many agents.
 const CONNECT_PARALLEL: usize = 128;
 /// Gap between two progress events in the edit-rate run.
@@ -69,6 +69,8 @@ pub struct Plan {
     pub heartbeat_secs: Option<u64>,
     /// Time allowed for memory to settle before reading it.
     pub settle: Duration,
+    /// `NOTIFY` round trips timed by the PostgreSQL mode.
+    pub pg_notify_samples: usize,
 }
 
 impl Plan {
@@ -90,6 +92,7 @@ impl Plan {
             edit_events: 150,
             heartbeat_secs: None,
             settle: Duration::from_secs(2),
+            pg_notify_samples: 1000,
         }
     }
 
@@ -109,6 +112,7 @@ impl Plan {
             edit_events: 30,
             heartbeat_secs: Some(1),
             settle: Duration::from_millis(300),
+            pg_notify_samples: 50,
         }
     }
 
@@ -233,7 +237,11 @@ async fn wait_until(
 }
 
 /// Waits until the bot's metrics say `n` agents are connected.
-async fn wait_connected(client: &Client, addr: SocketAddr, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_connected(
+    client: &Client,
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<()> {
     let want = format!("baton_agents_connected {n}\n");
     let deadline = Instant::now() + QUIESCE_TIMEOUT;
     loop {
@@ -255,30 +263,30 @@ async fn metric(client: &Client, addr: SocketAddr, name: &str) -> Option<f64> {
 }
 
 /// Waits until every command sent reached an agent and every task's final
-/// state reached Slack.
-async fn quiesce(bot: &BotProcess, probe: &Probe, sent: u64) -> anyhow::Result<()> {
+/// state reached the Slack whose calls `log` holds.
+async fn quiesce(log: &Mutex<SlackLog>, probe: &Probe, sent: u64) -> anyhow::Result<()> {
     wait_until("every task frame", QUIESCE_TIMEOUT, || {
         probe.received_count() as u64 >= sent
     })
     .await?;
     let tasks = probe.tasks();
     wait_until("every final edit", QUIESCE_TIMEOUT, || {
-        let log = slack_log::lock(&bot.log);
+        let log = slack_log::lock(log);
         tasks.iter().all(|t| log.final_at.contains_key(t))
     })
     .await
 }
 
 /// p50 and p99 of `samples`, rounded to µs.
-fn p50_p99(samples: &[f64]) -> (f64, f64) {
+pub(crate) fn p50_p99(samples: &[f64]) -> (f64, f64) {
     let p = |q| round(percentile(samples, q).unwrap_or(f64::NAN), 3);
     (p(50.0), p(99.0))
 }
 
 /// Task end (agent sent its final event) → final state shown in Slack, ms.
-fn final_lags(bot: &BotProcess, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
+pub(crate) fn final_lags(log: &Mutex<SlackLog>, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
     let ended = probe.ended();
-    let log = slack_log::lock(&bot.log);
+    let log = slack_log::lock(log);
     tasks
         .iter()
         .filter_map(|t| {
@@ -290,9 +298,9 @@ fn final_lags(bot: &BotProcess, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
 }
 
 /// Slash command sent → the task's message posted to Slack, ms.
-fn post_lags(bot: &BotProcess, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
+pub(crate) fn post_lags(log: &Mutex<SlackLog>, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
     let sent = probe.sent_at(tasks);
-    let log = slack_log::lock(&bot.log);
+    let log = slack_log::lock(log);
     tasks
         .iter()
         .filter_map(|t| {
@@ -308,7 +316,7 @@ fn post_lags(bot: &BotProcess, probe: &Probe, tasks: &[i64]) -> Vec<f64> {
 }
 
 impl Ctx {
-    fn bot_config(&self, heartbeat_secs: Option<u64>) -> BotConfig {
+    pub(crate) fn bot_config(&self, heartbeat_secs: Option<u64>) -> BotConfig {
         BotConfig {
             heartbeat_secs,
             log: self.bot_log.clone(),
@@ -316,22 +324,24 @@ impl Ctx {
     }
 
     /// A fresh directory for one bot's database.
-    fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let d = self.root.join(name);
         std::fs::create_dir_all(&d).with_context(|| format!("Cannot create {}", d.display()))?;
         Ok(d)
     }
 
-    /// Sends `secs` of commands at 200/s after a short warm-up; returns the
-    /// dispatch latencies and the tasks sent in the measured window.
-    async fn latency_sample(
+    /// Sends `secs` of commands at 200/s to the bot at `addr` after a short
+    /// warm-up; returns the dispatch latencies and the tasks sent in the
+    /// measured window. `log` is what the bots' Slack saw.
+    pub(crate) async fn latency_sample(
         &self,
-        bot: &BotProcess,
+        addr: SocketAddr,
+        log: &Mutex<SlackLog>,
         probe: &Arc<Probe>,
         secs: f64,
     ) -> anyhow::Result<(Vec<f64>, Vec<i64>)> {
-        let warm = paced(self, bot.addr, probe, LATENCY_RATE, 0.25).await;
-        let run = paced(self, bot.addr, probe, LATENCY_RATE, secs).await;
+        let warm = paced(self, addr, probe, LATENCY_RATE, 0.25).await;
+        let run = paced(self, addr, probe, LATENCY_RATE, secs).await;
         let failed = warm.failures.count.load(Ordering::Relaxed)
             + run.failures.count.load(Ordering::Relaxed);
         if failed > 0 {
@@ -341,7 +351,7 @@ impl Ctx {
                 run.failures.first()
             );
         }
-        quiesce(bot, probe, warm.count + run.count).await?;
+        quiesce(log, probe, warm.count + run.count).await?;
         Ok((
             probe.dispatch_ms(run.from, run.to),
             probe.tasks_sent_between(run.from, run.to),
@@ -382,7 +392,9 @@ impl Ctx {
         )
         .await?;
         let cpu0 = bot.cpu_secs()?;
-        let (lat, tasks) = self.latency_sample(&bot, &probe, plan.latency_secs).await?;
+        let (lat, tasks) = self
+            .latency_sample(bot.addr, &bot.log, &probe, plan.latency_secs)
+            .await?;
         report.extra.insert(
             "bot_cpu_share_at_200_per_s".into(),
             round((bot.cpu_secs()? - cpu0) / (plan.latency_secs + 0.25), 3),
@@ -390,7 +402,7 @@ impl Ctx {
         let (p50, p99) = p50_p99(&lat);
         report.dispatch_p50_ms = Some(p50);
         report.dispatch_p99_ms = Some(p99);
-        let posted = post_lags(&bot, &probe, &tasks);
+        let posted = post_lags(&bot.log, &probe, &tasks);
         report.slash_to_message_p50_ms = percentile(&posted, 50.0).map(|v| round(v, 3));
         report.extra.insert(
             "slash_to_message_p99_ms".into(),
@@ -399,7 +411,7 @@ impl Ctx {
         report.workloads.insert("slash_to_message_p50_ms".into(), format!(
             "the {} tasks of the 200 commands/s run: the signed /baton request being written → the fake Slack receiving the chat.postMessage that creates the task's message",
             posted.len()));
-        let lags = final_lags(&bot, &probe, &tasks);
+        let lags = final_lags(&bot.log, &probe, &tasks);
         report.final_edit_lag_ms = percentile(&lags, 99.0).map(|v| round(v, 1));
         report.extra.insert(
             "final_edit_lag_p50_ms".into(),
@@ -430,7 +442,7 @@ impl Ctx {
         };
         let agents = agent::connect_many(addr, 4..5, 4, work, &probe, 1).await?;
         let run = paced(self, addr, &probe, 50.0, 3.0 / 50.0).await;
-        quiesce(&bot, &probe, run.count).await?;
+        quiesce(&bot.log, &probe, run.count).await?;
         let tasks = probe.tasks_sent_between(run.from, run.to);
         let (min_interval, edits) = slack_log::lock(&bot.log).write_intervals(&tasks);
         let min_interval = min_interval.context("no task message was edited")?;
@@ -442,7 +454,7 @@ impl Ctx {
             "edits_per_task_message".into(),
             edits.values().copied().max().unwrap_or(0) as f64,
         );
-        let lags = final_lags(&bot, &probe, &tasks);
+        let lags = final_lags(&bot.log, &probe, &tasks);
         report.extra.insert(
             "final_edit_lag_max_spaced_ms".into(),
             round(lags.iter().copied().fold(0.0, f64::max), 1),
@@ -509,7 +521,7 @@ impl Ctx {
                 bot_cpu_ms_per_task: round(cpu_ms, 3),
                 sustained,
             });
-            quiesce(bot, &probe, probe.sent_count() as u64).await?;
+            quiesce(&bot.log, &probe, probe.sent_count() as u64).await?;
             if !sustained {
                 break;
             }
@@ -532,6 +544,60 @@ impl Ctx {
         bot.stop().await
     }
 
+    /// Runs lifecycles for `plan.life_secs`: [`COMMANDERS`] concurrent signed
+    /// `/baton` commands (closed loop, at most [`OUTSTANDING_MAX`] lifecycles
+    /// unfinished), commander `i` sending to `addrs[i % addrs.len()]`; then
+    /// waits for every task's final edit. Returns the lifecycles per second
+    /// shown final in Slack (`log`) after `plan.life_warmup`, and the
+    /// lifecycles started.
+    pub(crate) async fn closed_loop(
+        &self,
+        addrs: &[SocketAddr],
+        log: &Arc<Mutex<SlackLog>>,
+        probe: &Arc<Probe>,
+    ) -> anyhow::Result<(f64, u64)> {
+        let plan = &self.plan;
+        let finals_before = slack_log::lock(log).final_at.len();
+        let failures = Arc::new(Failures::default());
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(plan.life_secs);
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut commanders = Vec::new();
+        for i in 0..COMMANDERS {
+            let (client, probe, failures, sent, log) = (
+                self.client.clone(),
+                probe.clone(),
+                failures.clone(),
+                sent.clone(),
+                log.clone(),
+            );
+            let addr = addrs[i % addrs.len()];
+            commanders.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    let finals = slack_log::lock(&log).final_at.len() - finals_before;
+                    if sent.load(Ordering::Relaxed) as usize >= finals + OUTSTANDING_MAX {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    send_one(&client, addr, &probe, &failures).await;
+                }
+            }));
+        }
+        for c in commanders {
+            let _ = c.await;
+        }
+        let from = start + Duration::from_secs_f64(plan.life_warmup);
+        let done = slack_log::lock(log).finals_between(from, end);
+        let rate = round(done as f64 / end.duration_since(from).as_secs_f64(), 0);
+        let total = sent.load(Ordering::Relaxed);
+        if failures.count.load(Ordering::Relaxed) > 0 {
+            bail!("commands failed in the lifecycle run: {}", failures.first());
+        }
+        quiesce(log, probe, total).await?;
+        Ok((rate, total))
+    }
+
     /// Complete lifecycles per second, for each number of progress events.
     async fn lifecycles(&self, bot: &BotProcess, report: &mut Report) -> anyhow::Result<()> {
         let plan = &self.plan;
@@ -550,47 +616,10 @@ impl Ctx {
                 WORKERS,
             )
             .await?;
-            let finals_before = slack_log::lock(&bot.log).final_at.len();
             let writes0 = metric(&self.client, bot.addr, "baton_db_writes_total").await;
             let commits0 = metric(&self.client, bot.addr, "baton_db_commits_total").await;
             let (cpu0, own0) = (bot.cpu_secs()?, crate::bot::cpu_secs("/proc/self/stat")?);
-            let failures = Arc::new(Failures::default());
-            let start = Instant::now();
-            let end = start + Duration::from_secs_f64(plan.life_secs);
-            let sent = Arc::new(AtomicU64::new(0));
-            let mut commanders = Vec::new();
-            for _ in 0..COMMANDERS {
-                let (client, probe, failures, sent, log) = (
-                    self.client.clone(),
-                    probe.clone(),
-                    failures.clone(),
-                    sent.clone(),
-                    bot.log.clone(),
-                );
-                let addr = bot.addr;
-                commanders.push(tokio::spawn(async move {
-                    while Instant::now() < end {
-                        let finals = slack_log::lock(&log).final_at.len() - finals_before;
-                        if sent.load(Ordering::Relaxed) as usize >= finals + OUTSTANDING_MAX {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                            continue;
-                        }
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        send_one(&client, addr, &probe, &failures).await;
-                    }
-                }));
-            }
-            for c in commanders {
-                let _ = c.await;
-            }
-            let from = start + Duration::from_secs_f64(plan.life_warmup);
-            let done = slack_log::lock(&bot.log).finals_between(from, end);
-            let rate = round(done as f64 / end.duration_since(from).as_secs_f64(), 0);
-            let total = sent.load(Ordering::Relaxed);
-            if failures.count.load(Ordering::Relaxed) > 0 {
-                bail!("commands failed in the lifecycle run: {}", failures.first());
-            }
-            quiesce(bot, &probe, total).await?;
+            let (rate, total) = self.closed_loop(&[bot.addr], &bot.log, &probe).await?;
             let per = |secs: f64| round(secs * 1e3 / total.max(1) as f64, 3);
             let bot_cpu_ms = per(bot.cpu_secs()? - cpu0);
             let bench_cpu_ms = per(crate::bot::cpu_secs("/proc/self/stat")? - own0);
@@ -632,7 +661,7 @@ impl Ctx {
                     .extra
                     .insert("bench_cpu_ms_per_lifecycle".into(), bench_cpu_ms);
                 let tasks: Vec<i64> = probe.ended().keys().copied().collect();
-                let lags = final_lags(bot, &probe, &tasks);
+                let lags = final_lags(&bot.log, &probe, &tasks);
                 report.extra.insert(
                     "final_edit_lag_p99_at_max_ms".into(),
                     round(percentile(&lags, 99.0).unwrap_or(f64::NAN), 1),
@@ -684,7 +713,7 @@ impl Ctx {
         report.queue_drain_ms = Some(round(last.duration_since(t0).as_secs_f64() * 1e3, 1));
         report.workloads.insert("queue_drain_ms".into(), format!(
             "{n} tasks queued by signed /baton commands while no agent serves the project (their messages posted); then one simulated agent with capacity {n} connects: from the start of its WebSocket handshake to the last submit frame it reads (it accepts each one as it arrives and completes it {DRAIN_TASK_TIME:?} later)"));
-        quiesce(bot, &probe, n as u64).await?;
+        quiesce(&bot.log, &probe, n as u64).await?;
         drop(agent);
         Ok(())
     }
@@ -773,7 +802,9 @@ impl Ctx {
             // A welcome comes before the bot has finished with a new agent
             // (reconciliation writes): let the arrivals settle first.
             tokio::time::sleep(plan.settle).await;
-            let (lat, _) = self.latency_sample(&bot, &probe, plan.curve_secs).await?;
+            let (lat, _) = self
+                .latency_sample(bot.addr, &bot.log, &probe, plan.curve_secs)
+                .await?;
             let (p50, p99) = p50_p99(&lat);
             println!("  {n:>6} agents: dispatch p50 {p50:.3} ms, p99 {p99:.3} ms");
             match report
@@ -825,7 +856,9 @@ impl Ctx {
                 4,
             )
             .await?;
-            let (lat, _) = self.latency_sample(&bot, &probe, plan.curve_secs).await?;
+            let (lat, _) = self
+                .latency_sample(bot.addr, &bot.log, &probe, plan.curve_secs)
+                .await?;
             let (p50, p99) = p50_p99(&lat);
             // The listings that read the task table: a person's own tasks
             // (UOLD1 has a fiftieth of the pre-filled rows) and an admin's

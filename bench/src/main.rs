@@ -3,7 +3,9 @@
 //! with a fake Slack Web API on loopback, drives it with signed slash
 //! commands and simulated agents speaking the real wire protocol over real
 //! WebSockets, prints a table and writes the figures as JSON (`--json`) and
-//! the growth curves as an SVG chart (`--svg`).
+//! the growth curves as an SVG chart (`--svg`). With `--postgres URL` it also
+//! runs two (and one and three) bot processes on a fresh PostgreSQL database
+//! of that server.
 //!
 //! # Layout
 //!
@@ -11,7 +13,7 @@
 //! - [`agent`]: simulated agents and the [`agent::Probe`] that times tasks.
 //! - [`client`]: signed slash commands and GETs over kept-alive HTTP.
 //! - [`slack_log`]: what the fake Slack saw, compactly.
-//! - [`figures`]: the measurements.
+//! - [`figures`]: the measurements; [`postgres`]: those on PostgreSQL.
 //! - [`report`]: the JSON, the targets, the table; [`chart`]: the SVG.
 
 mod agent;
@@ -19,6 +21,7 @@ mod bot;
 mod chart;
 mod client;
 mod figures;
+mod postgres;
 mod report;
 mod slack_log;
 mod stats;
@@ -37,7 +40,8 @@ const WANTED_FDS: u64 = 20_000;
 
 /// The measurements, by the name `--only` takes.
 /// `lifecycles` is also part of `base`; alone, it runs on a bot of its own.
-const MEASUREMENTS: &[&str] = &["base", "lifecycles", "agents", "rows", "dead-agent"];
+/// `pg` needs `--postgres URL`.
+const MEASUREMENTS: &[&str] = &["base", "lifecycles", "agents", "rows", "dead-agent", "pg"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,8 +62,9 @@ struct Args {
     #[arg(long)]
     bot_bin: Option<PathBuf>,
     /// Only these measurements (comma-separated): base, lifecycles, agents,
-    /// rows, dead-agent. `lifecycles` alone (without base) runs only the
+    /// rows, dead-agent, pg. `lifecycles` alone (without base) runs only the
     /// lifecycle runs, on a bot of its own: for comparing CPU per lifecycle.
+    /// `pg` needs --postgres.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Progress events per task of the lifecycle runs (comma-separated)
@@ -72,6 +77,11 @@ struct Args {
     /// Keep the bots' databases and logs in this directory instead of a temp dir.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// A PostgreSQL server (postgres://user@host:port/db, a role that may
+    /// create databases): measures two bot processes (and one and three) on a
+    /// database created in it for the run and dropped after.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -104,6 +114,13 @@ fn main() -> anyhow::Result<()> {
                 MEASUREMENTS.join(", ")
             );
         }
+    }
+    let only_pg = args.only.iter().any(|o| o == "pg");
+    if only_pg && args.postgres.is_none() {
+        bail!("`--only pg` needs --postgres URL (a PostgreSQL server to create a database in)");
+    }
+    if args.postgres.is_some() && !args.only.is_empty() && !only_pg {
+        bail!("--postgres is given but --only leaves out `pg`; add it to --only");
     }
     raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread()
@@ -249,11 +266,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.extra.extend(r.extra);
         report.workloads.extend(r.workloads);
     }
-    // Two processes on PostgreSQL are not measured by this program yet.
-    for key in report::PG_KEYS {
-        report
-            .workloads
-            .insert(key.into(), report::PG_SKIPPED.into());
+    match &args.postgres {
+        Some(server) if wants("pg") => {
+            ctx.postgres(server, &mut report)
+                .await
+                .context("PostgreSQL measurements")?;
+        }
+        _ => {
+            for key in report::PG_KEYS {
+                report
+                    .workloads
+                    .insert(key.into(), report::PG_SKIPPED.into());
+            }
+        }
     }
     report.environment.load_avg_end = load_avg();
     report.environment.run_secs = stats::round(started.elapsed().as_secs_f64(), 1);

@@ -53,6 +53,10 @@ pub struct Report {
     /// Two processes on PostgreSQL: complete lifecycles per second. Null
     /// without `--postgres URL`.
     pub pg_lifecycles_per_s: Option<f64>,
+    /// PostgreSQL: complete lifecycles per second with 1, 2 and 3 processes
+    /// (commands and agents spread over them), by the number of processes.
+    /// Null without `--postgres URL`.
+    pub pg_lifecycles_per_s_by_processes: Option<BTreeMap<String, f64>>,
 
     /// Further figures (named in `workloads` too).
     pub extra: BTreeMap<String, f64>,
@@ -96,6 +100,28 @@ pub struct Curves {
     pub task_rows: Vec<RowsPoint>,
     /// Lifecycles per second as progress events per task grow.
     pub events_per_task: Vec<EventsPoint>,
+    /// PostgreSQL: lifecycles per second as bot processes are added.
+    pub pg_processes: Vec<ProcessesPoint>,
+}
+
+/// One point of the PostgreSQL processes curve.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessesPoint {
+    /// Bot processes on the one database.
+    pub processes: u64,
+    /// How commands and agents were placed (`spread`, or `cross`: every
+    /// command to the first process, every agent on the second).
+    pub placement: String,
+    /// Complete lifecycles per second.
+    pub lifecycles_per_s: f64,
+    /// CPU time of all the bot processes per lifecycle, ms.
+    pub bot_cpu_ms: f64,
+    /// CPU time of the PostgreSQL server's processes per lifecycle, ms
+    /// (0 when the server is not on this machine).
+    pub pg_cpu_ms: f64,
+    /// The benchmark's own CPU time per lifecycle, ms.
+    pub bench_cpu_ms: f64,
 }
 
 /// One point of the connected-agents curve.
@@ -276,10 +302,11 @@ pub const TARGETS: &[Target] = &[
 
 /// The PostgreSQL figures, written as null (with this note in `workloads`)
 /// when the run has no PostgreSQL to measure.
-pub const PG_KEYS: [&str; 3] = [
+pub const PG_KEYS: [&str; 4] = [
     "pg_cross_dispatch_p50_ms",
     "pg_cross_dispatch_p99_ms",
     "pg_lifecycles_per_s",
+    "pg_lifecycles_per_s_by_processes",
 ];
 
 /// Why the PostgreSQL figures are null.
@@ -374,6 +401,22 @@ impl Report {
                 ));
             }
         }
+        if !self.curves.pg_processes.is_empty() {
+            out.push_str(
+                "\nPostgreSQL: bot processes → lifecycles/s, CPU ms per lifecycle: bots, PostgreSQL, benchmark\n",
+            );
+            for p in &self.curves.pg_processes {
+                out.push_str(&format!(
+                    "  {:>2} processes ({:<6})  {:>8.0} /s  {:>6.3} ms  {:>6.3} ms  {:>6.3} ms\n",
+                    p.processes,
+                    p.placement,
+                    p.lifecycles_per_s,
+                    p.bot_cpu_ms,
+                    p.pg_cpu_ms,
+                    p.bench_cpu_ms
+                ));
+            }
+        }
         if !self.dispatch_steps.is_empty() {
             out.push_str(
                 "\noffered commands/s → delivered/s, p50/p99, bot CPU per task, sustained\n",
@@ -409,5 +452,52 @@ pub fn fmt_num(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_keys_are_written_as_null_when_not_measured() {
+        let json = serde_json::to_value(Report::default()).unwrap_or_default();
+        for key in PG_KEYS {
+            assert!(json[key].is_null(), "{key} in {json}");
+            assert!(
+                json.as_object().is_some_and(|o| o.contains_key(key)),
+                "{key}"
+            );
+        }
+        let table = Report::default().table();
+        assert!(
+            table.contains("pg_lifecycles_per_s                    null"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_processes_curve_is_in_the_table() {
+        let mut report = Report {
+            pg_lifecycles_per_s_by_processes: Some(BTreeMap::from([("1".into(), 900.0)])),
+            ..Report::default()
+        };
+        report.curves.pg_processes.push(ProcessesPoint {
+            processes: 1,
+            placement: "spread".into(),
+            lifecycles_per_s: 900.0,
+            bot_cpu_ms: 1.5,
+            pg_cpu_ms: 0.8,
+            bench_cpu_ms: 0.3,
+        });
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(json["pg_lifecycles_per_s_by_processes"]["1"], 900.0);
+        assert!(
+            report
+                .table()
+                .contains(" 1 processes (spread)       900 /s   1.500 ms   0.800 ms   0.300 ms"),
+            "{}",
+            report.table()
+        );
     }
 }
