@@ -66,6 +66,8 @@ pub struct PgDatabase {
     name: String,
     /// The database's URL (`DATABASE_URL` of the bots).
     pub url: String,
+    /// The server's `version()`.
+    pub version: String,
 }
 
 impl PgDatabase {
@@ -89,6 +91,10 @@ impl PgDatabase {
             .unwrap_or(0);
         let name = format!("baton_bench_{}_{stamp}", std::process::id());
         let mut conn = connect(server).await?;
+        let version: String = conn
+            .fetch_one("SELECT version() AS v")
+            .await?
+            .try_get("v")?;
         conn.execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .with_context(|| format!("Cannot create the database {name}"))?;
@@ -98,6 +104,7 @@ impl PgDatabase {
             server: server.to_owned(),
             name,
             url: url.to_string(),
+            version,
         })
     }
 }
@@ -206,6 +213,7 @@ impl Ctx {
     pub async fn postgres(&self, server: &str, report: &mut Report) -> anyhow::Result<()> {
         let plan = &self.plan;
         let pg = PgDatabase::create(server).await?;
+        report.environment.postgres = Some(pg.version.clone());
         let dir = self.dir("postgres")?;
         let db = Db::prepare_at(&dir, &pg.url, 64).await?;
 

@@ -190,6 +190,9 @@ pub struct Environment {
     pub load_avg_end: f64,
     /// Seconds the whole run took.
     pub run_secs: f64,
+    /// The PostgreSQL server's `version()`, when `--postgres` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
 }
 
 /// A DESIGN target: how to print it and whether a value meets it.
