@@ -169,7 +169,8 @@ fn bot_binary(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             bin.display()
         );
     }
-    Ok(bin)
+    // The bot runs in its database's directory: a relative path would not be found there.
+    Ok(std::path::absolute(&bin)?)
 }
 
 fn load_avg() -> f64 {
