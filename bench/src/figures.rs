@@ -71,6 +71,8 @@ pub struct Plan {
     pub settle: Duration,
     /// `NOTIFY` round trips timed by the PostgreSQL mode.
     pub pg_notify_samples: usize,
+    /// Seconds of each PostgreSQL dispatch-latency run (at 200/s and 20/s).
+    pub pg_latency_secs: f64,
 }
 
 impl Plan {
@@ -93,6 +95,7 @@ impl Plan {
             heartbeat_secs: None,
             settle: Duration::from_secs(2),
             pg_notify_samples: 1000,
+            pg_latency_secs: 5.0,
         }
     }
 
@@ -113,6 +116,7 @@ impl Plan {
             heartbeat_secs: Some(1),
             settle: Duration::from_millis(300),
             pg_notify_samples: 50,
+            pg_latency_secs: 1.0,
         }
     }
 
@@ -340,8 +344,21 @@ impl Ctx {
         probe: &Arc<Probe>,
         secs: f64,
     ) -> anyhow::Result<(Vec<f64>, Vec<i64>)> {
-        let warm = paced(self, addr, probe, LATENCY_RATE, 0.25).await;
-        let run = paced(self, addr, probe, LATENCY_RATE, secs).await;
+        self.latency_sample_at(addr, log, probe, LATENCY_RATE, secs)
+            .await
+    }
+
+    /// [`Ctx::latency_sample`] at `rate` commands per second.
+    pub(crate) async fn latency_sample_at(
+        &self,
+        addr: SocketAddr,
+        log: &Mutex<SlackLog>,
+        probe: &Arc<Probe>,
+        rate: f64,
+        secs: f64,
+    ) -> anyhow::Result<(Vec<f64>, Vec<i64>)> {
+        let warm = paced(self, addr, probe, rate, 0.25).await;
+        let run = paced(self, addr, probe, rate, secs).await;
         let failed = warm.failures.count.load(Ordering::Relaxed)
             + run.failures.count.load(Ordering::Relaxed);
         if failed > 0 {

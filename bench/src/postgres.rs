@@ -30,6 +30,9 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_CHANNEL: &str = "baton_bench_probe";
 /// Agents (capacity 64 each) on the second process in the latency runs.
 const LATENCY_AGENTS: usize = 4;
+/// A command rate low enough that the processes are not busy: the
+/// hand-over's own latency, apart from queueing for the CPU.
+const LOW_RATE: f64 = 20.0;
 /// Bot process counts of the growth curve.
 const PROCESS_COUNTS: [usize; 3] = [1, 2, 3];
 
@@ -344,10 +347,10 @@ impl Ctx {
         wait_connected(&self.client, b.addr, LATENCY_AGENTS).await?;
         println!(
             "· PostgreSQL, 2 processes: dispatch latency at 200 commands/s for {} s, commands to A, agents on B",
-            plan.latency_secs
+            plan.pg_latency_secs
         );
         let (lat, tasks) = self
-            .latency_sample(a.addr, &slack.log, &probe, plan.latency_secs)
+            .latency_sample(a.addr, &slack.log, &probe, plan.pg_latency_secs)
             .await?;
         let (p50, p99) = p50_p99(&lat);
         println!("  p50 {p50:.3} ms, p99 {p99:.3} ms");
@@ -370,9 +373,26 @@ impl Ctx {
             .workloads
             .insert("pg_cross_dispatch_p99_ms".into(), w);
 
+        println!(
+            "  the same at {LOW_RATE} commands/s (the hand-over, without queueing for the CPU)"
+        );
+        let (lat, _) = self
+            .latency_sample_at(a.addr, &slack.log, &probe, LOW_RATE, plan.pg_latency_secs)
+            .await?;
+        let (p50, p99) = p50_p99(&lat);
+        println!("  p50 {p50:.3} ms, p99 {p99:.3} ms");
+        report
+            .extra
+            .insert("pg_cross_dispatch_p50_at_20_per_s_ms".into(), p50);
+        report
+            .extra
+            .insert("pg_cross_dispatch_p99_at_20_per_s_ms".into(), p99);
+        report.workloads.insert("pg_cross_dispatch_p50_at_20_per_s_ms".into(), format!(
+            "as pg_cross_dispatch_p50_ms, right after it on the same processes and agents, at {LOW_RATE} commands/s for {} s ({} samples)", plan.pg_latency_secs, lat.len()));
+
         println!("  the same with every command to B (same process as the agents)");
         let (lat, _) = self
-            .latency_sample(b.addr, &slack.log, &probe, plan.latency_secs)
+            .latency_sample(b.addr, &slack.log, &probe, plan.pg_latency_secs)
             .await?;
         let (p50, p99) = p50_p99(&lat);
         println!("  p50 {p50:.3} ms, p99 {p99:.3} ms");
