@@ -605,13 +605,14 @@ impl Ctx {
             let _ = c.await;
         }
         let from = start + Duration::from_secs_f64(plan.life_warmup);
-        let done = slack_log::lock(log).finals_between(from, end);
-        let rate = round(done as f64 / end.duration_since(from).as_secs_f64(), 0);
         let total = sent.load(Ordering::Relaxed);
         if failures.count.load(Ordering::Relaxed) > 0 {
             bail!("commands failed in the lifecycle run: {}", failures.first());
         }
         quiesce(log, probe, total).await?;
+        // Only this run's tasks: a Slack shared with earlier runs has their finals too.
+        let done = slack_log::lock(log).finals_between(&probe.tasks(), from, end);
+        let rate = round(done as f64 / end.duration_since(from).as_secs_f64(), 0);
         Ok((rate, total))
     }
 

@@ -80,10 +80,11 @@ impl SlackLog {
         self.calls.push(SlackCall { method, task, at });
     }
 
-    /// How many terminal states reached Slack in `[from, to)`.
-    pub fn finals_between(&self, from: Instant, to: Instant) -> usize {
-        self.final_at
-            .values()
+    /// How many of `tasks` had their terminal state reach Slack in `[from, to)`.
+    pub fn finals_between(&self, tasks: &[i64], from: Instant, to: Instant) -> usize {
+        tasks
+            .iter()
+            .filter_map(|t| self.final_at.get(t))
             .filter(|t| **t >= from && **t < to)
             .count()
     }
