@@ -610,8 +610,11 @@ impl Ctx {
             bail!("commands failed in the lifecycle run: {}", failures.first());
         }
         quiesce(log, probe, total).await?;
-        // Only this run's tasks: a Slack shared with earlier runs has their finals too.
-        let done = slack_log::lock(log).finals_between(&probe.tasks(), from, end);
+        // Only the tasks of this run's commands: a Slack shared with earlier
+        // runs has their finals too, and their agents may be sent tasks left
+        // in the queue by an earlier run.
+        let mine = probe.tasks_sent_between(start, end);
+        let done = slack_log::lock(log).finals_between(&mine, from, end);
         let rate = round(done as f64 / end.duration_since(from).as_secs_f64(), 0);
         Ok((rate, total))
     }
