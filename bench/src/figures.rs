@@ -116,7 +116,7 @@ impl Plan {
             heartbeat_secs: Some(1),
             settle: Duration::from_millis(300),
             pg_notify_samples: 50,
-            pg_latency_secs: 1.0,
+            pg_latency_secs: 0.5,
         }
     }
 
