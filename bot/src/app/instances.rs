@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,20 +42,38 @@ impl App {
     pub async fn register_instance(&self) -> anyhow::Result<()> {
         if !self.store.is_shared() {
             self.store.forget_other_instances(&self.instance_id).await?;
+        } else {
+            // What the others spent of the budget is unknown here.
+            self.consolidator.join_shared_budget();
         }
-        self.renew_lease().await
+        self.renew_lease().await?;
+        self.count_live().await;
+        Ok(())
     }
 
     /// Writes this process's lease, [`LEASE_TTL`] from now.
     async fn renew_lease(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
+        let until = now + LEASE_TTL.as_millis() as i64;
         self.store
-            .renew_instance(
-                &self.instance_id,
-                self.started_at,
-                now + LEASE_TTL.as_millis() as i64,
-            )
-            .await
+            .renew_instance(&self.instance_id, self.started_at, until)
+            .await?;
+        self.lease_until.store(until, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counts the live processes (PostgreSQL): this one takes its share of
+    /// the workspace's `chat.update` budget. On SQLite it keeps the whole.
+    async fn count_live(&self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        match self.store.live_instances(self.clock.now_ms()).await {
+            Ok(live) => self.consolidator.share_budget(live.max(1)),
+            Err(err) => {
+                tracing::warn!(error = ?err, "cannot count the live processes; keeping this one's share of the Slack budget")
+            }
+        }
     }
 
     /// Renews the lease once; a failure is logged and makes the process not
@@ -69,9 +88,17 @@ impl App {
                     Part::Lease,
                     "cannot renew this process's lease in the database",
                 );
+                if self.store.is_shared()
+                    && self.clock.now_ms() >= self.lease_until.load(Ordering::SeqCst)
+                {
+                    // The others count this process dead: it spends none of
+                    // the Slack budget until it is back.
+                    self.consolidator.share_budget(0);
+                }
                 return;
             }
         }
+        self.count_live().await;
         if self.store.is_shared()
             && let Err(err) = self.take_over_orphans().await
         {

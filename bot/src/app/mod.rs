@@ -157,6 +157,8 @@ pub struct App {
     instance_id: String,
     /// When this process started (Unix ms, on `clock`).
     started_at: i64,
+    /// Until when this process's lease runs, as last written (Unix ms).
+    lease_until: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for App {
@@ -214,6 +216,7 @@ impl App {
         App {
             instance_id: instances::new_instance_id(),
             started_at: clock.now_ms(),
+            lease_until: std::sync::atomic::AtomicI64::new(0),
             hub: Hub::new(settings.breaker()),
             admins: settings.admin_ids().into_iter().collect(),
             settings,

@@ -47,8 +47,12 @@ use crate::slack::render::{self, Rendered};
 use crate::store::{Store, Task};
 use crate::sync::lock;
 
+mod budget;
 #[cfg(test)]
 mod tests;
+
+pub use budget::JOIN_HOLD;
+use budget::SharedBudget;
 
 /// Shortest wait after a transient failure.
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
@@ -257,8 +261,8 @@ struct Inner {
     wake: Notify,
     /// Shortest interval between two sends for one message.
     edit_interval: Duration,
-    /// `chat.update` budget per workspace.
-    budget: Budget,
+    /// This process's share of the `chat.update` budget per workspace.
+    budget: Mutex<SharedBudget>,
     /// A method paused by a 429 until this instant.
     paused: Mutex<HashMap<Method, Instant>>,
     /// When finished slots were last pruned.
@@ -323,10 +327,7 @@ impl Consolidator {
                 waiting: Mutex::new(BTreeSet::new()),
                 wake: Notify::new(),
                 edit_interval,
-                budget: RateLimiter::hashmap_with_clock(
-                    update_quota(updates_per_minute),
-                    TokioClock,
-                ),
+                budget: Mutex::new(SharedBudget::new(updates_per_minute)),
                 paused: Mutex::new(HashMap::new()),
                 pruned_at: Mutex::new(None),
                 channel_next: Mutex::new(HashMap::new()),
@@ -366,6 +367,26 @@ impl Consolidator {
     /// their requester itself.
     pub fn report_unpostable(&self, sink: tokio::sync::mpsc::UnboundedSender<(Task, String)>) {
         *lock(&self.inner.unpostable) = Some(sink);
+    }
+
+    /// `live` processes share the workspace's budget now (counted at a lease
+    /// renewal; 0: this process's own lease expired): this one takes its
+    /// share by the rule of the [`budget`] module.
+    pub fn share_budget(&self, live: u32) {
+        lock(&self.inner.budget).set_live(live, Instant::now());
+        self.inner.wake.notify_one();
+    }
+
+    /// This process just joined others on a shared database: for
+    /// [`JOIN_HOLD`] it makes at most the budget's burst.
+    pub fn join_shared_budget(&self) {
+        lock(&self.inner.budget).join(Instant::now());
+    }
+
+    /// The most `chat.update` calls per workspace this process makes in a
+    /// window now.
+    pub fn budget_share(&self) -> u32 {
+        lock(&self.inner.budget).limit(Instant::now())
     }
 
     /// Counters so far.
@@ -471,9 +492,9 @@ impl Consolidator {
                 };
                 let method = slot.first_method();
                 if method == Method::Update
-                    && let Err(not_until) = self.inner.budget.check_key(&task.team_id)
+                    && let Err(not_until) = lock(&self.inner.budget).check(&task.team_id, now)
                 {
-                    later.push((now + not_until.wait_time_from(now.into_std()), id));
+                    later.push((not_until, id));
                     continue;
                 }
                 let Some((task, position)) = slot.pending.take() else {
@@ -514,6 +535,7 @@ impl Consolidator {
             *pruned_at = Some(now);
         }
         lock(&self.inner.channel_next).retain(|_, next| *next > now);
+        lock(&self.inner.budget).prune(now);
         lock(&self.inner.slots).retain(|_, s| {
             s.in_flight
                 || s.pending.is_some()

@@ -134,6 +134,25 @@ impl Store {
             .collect()
     }
 
+    /// How many instances are alive at `now` (Unix ms): their lease runs past it.
+    pub async fn live_instances(&self, now: i64) -> anyhow::Result<u32> {
+        let stmt = self.stmt(
+            "SELECT COUNT(*) AS live FROM instances WHERE lease_until > $1",
+            vec![now.into()],
+        );
+        let row = self
+            .read
+            .query_one(stmt)
+            .await
+            .context("Cannot count the live processes")?;
+        let live = row
+            .map(|r| r.try_get::<i64>("", "live"))
+            .transpose()
+            .context("a count")?
+            .unwrap_or(0);
+        Ok(u32::try_from(live).unwrap_or(u32::MAX))
+    }
+
     /// The lease of instance `id` (Unix ms), if it is registered.
     pub async fn instance_lease(&self, id: &str) -> anyhow::Result<Option<i64>> {
         let stmt = self.stmt(
