@@ -13,10 +13,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use futures::future::BoxFuture;
+
 use super::App;
+use super::handover::{CHANNEL, Signal};
+use crate::clock::WallClock;
 use crate::model::TaskState;
 use crate::selfcheck::Part;
-use crate::store::Task;
+use crate::slack::consolidator::MessageLog;
+use crate::store::{Store, Task};
 use crate::sync::lock;
 
 /// How often this process renews its lease (and, on PostgreSQL, takes over
@@ -25,6 +30,71 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How long a lease lasts unless renewed: a process not heard of for this
 /// long is dead, and its tasks are taken over.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// What the consolidator records of the task messages, in the database;
+/// when several processes share it (PostgreSQL), the claim of each message
+/// by one of them (`tasks.editor`: the holder of the task's agent, else the
+/// process that posted it, else anyone once that one's lease expired) and
+/// the hand-over of a change to the one that edits it ([`Signal::Show`]).
+pub struct MessageDesk {
+    /// The database.
+    store: Store,
+    /// This process's instance id.
+    me: String,
+    /// Wall clock (leases).
+    clock: Arc<dyn WallClock>,
+}
+
+impl MessageDesk {
+    /// The desk of instance `me`.
+    pub fn new(store: Store, me: &str, clock: Arc<dyn WallClock>) -> Self {
+        MessageDesk {
+            store,
+            me: me.to_owned(),
+            clock,
+        }
+    }
+}
+
+impl MessageLog for MessageDesk {
+    fn message_posted<'a>(&'a self, task: i64, ts: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.store.message_posted(task, ts)
+    }
+
+    fn progress_shown<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.store.progress_shown(task)
+    }
+
+    fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>> {
+        self.store.parts_posted(task, parts)
+    }
+
+    fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        self.store.final_shown(task)
+    }
+
+    fn claim_message<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            if !self.store.is_shared() {
+                return Ok(true);
+            }
+            self.store
+                .claim_editor(task.id, &self.me, self.clock.now_ms())
+                .await
+        })
+    }
+
+    fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            if !self.store.is_shared() {
+                return Ok(());
+            }
+            self.store
+                .notify(CHANNEL, &Signal::Show(task).encode(&self.me))
+                .await
+        })
+    }
+}
 
 /// A fresh random id for this process.
 pub fn new_instance_id() -> String {
@@ -120,6 +190,18 @@ impl App {
         }
         if let Err(err) = self.store.remove_instance(&self.instance_id).await {
             tracing::warn!(error = ?err, "cannot remove this process's lease; it expires by itself");
+        }
+    }
+
+    /// Shows task `id` again if this process edits its message: another
+    /// process changed it ([`Signal::Show`]).
+    pub(super) async fn show_handed_over(&self, id: i64) {
+        match self.store.task_editor(id).await {
+            Ok(Some(editor)) if editor == self.instance_id => self.show_from_db(id).await,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(task = id, error = ?err, "cannot read who edits the task's message")
+            }
         }
     }
 

@@ -93,6 +93,18 @@ pub trait MessageLog: Send + Sync + 'static {
     fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Slack shows the task's final state, its whole result included.
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Claims the task's message for this process before it is posted or
+    /// edited: whether this process edits it now (one process at a time
+    /// does, when several share the database). Always, unless overridden.
+    fn claim_message<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+    /// Asks the process that edits the task's message to show the task
+    /// again from the database (this one may not edit it). Nothing, unless
+    /// overridden.
+    fn hand_over(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl MessageLog for Store {
@@ -293,6 +305,8 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Other failed calls.
     pub errors: u64,
+    /// Renders left to the process that edits the task's message.
+    pub handed_over: u64,
 }
 
 /// Handle to the consolidator. Cheap to clone.
@@ -609,10 +623,30 @@ impl Consolidator {
         self.inner.wake.notify_one();
     }
 
-    /// Posts or edits the task's message; for a terminal state, then finishes its thread.
+    /// Posts or edits the task's message; for a terminal state, then finishes
+    /// its thread. When another process edits the message, hands the change
+    /// over to it instead (a queue position needs no hand-over: every
+    /// process's dispatch pass shows the queues, the editor's too).
     async fn deliver(&self, job: &Job) -> Result<(), Failure> {
         let task = &job.task;
-        let terminal = render::task_state(task).is_terminal();
+        let state = render::task_state(task);
+        let terminal = state.is_terminal();
+        match self.inner.log.claim_message(task).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lock(&self.inner.stats).handed_over += 1;
+                if state != TaskState::Queued
+                    && let Err(err) = self.inner.log.hand_over(task.id).await
+                {
+                    tracing::warn!(task = task.id, error = ?err, "cannot hand the task's message over to the process that edits it");
+                }
+                return Ok(());
+            }
+            Err(err) => {
+                // Better an edit from two processes than none.
+                tracing::warn!(task = task.id, error = ?err, "cannot claim the task's message; editing it anyway");
+            }
+        }
         let rendered = render::render(task, job.position, now_ms());
         let ts = match &job.ts {
             None => {
