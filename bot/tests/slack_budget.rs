@@ -140,7 +140,8 @@ async fn a_cancel_on_the_process_without_the_agent_leaves_the_edits_to_the_agent
     let holder = store.agent_instance("e2e").await.unwrap();
     assert!(holder.is_some());
     assert_eq!(store.task_editor(id).await.unwrap(), holder);
-    assert_eq!(slack_b.calls(POST).len(), 0, "B posted nothing more");
+    let b_posts = slack_b.calls(POST);
+    assert!(b_posts.is_empty(), "B posted a second message: {b_posts:?}");
 
     b.stop().await;
     a.stop().await;
@@ -175,6 +176,121 @@ async fn a_change_on_a_process_that_does_not_edit_the_message_is_shown_by_the_on
         slack_a.attempts(UPDATE).is_empty() && slack_a.attempts(POST).is_empty(),
         "A called Slack about the message: {:?}",
         slack_a.all_calls()
+    );
+
+    b.stop().await;
+    a.stop().await;
+}
+
+/// The workspace's `chat.update` budget in the budget test: small, so that
+/// two full budgets would show at once.
+const PER_MINUTE: usize = 20;
+/// The budget's burst for [`PER_MINUTE`] (a tenth, at most 5, at least 1).
+const BURST: usize = 2;
+/// Slack's window.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Two processes, each running a task on its own agent that reports a step
+/// every 50 ms (an edit wanted every 100 ms: far more than two full budgets
+/// of [`PER_MINUTE`]), for 45 s past the joining processes' hold (about two
+/// minutes: the hold is a window): Slack sees at most the budget and its
+/// burst in any minute (two full budgets would make about 30), never answers
+/// 429, the budget is used, and both processes edit past the hold.
+#[tokio::test]
+async fn two_processes_share_the_workspace_s_update_budget() {
+    let Some(_) = postgres_or_skip("two_processes_share_the_workspace_s_update_budget") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    // Slack itself: more than the budget and its burst in a minute is refused.
+    slack.rate_limit(UPDATE, PER_MINUTE + BURST, WINDOW);
+    let env = vec![
+        ("BATON_SLACK_UPDATES_PER_MINUTE", PER_MINUTE.to_string()),
+        ("BATON_EDIT_INTERVAL_MS", "100".to_owned()),
+        (
+            "BATON_AGENT_KEYS",
+            format!("e2e:{AGENT_KEY},e2e-b:{}", baton_testkit::scene::SECOND_KEY),
+        ),
+    ];
+    let started = tokio::time::Instant::now();
+    let a = BotProcess::start(any_port(), &url, dir.path(), &env).await;
+    let b = BotProcess::start(any_port(), &url, dir.path(), &env).await;
+    let bound = admin(a.addr, "project bind web").await;
+    assert!(bound.contains("project `web`"), "{bound}");
+    let store = a.store().await;
+    let mut agent_a = FakeAgent::connect_as(a.addr, AGENT_KEY, 1).await;
+    let mut agent_b = FakeAgent::connect_as(b.addr, baton_testkit::scene::SECOND_KEY, 1).await;
+
+    let id_a = start_task(a.addr, &store, "chatty job one").await;
+    let task_a = agent_a.submitted().await.task;
+    let id_b = start_task(b.addr, &store, "chatty job two").await;
+    let task_b = agent_b.submitted().await.task;
+    agent_a.send(AgentMessage::Accepted {
+        task: task_a,
+        seq: 1,
+    });
+    agent_b.send(AgentMessage::Accepted {
+        task: task_b,
+        seq: 1,
+    });
+    wait_state(&store, id_a, "running", 20).await;
+    wait_state(&store, id_b, "running", 20).await;
+    let ts_a = message_ts(&store, id_a).await;
+    let ts_b = message_ts(&store, id_b).await;
+
+    // Steps until the hold of both processes is over and most of a window
+    // more has passed: two full budgets would overspend by then.
+    let hold_over = started + baton_bot::slack::consolidator::JOIN_HOLD;
+    let end = hold_over + std::time::Duration::from_secs(45);
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(50));
+    let mut seq = 2;
+    while tokio::time::Instant::now() < end {
+        pace.tick().await;
+        for (agent, task) in [(&agent_a, task_a), (&agent_b, task_b)] {
+            agent.send(AgentMessage::Step {
+                task,
+                seq,
+                text: format!("step {seq}"),
+            });
+        }
+        seq += 1;
+    }
+    let steps = seq - 2;
+    assert!(
+        steps as usize > 4 * PER_MINUTE,
+        "enough output to overspend two budgets: {steps} steps"
+    );
+
+    let attempts = slack.attempts(UPDATE);
+    let refused: Vec<_> = attempts.iter().filter(|c| c.error.is_some()).collect();
+    assert!(refused.is_empty(), "Slack refused edits: {refused:?}");
+    for (i, first) in attempts.iter().enumerate() {
+        let in_window = attempts[i..]
+            .iter()
+            .take_while(|c| c.at - first.at < WINDOW)
+            .count();
+        assert!(
+            in_window <= PER_MINUTE + BURST,
+            "{in_window} edits in a minute with a budget of {PER_MINUTE}"
+        );
+    }
+    let last_minute = attempts.iter().filter(|c| end - c.at < WINDOW).count();
+    assert!(
+        last_minute >= PER_MINUTE / 2,
+        "the budget is used, not starved: {last_minute} edits in the last minute"
+    );
+    let late = |ts: &str| {
+        attempts
+            .iter()
+            .filter(|c| c.ts.as_deref() == Some(ts) && c.at >= hold_over)
+            .count()
+    };
+    assert!(
+        late(&ts_a) >= 1 && late(&ts_b) >= 1,
+        "each process edits its task past the hold: {} and {}",
+        late(&ts_a),
+        late(&ts_b)
     );
 
     b.stop().await;

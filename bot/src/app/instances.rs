@@ -84,6 +84,15 @@ impl MessageLog for MessageDesk {
         })
     }
 
+    fn stored_ts(&self, task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
+        Box::pin(async move {
+            if !self.store.is_shared() {
+                return Ok(None);
+            }
+            Ok(self.store.task(task).await?.and_then(|t| t.message_ts))
+        })
+    }
+
     fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             if !self.store.is_shared() {
@@ -112,12 +121,12 @@ impl App {
     pub async fn register_instance(&self) -> anyhow::Result<()> {
         if !self.store.is_shared() {
             self.store.forget_other_instances(&self.instance_id).await?;
-        } else {
+        }
+        self.renew_lease().await?;
+        if self.count_live().await.is_some_and(|live| live > 1) {
             // What the others spent of the budget is unknown here.
             self.consolidator.join_shared_budget();
         }
-        self.renew_lease().await?;
-        self.count_live().await;
         Ok(())
     }
 
@@ -133,15 +142,20 @@ impl App {
     }
 
     /// Counts the live processes (PostgreSQL): this one takes its share of
-    /// the workspace's `chat.update` budget. On SQLite it keeps the whole.
-    async fn count_live(&self) {
+    /// the workspace's `chat.update` budget; the count, when it was read. On
+    /// SQLite it keeps the whole.
+    async fn count_live(&self) -> Option<u32> {
         if !self.store.is_shared() {
-            return;
+            return None;
         }
         match self.store.live_instances(self.clock.now_ms()).await {
-            Ok(live) => self.consolidator.share_budget(live.max(1)),
+            Ok(live) => {
+                self.consolidator.share_budget(live.max(1));
+                Some(live)
+            }
             Err(err) => {
-                tracing::warn!(error = ?err, "cannot count the live processes; keeping this one's share of the Slack budget")
+                tracing::warn!(error = ?err, "cannot count the live processes; keeping this one's share of the Slack budget");
+                None
             }
         }
     }

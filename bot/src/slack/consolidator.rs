@@ -105,6 +105,11 @@ pub trait MessageLog: Send + Sync + 'static {
     fn hand_over(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// The task's message ts as recorded, should another process have
+    /// posted it. None, unless overridden.
+    fn stored_ts(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl MessageLog for Store {
@@ -647,8 +652,16 @@ impl Consolidator {
                 tracing::warn!(task = task.id, error = ?err, "cannot claim the task's message; editing it anyway");
             }
         }
+        let mut known_ts = job.ts.clone();
+        if known_ts.is_none()
+            && let Ok(Some(ts)) = self.inner.log.stored_ts(task.id).await
+        {
+            // Another process posted it: edit that message.
+            self.with_slot(task.id, |s| s.ts = Some(ts.clone()));
+            known_ts = Some(ts);
+        }
         let rendered = render::render(task, job.position, now_ms());
-        let ts = match &job.ts {
+        let ts = match &known_ts {
             None => {
                 let found = match job.post_uncertain {
                     true => self.find_posted(task).await?,

@@ -156,14 +156,16 @@ impl Store {
     /// Makes instance `me` the editor of task `id`'s Slack message, unless
     /// another instance edits it whose lease runs past `now` (Unix ms) and
     /// `me` does not hold the task's agent: the holder of the agent takes
-    /// the message over from the process that posted it, and anyone takes it
-    /// over from a dead process. Whether `me` edits it now. One guarded
+    /// the message over from the process that posted it (once its ts is
+    /// recorded: never while it is being posted), and anyone takes it over
+    /// from a dead process. Whether `me` edits it now. One guarded
     /// statement, so two processes never both win it.
     pub async fn claim_editor(&self, id: i64, me: &str, now: i64) -> anyhow::Result<bool> {
         let stmt = self.stmt(
             "UPDATE tasks SET editor = $1 WHERE id = $2 AND (editor IS NULL OR editor = $3 \
              OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = tasks.editor AND i.lease_until > $4) \
-             OR EXISTS (SELECT 1 FROM agents a WHERE a.name = tasks.agent AND a.instance = $5))",
+             OR (tasks.message_ts IS NOT NULL \
+                 AND EXISTS (SELECT 1 FROM agents a WHERE a.name = tasks.agent AND a.instance = $5)))",
             vec![me.into(), id.into(), me.into(), now.into(), me.into()],
         );
         let changed = self
@@ -425,10 +427,13 @@ mod tests {
             Some("a")
         );
 
-        // b holds the task's agent: it takes the message over.
+        // b holds the task's agent: it takes the message over, once a has
+        // posted it.
         let claimed = store.claim_many(&[id], "laptop").await.expect("dispatch");
         assert_eq!(claimed, vec![id]);
         store.hold_agent("laptop", "b").await.expect("hold");
+        assert!(!claim("b", now).await, "a is posting it");
+        store.set_message_ts(id, "1.000001").await.expect("posted");
         assert!(!claim("c", now).await, "c holds nothing");
         assert!(claim("b", now).await, "the agent's holder takes it");
         assert!(!claim("a", now).await, "the poster no longer edits it");

@@ -18,12 +18,15 @@
 //!   has passed since the larger count was last seen (the calls the departed
 //!   process made in that window still count at Slack). The share is thus
 //!   `per_minute / (largest count seen in the last window)`.
-//! - **A process that just joined** others on a shared database cannot know
-//!   what they spent in the last window, and they learn of it only at their
-//!   next renewal: for [`JOIN_HOLD`] after it joined it makes at most the
-//!   budget's burst. This is the only excess the rule allows: at most the
-//!   burst in a window. (On PostgreSQL a process that starts, alone or not,
-//!   edits little for its first minute: the cost of never overspending.)
+//! - **A process that just joined** others on a shared database (it counted
+//!   more than itself at its start) cannot know what they spent in the last
+//!   window, and they learn of it only at their next renewal: for
+//!   [`JOIN_HOLD`] after it joined it makes at most the budget's burst. This
+//!   is the only excess the rule allows: at most the burst in a window. (Of
+//!   processes starting together, at most one counts itself alone: the
+//!   others hold.) A process that starts alone takes the whole budget at
+//!   once, as a single process restarting on SQLite does: its previous
+//!   incarnation's last calls are not counted.
 //! - **A process whose own lease expired** (it could not renew it) is counted
 //!   by no one: it makes no call until it renews it.
 //!
