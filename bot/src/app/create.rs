@@ -156,6 +156,9 @@ impl App {
                     .await
                 {
                     Ok(Some(task)) => {
+                        // Its message is this process's to post and edit
+                        // while it waits, whoever shows the queue.
+                        self.claim_message(task.id).await;
                         // An agent of another process may serve it.
                         self.announce(super::Signal::Queued).await;
                         Ok(task)

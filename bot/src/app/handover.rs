@@ -38,6 +38,9 @@ pub enum Signal {
     Revoke(String),
     /// An admin closed this agent's circuit.
     HealthReset(String),
+    /// This task changed on a process that does not edit its Slack message:
+    /// the one that does shows it again.
+    Show(i64),
 }
 
 impl Signal {
@@ -48,6 +51,7 @@ impl Signal {
             Signal::Cancel(id) => format!("{from} cancel {id}"),
             Signal::Revoke(agent) => format!("{from} revoke {agent}"),
             Signal::HealthReset(agent) => format!("{from} reset {agent}"),
+            Signal::Show(id) => format!("{from} show {id}"),
         }
     }
 
@@ -60,6 +64,7 @@ impl Signal {
             ("cancel", Some(id)) => Signal::Cancel(id.parse().ok()?),
             ("revoke", Some(agent)) if !agent.is_empty() => Signal::Revoke(agent.to_owned()),
             ("reset", Some(agent)) if !agent.is_empty() => Signal::HealthReset(agent.to_owned()),
+            ("show", Some(id)) => Signal::Show(id.parse().ok()?),
             _ => return None,
         };
         Some((from, signal))
@@ -101,6 +106,7 @@ impl App {
                     self.dispatch_wake.notify_one();
                 }
             }
+            Signal::Show(id) => self.show_handed_over(id).await,
         }
     }
 
@@ -224,6 +230,7 @@ mod tests {
             Signal::Cancel(42),
             Signal::Revoke("laptop".into()),
             Signal::HealthReset("ci box".into()),
+            Signal::Show(7),
         ] {
             let payload = signal.encode("abc");
             assert_eq!(Signal::decode(&payload), Some(("abc", signal)));
@@ -235,6 +242,8 @@ mod tests {
             "abc cancel x",
             "abc queued 1",
             "abc what 1",
+            "abc show x",
+            "abc show",
         ] {
             assert_eq!(Signal::decode(junk), None, "{junk:?}");
         }

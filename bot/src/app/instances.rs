@@ -8,14 +8,20 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use futures::future::BoxFuture;
+
 use super::App;
+use super::handover::{CHANNEL, Signal};
+use crate::clock::WallClock;
 use crate::model::TaskState;
 use crate::selfcheck::Part;
-use crate::store::Task;
+use crate::slack::consolidator::MessageLog;
+use crate::store::{Store, Task};
 use crate::sync::lock;
 
 /// How often this process renews its lease (and, on PostgreSQL, takes over
@@ -24,6 +30,80 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How long a lease lasts unless renewed: a process not heard of for this
 /// long is dead, and its tasks are taken over.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// What the consolidator records of the task messages, in the database;
+/// when several processes share it (PostgreSQL), the claim of each message
+/// by one of them (`tasks.editor`: the holder of the task's agent, else the
+/// process that posted it, else anyone once that one's lease expired) and
+/// the hand-over of a change to the one that edits it ([`Signal::Show`]).
+pub struct MessageDesk {
+    /// The database.
+    store: Store,
+    /// This process's instance id.
+    me: String,
+    /// Wall clock (leases).
+    clock: Arc<dyn WallClock>,
+}
+
+impl MessageDesk {
+    /// The desk of instance `me`.
+    pub fn new(store: Store, me: &str, clock: Arc<dyn WallClock>) -> Self {
+        MessageDesk {
+            store,
+            me: me.to_owned(),
+            clock,
+        }
+    }
+}
+
+impl MessageLog for MessageDesk {
+    fn message_posted<'a>(&'a self, task: i64, ts: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.store.message_posted(task, ts)
+    }
+
+    fn progress_shown<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.store.progress_shown(task)
+    }
+
+    fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>> {
+        self.store.parts_posted(task, parts)
+    }
+
+    fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        self.store.final_shown(task)
+    }
+
+    fn claim_message<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            if !self.store.is_shared() {
+                return Ok(true);
+            }
+            self.store
+                .claim_editor(task.id, &self.me, self.clock.now_ms())
+                .await
+        })
+    }
+
+    fn stored_ts(&self, task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
+        Box::pin(async move {
+            if !self.store.is_shared() {
+                return Ok(None);
+            }
+            Ok(self.store.task(task).await?.and_then(|t| t.message_ts))
+        })
+    }
+
+    fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            if !self.store.is_shared() {
+                return Ok(());
+            }
+            self.store
+                .notify(CHANNEL, &Signal::Show(task).encode(&self.me))
+                .await
+        })
+    }
+}
 
 /// A fresh random id for this process.
 pub fn new_instance_id() -> String {
@@ -42,19 +122,42 @@ impl App {
         if !self.store.is_shared() {
             self.store.forget_other_instances(&self.instance_id).await?;
         }
-        self.renew_lease().await
+        self.renew_lease().await?;
+        if self.count_live().await.is_some_and(|live| live > 1) {
+            // What the others spent of the budget is unknown here.
+            self.consolidator.join_shared_budget();
+        }
+        Ok(())
     }
 
     /// Writes this process's lease, [`LEASE_TTL`] from now.
     async fn renew_lease(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
+        let until = now + LEASE_TTL.as_millis() as i64;
         self.store
-            .renew_instance(
-                &self.instance_id,
-                self.started_at,
-                now + LEASE_TTL.as_millis() as i64,
-            )
-            .await
+            .renew_instance(&self.instance_id, self.started_at, until)
+            .await?;
+        self.lease_until.store(until, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counts the live processes (PostgreSQL): this one takes its share of
+    /// the workspace's `chat.update` budget; the count, when it was read. On
+    /// SQLite it keeps the whole.
+    async fn count_live(&self) -> Option<u32> {
+        if !self.store.is_shared() {
+            return None;
+        }
+        match self.store.live_instances(self.clock.now_ms()).await {
+            Ok(live) => {
+                self.consolidator.share_budget(live.max(1));
+                Some(live)
+            }
+            Err(err) => {
+                tracing::warn!(error = ?err, "cannot count the live processes; keeping this one's share of the Slack budget");
+                None
+            }
+        }
     }
 
     /// Renews the lease once; a failure is logged and makes the process not
@@ -69,9 +172,17 @@ impl App {
                     Part::Lease,
                     "cannot renew this process's lease in the database",
                 );
+                if self.store.is_shared()
+                    && self.clock.now_ms() >= self.lease_until.load(Ordering::SeqCst)
+                {
+                    // The others count this process dead: it spends none of
+                    // the Slack budget until it is back.
+                    self.consolidator.share_budget(0);
+                }
                 return;
             }
         }
+        self.count_live().await;
         if self.store.is_shared()
             && let Err(err) = self.take_over_orphans().await
         {
@@ -93,6 +204,30 @@ impl App {
         }
         if let Err(err) = self.store.remove_instance(&self.instance_id).await {
             tracing::warn!(error = ?err, "cannot remove this process's lease; it expires by itself");
+        }
+    }
+
+    /// Makes this process the editor of task `id`'s message (PostgreSQL),
+    /// before any other process's dispatch pass shows it in its queue.
+    pub(super) async fn claim_message(&self, id: i64) {
+        if !self.store.is_shared() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        if let Err(err) = self.store.claim_editor(id, &self.instance_id, now).await {
+            tracing::warn!(task = id, error = ?err, "cannot claim the task's message");
+        }
+    }
+
+    /// Shows task `id` again if this process edits its message: another
+    /// process changed it ([`Signal::Show`]).
+    pub(super) async fn show_handed_over(&self, id: i64) {
+        match self.store.task_editor(id).await {
+            Ok(Some(editor)) if editor == self.instance_id => self.show_from_db(id).await,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(task = id, error = ?err, "cannot read who edits the task's message")
+            }
         }
     }
 

@@ -157,6 +157,8 @@ pub struct App {
     instance_id: String,
     /// When this process started (Unix ms, on `clock`).
     started_at: i64,
+    /// Until when this process's lease runs, as last written (Unix ms).
+    lease_until: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for App {
@@ -197,9 +199,14 @@ impl App {
         slack: SlackApi,
         clock: Arc<dyn WallClock>,
     ) -> Self {
+        let instance_id = instances::new_instance_id();
         let consolidator = Consolidator::new(
             Arc::new(slack.clone()),
-            Arc::new(store.clone()),
+            Arc::new(instances::MessageDesk::new(
+                store.clone(),
+                &instance_id,
+                clock.clone(),
+            )),
             Duration::from_millis(settings.edit_interval_ms),
             settings.slack_updates_per_minute,
         );
@@ -212,8 +219,9 @@ impl App {
         let clock_now = clock.now_ms();
         consolidator.report_unpostable(unpostable_tx);
         App {
-            instance_id: instances::new_instance_id(),
+            instance_id,
             started_at: clock.now_ms(),
+            lease_until: std::sync::atomic::AtomicI64::new(0),
             hub: Hub::new(settings.breaker()),
             admins: settings.admin_ids().into_iter().collect(),
             settings,

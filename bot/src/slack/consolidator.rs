@@ -47,8 +47,12 @@ use crate::slack::render::{self, Rendered};
 use crate::store::{Store, Task};
 use crate::sync::lock;
 
+mod budget;
 #[cfg(test)]
 mod tests;
+
+pub use budget::JOIN_HOLD;
+use budget::SharedBudget;
 
 /// Shortest wait after a transient failure.
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
@@ -89,6 +93,23 @@ pub trait MessageLog: Send + Sync + 'static {
     fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Slack shows the task's final state, its whole result included.
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Claims the task's message for this process before it is posted or
+    /// edited: whether this process edits it now (one process at a time
+    /// does, when several share the database). Always, unless overridden.
+    fn claim_message<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+    /// Asks the process that edits the task's message to show the task
+    /// again from the database (this one may not edit it). Nothing, unless
+    /// overridden.
+    fn hand_over(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The task's message ts as recorded, should another process have
+    /// posted it. None, unless overridden.
+    fn stored_ts(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl MessageLog for Store {
@@ -257,8 +278,8 @@ struct Inner {
     wake: Notify,
     /// Shortest interval between two sends for one message.
     edit_interval: Duration,
-    /// `chat.update` budget per workspace.
-    budget: Budget,
+    /// This process's share of the `chat.update` budget per workspace.
+    budget: Mutex<SharedBudget>,
     /// A method paused by a 429 until this instant.
     paused: Mutex<HashMap<Method, Instant>>,
     /// When finished slots were last pruned.
@@ -289,6 +310,8 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Other failed calls.
     pub errors: u64,
+    /// Renders left to the process that edits the task's message.
+    pub handed_over: u64,
 }
 
 /// Handle to the consolidator. Cheap to clone.
@@ -323,10 +346,7 @@ impl Consolidator {
                 waiting: Mutex::new(BTreeSet::new()),
                 wake: Notify::new(),
                 edit_interval,
-                budget: RateLimiter::hashmap_with_clock(
-                    update_quota(updates_per_minute),
-                    TokioClock,
-                ),
+                budget: Mutex::new(SharedBudget::new(updates_per_minute)),
                 paused: Mutex::new(HashMap::new()),
                 pruned_at: Mutex::new(None),
                 channel_next: Mutex::new(HashMap::new()),
@@ -366,6 +386,26 @@ impl Consolidator {
     /// their requester itself.
     pub fn report_unpostable(&self, sink: tokio::sync::mpsc::UnboundedSender<(Task, String)>) {
         *lock(&self.inner.unpostable) = Some(sink);
+    }
+
+    /// `live` processes share the workspace's budget now (counted at a lease
+    /// renewal; 0: this process's own lease expired): this one takes its
+    /// share by the rule of the [`budget`] module.
+    pub fn share_budget(&self, live: u32) {
+        lock(&self.inner.budget).set_live(live, Instant::now());
+        self.inner.wake.notify_one();
+    }
+
+    /// This process just joined others on a shared database: for
+    /// [`JOIN_HOLD`] it makes at most the budget's burst.
+    pub fn join_shared_budget(&self) {
+        lock(&self.inner.budget).join(Instant::now());
+    }
+
+    /// The most `chat.update` calls per workspace this process makes in a
+    /// window now.
+    pub fn budget_share(&self) -> u32 {
+        lock(&self.inner.budget).limit(Instant::now())
     }
 
     /// Counters so far.
@@ -471,9 +511,9 @@ impl Consolidator {
                 };
                 let method = slot.first_method();
                 if method == Method::Update
-                    && let Err(not_until) = self.inner.budget.check_key(&task.team_id)
+                    && let Err(not_until) = lock(&self.inner.budget).check(&task.team_id, now)
                 {
-                    later.push((now + not_until.wait_time_from(now.into_std()), id));
+                    later.push((not_until, id));
                     continue;
                 }
                 let Some((task, position)) = slot.pending.take() else {
@@ -514,6 +554,7 @@ impl Consolidator {
             *pruned_at = Some(now);
         }
         lock(&self.inner.channel_next).retain(|_, next| *next > now);
+        lock(&self.inner.budget).prune(now);
         lock(&self.inner.slots).retain(|_, s| {
             s.in_flight
                 || s.pending.is_some()
@@ -587,12 +628,40 @@ impl Consolidator {
         self.inner.wake.notify_one();
     }
 
-    /// Posts or edits the task's message; for a terminal state, then finishes its thread.
+    /// Posts or edits the task's message; for a terminal state, then finishes
+    /// its thread. When another process edits the message, hands the change
+    /// over to it instead (a queue position needs no hand-over: every
+    /// process's dispatch pass shows the queues, the editor's too).
     async fn deliver(&self, job: &Job) -> Result<(), Failure> {
         let task = &job.task;
-        let terminal = render::task_state(task).is_terminal();
+        let state = render::task_state(task);
+        let terminal = state.is_terminal();
+        match self.inner.log.claim_message(task).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lock(&self.inner.stats).handed_over += 1;
+                if state != TaskState::Queued
+                    && let Err(err) = self.inner.log.hand_over(task.id).await
+                {
+                    tracing::warn!(task = task.id, error = ?err, "cannot hand the task's message over to the process that edits it");
+                }
+                return Ok(());
+            }
+            Err(err) => {
+                // Better an edit from two processes than none.
+                tracing::warn!(task = task.id, error = ?err, "cannot claim the task's message; editing it anyway");
+            }
+        }
+        let mut known_ts = job.ts.clone();
+        if known_ts.is_none()
+            && let Ok(Some(ts)) = self.inner.log.stored_ts(task.id).await
+        {
+            // Another process posted it: edit that message.
+            self.with_slot(task.id, |s| s.ts = Some(ts.clone()));
+            known_ts = Some(ts);
+        }
         let rendered = render::render(task, job.position, now_ms());
-        let ts = match &job.ts {
+        let ts = match &known_ts {
             None => {
                 let found = match job.post_uncertain {
                     true => self.find_posted(task).await?,

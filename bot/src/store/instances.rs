@@ -134,6 +134,58 @@ impl Store {
             .collect()
     }
 
+    /// How many instances are alive at `now` (Unix ms): their lease runs past it.
+    pub async fn live_instances(&self, now: i64) -> anyhow::Result<u32> {
+        let stmt = self.stmt(
+            "SELECT COUNT(*) AS live FROM instances WHERE lease_until > $1",
+            vec![now.into()],
+        );
+        let row = self
+            .read
+            .query_one(stmt)
+            .await
+            .context("Cannot count the live processes")?;
+        let live = row
+            .map(|r| r.try_get::<i64>("", "live"))
+            .transpose()
+            .context("a count")?
+            .unwrap_or(0);
+        Ok(u32::try_from(live).unwrap_or(u32::MAX))
+    }
+
+    /// Makes instance `me` the editor of task `id`'s Slack message, unless
+    /// another instance edits it whose lease runs past `now` (Unix ms) and
+    /// `me` does not hold the task's agent: the holder of the agent takes
+    /// the message over from the process that posted it (once its ts is
+    /// recorded: never while it is being posted), and anyone takes it over
+    /// from a dead process. Whether `me` edits it now. One guarded
+    /// statement, so two processes never both win it.
+    pub async fn claim_editor(&self, id: i64, me: &str, now: i64) -> anyhow::Result<bool> {
+        let stmt = self.stmt(
+            "UPDATE tasks SET editor = $1 WHERE id = $2 AND (editor IS NULL OR editor = $3 \
+             OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = tasks.editor AND i.lease_until > $4) \
+             OR (tasks.message_ts IS NOT NULL \
+                 AND EXISTS (SELECT 1 FROM agents a WHERE a.name = tasks.agent AND a.instance = $5)))",
+            vec![me.into(), id.into(), me.into(), now.into(), me.into()],
+        );
+        let changed = self
+            .write(stmt)
+            .await
+            .context("Cannot claim the task's Slack message")?;
+        Ok(changed == 1)
+    }
+
+    /// The instance editing task `id`'s Slack message, as recorded.
+    pub async fn task_editor(&self, id: i64) -> anyhow::Result<Option<String>> {
+        let stmt = self.stmt("SELECT editor FROM tasks WHERE id = $1", vec![id.into()]);
+        let row = self
+            .read
+            .query_one(stmt)
+            .await
+            .context("Cannot read who edits the task's message")?;
+        Ok(row.and_then(|r| r.try_get::<Option<String>>("", "editor").ok().flatten()))
+    }
+
     /// The lease of instance `id` (Unix ms), if it is registered.
     pub async fn instance_lease(&self, id: &str) -> anyhow::Result<Option<i64>> {
         let stmt = self.stmt(
@@ -320,6 +372,94 @@ mod tests {
         assert_eq!(store.instance_lease("old").await.expect("read"), None);
         assert_eq!(store.instance_lease("new").await.expect("read"), Some(200));
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
+    }
+
+    /// The processes counted alive are those whose lease runs past now.
+    #[tokio::test]
+    async fn the_live_processes_are_those_with_a_lease() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        let now = 1_000_000;
+        assert_eq!(store.live_instances(now).await.expect("count"), 0);
+        store
+            .renew_instance("a", now, now + 10_000)
+            .await
+            .expect("a");
+        store
+            .renew_instance("b", now, now + 5_000)
+            .await
+            .expect("b");
+        store.renew_instance("c", now, now - 1).await.expect("c");
+        assert_eq!(store.live_instances(now).await.expect("count"), 2);
+        assert_eq!(store.live_instances(now + 5_000).await.expect("count"), 1);
+        assert_eq!(store.live_instances(now + 10_000).await.expect("count"), 0);
+    }
+
+    /// The message goes to the first claimer; another live process cannot
+    /// take it, but the holder of the task's agent can, and anyone can once
+    /// the editor's lease ran out (or it stopped).
+    #[tokio::test]
+    async fn one_process_edits_a_message_until_the_agent_s_holder_or_a_lease_s_end_moves_it() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        let id = store.insert_task(queued_task()).await.expect("task").id;
+        let now = 1_000_000;
+        for me in ["a", "b", "c"] {
+            store
+                .renew_instance(me, now, now + 10_000)
+                .await
+                .expect("lease");
+        }
+        let claim = |me: &'static str, at: i64| {
+            let store = store.clone();
+            async move { store.claim_editor(id, me, at).await.expect("claim") }
+        };
+        assert!(claim("a", now).await, "nobody edits it yet");
+        assert!(claim("a", now).await, "its editor keeps it");
+        assert!(!claim("b", now).await, "a live editor keeps it");
+        assert_eq!(
+            store.task_editor(id).await.expect("read").as_deref(),
+            Some("a")
+        );
+
+        // b holds the task's agent: it takes the message over, once a has
+        // posted it.
+        let claimed = store.claim_many(&[id], "laptop").await.expect("dispatch");
+        assert_eq!(claimed, vec![id]);
+        store.hold_agent("laptop", "b").await.expect("hold");
+        assert!(!claim("b", now).await, "a is posting it");
+        store.set_message_ts(id, "1.000001").await.expect("posted");
+        assert!(!claim("c", now).await, "c holds nothing");
+        assert!(claim("b", now).await, "the agent's holder takes it");
+        assert!(!claim("a", now).await, "the poster no longer edits it");
+        assert_eq!(
+            store.task_editor(id).await.expect("read").as_deref(),
+            Some("b")
+        );
+
+        // b's lease runs out: anyone takes the message over.
+        store.release_agent("laptop", "b").await.expect("release");
+        assert!(!claim("c", now + 9_999).await);
+        assert!(claim("c", now + 10_000).await, "b's lease ran out");
+        // c stops: its row is gone, a takes the message over.
+        store.remove_instance("c").await.expect("stop");
+        assert!(claim("a", now).await, "c stopped");
+        assert_eq!(
+            store.task_editor(id).await.expect("read").as_deref(),
+            Some("a")
+        );
+        assert!(
+            !store
+                .claim_editor(id + 1000, "a", now)
+                .await
+                .expect("claim"),
+            "no such task"
+        );
     }
 
     fn queued_task() -> crate::store::NewTask {
