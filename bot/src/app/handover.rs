@@ -1,10 +1,10 @@
 //! Hand-over between processes sharing PostgreSQL: what one process does that
 //! concerns an agent connected to another (a task queued, a cancel, an
-//! admin's revoke or circuit reset) is announced with `NOTIFY` on
+//! approval decided, an admin's revoke or circuit reset) is announced with `NOTIFY` on
 //! [`CHANNEL`]; every process `LISTEN`s (sqlx's `PgListener`) and acts on
 //! what concerns the agents it holds. A notification can be missed (the
 //! listening connection drops): a poll every [`HANDOVER_POLL`] delivers the
-//! cancels asked for, and the dispatcher reads the queues every second anyway.
+//! cancels asked for and the approval decisions not yet sent, and the dispatcher reads the queues every second anyway.
 //!
 //! On SQLite there is one process: nothing here runs.
 
@@ -21,8 +21,8 @@ use crate::sync::lock;
 
 /// The PostgreSQL notification channel the processes share.
 pub const CHANNEL: &str = "baton_handover";
-/// How often the cancels asked for are delivered from the database, should
-/// a notification have been missed.
+/// How often the cancels asked for and the approval decisions not yet sent
+/// are delivered from the database, should a notification have been missed.
 pub const HANDOVER_POLL: Duration = Duration::from_secs(2);
 /// How long the listener waits before connecting again after a failure.
 pub const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -38,6 +38,8 @@ pub enum Signal {
     Revoke(String),
     /// An admin closed this agent's circuit.
     HealthReset(String),
+    /// Request `.1` of task `.0` was decided: send the decision to its agent.
+    Decided(i64, u32),
 }
 
 impl Signal {
@@ -48,6 +50,7 @@ impl Signal {
             Signal::Cancel(id) => format!("{from} cancel {id}"),
             Signal::Revoke(agent) => format!("{from} revoke {agent}"),
             Signal::HealthReset(agent) => format!("{from} reset {agent}"),
+            Signal::Decided(task, request) => format!("{from} decided {task}:{request}"),
         }
     }
 
@@ -60,6 +63,10 @@ impl Signal {
             ("cancel", Some(id)) => Signal::Cancel(id.parse().ok()?),
             ("revoke", Some(agent)) if !agent.is_empty() => Signal::Revoke(agent.to_owned()),
             ("reset", Some(agent)) if !agent.is_empty() => Signal::HealthReset(agent.to_owned()),
+            ("decided", Some(arg)) => {
+                let (task, request) = arg.split_once(':')?;
+                Signal::Decided(task.parse().ok()?, request.parse().ok()?)
+            }
             _ => return None,
         };
         Some((from, signal))
@@ -101,6 +108,7 @@ impl App {
                     self.dispatch_wake.notify_one();
                 }
             }
+            Signal::Decided(task, request) => self.deliver_decision(task, request).await,
         }
     }
 
@@ -171,7 +179,10 @@ impl App {
             };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = poll.tick() => self.deliver_cancels().await,
+                _ = poll.tick() => {
+                    self.deliver_cancels().await;
+                    self.deliver_decisions().await;
+                }
                 got = next => match got {
                     Ok(Some(n)) => {
                         if let Some((from, signal)) = Signal::decode(n.payload())
@@ -186,6 +197,7 @@ impl App {
                         self.store.mark_maybe_queued();
                         self.dispatch_wake.notify_one();
                         self.deliver_cancels().await;
+                        self.deliver_decisions().await;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "the hand-over listener failed; connecting again");
@@ -224,6 +236,7 @@ mod tests {
             Signal::Cancel(42),
             Signal::Revoke("laptop".into()),
             Signal::HealthReset("ci box".into()),
+            Signal::Decided(7, 2),
         ] {
             let payload = signal.encode("abc");
             assert_eq!(Signal::decode(&payload), Some(("abc", signal)));
@@ -235,6 +248,8 @@ mod tests {
             "abc cancel x",
             "abc queued 1",
             "abc what 1",
+            "abc decided 7",
+            "abc decided 7:x",
         ] {
             assert_eq!(Signal::decode(junk), None, "{junk:?}");
         }

@@ -20,7 +20,7 @@ impl Store {
 
     /// A statement for this database: `sql` with `$1`, `$2`… placeholders
     /// (rewritten to `?` for SQLite).
-    fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+    pub(super) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
         let backend = self.db.get_database_backend();
         let sql = if self.is_shared() {
             sql.to_owned()
