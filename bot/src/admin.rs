@@ -232,6 +232,8 @@ async fn run(
             let channel = channel.unwrap_or_else(|| channel_id.to_owned());
             let known = app.store.project_names().await?;
             app.bind_project(project.as_str(), &channel).await?;
+            // The other processes forget the bindings they cached.
+            app.announce(crate::app::Signal::Bound).await;
             app.store
                 .audit(actor, "project.bind", project.as_str(), &channel)
                 .await?;
@@ -326,6 +328,9 @@ async fn run(
                     }
                 }
             }
+            // The other processes forget the purged tasks' queue positions.
+            app.announce(crate::app::Signal::Purged(project.to_string()))
+                .await;
             app.store
                 .audit(
                     actor,

@@ -1,6 +1,7 @@
 //! Hand-over between processes sharing PostgreSQL: what one process does that
 //! concerns an agent connected to another (a task queued, a cancel, an
-//! approval decided, an admin's revoke or circuit reset) is announced with `NOTIFY` on
+//! approval decided, an admin's revoke, circuit reset, queue purge or
+//! channel binding) is announced with `NOTIFY` on
 //! [`CHANNEL`]; every process `LISTEN`s (sqlx's `PgListener`) and acts on
 //! what concerns the agents it holds. A notification can be missed (the
 //! listening connection drops): a poll every [`HANDOVER_POLL`] delivers the
@@ -40,6 +41,11 @@ pub enum Signal {
     HealthReset(String),
     /// Request `.1` of task `.0` was decided: send the decision to its agent.
     Decided(i64, u32),
+    /// An admin purged this project's queue: forget what the purged tasks'
+    /// messages showed.
+    Purged(String),
+    /// A channel was bound to a project: forget the cached bindings.
+    Bound,
 }
 
 impl Signal {
@@ -51,6 +57,8 @@ impl Signal {
             Signal::Revoke(agent) => format!("{from} revoke {agent}"),
             Signal::HealthReset(agent) => format!("{from} reset {agent}"),
             Signal::Decided(task, request) => format!("{from} decided {task}:{request}"),
+            Signal::Purged(project) => format!("{from} purged {project}"),
+            Signal::Bound => format!("{from} bound"),
         }
     }
 
@@ -67,6 +75,8 @@ impl Signal {
                 let (task, request) = arg.split_once(':')?;
                 Signal::Decided(task.parse().ok()?, request.parse().ok()?)
             }
+            ("purged", Some(project)) if !project.is_empty() => Signal::Purged(project.to_owned()),
+            ("bound", None) => Signal::Bound,
             _ => return None,
         };
         Some((from, signal))
@@ -109,7 +119,34 @@ impl App {
                 }
             }
             Signal::Decided(task, request) => self.deliver_decision(task, request).await,
+            Signal::Purged(project) => {
+                self.forget_ended_queued().await;
+                self.show_queued(&project).await;
+            }
+            Signal::Bound => self.forget_bindings(),
         }
+    }
+
+    /// Forgets what the messages of queued tasks that ended meanwhile (on
+    /// another process: purged, cancelled) last showed.
+    async fn forget_ended_queued(&self) {
+        let ids: Vec<i64> = lock(&self.queue_shown).keys().copied().collect();
+        match self.store.ended_among(&ids).await {
+            Ok(ended) => {
+                let mut shown = lock(&self.queue_shown);
+                for id in ended {
+                    shown.remove(&id);
+                }
+            }
+            Err(err) => tracing::error!(error = ?err, "cannot read which queued tasks ended"),
+        }
+    }
+
+    /// Forgets the cached channel bindings: another process bound a channel.
+    fn forget_bindings(&self) {
+        let mut cache = lock(&self.bindings);
+        cache.0 += 1;
+        cache.1.clear();
     }
 
     /// Sends a cancel asked for `task` to its agent if this process holds
@@ -198,6 +235,8 @@ impl App {
                         self.dispatch_wake.notify_one();
                         self.deliver_cancels().await;
                         self.deliver_decisions().await;
+                        self.forget_bindings();
+                        self.forget_ended_queued().await;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "the hand-over listener failed; connecting again");
@@ -227,7 +266,64 @@ impl App {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::Signal;
+    use crate::app::App;
+    use crate::settings::Settings;
+    use crate::slack::api::SlackApi;
+    use crate::store::Store;
+    use crate::sync::lock;
+
+    /// A process on `url`'s database, with admin U1.
+    async fn process(url: &str, store: &Store) -> Arc<App> {
+        let mut settings = Settings::for_tests("http://127.0.0.1:9", url, "secret");
+        // No Slack here to ask who U1 is: an admin needs no asking.
+        settings.admins = vec!["U1".into()];
+        let slack = SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+            .expect("slack client");
+        Arc::new(App::new(
+            settings,
+            store.clone(),
+            slack,
+            Arc::new(crate::clock::SystemWallClock),
+        ))
+    }
+
+    /// A queue purged on one process: another one that showed the purged
+    /// tasks' positions forgets them when told; a binding made on one
+    /// process is seen by another once told.
+    #[tokio::test]
+    async fn a_purge_and_a_binding_on_one_process_are_seen_by_another_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let (one, two) = (process(&url, &store).await, process(&url, &store).await);
+        for prompt in ["one", "two"] {
+            let mut req = crate::app::test_support::request(prompt);
+            req.project = Some("web".parse().expect("a project name"));
+            one.create_task(req).await.expect("queued");
+        }
+        assert_eq!(lock(&one.queue_shown).len(), 2);
+        let answer = crate::admin::handle(&two, "U1", "C1", "queue purge web").await;
+        assert!(answer.contains("Removed 2"), "{answer}");
+        assert_eq!(lock(&one.queue_shown).len(), 2, "not told yet");
+        one.on_signal(Signal::Purged("web".into())).await;
+        assert!(lock(&one.queue_shown).is_empty());
+
+        // With two projects, `one` refuses a task from unbound C2 (and
+        // caches that C2 is not bound); then `two` binds C2 to `api`.
+        store.ensure_project("api").await.expect("project");
+        let mut from_c2 = crate::app::test_support::request("three");
+        from_c2.channel_id = "C2".into();
+        assert!(one.create_task(from_c2.clone()).await.is_err());
+        let answer = crate::admin::handle(&two, "U1", "C2", "project bind api").await;
+        assert!(answer.contains("project `api`"), "{answer}");
+        one.on_signal(Signal::Bound).await;
+        let task = one.create_task(from_c2).await.expect("bound now");
+        assert_eq!(task.project, "api");
+    }
 
     #[test]
     fn signals_survive_their_payload_and_junk_is_refused() {
@@ -237,6 +333,8 @@ mod tests {
             Signal::Revoke("laptop".into()),
             Signal::HealthReset("ci box".into()),
             Signal::Decided(7, 2),
+            Signal::Purged("web".into()),
+            Signal::Bound,
         ] {
             let payload = signal.encode("abc");
             assert_eq!(Signal::decode(&payload), Some(("abc", signal)));
@@ -250,6 +348,8 @@ mod tests {
             "abc what 1",
             "abc decided 7",
             "abc decided 7:x",
+            "abc purged",
+            "abc bound web",
         ] {
             assert_eq!(Signal::decode(junk), None, "{junk:?}");
         }
