@@ -528,3 +528,43 @@ async fn a_decision_whose_notification_was_missed_reaches_the_agent_by_the_poll(
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn health_on_one_process_shows_the_agent_connected_to_another() {
+    let Some(_) = postgres_or_skip("health_on_one_process_shows_the_agent_connected_to_another")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, _agent) = two_processes(dir.path(), &url).await;
+    let store = a.store().await;
+    let held_by = store.agent_instance("e2e").await.unwrap().expect("held");
+
+    let on_a = admin(a.addr, "health").await;
+    assert!(
+        on_a.contains(&format!("*e2e*: connected to process `{held_by}`")),
+        "{on_a}"
+    );
+    assert!(
+        on_a.contains("not shown here"),
+        "says what it cannot know: {on_a}"
+    );
+    let on_b = admin(b.addr, "health").await;
+    assert!(
+        on_b.contains(&format!("*e2e*: connected · on this process `{held_by}`")),
+        "{on_b}"
+    );
+    let agents = admin(a.addr, "agents").await;
+    assert!(agents.contains("*e2e*: connected"), "{agents}");
+
+    // B stops: nobody holds the agent, and A says so.
+    b.stop().await;
+    let gone = eventually("the agent let go", || async {
+        let health = admin(a.addr, "health").await;
+        health.contains("*e2e*: not connected").then_some(health)
+    })
+    .await;
+    assert!(!gone.contains(&held_by), "{gone}");
+    a.stop().await;
+}

@@ -134,6 +134,35 @@ impl Store {
             .collect()
     }
 
+    /// Every agent some instance is recorded as holding: the instance, and
+    /// whether its lease runs past `now` (Unix ms; false: it stopped or died).
+    pub async fn agent_holders(
+        &self,
+        now: i64,
+    ) -> anyhow::Result<std::collections::HashMap<String, (String, bool)>> {
+        let stmt = self.stmt(
+            "SELECT a.name AS name, a.instance AS instance, \
+             CASE WHEN i.lease_until > $1 THEN 1 ELSE 0 END AS live \
+             FROM agents a LEFT JOIN instances i ON i.id = a.instance \
+             WHERE a.instance IS NOT NULL",
+            vec![now.into()],
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read which processes hold the agents")?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get("", "name")?;
+                let instance: String = r.try_get("", "instance")?;
+                let live: i32 = r.try_get("", "live")?;
+                Ok((name, (instance, live == 1)))
+            })
+            .collect::<Result<_, sea_orm::DbErr>>()
+            .context("which process holds an agent")
+    }
+
     /// The lease of instance `id` (Unix ms), if it is registered.
     pub async fn instance_lease(&self, id: &str) -> anyhow::Result<Option<i64>> {
         let stmt = self.stmt(
