@@ -45,14 +45,15 @@ impl App {
         self.renew_lease().await
     }
 
-    /// Writes this process's lease, [`LEASE_TTL`] from now.
+    /// Writes this process's lease, [`LEASE_TTL`] from now: on PostgreSQL's
+    /// clock when several processes share it, on this process's otherwise.
     async fn renew_lease(&self) -> anyhow::Result<()> {
-        let now = self.clock.now_ms();
         self.store
             .renew_instance(
                 &self.instance_id,
                 self.started_at,
-                now + LEASE_TTL.as_millis() as i64,
+                self.clock.now_ms(),
+                LEASE_TTL.as_millis() as i64,
             )
             .await
     }

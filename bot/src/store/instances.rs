@@ -3,7 +3,10 @@
 //!
 //! With SQLite there is one process (a second one is refused), so every other
 //! instance row is a dead one's; with PostgreSQL a row whose lease has not
-//! expired is a live process, whose agents' tasks are its own.
+//! expired is a live process, whose agents' tasks are its own. Leases are
+//! written and compared on PostgreSQL's clock (`now()`), so that the
+//! processes' machines need not agree on the time; with SQLite, on the
+//! process's (injectable) clock.
 
 use std::collections::HashSet;
 
@@ -11,6 +14,10 @@ use anyhow::Context;
 use sea_orm::{ConnectionTrait, Statement, Value};
 
 use super::Store;
+
+/// PostgreSQL's clock in Unix ms, as SQL: leases are written and compared
+/// on it, whatever the clocks of the processes' machines say.
+const PG_NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
 
 impl Store {
     /// Whether several processes may share this database (PostgreSQL).
@@ -34,18 +41,34 @@ impl Store {
         Statement::from_sql_and_values(backend, sql, values)
     }
 
-    /// Writes instance `id`'s lease: registers it, or renews it (registers it
-    /// again should its row have gone).
+    /// A statement for this database whose `{now}` is the time leases are
+    /// measured on, in Unix ms: PostgreSQL's own clock (`now()`; `now` is
+    /// not used), so that the clocks of the processes' machines do not
+    /// matter; with SQLite (one process), `now`, bound after `values`.
+    fn stmt_at(&self, sql: &str, mut values: Vec<Value>, now: i64) -> Statement {
+        if self.is_shared() {
+            return self.stmt(&sql.replace("{now}", PG_NOW_MS), values);
+        }
+        values.push(now.into());
+        let at = format!("${}", values.len());
+        self.stmt(&sql.replace("{now}", &at), values)
+    }
+
+    /// Writes instance `id`'s lease, `ttl_ms` from `now` (see
+    /// [`Store::stmt_at`]: on PostgreSQL, from the database's clock):
+    /// registers it, or renews it (registers it again should its row have gone).
     pub async fn renew_instance(
         &self,
         id: &str,
         started_at: i64,
-        lease_until: i64,
+        now: i64,
+        ttl_ms: i64,
     ) -> anyhow::Result<()> {
-        let stmt = self.stmt(
-            "INSERT INTO instances (id, started_at, lease_until) VALUES ($1, $2, $3) \
+        let stmt = self.stmt_at(
+            "INSERT INTO instances (id, started_at, lease_until) VALUES ($1, $2, {now} + $3) \
              ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
-            vec![id.into(), started_at.into(), lease_until.into()],
+            vec![id.into(), started_at.into(), ttl_ms.into()],
+            now,
         );
         self.write(stmt)
             .await
@@ -113,16 +136,18 @@ impl Store {
     }
 
     /// The agents whose connection another live instance than `me` holds
-    /// (its lease runs past `now`, Unix ms): their tasks are that instance's.
+    /// (its lease runs past `now`, Unix ms; on PostgreSQL, past the
+    /// database's clock): their tasks are that instance's.
     pub async fn agents_held_elsewhere(
         &self,
         me: &str,
         now: i64,
     ) -> anyhow::Result<HashSet<String>> {
-        let stmt = self.stmt(
+        let stmt = self.stmt_at(
             "SELECT a.name AS name FROM agents a JOIN instances i ON i.id = a.instance \
-             WHERE a.instance <> $1 AND i.lease_until > $2",
-            vec![me.into(), now.into()],
+             WHERE a.instance <> $1 AND i.lease_until > {now}",
+            vec![me.into()],
+            now,
         );
         let rows = self
             .read
@@ -135,17 +160,19 @@ impl Store {
     }
 
     /// Every agent some instance is recorded as holding: the instance, and
-    /// whether its lease runs past `now` (Unix ms; false: it stopped or died).
+    /// whether its lease runs past `now` (Unix ms; on PostgreSQL, past the
+    /// database's clock; false: it stopped or died).
     pub async fn agent_holders(
         &self,
         now: i64,
     ) -> anyhow::Result<std::collections::HashMap<String, (String, bool)>> {
-        let stmt = self.stmt(
+        let stmt = self.stmt_at(
             "SELECT a.name AS name, a.instance AS instance, \
-             CASE WHEN i.lease_until > $1 THEN 1 ELSE 0 END AS live \
+             CASE WHEN i.lease_until > {now} THEN 1 ELSE 0 END AS live \
              FROM agents a LEFT JOIN instances i ON i.id = a.instance \
              WHERE a.instance IS NOT NULL",
-            vec![now.into()],
+            Vec::new(),
+            now,
         );
         let rows = self
             .read
@@ -218,13 +245,14 @@ impl Store {
 
     /// Ends task `id` of `agent` as lost (see [`Store::finish`]), unless
     /// another live instance than `me` holds the agent now (its lease runs
-    /// past `now`): then it changes nothing and returns false. One statement,
-    /// so an agent reconnecting elsewhere at that moment keeps its task.
+    /// past the database's clock): then it changes nothing and returns
+    /// false. One statement, so an agent reconnecting elsewhere at that
+    /// moment keeps its task. With SQLite (one process) there is no other.
     pub async fn finish_lost(
         &self,
         id: i64,
         agent: &str,
-        (me, now): (&str, i64),
+        me: &str,
         from: &[crate::model::TaskState],
         ending: &super::Ending,
     ) -> anyhow::Result<bool> {
@@ -235,9 +263,11 @@ impl Store {
         let mut q = super::finish_query(id, Some(agent), None, from, ending);
         if self.is_shared() {
             q = q.filter(Expr::cust_with_values(
-                "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
-                 WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > $3)",
-                [Value::from(agent), Value::from(me), Value::from(now)],
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
+                     WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > {PG_NOW_MS})"
+                ),
+                [Value::from(agent), Value::from(me)],
             ));
         }
         let res = q
@@ -280,13 +310,14 @@ mod tests {
             .put_agent("laptop", "hash", "UADMIN", false)
             .await
             .expect("agent");
+        // The process's clock (SQLite), or PostgreSQL's own.
         let now = 1_000_000;
         store
-            .renew_instance("a", now, now + 10_000)
+            .renew_instance("a", now, now, 10_000)
             .await
             .expect("a");
         store
-            .renew_instance("b", now, now + 10_000)
+            .renew_instance("b", now, now, 10_000)
             .await
             .expect("b");
         store.hold_agent("laptop", "a").await.expect("hold");
@@ -304,17 +335,22 @@ mod tests {
         };
         assert!(elsewhere("b", now).await.contains("laptop"));
         assert!(elsewhere("a", now).await.is_empty(), "not elsewhere: here");
+        expire(&store, "a").await;
         assert!(
-            elsewhere("b", now + 10_000).await.is_empty(),
+            elsewhere("b", now).await.is_empty(),
             "a lease that ran out holds nothing"
         );
+        let holders = store.agent_holders(now).await.expect("read");
+        assert_eq!(holders.get("laptop"), Some(&("a".to_owned(), false)));
 
         // Renewed, it holds again; only its holder releases the agent.
         store
-            .renew_instance("a", now, now + 20_000)
+            .renew_instance("a", now, now, 10_000)
             .await
             .expect("renew");
-        assert!(elsewhere("b", now + 10_000).await.contains("laptop"));
+        assert!(elsewhere("b", now).await.contains("laptop"));
+        let holders = store.agent_holders(now).await.expect("read");
+        assert_eq!(holders.get("laptop"), Some(&("a".to_owned(), true)));
         store.release_agent("laptop", "b").await.expect("not b's");
         assert!(elsewhere("b", now).await.contains("laptop"));
         store.release_agent("laptop", "a").await.expect("a's");
@@ -326,9 +362,55 @@ mod tests {
         store.remove_instance("a").await.expect("remove");
         assert_eq!(store.instance_lease("a").await.expect("read"), None);
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
-        assert_eq!(
-            store.instance_lease("b").await.expect("read"),
-            Some(now + 10_000)
+        assert!(store.instance_lease("b").await.expect("read").is_some());
+    }
+
+    /// Makes instance `id`'s lease run out, on any clock.
+    async fn expire(store: &Store, id: &str) {
+        let stmt = store.stmt(
+            "UPDATE instances SET lease_until = 0 WHERE id = $1",
+            vec![id.into()],
+        );
+        store.write(stmt).await.expect("expire the lease");
+    }
+
+    /// On PostgreSQL a lease is written on the database's clock, whatever
+    /// the process's clock says: a process whose clock is an hour behind
+    /// (or ahead) still holds a lease of the TTL.
+    #[tokio::test]
+    async fn on_postgresql_a_lease_is_on_the_database_s_clock() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        if !store.is_shared() {
+            return;
+        }
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        let hour = 3_600_000;
+        let wall = crate::model::now_ms();
+        store
+            .renew_instance("behind", 1, wall - hour, 10_000)
+            .await
+            .expect("behind");
+        store.hold_agent("laptop", "behind").await.expect("hold");
+        let lease = store
+            .instance_lease("behind")
+            .await
+            .expect("read")
+            .expect("row");
+        assert!(
+            (lease - (wall + 10_000)).abs() < 5_000,
+            "lease {lease} not on the database's clock (now {wall})"
+        );
+        // Asked by a process whose clock is an hour ahead: still live.
+        assert!(
+            store
+                .agents_held_elsewhere("ahead", wall + hour)
+                .await
+                .expect("read")
+                .contains("laptop")
         );
     }
 
@@ -342,12 +424,12 @@ mod tests {
             .put_agent("laptop", "hash", "UADMIN", false)
             .await
             .expect("agent");
-        store.renew_instance("old", 1, 100).await.expect("old");
+        store.renew_instance("old", 1, 1, 99).await.expect("old");
         store.hold_agent("laptop", "old").await.expect("hold");
-        store.renew_instance("new", 2, 200).await.expect("new");
+        store.renew_instance("new", 2, 2, 198).await.expect("new");
         store.forget_other_instances("new").await.expect("forget");
         assert_eq!(store.instance_lease("old").await.expect("read"), None);
-        assert_eq!(store.instance_lease("new").await.expect("read"), Some(200));
+        assert!(store.instance_lease("new").await.expect("read").is_some());
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
     }
 
@@ -437,7 +519,7 @@ mod tests {
         let id = store.insert_task(new).await.expect("task").id;
         let now = 1_000_000;
         store
-            .renew_instance("b", now, now + 10_000)
+            .renew_instance("b", now, now, 10_000)
             .await
             .expect("b");
         store.hold_agent("laptop", "b").await.expect("hold");
@@ -447,19 +529,20 @@ mod tests {
             session_id: None,
         };
         let from = [TaskState::Dispatched, TaskState::Running];
-        let lost = |at: i64| store.finish_lost(id, "laptop", ("a", at), &from, &ending);
+        let lost = || store.finish_lost(id, "laptop", "a", &from, &ending);
         if store.is_shared() {
-            assert!(!lost(now).await.expect("guarded"), "held by live b");
+            assert!(!lost().await.expect("guarded"), "held by live b");
             assert_eq!(
                 store.task(id).await.expect("read").expect("row").state,
                 "dispatched"
             );
         }
-        assert!(lost(now + 10_000).await.expect("b's lease ran out"));
+        expire(&store, "b").await;
+        assert!(lost().await.expect("b's lease ran out"));
         assert_eq!(
             store.task(id).await.expect("read").expect("row").state,
             "failed"
         );
-        assert!(!lost(now + 10_000).await.expect("once"), "ends once");
+        assert!(!lost().await.expect("once"), "ends once");
     }
 }
