@@ -150,21 +150,18 @@ impl App {
 
     /// Takes over the dispatched and running tasks whose agent no live
     /// process holds and this one does not wait for: those of a process
-    /// whose lease expired (killed, or cut off from the database).
+    /// whose lease expired (killed, or cut off from the database). The
+    /// database filters them: the tasks live processes hold are not read.
     pub async fn take_over_orphans(&self) -> anyhow::Result<()> {
-        let elsewhere = self.agents_held_elsewhere().await?;
         let tasks = self
             .store
-            .tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX)
+            .orphaned_tasks(&self.instance_id, self.clock.now_ms())
             .await?;
         for task in tasks {
             let Some(agent) = task.agent.as_deref() else {
                 continue;
             };
-            if elsewhere.contains(agent)
-                || self.hub.holds(agent, task.id)
-                || self.hub.is_connected(agent)
-            {
+            if self.hub.holds(agent, task.id) || self.hub.is_connected(agent) {
                 continue;
             }
             tracing::info!(

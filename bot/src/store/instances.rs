@@ -190,6 +190,42 @@ impl Store {
             .context("which process holds an agent")
     }
 
+    /// The dispatched and running tasks that may need taking over by
+    /// instance `me`: those whose agent no instance holds, or an instance
+    /// whose lease ran out by `now` (on PostgreSQL, by the database's clock)
+    /// or whose row is gone. Filtered here, so that the periodic takeover
+    /// reads none of the tasks live processes hold.
+    pub async fn orphaned_tasks(&self, me: &str, now: i64) -> anyhow::Result<Vec<super::Task>> {
+        use sea_orm::FromQueryResult;
+
+        use super::entities::task;
+        use crate::model::TaskState;
+        let stmt = self.stmt_at(
+            "SELECT t.* FROM tasks t \
+             LEFT JOIN agents a ON a.name = t.agent \
+             LEFT JOIN instances i ON i.id = a.instance \
+             WHERE t.state IN ($1, $2) AND t.agent IS NOT NULL \
+             AND (a.instance IS NULL \
+                  OR (a.instance <> $3 AND (i.id IS NULL OR i.lease_until <= {now}))) \
+             ORDER BY t.id",
+            vec![
+                TaskState::Dispatched.as_str().into(),
+                TaskState::Running.as_str().into(),
+                me.into(),
+            ],
+            now,
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read the tasks no live process holds")?;
+        rows.iter()
+            .map(|r| task::Model::from_query_result(r, ""))
+            .collect::<Result<Vec<_>, _>>()
+            .context("a task no live process holds")
+    }
+
     /// The lease of instance `id` (Unix ms), if it is registered.
     pub async fn instance_lease(&self, id: &str) -> anyhow::Result<Option<i64>> {
         let stmt = self.stmt(
@@ -498,6 +534,55 @@ mod tests {
         other.rollback().await.expect("rollback");
         let got = store.claim_many(&[locked], "b").await.expect("claim");
         assert_eq!(got, vec![locked], "claimed once the other let go");
+    }
+
+    /// The periodic takeover reads only the dispatched and running tasks
+    /// whose agent no live process holds: not those of a live process's
+    /// agent, nor this process's, nor queued ones.
+    #[tokio::test]
+    async fn only_the_tasks_no_live_process_holds_are_read_for_takeover() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let now = 1_000_000;
+        let mut ids = std::collections::HashMap::new();
+        for (agent, holder) in [
+            ("live", Some("b")),
+            ("dead", Some("c")),
+            ("gone", Some("d")),
+            ("free", None),
+            ("mine", Some("me")),
+        ] {
+            store
+                .put_agent(agent, &format!("hash-{agent}"), "UADMIN", false)
+                .await
+                .expect("agent");
+            if let Some(holder) = holder {
+                if holder != "d" {
+                    store
+                        .renew_instance(holder, now, now, 10_000)
+                        .await
+                        .expect("lease");
+                }
+                store.hold_agent(agent, holder).await.expect("hold");
+            }
+            let mut new = queued_task();
+            new.agent = Some(agent.into());
+            ids.insert(agent, store.insert_task(new).await.expect("task").id);
+        }
+        expire(&store, "c").await;
+        store
+            .insert_task(queued_task())
+            .await
+            .expect("a queued task");
+        let got: Vec<i64> = store
+            .orphaned_tasks("me", now)
+            .await
+            .expect("read")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(got, vec![ids["dead"], ids["gone"], ids["free"]]);
     }
 
     /// The lost-agent sweep's end is one guarded statement: on PostgreSQL
