@@ -83,7 +83,57 @@ impl Signal {
     }
 }
 
+/// A thread's turn at making a reply its follow-up (see [`App::follow_up_turn`]).
+pub struct FollowUpTurn<'a> {
+    /// This process's turn (SQLite: one process, one lock for every thread).
+    _here: Option<tokio::sync::MutexGuard<'a, ()>>,
+    /// The turn among processes (PostgreSQL): the transaction holding the
+    /// thread's advisory lock.
+    shared: Option<sea_orm::DatabaseTransaction>,
+}
+
+impl std::fmt::Debug for FollowUpTurn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowUpTurn")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FollowUpTurn<'_> {
+    /// Ends the turn: the next reply to the thread, on any process, goes.
+    /// (Dropped instead, the lock goes with the transaction's rollback.)
+    pub async fn end(self) {
+        if let Some(txn) = self.shared
+            && let Err(err) = txn.commit().await
+        {
+            tracing::warn!(error = %err, "cannot end a thread's turn; it ends with its connection");
+        }
+    }
+}
+
 impl App {
+    /// Waits for the turn of thread `root` of `channel` at making a reply
+    /// its follow-up: replies arriving together are taken one after the
+    /// other, the later one seeing the earlier one's task, whichever
+    /// processes they land on (on PostgreSQL, under the thread's advisory
+    /// lock alone: replies to other threads do not wait).
+    pub async fn follow_up_turn(
+        &self,
+        channel: &str,
+        root: &str,
+    ) -> anyhow::Result<FollowUpTurn<'_>> {
+        let shared = self.store.thread_turn(channel, root).await?;
+        let here = match shared {
+            Some(_) => None,
+            None => Some(self.follow_ups.lock().await),
+        };
+        Ok(FollowUpTurn {
+            _here: here,
+            shared,
+        })
+    }
+
     /// Tells the other processes (PostgreSQL only; a failure is logged: the
     /// poll is the fallback).
     pub async fn announce(&self, signal: Signal) {
@@ -100,7 +150,9 @@ impl App {
     pub async fn on_signal(&self, signal: Signal) {
         match signal {
             Signal::Queued => {
+                // It may be a follow-up that waits for its thread's task.
                 self.store.mark_maybe_queued();
+                self.store.mark_maybe_waiting();
                 self.dispatch_wake.notify_one();
             }
             Signal::Cancel(id) => match self.store.task(id).await {
@@ -232,6 +284,7 @@ impl App {
                     // said meanwhile is lost; catch up from the database.
                     Ok(None) => {
                         self.store.mark_maybe_queued();
+                        self.store.mark_maybe_waiting();
                         self.dispatch_wake.notify_one();
                         self.deliver_cancels().await;
                         self.deliver_decisions().await;
@@ -267,6 +320,8 @@ impl App {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use sea_orm::ConnectionTrait;
 
     use super::Signal;
     use crate::app::App;
@@ -323,6 +378,58 @@ mod tests {
         one.on_signal(Signal::Bound).await;
         let task = one.create_task(from_c2).await.expect("bound now");
         assert_eq!(task.project, "api");
+    }
+
+    /// Two replies to one thread landing on two processes (PostgreSQL) are
+    /// taken one after the other: the second waits for the first's turn to
+    /// end; a reply to another thread does not wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_to_one_thread_on_two_processes_take_turns() {
+        let Some(server) = baton_testkit::db::postgres_or_skip(
+            "replies_to_one_thread_on_two_processes_take_turns",
+        ) else {
+            return;
+        };
+        let db = baton_testkit::db::TestDb::postgres(&server).await;
+        let store = Store::connect(&db.url).await.expect("store");
+        let (one, two) = (
+            process(&db.url, &store).await,
+            process(&db.url, &store).await,
+        );
+        let first = one.follow_up_turn("C1", "1.1").await.expect("a turn");
+        let second = tokio::spawn({
+            let two = two.clone();
+            async move {
+                let turn = two.follow_up_turn("C1", "1.1").await.expect("a turn");
+                turn.end().await;
+            }
+        });
+        // The second waits on the thread's lock in the database.
+        let waiting = || async {
+            let db = store.connection();
+            let row = db
+                .query_one(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                ))
+                .await
+                .expect("read the locks")
+                .expect("a row");
+            row.try_get::<i64>("", "n").expect("a count") > 0
+        };
+        baton_testkit::eventually("the second reply to wait", || async {
+            waiting().await.then_some(())
+        })
+        .await;
+        assert!(!second.is_finished());
+        // Another thread's reply, on the other process, does not wait.
+        two.follow_up_turn("C1", "2.2")
+            .await
+            .expect("a turn")
+            .end()
+            .await;
+        first.end().await;
+        second.await.expect("the second reply's turn came");
     }
 
     #[test]

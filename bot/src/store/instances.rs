@@ -19,6 +19,11 @@ use super::Store;
 /// on it, whatever the clocks of the processes' machines say.
 const PG_NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
 
+/// The first key of the PostgreSQL advisory lock a thread's follow-up takes
+/// (the second is the `hashtext` of its channel and root): two replies to one
+/// thread landing on two processes are taken one after the other.
+pub const THREAD_LOCK_CLASS: i32 = 0x6261_7101;
+
 impl Store {
     /// Whether several processes may share this database (PostgreSQL).
     pub fn is_shared(&self) -> bool {
@@ -260,6 +265,41 @@ impl Store {
     pub fn mark_maybe_queued(&self) {
         self.maybe_queued
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Another process may have written a follow-up that waits: the next
+    /// dispatch pass reads the waiting ones.
+    pub fn mark_maybe_waiting(&self) {
+        self.maybe_waiting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits for the turn of thread `root` of `channel` at making a reply
+    /// its follow-up, among the processes sharing the database: a
+    /// transaction holding the thread's advisory lock ([`THREAD_LOCK_CLASS`]),
+    /// released when it ends (committed, or dropped). None with SQLite (one
+    /// process: its own lock suffices).
+    pub async fn thread_turn(
+        &self,
+        channel: &str,
+        root: &str,
+    ) -> anyhow::Result<Option<sea_orm::DatabaseTransaction>> {
+        use sea_orm::TransactionTrait;
+        if !self.is_shared() {
+            return Ok(None);
+        }
+        let txn = self
+            .db
+            .begin()
+            .await
+            .context("Cannot wait for the thread's turn")?;
+        txn.execute(self.stmt(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            vec![THREAD_LOCK_CLASS.into(), format!("{channel}/{root}").into()],
+        ))
+        .await
+        .context("Cannot wait for the thread's turn")?;
+        Ok(Some(txn))
     }
 
     /// The dispatched and running tasks a cancel was asked for.
