@@ -81,7 +81,7 @@ async fn run(
                     ));
                     continue;
                 }
-                let here = if app.store.is_shared() {
+                let here = if app.store.is_shared() && live.is_some_and(|a| a.connected) {
                     replies::health_on_this_process(app.instance_id())
                 } else {
                     String::new()
