@@ -49,6 +49,12 @@ async fn run(
         AdminCommand::Health => {
             let agents = app.hub.snapshot();
             let known = app.store.agents().await?;
+            // Which process holds each agent (PostgreSQL: several share the database).
+            let holders = if app.store.is_shared() {
+                app.store.agent_holders(app.clock.now_ms()).await?
+            } else {
+                Default::default()
+            };
             let mut out = String::from("*Agent health*\n");
             if known.is_empty() && agents.is_empty() {
                 out.push_str("No agents yet. Add one with `/baton-admin agent add NAME`.");
@@ -59,6 +65,26 @@ async fn run(
                     " (revoked)"
                 } else {
                     ""
+                };
+                let holder = holders.get(&row.name);
+                if !live.is_some_and(|a| a.connected)
+                    && let Some((instance, true)) = holder
+                    && instance != app.instance_id()
+                {
+                    let running = app
+                        .store
+                        .agent_tasks(&row.name, &[TaskState::Dispatched, TaskState::Running])
+                        .await?
+                        .len();
+                    out.push_str(&replies::health_held_elsewhere(
+                        &row.name, revoked, instance, running,
+                    ));
+                    continue;
+                }
+                let here = if app.store.is_shared() && live.is_some_and(|a| a.connected) {
+                    replies::health_on_this_process(app.instance_id())
+                } else {
+                    String::new()
                 };
                 match live {
                     Some(a) => {
@@ -100,7 +126,7 @@ async fn run(
                             )
                         };
                         out.push_str(&format!(
-                            "• *{}*{}: {} · {} · {}/{} running · {} queued · last seen {}{refused}\n",
+                            "• *{}*{}: {}{here} · {} · {}/{} running · {} queued · last seen {}{refused}\n",
                             row.name,
                             revoked,
                             if a.connected {
@@ -116,6 +142,12 @@ async fn run(
                                 .map(|s| format!("{s}s ago"))
                                 .unwrap_or_else(|| "never".into()),
                         ));
+                    }
+                    None if app.store.is_shared() => {
+                        let stopped = holder
+                            .filter(|(i, live)| !live && i != app.instance_id())
+                            .map(|(i, _)| i.as_str());
+                        out.push_str(&replies::health_not_connected(&row.name, revoked, stopped));
                     }
                     None => out.push_str(&format!(
                         "• *{}*{}: never connected since the bot started\n",
@@ -151,11 +183,19 @@ async fn run(
             if rows.is_empty() {
                 return Ok("No agents yet. Add one with `/baton-admin agent add NAME`.".into());
             }
+            // Connected to another live process counts (PostgreSQL).
+            let holders = if app.store.is_shared() {
+                app.store.agent_holders(app.clock.now_ms()).await?
+            } else {
+                Default::default()
+            };
             let mut out = String::from("*Agents*\n");
             for r in rows {
                 let state = if r.revoked_at.is_some() {
                     "revoked"
-                } else if app.hub.is_connected(&r.name) {
+                } else if app.hub.is_connected(&r.name)
+                    || holders.get(&r.name).is_some_and(|(_, live)| *live)
+                {
                     "connected"
                 } else {
                     "not connected"
@@ -232,6 +272,8 @@ async fn run(
             let channel = channel.unwrap_or_else(|| channel_id.to_owned());
             let known = app.store.project_names().await?;
             app.bind_project(project.as_str(), &channel).await?;
+            // The other processes forget the bindings they cached.
+            app.announce(crate::app::Signal::Bound).await;
             app.store
                 .audit(actor, "project.bind", project.as_str(), &channel)
                 .await?;
@@ -326,6 +368,9 @@ async fn run(
                     }
                 }
             }
+            // The other processes forget the purged tasks' queue positions.
+            app.announce(crate::app::Signal::Purged(project.to_string()))
+                .await;
             app.store
                 .audit(
                     actor,

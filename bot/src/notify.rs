@@ -41,6 +41,20 @@ pub fn marker(task: i64) -> String {
     format!("baton-notify-{task}")
 }
 
+/// The time (Unix ms) before which a notification's claim is taken for its
+/// holder's that is gone: older than [`NOTIFY_LEASE`]; with one process
+/// (SQLite), also any claim from before this process `started_at` (an earlier
+/// process's). With several processes sharing the database (PostgreSQL), a
+/// claim made before this one started may be a live process's that is
+/// posting now: only the lease says it is gone.
+fn stale_before(now: i64, lease: i64, started_at: i64, shared: bool) -> i64 {
+    if shared {
+        now - lease
+    } else {
+        (now - lease).max(started_at)
+    }
+}
+
 /// Runs notification passes every [`NOTIFY_INTERVAL`] until `shutdown`.
 pub async fn run<A: ChatApi>(
     store: Store,
@@ -87,9 +101,9 @@ struct Notifier<A> {
     slack: A,
     /// `BATON_NOTIFY`.
     mode: NotifyMode,
-    /// Unix ms when this process started notifying: one bot process serves
-    /// a database at a time, so a claim older than this belongs to a process
-    /// that is gone.
+    /// Unix ms when this process started notifying: with SQLite one bot
+    /// process serves the database, so a claim older than this belongs to a
+    /// process that is gone (see [`stale_before`]).
     started_at: i64,
     /// Notifications Slack did not take so far, for the logs.
     failures: u64,
@@ -115,7 +129,7 @@ impl<A: ChatApi> Notifier<A> {
         }
         let now = now_ms();
         let lease = i64::try_from(NOTIFY_LEASE.as_millis()).unwrap_or(i64::MAX);
-        let stale_before = (now - lease).max(self.started_at);
+        let stale_before = stale_before(now, lease, self.started_at, self.store.is_shared());
         for notice in self
             .store
             .pending_notices(stale_before, NOTIFY_BATCH)
@@ -257,4 +271,81 @@ fn earlier_secs(at: i64) -> i64 {
         return 0;
     }
     (at / 1000 - DM_LOOKBACK_SECS).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Ending, NewTask};
+
+    /// A claim made just before this process started: with SQLite it is an
+    /// earlier process's, taken over at once; on PostgreSQL it may be a live
+    /// process's posting now, and is left alone until its lease runs out.
+    #[tokio::test]
+    async fn a_recent_claim_is_another_live_process_s_only_on_a_shared_database() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let task = store
+            .insert_task(NewTask {
+                queued_at: now_ms(),
+                persona: "code".into(),
+                project: "web".into(),
+                prompt: "p".into(),
+                requester: "U1".into(),
+                team_id: "T1".into(),
+                channel_id: "C1".into(),
+                thread_ts: None,
+                parent_id: None,
+                session_id: None,
+                agent: Some("a".into()),
+                after_task: None,
+                session_agent: None,
+            })
+            .await
+            .expect("task");
+        store.set_message_ts(task.id, "1.1").await.expect("ts");
+        let ending = Ending::Cancelled {
+            note: "stopped".into(),
+        };
+        assert!(
+            store
+                .finish(task.id, None, None, &[TaskState::Dispatched], &ending)
+                .await
+                .expect("ended")
+        );
+        store.mark_slack_synced(task.id).await.expect("synced");
+        // Another process claimed it a second ago, then this one started.
+        let claimed = now_ms() - 1_000;
+        assert!(
+            store
+                .claim_notice(task.id, None, claimed)
+                .await
+                .expect("claim")
+        );
+        let settings =
+            crate::settings::Settings::for_tests("http://127.0.0.1:9", &db.url, "secret");
+        let slack =
+            crate::slack::api::SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token)
+                .expect("slack client");
+        let mut notifier = Notifier {
+            store: store.clone(),
+            slack,
+            mode: NotifyMode::Thread,
+            started_at: now_ms(),
+            failures: 0,
+        };
+        notifier.pass().await.expect("a pass");
+        let (done, claim) = store
+            .notice_state(task.id)
+            .await
+            .expect("read")
+            .expect("row");
+        assert!(!done);
+        if store.is_shared() {
+            assert_eq!(claim, Some(claimed), "left to the live process");
+        } else {
+            assert_ne!(claim, Some(claimed), "taken over");
+        }
+    }
 }

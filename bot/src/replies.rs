@@ -363,3 +363,31 @@ pub fn files_refused(refusal: &baton_shared::files::FileRefusal) -> String {
     };
     format!("This task was not created: {why}")
 }
+
+/// `/baton-admin health`'s line for an agent connected to another process
+/// (PostgreSQL): what the database knows, and where the rest is.
+pub fn health_held_elsewhere(name: &str, revoked: &str, instance: &str, running: usize) -> String {
+    format!(
+        "• *{name}*{revoked}: connected to process `{instance}` (not the one answering) · {running} running · its circuit, capacity and last contact are kept in that process's memory, not shown here (`/baton-admin health reset {name}` reaches it there)\n"
+    )
+}
+
+/// `/baton-admin health`'s line for an agent no live process holds
+/// (PostgreSQL); `stopped`: the process that held it last, if it stopped
+/// without letting go.
+pub fn health_not_connected(name: &str, revoked: &str, stopped: Option<&str>) -> String {
+    match stopped {
+        Some(instance) => format!(
+            "• *{name}*{revoked}: disconnected (the process `{instance}` that held it stopped; it reconnects to another one)\n"
+        ),
+        None => format!(
+            "• *{name}*{revoked}: not connected to any process (start it, or check its `server` and key)\n"
+        ),
+    }
+}
+
+/// What `/baton-admin health` adds to an agent this process holds, when
+/// several processes share the database.
+pub fn health_on_this_process(instance: &str) -> String {
+    format!(" · on this process `{instance}`")
+}

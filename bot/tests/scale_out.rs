@@ -379,3 +379,192 @@ async fn three_processes_started_at_once_migrate_once() {
     }
     assert!(leases(&store).await.is_empty(), "each removed its lease");
 }
+
+/// A click on Approve or Deny of request `request` of task `id`, on the
+/// process at `addr`, by `user`, as Slack signs it.
+async fn click_approval(addr: SocketAddr, action: &str, id: i64, request: u32, user: &str) {
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "team": {"id": "T1"},
+        "user": {"id": user},
+        "channel": {"id": "C1"},
+        "container": {"type": "message", "channel_id": "C1"},
+        "actions": [{
+            "type": "button",
+            "block_id": "b",
+            "action_id": action,
+            "value": format!("{id}:{request}"),
+            "action_ts": "1700000000.1",
+        }],
+    })
+    .to_string();
+    let (status, body) = baton_testkit::post_signed(
+        addr,
+        "/slack/interactions",
+        &[("payload", payload.as_str())],
+        baton_testkit::SIGNING_SECRET,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A running task on the agent of B whose agent asked request 1; its id.
+async fn waiting_for_approval(a: &BotProcess, agent: &mut FakeAgent, store: &Store) -> TaskId {
+    let id = start_task(a.addr, store, "clean the build").await;
+    let task = agent.submitted().await.task;
+    agent.start(task);
+    wait_state(store, id, "running", 20).await;
+    agent.send(AgentMessage::ApprovalRequest {
+        task,
+        request: 1,
+        tool: "Bash".into(),
+        input: "rm -rf build/".into(),
+    });
+    eventually("the request to be recorded", || async {
+        store.approval(id, 1).await.unwrap().map(|_| ())
+    })
+    .await;
+    task
+}
+
+/// The approval decisions the agent is sent, until `want` is among them.
+async fn decision(
+    agent: &mut FakeAgent,
+    task: TaskId,
+) -> (u32, baton_shared::protocol::Decision, Option<String>) {
+    frame(agent, |f| match f {
+        BotMessage::ApprovalDecision {
+            task: t,
+            request,
+            decision,
+            by,
+        } if *t == task => Some((*request, *decision, by.clone())),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_approval_decided_on_one_process_reaches_the_agent_on_another() {
+    let Some(_) =
+        postgres_or_skip("an_approval_decided_on_one_process_reaches_the_agent_on_another")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
+    let store = a.store().await;
+    let task = waiting_for_approval(&a, &mut agent, &store).await;
+
+    // Approve is clicked on A, which does not hold the agent: B sends it.
+    click_approval(a.addr, "baton_approve", task.0, 1, "UADMIN").await;
+    assert_eq!(
+        decision(&mut agent, task).await,
+        (
+            1,
+            baton_shared::protocol::Decision::Approved,
+            Some("UADMIN".into())
+        )
+    );
+    let row = eventually("the decision recorded as sent", || async {
+        store
+            .approval(task.0, 1)
+            .await
+            .unwrap()
+            .filter(|r| r.delivered)
+    })
+    .await;
+    assert_eq!(row.state(), baton_bot::model::ApprovalState::Approved);
+
+    agent.complete(task, "clean", "s1");
+    wait_state(&store, task.0, "completed", 20).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_decision_whose_notification_was_missed_reaches_the_agent_by_the_poll() {
+    let Some(_) =
+        postgres_or_skip("a_decision_whose_notification_was_missed_reaches_the_agent_by_the_poll")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
+    let store = a.store().await;
+    let task = waiting_for_approval(&a, &mut agent, &store).await;
+
+    // Decided in the database with no notification at all (as if the
+    // listener's connection had dropped): B's poll sends it.
+    let db = store.connection();
+    db.execute(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "UPDATE approvals SET state = 'denied', decided_by = 'U2', decided_at = 1 \
+         WHERE task_id = $1 AND request = 1",
+        [task.0.into()],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        decision(&mut agent, task).await,
+        (
+            1,
+            baton_shared::protocol::Decision::Denied,
+            Some("U2".into())
+        )
+    );
+    eventually("the decision recorded as sent", || async {
+        store
+            .approval(task.0, 1)
+            .await
+            .unwrap()
+            .filter(|r| r.delivered)
+            .map(|_| ())
+    })
+    .await;
+
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn health_on_one_process_shows_the_agent_connected_to_another() {
+    let Some(_) = postgres_or_skip("health_on_one_process_shows_the_agent_connected_to_another")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_slack, url) = fake_slack().await;
+    let (a, b, _agent) = two_processes(dir.path(), &url).await;
+    let store = a.store().await;
+    let held_by = store.agent_instance("e2e").await.unwrap().expect("held");
+
+    let on_a = admin(a.addr, "health").await;
+    assert!(
+        on_a.contains(&format!("*e2e*: connected to process `{held_by}`")),
+        "{on_a}"
+    );
+    assert!(
+        on_a.contains("not shown here"),
+        "says what it cannot know: {on_a}"
+    );
+    let on_b = admin(b.addr, "health").await;
+    assert!(
+        on_b.contains(&format!("*e2e*: connected · on this process `{held_by}`")),
+        "{on_b}"
+    );
+    let agents = admin(a.addr, "agents").await;
+    assert!(agents.contains("*e2e*: connected"), "{agents}");
+
+    // B stops: nobody holds the agent, and A says so.
+    b.stop().await;
+    let gone = eventually("the agent let go", || async {
+        let health = admin(a.addr, "health").await;
+        health.contains("*e2e*: not connected").then_some(health)
+    })
+    .await;
+    assert!(!gone.contains(&held_by), "{gone}");
+    a.stop().await;
+}

@@ -15,6 +15,7 @@ mod m20261207_000110_follow_ups;
 mod m20261207_000120_approvals;
 mod m20261207_000130_instances;
 mod m20261207_000140_editor;
+mod m20261207_000150_approvals_delivered;
 
 /// The condition of the ended tasks whose requester is still to be told (the
 /// partial index's condition, which queries must repeat word for word).
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000120_approvals::Migration),
             Box::new(m20261207_000130_instances::Migration),
             Box::new(m20261207_000140_editor::Migration),
+            Box::new(m20261207_000150_approvals_delivered::Migration),
         ]
     }
 }

@@ -5,8 +5,9 @@
 //! shows it with **Approve** and **Deny**, and one thread reply mentions the
 //! requester. The requester, the admins and the project's approvers may
 //! answer; the decision is one guarded update from `pending`, sent to the
-//! agent at once if it is connected (otherwise when it asks again after
-//! reconnecting). The sweep times requests out after
+//! agent at once if it is connected here, by the process holding it if it
+//! is connected to another (a hand-over signal, and a poll of the decisions
+//! not yet sent), otherwise when it asks again after reconnecting. The sweep times requests out after
 //! `BATON_APPROVAL_TIMEOUT_SECS`, closes those whose task ended, and posts
 //! the thread replies still missing (after a restart, only once Slack was
 //! asked whether the reply is there).
@@ -157,12 +158,17 @@ impl App {
             Ok(false) => match self.store.approval(id, request).await {
                 Ok(Some(a)) => match a.state().decision() {
                     // Decided: the agent asks again (it missed the answer).
-                    Some(decision) => vec![BotMessage::ApprovalDecision {
-                        task,
-                        request,
-                        decision,
-                        by: a.decided_by,
-                    }],
+                    Some(decision) => {
+                        if !a.delivered {
+                            self.mark_delivered(id, request).await;
+                        }
+                        vec![BotMessage::ApprovalDecision {
+                            task,
+                            request,
+                            decision,
+                            by: a.decided_by,
+                        }]
+                    }
                     None => Vec::new(),
                 },
                 Ok(None) => Vec::new(),
@@ -358,8 +364,9 @@ impl App {
         Ok(replies::approval_decided(task, request, decision.allows()))
     }
 
-    /// A decision was recorded: the agent hears it now if connected (else
-    /// when it asks again), and the message shows it.
+    /// A decision was recorded: the agent hears it now if connected here;
+    /// if connected to another process, from it (hand-over); else when it
+    /// asks again. The message shows it.
     async fn approval_decided(
         &self,
         task: &Task,
@@ -370,17 +377,86 @@ impl App {
         self.approval_desk.count(decision);
         tracing::info!(task = task.id, request, ?decision, by, "approval decided");
         if let Some(agent) = task.agent.as_deref() {
-            self.hub.send(
-                agent,
-                BotMessage::ApprovalDecision {
-                    task: TaskId(task.id),
-                    request,
-                    decision,
-                    by: by.map(str::to_owned),
-                },
-            );
+            let frame = BotMessage::ApprovalDecision {
+                task: TaskId(task.id),
+                request,
+                decision,
+                by: by.map(str::to_owned),
+            };
+            if self.hub.send(agent, frame) {
+                self.mark_delivered(task.id, request).await;
+            } else {
+                self.announce(super::Signal::Decided(task.id, request))
+                    .await;
+            }
         }
         self.show_approvals(task.id).await;
+    }
+
+    /// Records that a decision reached its agent (a failure is logged: at
+    /// worst the poll sends it again, which the agent ignores).
+    async fn mark_delivered(&self, task: i64, request: u32) {
+        if let Err(err) = self.store.approval_delivered(task, request).await {
+            tracing::warn!(task, request, error = ?err, "cannot record that the approval decision was sent");
+        }
+    }
+
+    /// Sends the decision of request `request` of task `task`, made on
+    /// another process, to its agent if this process holds it.
+    pub(super) async fn deliver_decision(&self, task: i64, request: u32) {
+        let read = async {
+            let a = self.store.approval(task, request).await?;
+            let t = self.store.task(task).await?;
+            anyhow::Ok(a.zip(t))
+        };
+        match read.await {
+            Ok(Some((a, t))) if !a.delivered && t.state == TaskState::Running.as_str() => {
+                if let Some(agent) = t.agent {
+                    self.send_decision(&a, &agent).await;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(task, request, error = ?err, "cannot read an approval decision to send")
+            }
+        }
+    }
+
+    /// Sends every decision not yet sent to the agents this process holds
+    /// (the poll, should a hand-over notification have been missed).
+    pub(super) async fn deliver_decisions(&self) {
+        match self.store.undelivered_decisions(self.instance_id()).await {
+            Ok(rows) => {
+                for (a, agent) in rows {
+                    self.send_decision(&a, &agent).await;
+                }
+            }
+            Err(err) => tracing::error!(error = ?err, "cannot read the approval decisions to send"),
+        }
+    }
+
+    /// Sends decided request `a` to `agent` if this process holds it, and
+    /// records that it was sent.
+    async fn send_decision(&self, a: &Approval, agent: &str) {
+        let Some(decision) = a.state().decision() else {
+            return;
+        };
+        let request = u32::try_from(a.request).unwrap_or(u32::MAX);
+        let frame = BotMessage::ApprovalDecision {
+            task: TaskId(a.task_id),
+            request,
+            decision,
+            by: a.decided_by.clone(),
+        };
+        if self.hub.send(agent, frame) {
+            tracing::info!(
+                task = a.task_id,
+                request,
+                agent,
+                "approval decision handed over to the agent"
+            );
+            self.mark_delivered(a.task_id, request).await;
+        }
     }
 
     /// The approval part of the sweep: pending requests past

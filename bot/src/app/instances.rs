@@ -130,14 +130,22 @@ impl App {
         Ok(())
     }
 
-    /// Writes this process's lease, [`LEASE_TTL`] from now.
+    /// Writes this process's lease, [`LEASE_TTL`] from now: on PostgreSQL's
+    /// clock when several processes share it, on this process's otherwise.
     async fn renew_lease(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
-        let until = now + LEASE_TTL.as_millis() as i64;
         self.store
-            .renew_instance(&self.instance_id, self.started_at, until)
+            .renew_instance(
+                &self.instance_id,
+                self.started_at,
+                now,
+                LEASE_TTL.as_millis() as i64,
+            )
             .await?;
-        self.lease_until.store(until, Ordering::SeqCst);
+        // This process's view of its lease (its own clock): past it, the
+        // others may count it gone and it stops spending the Slack budget.
+        self.lease_until
+            .store(now + LEASE_TTL.as_millis() as i64, Ordering::SeqCst);
         Ok(())
     }
 
@@ -284,21 +292,18 @@ impl App {
 
     /// Takes over the dispatched and running tasks whose agent no live
     /// process holds and this one does not wait for: those of a process
-    /// whose lease expired (killed, or cut off from the database).
+    /// whose lease expired (killed, or cut off from the database). The
+    /// database filters them: the tasks live processes hold are not read.
     pub async fn take_over_orphans(&self) -> anyhow::Result<()> {
-        let elsewhere = self.agents_held_elsewhere().await?;
         let tasks = self
             .store
-            .tasks_in(&[TaskState::Dispatched, TaskState::Running], u64::MAX)
+            .orphaned_tasks(&self.instance_id, self.clock.now_ms())
             .await?;
         for task in tasks {
             let Some(agent) = task.agent.as_deref() else {
                 continue;
             };
-            if elsewhere.contains(agent)
-                || self.hub.holds(agent, task.id)
-                || self.hub.is_connected(agent)
-            {
+            if self.hub.holds(agent, task.id) || self.hub.is_connected(agent) {
                 continue;
             }
             tracing::info!(

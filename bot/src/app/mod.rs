@@ -45,7 +45,7 @@ use crate::store::{Store, Task};
 
 pub use approvals::{ApprovalDesk, DECISIONS, notice_marker};
 pub use dispatch::{DISPATCH_BATCH, EVENT_ID_RETENTION, PRUNE_INTERVAL};
-pub use handover::{CHANNEL, HANDOVER_POLL, LISTEN_RETRY, Signal};
+pub use handover::{CHANNEL, FollowUpTurn, HANDOVER_POLL, LISTEN_RETRY, Signal};
 pub use instances::{LEASE_RENEW, LEASE_TTL};
 pub use recovery::{RESPONSE_URL_KEPT, SWEEP_INTERVAL};
 

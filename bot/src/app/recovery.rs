@@ -133,7 +133,7 @@ impl App {
                     .finish_lost(
                         id,
                         &agent,
-                        (self.instance_id(), self.clock.now_ms()),
+                        self.instance_id(),
                         &[TaskState::Dispatched, TaskState::Running],
                         &ending,
                     )

@@ -607,7 +607,10 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
     };
     // Replies arriving together are taken one after the other: the later one
     // sees the earlier one's task and waits for it.
-    let turn = app.follow_ups.lock().await;
+    let turn = match app.follow_up_turn(&event.channel, root).await {
+        Ok(turn) => turn,
+        Err(err) => return Reply::Ephemeral(RequestError::Internal(err).user_text()),
+    };
     let tasks = match app.store.thread_tasks(&event.channel, root).await {
         Ok(tasks) => tasks,
         Err(err) => return Reply::Ephemeral(RequestError::Internal(err).user_text()),
@@ -667,7 +670,7 @@ async fn follow_up(app: &Arc<App>, root: &str, text: &str, event: &Event, team: 
         files: event.files.iter().map(SlackFile::attachment).collect(),
     };
     let created = app.create_task(req).await;
-    drop(turn);
+    turn.end().await;
     match created {
         Ok(task) => {
             if let Some(after) = task.after_task {

@@ -59,6 +59,7 @@ impl Store {
             requested_at: Set(now),
             decided_at: Set(None),
             posted: Set(false),
+            delivered: Set(false),
         };
         let insert = approval::Entity::insert(row)
             .on_conflict(
@@ -149,6 +150,64 @@ impl Store {
             .await
             .context("Cannot record the approval's thread reply")?;
         Ok(())
+    }
+
+    /// Records that the decision of request `request` of task `task` was
+    /// sent to the task's agent.
+    pub async fn approval_delivered(&self, task: i64, request: u32) -> anyhow::Result<()> {
+        let update = Query::update()
+            .table(approval::Entity)
+            .value(approval::Column::Delivered, true)
+            .and_where(Expr::col(approval::Column::TaskId).eq(task))
+            .and_where(Expr::col(approval::Column::Request).eq(i64::from(request)))
+            .to_owned();
+        self.write(self.db.get_database_backend().build(&update))
+            .await
+            .context("Cannot record that the approval decision was sent")?;
+        Ok(())
+    }
+
+    /// The decided requests not yet sent to their agent, of the running tasks
+    /// whose agent instance `me` holds, at most [`PENDING_BATCH`], each with
+    /// its task's agent.
+    pub async fn undelivered_decisions(&self, me: &str) -> anyhow::Result<Vec<(Approval, String)>> {
+        let decided: Vec<&str> = [
+            ApprovalState::Approved,
+            ApprovalState::Denied,
+            ApprovalState::TimedOut,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        let stmt = self.stmt(
+            "SELECT a.*, t.agent AS task_agent FROM approvals a \
+             JOIN tasks t ON t.id = a.task_id \
+             JOIN agents g ON g.name = t.agent \
+             WHERE g.instance = $1 AND t.state = $2 AND NOT a.delivered \
+             AND a.state IN ($3, $4, $5) \
+             ORDER BY a.decided_at LIMIT $6",
+            vec![
+                me.into(),
+                crate::model::TaskState::Running.as_str().into(),
+                decided[0].into(),
+                decided[1].into(),
+                decided[2].into(),
+                (PENDING_BATCH as i64).into(),
+            ],
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read the approval decisions to send")?;
+        rows.iter()
+            .map(|r| {
+                let a = <approval::Model as sea_orm::FromQueryResult>::from_query_result(r, "")?;
+                let agent: String = r.try_get("", "task_agent")?;
+                Ok((a, agent))
+            })
+            .collect::<Result<_, sea_orm::DbErr>>()
+            .context("an approval decision to send")
     }
 
     /// Pending requests, oldest first, at most [`PENDING_BATCH`], each with its task.

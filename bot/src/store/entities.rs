@@ -306,6 +306,8 @@ pub mod approval {
         pub decided_at: Option<i64>,
         /// The thread reply that mentions the requester is in Slack.
         pub posted: bool,
+        /// The decision was sent to the task's agent (by the process holding it).
+        pub delivered: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

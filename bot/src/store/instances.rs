@@ -3,7 +3,10 @@
 //!
 //! With SQLite there is one process (a second one is refused), so every other
 //! instance row is a dead one's; with PostgreSQL a row whose lease has not
-//! expired is a live process, whose agents' tasks are its own.
+//! expired is a live process, whose agents' tasks are its own. Leases are
+//! written and compared on PostgreSQL's clock (`now()`), so that the
+//! processes' machines need not agree on the time; with SQLite, on the
+//! process's (injectable) clock.
 
 use std::collections::HashSet;
 
@@ -11,6 +14,15 @@ use anyhow::Context;
 use sea_orm::{ConnectionTrait, Statement, Value};
 
 use super::Store;
+
+/// PostgreSQL's clock in Unix ms, as SQL: leases are written and compared
+/// on it, whatever the clocks of the processes' machines say.
+const PG_NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
+
+/// The first key of the PostgreSQL advisory lock a thread's follow-up takes
+/// (the second is the `hashtext` of its channel and root): two replies to one
+/// thread landing on two processes are taken one after the other.
+pub const THREAD_LOCK_CLASS: i32 = 0x6261_7101;
 
 impl Store {
     /// Whether several processes may share this database (PostgreSQL).
@@ -20,7 +32,7 @@ impl Store {
 
     /// A statement for this database: `sql` with `$1`, `$2`… placeholders
     /// (rewritten to `?` for SQLite).
-    fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+    pub(super) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
         let backend = self.db.get_database_backend();
         let sql = if self.is_shared() {
             sql.to_owned()
@@ -34,18 +46,34 @@ impl Store {
         Statement::from_sql_and_values(backend, sql, values)
     }
 
-    /// Writes instance `id`'s lease: registers it, or renews it (registers it
-    /// again should its row have gone).
+    /// A statement for this database whose `{now}` is the time leases are
+    /// measured on, in Unix ms: PostgreSQL's own clock (`now()`; `now` is
+    /// not used), so that the clocks of the processes' machines do not
+    /// matter; with SQLite (one process), `now`, bound after `values`.
+    fn stmt_at(&self, sql: &str, mut values: Vec<Value>, now: i64) -> Statement {
+        if self.is_shared() {
+            return self.stmt(&sql.replace("{now}", PG_NOW_MS), values);
+        }
+        values.push(now.into());
+        let at = format!("${}", values.len());
+        self.stmt(&sql.replace("{now}", &at), values)
+    }
+
+    /// Writes instance `id`'s lease, `ttl_ms` from `now` (see
+    /// [`Store::stmt_at`]: on PostgreSQL, from the database's clock):
+    /// registers it, or renews it (registers it again should its row have gone).
     pub async fn renew_instance(
         &self,
         id: &str,
         started_at: i64,
-        lease_until: i64,
+        now: i64,
+        ttl_ms: i64,
     ) -> anyhow::Result<()> {
-        let stmt = self.stmt(
-            "INSERT INTO instances (id, started_at, lease_until) VALUES ($1, $2, $3) \
+        let stmt = self.stmt_at(
+            "INSERT INTO instances (id, started_at, lease_until) VALUES ($1, $2, {now} + $3) \
              ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
-            vec![id.into(), started_at.into(), lease_until.into()],
+            vec![id.into(), started_at.into(), ttl_ms.into()],
+            now,
         );
         self.write(stmt)
             .await
@@ -113,16 +141,18 @@ impl Store {
     }
 
     /// The agents whose connection another live instance than `me` holds
-    /// (its lease runs past `now`, Unix ms): their tasks are that instance's.
+    /// (its lease runs past `now`, Unix ms; on PostgreSQL, past the
+    /// database's clock): their tasks are that instance's.
     pub async fn agents_held_elsewhere(
         &self,
         me: &str,
         now: i64,
     ) -> anyhow::Result<HashSet<String>> {
-        let stmt = self.stmt(
+        let stmt = self.stmt_at(
             "SELECT a.name AS name FROM agents a JOIN instances i ON i.id = a.instance \
-             WHERE a.instance <> $1 AND i.lease_until > $2",
-            vec![me.into(), now.into()],
+             WHERE a.instance <> $1 AND i.lease_until > {now}",
+            vec![me.into()],
+            now,
         );
         let rows = self
             .read
@@ -134,11 +164,13 @@ impl Store {
             .collect()
     }
 
-    /// How many instances are alive at `now` (Unix ms): their lease runs past it.
+    /// How many instances are alive at `now` (Unix ms; on PostgreSQL, the
+    /// database's clock): their lease runs past it.
     pub async fn live_instances(&self, now: i64) -> anyhow::Result<u32> {
-        let stmt = self.stmt(
-            "SELECT COUNT(*) AS live FROM instances WHERE lease_until > $1",
-            vec![now.into()],
+        let stmt = self.stmt_at(
+            "SELECT COUNT(*) AS live FROM instances WHERE lease_until > {now}",
+            Vec::new(),
+            now,
         );
         let row = self
             .read
@@ -154,19 +186,21 @@ impl Store {
     }
 
     /// Makes instance `me` the editor of task `id`'s Slack message, unless
-    /// another instance edits it whose lease runs past `now` (Unix ms) and
+    /// another instance edits it whose lease runs past `now` (Unix ms; on
+    /// PostgreSQL, the database's clock) and
     /// `me` does not hold the task's agent: the holder of the agent takes
     /// the message over from the process that posted it (once its ts is
     /// recorded: never while it is being posted), and anyone takes it over
     /// from a dead process. Whether `me` edits it now. One guarded
     /// statement, so two processes never both win it.
     pub async fn claim_editor(&self, id: i64, me: &str, now: i64) -> anyhow::Result<bool> {
-        let stmt = self.stmt(
+        let stmt = self.stmt_at(
             "UPDATE tasks SET editor = $1 WHERE id = $2 AND (editor IS NULL OR editor = $3 \
-             OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = tasks.editor AND i.lease_until > $4) \
+             OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = tasks.editor AND i.lease_until > {now}) \
              OR (tasks.message_ts IS NOT NULL \
-                 AND EXISTS (SELECT 1 FROM agents a WHERE a.name = tasks.agent AND a.instance = $5)))",
-            vec![me.into(), id.into(), me.into(), now.into(), me.into()],
+                 AND EXISTS (SELECT 1 FROM agents a WHERE a.name = tasks.agent AND a.instance = $4)))",
+            vec![me.into(), id.into(), me.into(), me.into()],
+            now,
         );
         let changed = self
             .write(stmt)
@@ -184,6 +218,73 @@ impl Store {
             .await
             .context("Cannot read who edits the task's message")?;
         Ok(row.and_then(|r| r.try_get::<Option<String>>("", "editor").ok().flatten()))
+    }
+
+    /// Every agent some instance is recorded as holding: the instance, and
+    /// whether its lease runs past `now` (Unix ms; on PostgreSQL, past the
+    /// database's clock; false: it stopped or died).
+    pub async fn agent_holders(
+        &self,
+        now: i64,
+    ) -> anyhow::Result<std::collections::HashMap<String, (String, bool)>> {
+        let stmt = self.stmt_at(
+            "SELECT a.name AS name, a.instance AS instance, \
+             CASE WHEN i.lease_until > {now} THEN 1 ELSE 0 END AS live \
+             FROM agents a LEFT JOIN instances i ON i.id = a.instance \
+             WHERE a.instance IS NOT NULL",
+            Vec::new(),
+            now,
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read which processes hold the agents")?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get("", "name")?;
+                let instance: String = r.try_get("", "instance")?;
+                let live: i32 = r.try_get("", "live")?;
+                Ok((name, (instance, live == 1)))
+            })
+            .collect::<Result<_, sea_orm::DbErr>>()
+            .context("which process holds an agent")
+    }
+
+    /// The dispatched and running tasks that may need taking over by
+    /// instance `me`: those whose agent no instance holds, or an instance
+    /// whose lease ran out by `now` (on PostgreSQL, by the database's clock)
+    /// or whose row is gone. Filtered here, so that the periodic takeover
+    /// reads none of the tasks live processes hold.
+    pub async fn orphaned_tasks(&self, me: &str, now: i64) -> anyhow::Result<Vec<super::Task>> {
+        use sea_orm::FromQueryResult;
+
+        use super::entities::task;
+        use crate::model::TaskState;
+        let stmt = self.stmt_at(
+            "SELECT t.* FROM tasks t \
+             LEFT JOIN agents a ON a.name = t.agent \
+             LEFT JOIN instances i ON i.id = a.instance \
+             WHERE t.state IN ($1, $2) AND t.agent IS NOT NULL \
+             AND (a.instance IS NULL \
+                  OR (a.instance <> $3 AND (i.id IS NULL OR i.lease_until <= {now}))) \
+             ORDER BY t.id",
+            vec![
+                TaskState::Dispatched.as_str().into(),
+                TaskState::Running.as_str().into(),
+                me.into(),
+            ],
+            now,
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read the tasks no live process holds")?;
+        rows.iter()
+            .map(|r| task::Model::from_query_result(r, ""))
+            .collect::<Result<Vec<_>, _>>()
+            .context("a task no live process holds")
     }
 
     /// The lease of instance `id` (Unix ms), if it is registered.
@@ -222,6 +323,41 @@ impl Store {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Another process may have written a follow-up that waits: the next
+    /// dispatch pass reads the waiting ones.
+    pub fn mark_maybe_waiting(&self) {
+        self.maybe_waiting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits for the turn of thread `root` of `channel` at making a reply
+    /// its follow-up, among the processes sharing the database: a
+    /// transaction holding the thread's advisory lock ([`THREAD_LOCK_CLASS`]),
+    /// released when it ends (committed, or dropped). None with SQLite (one
+    /// process: its own lock suffices).
+    pub async fn thread_turn(
+        &self,
+        channel: &str,
+        root: &str,
+    ) -> anyhow::Result<Option<sea_orm::DatabaseTransaction>> {
+        use sea_orm::TransactionTrait;
+        if !self.is_shared() {
+            return Ok(None);
+        }
+        let txn = self
+            .db
+            .begin()
+            .await
+            .context("Cannot wait for the thread's turn")?;
+        txn.execute(self.stmt(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            vec![THREAD_LOCK_CLASS.into(), format!("{channel}/{root}").into()],
+        ))
+        .await
+        .context("Cannot wait for the thread's turn")?;
+        Ok(Some(txn))
+    }
+
     /// The dispatched and running tasks a cancel was asked for.
     pub async fn cancels_asked(&self) -> anyhow::Result<Vec<super::Task>> {
         use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -241,13 +377,14 @@ impl Store {
 
     /// Ends task `id` of `agent` as lost (see [`Store::finish`]), unless
     /// another live instance than `me` holds the agent now (its lease runs
-    /// past `now`): then it changes nothing and returns false. One statement,
-    /// so an agent reconnecting elsewhere at that moment keeps its task.
+    /// past the database's clock): then it changes nothing and returns
+    /// false. One statement, so an agent reconnecting elsewhere at that
+    /// moment keeps its task. With SQLite (one process) there is no other.
     pub async fn finish_lost(
         &self,
         id: i64,
         agent: &str,
-        (me, now): (&str, i64),
+        me: &str,
         from: &[crate::model::TaskState],
         ending: &super::Ending,
     ) -> anyhow::Result<bool> {
@@ -258,9 +395,11 @@ impl Store {
         let mut q = super::finish_query(id, Some(agent), None, from, ending);
         if self.is_shared() {
             q = q.filter(Expr::cust_with_values(
-                "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
-                 WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > $3)",
-                [Value::from(agent), Value::from(me), Value::from(now)],
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
+                     WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > {PG_NOW_MS})"
+                ),
+                [Value::from(agent), Value::from(me)],
             ));
         }
         let res = q
@@ -303,13 +442,14 @@ mod tests {
             .put_agent("laptop", "hash", "UADMIN", false)
             .await
             .expect("agent");
+        // The process's clock (SQLite), or PostgreSQL's own.
         let now = 1_000_000;
         store
-            .renew_instance("a", now, now + 10_000)
+            .renew_instance("a", now, now, 10_000)
             .await
             .expect("a");
         store
-            .renew_instance("b", now, now + 10_000)
+            .renew_instance("b", now, now, 10_000)
             .await
             .expect("b");
         store.hold_agent("laptop", "a").await.expect("hold");
@@ -327,17 +467,22 @@ mod tests {
         };
         assert!(elsewhere("b", now).await.contains("laptop"));
         assert!(elsewhere("a", now).await.is_empty(), "not elsewhere: here");
+        expire(&store, "a").await;
         assert!(
-            elsewhere("b", now + 10_000).await.is_empty(),
+            elsewhere("b", now).await.is_empty(),
             "a lease that ran out holds nothing"
         );
+        let holders = store.agent_holders(now).await.expect("read");
+        assert_eq!(holders.get("laptop"), Some(&("a".to_owned(), false)));
 
         // Renewed, it holds again; only its holder releases the agent.
         store
-            .renew_instance("a", now, now + 20_000)
+            .renew_instance("a", now, now, 10_000)
             .await
             .expect("renew");
-        assert!(elsewhere("b", now + 10_000).await.contains("laptop"));
+        assert!(elsewhere("b", now).await.contains("laptop"));
+        let holders = store.agent_holders(now).await.expect("read");
+        assert_eq!(holders.get("laptop"), Some(&("a".to_owned(), true)));
         store.release_agent("laptop", "b").await.expect("not b's");
         assert!(elsewhere("b", now).await.contains("laptop"));
         store.release_agent("laptop", "a").await.expect("a's");
@@ -349,9 +494,55 @@ mod tests {
         store.remove_instance("a").await.expect("remove");
         assert_eq!(store.instance_lease("a").await.expect("read"), None);
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
-        assert_eq!(
-            store.instance_lease("b").await.expect("read"),
-            Some(now + 10_000)
+        assert!(store.instance_lease("b").await.expect("read").is_some());
+    }
+
+    /// Makes instance `id`'s lease run out, on any clock.
+    async fn expire(store: &Store, id: &str) {
+        let stmt = store.stmt(
+            "UPDATE instances SET lease_until = 0 WHERE id = $1",
+            vec![id.into()],
+        );
+        store.write(stmt).await.expect("expire the lease");
+    }
+
+    /// On PostgreSQL a lease is written on the database's clock, whatever
+    /// the process's clock says: a process whose clock is an hour behind
+    /// (or ahead) still holds a lease of the TTL.
+    #[tokio::test]
+    async fn on_postgresql_a_lease_is_on_the_database_s_clock() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        if !store.is_shared() {
+            return;
+        }
+        store
+            .put_agent("laptop", "hash", "UADMIN", false)
+            .await
+            .expect("agent");
+        let hour = 3_600_000;
+        let wall = crate::model::now_ms();
+        store
+            .renew_instance("behind", 1, wall - hour, 10_000)
+            .await
+            .expect("behind");
+        store.hold_agent("laptop", "behind").await.expect("hold");
+        let lease = store
+            .instance_lease("behind")
+            .await
+            .expect("read")
+            .expect("row");
+        assert!(
+            (lease - (wall + 10_000)).abs() < 5_000,
+            "lease {lease} not on the database's clock (now {wall})"
+        );
+        // Asked by a process whose clock is an hour ahead: still live.
+        assert!(
+            store
+                .agents_held_elsewhere("ahead", wall + hour)
+                .await
+                .expect("read")
+                .contains("laptop")
         );
     }
 
@@ -365,12 +556,12 @@ mod tests {
             .put_agent("laptop", "hash", "UADMIN", false)
             .await
             .expect("agent");
-        store.renew_instance("old", 1, 100).await.expect("old");
+        store.renew_instance("old", 1, 1, 99).await.expect("old");
         store.hold_agent("laptop", "old").await.expect("hold");
-        store.renew_instance("new", 2, 200).await.expect("new");
+        store.renew_instance("new", 2, 2, 198).await.expect("new");
         store.forget_other_instances("new").await.expect("forget");
         assert_eq!(store.instance_lease("old").await.expect("read"), None);
-        assert_eq!(store.instance_lease("new").await.expect("read"), Some(200));
+        assert!(store.instance_lease("new").await.expect("read").is_some());
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
     }
 
@@ -529,6 +720,55 @@ mod tests {
         assert_eq!(got, vec![locked], "claimed once the other let go");
     }
 
+    /// The periodic takeover reads only the dispatched and running tasks
+    /// whose agent no live process holds: not those of a live process's
+    /// agent, nor this process's, nor queued ones.
+    #[tokio::test]
+    async fn only_the_tasks_no_live_process_holds_are_read_for_takeover() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let now = 1_000_000;
+        let mut ids = std::collections::HashMap::new();
+        for (agent, holder) in [
+            ("live", Some("b")),
+            ("dead", Some("c")),
+            ("gone", Some("d")),
+            ("free", None),
+            ("mine", Some("me")),
+        ] {
+            store
+                .put_agent(agent, &format!("hash-{agent}"), "UADMIN", false)
+                .await
+                .expect("agent");
+            if let Some(holder) = holder {
+                if holder != "d" {
+                    store
+                        .renew_instance(holder, now, now, 10_000)
+                        .await
+                        .expect("lease");
+                }
+                store.hold_agent(agent, holder).await.expect("hold");
+            }
+            let mut new = queued_task();
+            new.agent = Some(agent.into());
+            ids.insert(agent, store.insert_task(new).await.expect("task").id);
+        }
+        expire(&store, "c").await;
+        store
+            .insert_task(queued_task())
+            .await
+            .expect("a queued task");
+        let got: Vec<i64> = store
+            .orphaned_tasks("me", now)
+            .await
+            .expect("read")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(got, vec![ids["dead"], ids["gone"], ids["free"]]);
+    }
+
     /// The lost-agent sweep's end is one guarded statement: on PostgreSQL
     /// it fails nothing while another live instance holds the agent, and
     /// fails the task once that instance's lease has run out.
@@ -548,7 +788,7 @@ mod tests {
         let id = store.insert_task(new).await.expect("task").id;
         let now = 1_000_000;
         store
-            .renew_instance("b", now, now + 10_000)
+            .renew_instance("b", now, now, 10_000)
             .await
             .expect("b");
         store.hold_agent("laptop", "b").await.expect("hold");
@@ -558,19 +798,20 @@ mod tests {
             session_id: None,
         };
         let from = [TaskState::Dispatched, TaskState::Running];
-        let lost = |at: i64| store.finish_lost(id, "laptop", ("a", at), &from, &ending);
+        let lost = || store.finish_lost(id, "laptop", "a", &from, &ending);
         if store.is_shared() {
-            assert!(!lost(now).await.expect("guarded"), "held by live b");
+            assert!(!lost().await.expect("guarded"), "held by live b");
             assert_eq!(
                 store.task(id).await.expect("read").expect("row").state,
                 "dispatched"
             );
         }
-        assert!(lost(now + 10_000).await.expect("b's lease ran out"));
+        expire(&store, "b").await;
+        assert!(lost().await.expect("b's lease ran out"));
         assert_eq!(
             store.task(id).await.expect("read").expect("row").state,
             "failed"
         );
-        assert!(!lost(now + 10_000).await.expect("once"), "ends once");
+        assert!(!lost().await.expect("once"), "ends once");
     }
 }

@@ -47,6 +47,10 @@ const SQLITE_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 const POSTGRES_POOL_SIZE: u32 = 16;
 /// How long a writer waits for SQLite's lock before it fails.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first key of the PostgreSQL advisory lock a project's queue-bound
+/// insert holds (the second is the project's `hashtext`): several processes
+/// inserting at the bound take turns.
+const QUEUE_LOCK_CLASS: i32 = 0x6261_7100;
 
 /// A task to create.
 #[derive(Debug, Clone)]
@@ -405,7 +409,10 @@ impl Store {
     /// Writes a new queued task unless `max` tasks already wait in its
     /// project's queue; None when the queue is full. The count and the insert
     /// are one statement (`INSERT … SELECT … WHERE (SELECT COUNT(*) …) < max`):
-    /// with SQLite's single writer no other write comes between them.
+    /// with SQLite's single writer no other write comes between them. On
+    /// PostgreSQL (READ COMMITTED) two such statements could each count
+    /// before the other's insert: the insert runs in a transaction holding
+    /// the project's advisory lock ([`QUEUE_LOCK_CLASS`]), so they take turns.
     pub async fn insert_queued_task(&self, new: NewTask, max: u64) -> anyhow::Result<Option<Task>> {
         self.insert_queued_task_with_files(new, max, &[]).await
     }
@@ -453,10 +460,17 @@ impl Store {
             .context("Cannot build the task's insert")?
             .returning_all();
         let stmt = self.db.get_database_backend().build(&insert);
-        let rows = self
-            .write_task_rows(stmt, files)
-            .await
-            .context("Cannot write the task")?;
+        let rows = if self.is_shared() {
+            let lock = Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                [QUEUE_LOCK_CLASS.into(), project.as_str().into()],
+            );
+            self.write_task_rows_after(Some(lock), stmt, files).await
+        } else {
+            self.write_task_rows(stmt, files).await
+        };
+        let rows = rows.context("Cannot write the task")?;
         let Some(task) = rows.into_iter().next() else {
             return Ok(None);
         };
@@ -2438,5 +2452,44 @@ mod tests {
                 .any(|d| d.contains("idx_tasks_state_project_id")),
             "{queue:?}"
         );
+    }
+
+    /// Many inserts at once into a queue at its bound never take it past
+    /// the bound (on PostgreSQL, under the project's advisory lock; on
+    /// SQLite, through its single writer), with or without files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_inserts_at_the_bound_never_exceed_it() {
+        const BOUND: u64 = 5;
+        let (_db, s) = store().await;
+        s.ensure_project("web").await.expect("project");
+        let file = TaskFile {
+            task_id: 0,
+            file_id: "F1".into(),
+            position: 0,
+            name: "a.txt".into(),
+            size: 1,
+            url: "https://files.slack.com/a.txt".into(),
+        };
+        let inserts = (0..40).map(|i| {
+            let s = s.clone();
+            let files = if i % 2 == 0 {
+                vec![file.clone()]
+            } else {
+                Vec::new()
+            };
+            tokio::spawn(async move {
+                s.insert_queued_task_with_files(new_task(), BOUND, &files)
+                    .await
+                    .expect("insert")
+            })
+        });
+        let written = futures::future::join_all(inserts)
+            .await
+            .into_iter()
+            .map(|r| r.expect("joined"))
+            .filter(Option::is_some)
+            .count();
+        assert_eq!(written as u64, BOUND);
+        assert_eq!(s.queue_len("web").await.expect("count"), BOUND);
     }
 }

@@ -25,9 +25,23 @@ impl Store {
         if files.is_empty() {
             return self.write_tasks(stmt).await;
         }
+        self.write_task_rows_after(None, stmt, files).await
+    }
+
+    /// [`Store::write_task_rows`] in one transaction that runs `first` (a
+    /// lock, say) before the insert.
+    pub(super) async fn write_task_rows_after(
+        &self,
+        first: Option<Statement>,
+        stmt: Statement,
+        files: &[TaskFile],
+    ) -> Result<Vec<Task>, DbErr> {
         let txn = self.db.begin().await?;
+        if let Some(first) = first {
+            txn.execute(first).await?;
+        }
         let rows = txn.query_all(stmt).await?;
-        if let Some(row) = rows.first() {
+        if let Some(row) = rows.first().filter(|_| !files.is_empty()) {
             let task_id: i64 = row.try_get("", "id")?;
             let rows = files
                 .iter()
