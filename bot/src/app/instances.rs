@@ -130,6 +130,11 @@ impl App {
             return;
         };
         self.hub.adopt(&agent, task.id, &task.project);
+        if task.message_ts.is_none() {
+            // The process that held it may have posted the message and
+            // died before it stored the ts.
+            self.consolidator.may_have_posted(task.id);
+        }
         if task.state == TaskState::Dispatched.as_str() {
             // No acknowledgement recorded: the agent may have accepted
             // it just before the crash and be running it. It is put
