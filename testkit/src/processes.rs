@@ -89,6 +89,15 @@ impl Processes {
         }
     }
 
+    /// Starts one more process on the same database and Slack, with the
+    /// same settings; its index.
+    pub async fn add(&mut self) -> usize {
+        let bot = BotProcess::start(any_port(), &self.slack_url, self.dir.path(), &self.env).await;
+        self.addrs.push(bot.addr);
+        self.bots.push(Some(bot));
+        self.addrs.len() - 1
+    }
+
     /// How many processes there are (up or down).
     pub fn len(&self) -> usize {
         self.addrs.len()
