@@ -44,7 +44,6 @@ async fn synced(bots: &Processes, id: i64) {
 }
 
 #[tokio::test]
-#[ignore = "known: two processes may both post a new task's message (one editor per message, issue 14 item 3, is not done)"]
 async fn a_task_s_message_is_posted_once_when_another_process_shows_it_first() {
     let Some(_) =
         postgres_or_skip("a_task_s_message_is_posted_once_when_another_process_shows_it_first")

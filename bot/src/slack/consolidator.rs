@@ -72,6 +72,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// How often the shutdown flush looks again when nothing says when.
 const FLUSH_POLL: Duration = Duration::from_millis(50);
+/// How long a process waits for the ts of a task's message that another
+/// process claimed to post (see [`MessageLog::claim_post`]) before it looks
+/// for the message in Slack itself and posts it if it is not there (the
+/// other process died before it stored the ts): a lease's time to live.
+const POST_CLAIM_WAIT: Duration = Duration::from_secs(10);
+/// How often a process waiting for another's message ts reads it again.
+const POST_CLAIM_POLL: Duration = Duration::from_millis(25);
 /// Shortest interval between two thread posts (continuation replies, a
 /// shared result file) in one channel: Slack allows about one message per
 /// second per channel, beyond short bursts.
@@ -89,6 +96,16 @@ pub trait MessageLog: Send + Sync + 'static {
     fn parts_posted(&self, task: i64, parts: usize) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Slack shows the task's final state, its whole result included.
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Claims the posting of the task's message for this process: false if
+    /// another process sharing the database claimed it first (it posts it).
+    /// Alone on its database, a process always may.
+    fn claim_post(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+    /// The ts of the task's message as any process recorded it.
+    fn stored_ts(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl MessageLog for Store {
@@ -113,6 +130,14 @@ impl MessageLog for Store {
 
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(self.mark_slack_synced(task))
+    }
+
+    fn claim_post(&self, task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(self.claim_message_post(task))
+    }
+
+    fn stored_ts(&self, task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
+        Box::pin(async move { Ok(self.task(task).await?.and_then(|t| t.message_ts)) })
     }
 }
 
@@ -167,6 +192,10 @@ struct Slot {
     post_uncertain: bool,
     /// The requester was told that Slack refused the message (told once).
     told_unpostable: bool,
+    /// This process claimed the posting of the message ([`MessageLog::claim_post`]).
+    post_claimed: bool,
+    /// When this process found the posting claimed by another one.
+    claim_lost_at: Option<Instant>,
 }
 
 impl Slot {
@@ -594,9 +623,12 @@ impl Consolidator {
         let rendered = render::render(task, job.position, now_ms());
         let ts = match &job.ts {
             None => {
-                let found = match job.post_uncertain {
-                    true => self.find_posted(task).await?,
-                    false => None,
+                let found = match self.posted_elsewhere(task).await? {
+                    Some(ts) => Some(ts),
+                    None if job.post_uncertain || self.claim_waited_out(task.id) => {
+                        self.find_posted(task).await?
+                    }
+                    None => None,
                 };
                 let ts = match found {
                     Some(ts) => {
@@ -796,6 +828,62 @@ impl Consolidator {
                 tracing::warn!(task = task.id, error = %e, "cannot tell the requester either");
             }
         });
+    }
+
+    /// Before this process posts the task's message: the ts another process
+    /// posted it as, if one claimed it first ([`MessageLog::claim_post`]).
+    /// Until that process records the ts (milliseconds, normally) this send
+    /// waits, for [`POST_CLAIM_WAIT`] at most; after that, `None` (the
+    /// message is looked for in Slack, then posted).
+    async fn posted_elsewhere(&self, task: &Task) -> Result<Option<String>, Failure> {
+        let (claimed, lost_at) = {
+            let slots = lock(&self.inner.slots);
+            let slot = slots.get(&task.id);
+            (
+                slot.is_some_and(|s| s.post_claimed),
+                slot.and_then(|s| s.claim_lost_at),
+            )
+        };
+        if claimed {
+            return Ok(None);
+        }
+        if lost_at.is_none() {
+            let mine = self.inner.log.claim_post(task.id).await.unwrap_or_else(|err| {
+                tracing::warn!(task = task.id, error = ?err, "Cannot claim the posting of the task's message; posting it");
+                true
+            });
+            if mine {
+                self.with_slot(task.id, |s| s.post_claimed = true);
+                return Ok(None);
+            }
+            self.with_slot(task.id, |s| s.claim_lost_at = Some(Instant::now()));
+        }
+        loop {
+            match self.inner.log.stored_ts(task.id).await {
+                Ok(Some(ts)) => return Ok(Some(ts)),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(task = task.id, error = ?err, "Cannot read the task's message ts")
+                }
+            }
+            if self.claim_waited_out(task.id) {
+                tracing::warn!(
+                    task = task.id,
+                    "the process that claimed the task's message never recorded it; looking for it in Slack"
+                );
+                return Ok(None);
+            }
+            tokio::time::sleep(POST_CLAIM_POLL).await;
+        }
+    }
+
+    /// Whether this process waited [`POST_CLAIM_WAIT`] for the ts of a
+    /// message another process claimed to post.
+    fn claim_waited_out(&self, id: i64) -> bool {
+        lock(&self.inner.slots)
+            .get(&id)
+            .and_then(|s| s.claim_lost_at)
+            .is_some_and(|at| at.elapsed() >= POST_CLAIM_WAIT)
     }
 
     /// The task's message, if Slack has it although this process never

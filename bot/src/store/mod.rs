@@ -1449,6 +1449,19 @@ impl Store {
         Ok(inserted == 1)
     }
 
+    /// Claims the posting of task `id`'s message for this process: on a
+    /// database several processes share, the first to ask wins (recorded
+    /// like a handled Slack event, [`MESSAGE_POST_CLAIM`] and the id, and
+    /// forgotten with them); alone on SQLite, always true.
+    pub async fn claim_message_post(&self, id: i64) -> anyhow::Result<bool> {
+        if !self.is_shared() {
+            return Ok(true);
+        }
+        self.first_sighting(&format!("{MESSAGE_POST_CLAIM}{id}"))
+            .await
+            .context("Cannot claim the posting of the task's message")
+    }
+
     /// Records a Slack event with its envelope (JSON) before it is
     /// acknowledged; false if its id was seen before (a retry). It waits as
     /// unhandled until [`Store::event_handled`]: after a crash it is handled
@@ -1789,6 +1802,10 @@ fn finish_query(
     q
 }
 
+/// The prefix of the ids under which a process claims the posting of a
+/// task's message ([`Store::claim_message_post`]), among Slack's event ids.
+pub const MESSAGE_POST_CLAIM: &str = "baton-post-task-";
+
 /// The PostgreSQL advisory lock held while migrating: processes starting at
 /// once migrate one after the other (the later ones find nothing to do).
 /// Any fixed number; this one is "baton" in ASCII.
@@ -1880,6 +1897,21 @@ mod tests {
         assert_eq!(s.prune_events(now_ms() - 60_000).await.expect("prune"), 0);
         assert_eq!(s.prune_events(now_ms() + 1).await.expect("prune"), 1);
         assert!(s.first_sighting("Ev1").await.expect("forgotten"));
+    }
+
+    #[tokio::test]
+    async fn the_posting_of_a_message_is_claimed_once_on_a_shared_database() {
+        let (_db, s) = store().await;
+        let t = s.insert_task(new_task()).await.expect("insert");
+        assert!(s.claim_message_post(t.id).await.expect("claim"));
+        let again = s.claim_message_post(t.id).await.expect("claim again");
+        // Alone on SQLite a process always posts; on PostgreSQL another
+        // process (the same store here) finds it claimed.
+        assert_eq!(again, !s.is_shared(), "claimed once where shared");
+        assert!(
+            s.unhandled_events().await.expect("read").is_empty(),
+            "a claim is never replayed as a Slack event"
+        );
     }
 
     #[tokio::test]
