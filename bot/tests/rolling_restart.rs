@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use baton_shared::TaskId;
+use baton_shared::protocol::{AgentMessage, TaskResult};
 use baton_testkit::db::postgres_or_skip;
 use baton_testkit::processes::Processes;
 use baton_testkit::scene::FakeAgent;
@@ -122,5 +123,53 @@ async fn a_killed_process_s_posted_message_is_not_posted_again_where_its_agent_m
         .unwrap();
     let shown = bots.slack.shown(&ts).unwrap();
     assert!(shown.contains("Completed"), "{shown}");
+    bots.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_live_edit_from_the_agent_s_old_process_does_not_hide_the_end() {
+    let Some(_) =
+        postgres_or_skip("a_late_live_edit_from_the_agent_s_old_process_does_not_hide_the_end")
+    else {
+        return;
+    };
+    // Edits of a message at most every 3 s: process 1 still holds an edit
+    // of the running task when its agent has moved and the task has ended.
+    let mut env = env();
+    env.push(("BATON_EDIT_INTERVAL_MS", "3000".to_owned()));
+    let bots = Processes::start(2, &env).await;
+    let mut agent = bots.agent(1).await;
+    let id = bots.start_task(1, "a long job").await;
+    let task = agent.submitted().await.task;
+    agent.start(task);
+    wait_state(&bots.store, id, "running", 20).await;
+    let ts = baton_testkit::message_ts(&bots.store, id).await;
+    agent.send(AgentMessage::Step {
+        task,
+        seq: 3,
+        text: "still at it".into(),
+    });
+    // The step is applied (recorded by process 1) before the agent moves.
+    eventually("the step to be recorded", || async {
+        let t = bots.store.task(id).await.unwrap().unwrap();
+        (t.last_seq >= 3).then_some(())
+    })
+    .await;
+    agent.disconnect(bots.addr(1), 0).await;
+    let agent = FakeAgent::connect_running(bots.addr(0), AGENT_KEY, 1, &[task]).await;
+    agent.send(AgentMessage::Completed {
+        task,
+        seq: 4,
+        result: TaskResult {
+            text: "done".into(),
+            ..Default::default()
+        },
+    });
+    wait_state(&bots.store, id, "completed", 20).await;
+    synced(&bots, id).await;
+    // Past process 1's edit interval: both processes renewed their lease twice (4 s).
+    bots.renewed(2, 2).await;
+    let shown = bots.slack.shown(&ts).unwrap();
+    assert!(shown.contains("Completed"), "the end is hidden: {shown}");
     bots.stop().await;
 }
