@@ -4,6 +4,8 @@
 //! bots and agents (seeded: the seed is printed, `CHAOS_SEED` replays it),
 //! each restarted at once. Every task ends exactly once, with one Slack
 //! message whose edits never leave its final state; no command runs twice.
+//! And a rolling restart (each process stopped and started again in turn)
+//! while tasks run: each ends once, completed, no agent lost.
 //! Skipped without PostgreSQL
 //! (`scripts/test-postgres run cargo nextest run -p baton-agent --test chaos_pg`).
 
@@ -268,5 +270,121 @@ async fn chaos_on_postgres_with_two_processes_loses_nothing_and_runs_nothing_twi
     for agent in &mut agents {
         kill9(agent).await;
     }
+    bots.stop().await;
+}
+
+// ---- a rolling restart while tasks run ----
+
+/// Records each run in `runs.log`, reports a step, then waits until the test
+/// drops `release-all` in the project directory (two minutes at most).
+const HOLD: &str = r#"#!/bin/sh
+echo "$BATON_TASK_ID" >> ./runs.log
+echo '::step:: started'
+i=0
+while [ ! -e ./release-all ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done
+echo "done $BATON_TASK_ID"
+"#;
+
+/// How many agents the processes that are up hold, together.
+async fn agents_connected(bots: &Processes) -> usize {
+    let mut n = 0;
+    for i in (0..bots.len()).filter(|i| bots.is_up(*i)) {
+        let (_, metrics) = http(bots.addr(i), "GET", "/metrics", &[], "").await;
+        n += metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("baton_agents_connected "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+/// Waits until the processes that are up hold `n` agents together.
+async fn wait_connected(bots: &Processes, n: usize) {
+    eventually(&format!("{n} agents connected"), || async {
+        (agents_connected(bots).await == n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_ends_every_task_once_and_loses_no_agent() {
+    let Some(_) = postgres_or_skip("a_rolling_restart_ends_every_task_once_and_loses_no_agent")
+    else {
+        return;
+    };
+    let mut bots = Processes::start(2, &env()).await;
+    let dir = bots.dir.path().to_owned();
+    let project = project_dir(&dir, "project", HOLD);
+    let mut agent = start_listed_agent(&dir, AGENT_KEY, &bots.agent_urls(), &project);
+    wait_connected(&bots, 1).await;
+
+    // Two tasks through each process: the agent (capacity 2) runs two, the
+    // others wait in the queue.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(bots.start_task(i % 2, &format!("job {i}")).await);
+    }
+    for id in &ids[..2] {
+        wait_state(&bots.store, *id, "running", 30).await;
+    }
+
+    // Each process in turn: stopped (SIGTERM), a task sent to the other one
+    // meanwhile, started again; the agent is back before the next.
+    for i in 0..bots.len() {
+        bots.stop_one(i).await;
+        wait_connected(&bots, 1).await;
+        let other = (i + 1) % bots.len();
+        ids.push(
+            bots.start_task(other, &format!("job during restart {i}"))
+                .await,
+        );
+        bots.restart(i).await;
+        wait_connected(&bots, 1).await;
+        for id in &ids {
+            let task = bots.store.task(*id).await.unwrap().unwrap();
+            assert!(
+                !TERMINAL.contains(&task.state.as_str()),
+                "#{id} ended during the restart: {} {:?}",
+                task.state,
+                task.error
+            );
+        }
+    }
+
+    std::fs::write(project.join("release-all"), "").unwrap();
+    let store = &bots.store;
+    for id in &ids {
+        eventually(&format!("#{id} to complete and show it"), || async {
+            let task = store.task(*id).await.unwrap().unwrap();
+            assert!(
+                task.state != "failed" && task.state != "cancelled",
+                "#{id} ended as {}: {:?}",
+                task.state,
+                task.error
+            );
+            (task.state == "completed" && task.slack_synced).then_some(())
+        })
+        .await;
+    }
+    let ran = std::fs::read_to_string(project.join("runs.log")).unwrap();
+    let mut runs: Vec<i64> = ran.lines().map(|l| l.trim().parse().unwrap()).collect();
+    runs.sort_unstable();
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    assert_eq!(runs, expected, "each task ran once");
+    let posts = bots.slack.calls("chat.postMessage");
+    for id in &ids {
+        let block = format!("baton-task-{id}");
+        let posted = posts
+            .iter()
+            .filter(|c| c.body["blocks"][0]["block_id"] == block.as_str())
+            .count();
+        assert_eq!(posted, 1, "#{id} has exactly one message");
+        let task = store.task(*id).await.unwrap().unwrap();
+        let shown = bots.slack.shown(&task.message_ts.unwrap()).unwrap();
+        assert!(shown.contains("Completed"), "#{id} shows {shown}");
+    }
+    kill9(&mut agent).await;
     bots.stop().await;
 }
