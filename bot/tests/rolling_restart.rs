@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use baton_shared::TaskId;
-use baton_shared::protocol::{AgentMessage, TaskResult};
+use baton_shared::protocol::{AgentMessage, BotMessage, TaskResult};
 use baton_testkit::db::postgres_or_skip;
 use baton_testkit::processes::Processes;
 use baton_testkit::scene::FakeAgent;
@@ -171,5 +171,35 @@ async fn a_late_live_edit_from_the_agent_s_old_process_does_not_hide_the_end() {
     bots.renewed(2, 2).await;
     let shown = bots.slack.shown(&ts).unwrap();
     assert!(shown.contains("Completed"), "the end is hidden: {shown}");
+    bots.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_is_welcomed_before_any_task_a_process_hands_it() {
+    let Some(_) = postgres_or_skip("an_agent_is_welcomed_before_any_task_a_process_hands_it")
+    else {
+        return;
+    };
+    let bots = Processes::start(2, &env()).await;
+    for round in 0..5 {
+        // A task queued on process 0 as the agent says hello to process 1:
+        // process 0's notification wakes process 1's dispatch at once.
+        let prompt = format!("job {round}");
+        let (id, mut agent) = tokio::join!(bots.start_task(0, &prompt), bots.agent(1));
+        let first = tokio::time::timeout(Duration::from_secs(20), agent.frames.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the connection is open");
+        assert!(
+            matches!(first, BotMessage::Welcome { .. }),
+            "round {round}: the first frame is {first:?}"
+        );
+        let task = agent.submitted().await.task;
+        assert_eq!(task, TaskId(id));
+        agent.start(task);
+        agent.complete(task, "done", "s");
+        wait_state(&bots.store, id, "completed", 20).await;
+        agent.disconnect(bots.addr(1), 0).await;
+    }
     bots.stop().await;
 }
