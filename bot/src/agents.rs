@@ -198,6 +198,14 @@ async fn serve(
     }
     let (tx, mut rx) = Outbox::new();
     let overflow = rx.overflow();
+    // The welcome goes first: once registered, the agent may be sent a task
+    // at any moment (another process's notification wakes a dispatch).
+    let welcome = BotMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        agent: name.clone(),
+        heartbeat_secs: app.settings.heartbeat().as_secs(),
+    };
+    let _ = tx.send(Outgoing::Frame(welcome));
     let conn_id = match app.hub.register(name.as_str(), tx.clone(), &hello) {
         Register::Ok(id) => id,
         Register::Duplicate => {
@@ -219,12 +227,6 @@ async fn serve(
         "agent connected"
     );
     let heartbeat = app.settings.heartbeat();
-    let welcome = BotMessage::Welcome {
-        protocol: PROTOCOL_VERSION,
-        agent: name.clone(),
-        heartbeat_secs: heartbeat.as_secs(),
-    };
-    let _ = tx.send(Outgoing::Frame(welcome));
     match Box::pin(app.reconcile(name.as_str(), &hello)).await {
         Ok(frames) => {
             for f in frames {

@@ -7,23 +7,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use baton_bot::store::Store;
 use baton_migrations::{Migrator, MigratorTrait};
 use baton_shared::TaskId;
 use baton_shared::protocol::{AgentMessage, BotMessage};
 use baton_testkit::db::postgres_or_skip;
+// The helpers the tests here defined before [`Processes`] (tests may still call them).
+use baton_testkit::processes::{Processes, ttl_in_renewals};
+#[allow(unused_imports)]
+use baton_testkit::processes::{any_port, frame, leases, renewed, start_task};
 use baton_testkit::scene::{DEADLINE, FakeAgent};
-use baton_testkit::{
-    AGENT_KEY, BotProcess, admin, baton, eventually, fake_slack, http, wait_agents, wait_state,
-};
+use baton_testkit::{AGENT_KEY, BotProcess, admin, baton, http, wait_agents, wait_state};
 use sea_orm::{ConnectionTrait, Statement};
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// Settings of every process here: an agent gone for a second is lost, so
 /// that a process wrongly taking another's task over would fail it at once.
@@ -33,6 +29,7 @@ fn env() -> Vec<(&'static str, String)> {
 
 /// Two processes on one database, `web` bound to C1, the agent connected to
 /// the second; the first has no agent.
+#[allow(dead_code)] // for tests written before [`two`]
 async fn two_processes(dir: &Path, slack_url: &str) -> (BotProcess, BotProcess, FakeAgent) {
     let a = BotProcess::start(any_port(), slack_url, dir, &env()).await;
     let b = BotProcess::start(any_port(), slack_url, dir, &env()).await;
@@ -43,60 +40,12 @@ async fn two_processes(dir: &Path, slack_url: &str) -> (BotProcess, BotProcess, 
     (a, b, agent)
 }
 
-/// `/baton TEXT` on the process at `addr`; the new task's id, read from the database.
-async fn start_task(addr: SocketAddr, store: &Store, text: &str) -> i64 {
-    let before = store.recent_tasks(1_000).await.unwrap().len();
-    let (status, body) = baton(addr, text, "UADMIN").await;
-    assert_eq!(status, 200, "{body}");
-    eventually("the task to be written", || async {
-        let tasks = store.recent_tasks(1_000).await.unwrap();
-        (tasks.len() > before).then(|| tasks.iter().map(|t| t.id).max().unwrap())
-    })
-    .await
-}
-
-/// Waits for the frame `want` picks among those the bot sends the agent.
-async fn frame<T>(agent: &mut FakeAgent, mut want: impl FnMut(&BotMessage) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
-    loop {
-        let got = tokio::time::timeout_at(deadline, agent.frames.recv())
-            .await
-            .unwrap_or_else(|_| panic!("not sent in time; frames so far: {seen:?}"))
-            .expect("the connection is open");
-        if let Some(out) = want(&got) {
-            return out;
-        }
-        seen.push(got);
-    }
-}
-
-/// The leases of the processes, in Unix ms.
-async fn leases(store: &Store) -> Vec<i64> {
-    let db = store.connection();
-    db.query_all(Statement::from_string(
-        db.get_database_backend(),
-        "SELECT lease_until FROM instances",
-    ))
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.try_get::<i64>("", "lease_until").unwrap())
-    .collect()
-}
-
-/// Waits until `processes` processes renewed their lease `renewals` times
-/// after now: each ran its sweeps meanwhile (a sweep runs every second, a
-/// renewal every two), for longer than the agents' grace period of [`env`].
-async fn renewed(store: &Store, processes: usize, renewals: u32) {
-    let now = baton_bot::model::now_ms();
-    let past = now
-        + (baton_bot::app::LEASE_TTL + baton_bot::app::LEASE_RENEW * renewals).as_millis() as i64;
-    eventually("every process to renew its lease", || async {
-        let leases = leases(store).await;
-        (leases.iter().filter(|l| **l >= past).count() >= processes).then_some(())
-    })
-    .await;
+/// Two processes with the settings of [`env`], `web` bound to C1, the agent
+/// connected to the second (process 1); the first (process 0) has no agent.
+async fn two() -> (Processes, FakeAgent) {
+    let bots = Processes::start(2, &env()).await;
+    let agent = bots.agent(1).await;
+    (bots, agent)
 }
 
 #[tokio::test]
@@ -105,23 +54,20 @@ async fn a_task_queued_on_one_process_runs_on_the_agent_of_another() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let store = a.store().await;
+    let (bots, mut agent) = two().await;
+    let store = &bots.store;
 
-    let id = start_task(a.addr, &store, "fix the flaky test").await;
+    let id = bots.start_task(0, "fix the flaky test").await;
     let submit = agent.submitted().await;
     assert_eq!(submit.task, TaskId(id));
     agent.start(submit.task);
     agent.complete(submit.task, "fixed", "s1");
-    wait_state(&store, id, "completed", 20).await;
+    wait_state(store, id, "completed", 20).await;
     let task = store.task(id).await.unwrap().unwrap();
     assert_eq!(task.agent.as_deref(), Some("e2e"));
     assert_eq!(task.result.as_deref(), Some("fixed"));
 
-    b.stop().await;
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -129,26 +75,23 @@ async fn a_cancel_on_one_process_reaches_the_agent_on_another() {
     let Some(_) = postgres_or_skip("a_cancel_on_one_process_reaches_the_agent_on_another") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let store = a.store().await;
-    let id = start_task(b.addr, &store, "a long job").await;
+    let (bots, mut agent) = two().await;
+    let store = &bots.store;
+    let id = bots.start_task(1, "a long job").await;
     let task = agent.submitted().await.task;
     agent.start(task);
-    wait_state(&store, id, "running", 20).await;
+    wait_state(store, id, "running", 20).await;
 
-    let (status, body) = baton(a.addr, &format!("cancel #{id}"), "UADMIN").await;
+    let (status, body) = baton(bots.addr(0), &format!("cancel #{id}"), "UADMIN").await;
     assert_eq!(status, 200, "{body}");
     frame(&mut agent, |f| {
         matches!(f, BotMessage::Cancel { task: t } if *t == task).then_some(())
     })
     .await;
     agent.send(AgentMessage::Cancelled { task, seq: 3 });
-    wait_state(&store, id, "cancelled", 20).await;
+    wait_state(store, id, "cancelled", 20).await;
 
-    b.stop().await;
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -158,20 +101,17 @@ async fn a_restart_of_one_process_leaves_the_other_s_running_task_alone() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let store = b.store().await;
-    let id = start_task(a.addr, &store, "a long job").await;
+    let (mut bots, mut agent) = two().await;
+    let id = bots.start_task(0, "a long job").await;
     let task = agent.submitted().await.task;
     agent.start(task);
-    wait_state(&store, id, "running", 20).await;
+    wait_state(&bots.store, id, "running", 20).await;
 
-    // A stops and starts again while B's agent runs the task.
-    let addr = a.addr;
-    a.stop().await;
-    let a = BotProcess::start(addr, &url, dir.path(), &env()).await;
-    renewed(&store, 2, 2).await;
+    // Process 0 stops and starts again while process 1's agent runs the task.
+    bots.stop_one(0).await;
+    bots.restart(0).await;
+    bots.renewed(2, 2).await;
+    let store = &bots.store;
     let now = store.task(id).await.unwrap().unwrap();
     assert_eq!(
         (now.state.as_str(), now.error),
@@ -180,7 +120,7 @@ async fn a_restart_of_one_process_leaves_the_other_s_running_task_alone() {
     );
 
     agent.complete(task, "done", "s1");
-    wait_state(&store, id, "completed", 20).await;
+    wait_state(store, id, "completed", 20).await;
     let done = store.task(id).await.unwrap().unwrap();
     assert_eq!(
         (done.result.as_deref(), done.failure_cause),
@@ -188,8 +128,7 @@ async fn a_restart_of_one_process_leaves_the_other_s_running_task_alone() {
     );
     assert_eq!(store.recent_tasks(10).await.unwrap().len(), 1, "ran once");
 
-    b.stop().await;
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -197,18 +136,15 @@ async fn a_killed_process_s_agent_moves_and_its_task_ends_once() {
     let Some(_) = postgres_or_skip("a_killed_process_s_agent_moves_and_its_task_ends_once") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let store = a.store().await;
-    let id = start_task(a.addr, &store, "a long job").await;
+    let (mut bots, mut agent) = two().await;
+    let id = bots.start_task(0, "a long job").await;
     let task = agent.submitted().await.task;
     agent.start(task);
-    wait_state(&store, id, "running", 20).await;
+    wait_state(&bots.store, id, "running", 20).await;
 
-    // kill -9 of B: its agent comes back on A, still running the task.
-    b.kill().await;
-    let mut agent = FakeAgent::connect_running(a.addr, AGENT_KEY, 1, &[task]).await;
+    // kill -9 of process 1: its agent comes back on process 0, still running the task.
+    bots.kill(1).await;
+    let mut agent = FakeAgent::connect_running(bots.addr(0), AGENT_KEY, 1, &[task]).await;
     agent.send(AgentMessage::Step {
         task,
         seq: 3,
@@ -226,24 +162,23 @@ async fn a_killed_process_s_agent_moves_and_its_task_ends_once() {
         matches!(f, BotMessage::Ack { task: t, .. } if *t == task).then_some(())
     })
     .await;
-    wait_state(&store, id, "completed", 20).await;
+    let store = &bots.store;
+    wait_state(store, id, "completed", 20).await;
     let done = store.task(id).await.unwrap().unwrap();
     assert_eq!(
         (done.result.as_deref(), done.error, done.failure_cause),
         (Some("done"), None, None)
     );
     assert_eq!(store.recent_tasks(10).await.unwrap().len(), 1, "ran once");
-    // Once B's lease ran out (A renewed past it), its task is still ended once.
-    let ttl_in_renewals =
-        (baton_bot::app::LEASE_TTL.as_millis() / baton_bot::app::LEASE_RENEW.as_millis()) as u32;
-    renewed(&store, 1, ttl_in_renewals + 1).await;
+    // Once process 1's lease ran out (0 renewed past it), its task is still ended once.
+    bots.renewed(1, ttl_in_renewals() + 1).await;
     assert_eq!(
         store.task(id).await.unwrap().unwrap().state,
         "completed",
         "ended once"
     );
 
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -251,11 +186,9 @@ async fn a_retry_on_one_process_runs_on_the_agent_of_another() {
     let Some(_) = postgres_or_skip("a_retry_on_one_process_runs_on_the_agent_of_another") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let store = a.store().await;
-    let id = start_task(b.addr, &store, "flaky job").await;
+    let (bots, mut agent) = two().await;
+    let store = &bots.store;
+    let id = bots.start_task(1, "flaky job").await;
     let task = agent.submitted().await.task;
     agent.start(task);
     agent.send(AgentMessage::Failed {
@@ -265,9 +198,9 @@ async fn a_retry_on_one_process_runs_on_the_agent_of_another() {
         cause: baton_shared::protocol::FailureCause::Task,
         session_id: None,
     });
-    wait_state(&store, id, "failed", 20).await;
+    wait_state(store, id, "failed", 20).await;
 
-    let (status, body) = baton(a.addr, &format!("retry #{id}"), "UADMIN").await;
+    let (status, body) = baton(bots.addr(0), &format!("retry #{id}"), "UADMIN").await;
     assert_eq!(status, 200, "{body}");
     let again = agent.submitted().await.task;
     assert_ne!(again, task, "a new task");
@@ -277,10 +210,9 @@ async fn a_retry_on_one_process_runs_on_the_agent_of_another() {
     );
     agent.start(again);
     agent.complete(again, "passed this time", "s2");
-    wait_state(&store, again.0, "completed", 20).await;
+    wait_state(store, again.0, "completed", 20).await;
 
-    b.stop().await;
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -289,26 +221,23 @@ async fn admin_actions_on_one_process_reach_the_agent_on_another() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let answer = admin(a.addr, "health reset e2e").await;
+    let (bots, mut agent) = two().await;
+    let answer = admin(bots.addr(0), "health reset e2e").await;
     assert!(
         answer.contains("is closed"),
         "reset where it is held: {answer}"
     );
-    let answer = admin(a.addr, "agent revoke e2e").await;
+    let answer = admin(bots.addr(0), "agent revoke e2e").await;
     assert!(answer.contains("is revoked"), "{answer}");
-    // B closes the connection: the agent's frames end.
+    // Process 1 closes the connection: the agent's frames end.
     let closed = tokio::time::timeout(DEADLINE, async {
         while agent.frames.recv().await.is_some() {}
     })
     .await;
-    assert!(closed.is_ok(), "the agent is still connected to B");
-    wait_agents(b.addr, 0).await;
+    assert!(closed.is_ok(), "the agent is still connected to process 1");
+    wait_agents(bots.addr(1), 0).await;
 
-    b.stop().await;
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -317,23 +246,20 @@ async fn a_dead_process_s_task_is_taken_over_once_its_lease_expires() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    let (a, b, mut agent) = two_processes(dir.path(), &url).await;
-    let store = a.store().await;
-    let id = start_task(a.addr, &store, "a long job").await;
+    let (mut bots, mut agent) = two().await;
+    let id = bots.start_task(0, "a long job").await;
     let task = agent.submitted().await.task;
     agent.start(task);
-    wait_state(&store, id, "running", 20).await;
+    wait_state(&bots.store, id, "running", 20).await;
 
-    // B dies and its agent never comes back: once B's lease has expired, A
-    // takes the task over, waits the grace period, and fails it as lost.
-    b.kill().await;
+    // Process 1 dies and its agent never comes back: once its lease has
+    // expired, process 0 takes the task over, waits the grace period, and
+    // fails it as lost.
+    bots.kill(1).await;
     drop(agent);
-    let ttl_in_renewals =
-        (baton_bot::app::LEASE_TTL.as_millis() / baton_bot::app::LEASE_RENEW.as_millis()) as u32;
-    renewed(&store, 1, ttl_in_renewals + 2).await;
-    wait_state(&store, id, "failed", 20).await;
+    bots.renewed(1, ttl_in_renewals() + 2).await;
+    let store = &bots.store;
+    wait_state(store, id, "failed", 20).await;
     let failed = store.task(id).await.unwrap().unwrap();
     assert_eq!(failed.failure_cause.as_deref(), Some("agent_lost"));
     assert!(
@@ -342,7 +268,7 @@ async fn a_dead_process_s_task_is_taken_over_once_its_lease_expires() {
         failed.error
     );
 
-    a.stop().await;
+    bots.stop().await;
 }
 
 #[tokio::test]
@@ -350,20 +276,11 @@ async fn three_processes_started_at_once_migrate_once() {
     let Some(_) = postgres_or_skip("three_processes_started_at_once_migrate_once") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (_slack, url) = fake_slack().await;
-    // The directory's database is made first: all three must share it.
-    baton_testkit::db::url_for_dir(dir.path()).await;
-    let (one, two, three) = tokio::join!(
-        BotProcess::start(any_port(), &url, dir.path(), &[]),
-        BotProcess::start(any_port(), &url, dir.path(), &[]),
-        BotProcess::start(any_port(), &url, dir.path(), &[]),
-    );
-    for bot in [&one, &two, &three] {
-        assert_eq!(http(bot.addr, "GET", "/readyz", &[], "").await.0, 200);
+    let bots = Processes::start_at_once(3, &[]).await;
+    for i in 0..3 {
+        assert_eq!(http(bots.addr(i), "GET", "/readyz", &[], "").await.0, 200);
     }
-    let store = one.store().await;
-    let db = store.connection();
+    let db = bots.store.connection();
     let applied = db
         .query_all(Statement::from_string(
             db.get_database_backend(),
@@ -373,10 +290,9 @@ async fn three_processes_started_at_once_migrate_once() {
         .unwrap()
         .len();
     assert_eq!(applied, Migrator::migrations().len(), "each migration once");
-    assert_eq!(leases(&store).await.len(), 3, "three processes registered");
-    for bot in [one, two, three] {
-        bot.stop().await;
-    }
+    assert_eq!(bots.leases().await.len(), 3, "three processes registered");
+    let store = bots.store.clone();
+    bots.stop().await;
     assert!(leases(&store).await.is_empty(), "each removed its lease");
 }
 

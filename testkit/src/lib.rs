@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod local_slack;
+pub mod processes;
 pub mod scene;
 pub mod slack;
 pub mod socket_mode;

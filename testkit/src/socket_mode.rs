@@ -5,7 +5,8 @@
 //! app to reconnect) or drop a connection without a close.
 //!
 //! Slack delivers each envelope over one of the app's open connections; the fake
-//! uses the newest one unless told which.
+//! uses the newest one unless told which, or spreads them over all of them in
+//! turn ([`SocketMode::push_spread`]), those of several processes alike.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +75,8 @@ struct Inner {
     live: BTreeMap<u64, mpsc::UnboundedSender<Outgoing>>,
     /// Connections ever accepted (ids), in order.
     accepted: Vec<u64>,
+    /// Envelopes pushed by [`SocketMode::push_spread`] so far (picks the next connection).
+    spread: usize,
     acks: Vec<Ack>,
     /// Text frames from the bot that are not acks.
     unexpected: Vec<(u64, String)>,
@@ -195,6 +198,21 @@ impl SocketMode {
         });
         self.send_raw(connection, &envelope.to_string());
         envelope_id
+    }
+
+    /// Pushes an envelope like Slack spreads them over an app's connections
+    /// (those of every process): on each open connection in turn, oldest
+    /// first. Returns the connection it went over and the `envelope_id`.
+    pub fn push_spread(&self, kind: &str, payload: Value) -> (u64, String) {
+        let connection = {
+            let mut state = self.lock();
+            let open: Vec<u64> = state.live.keys().copied().collect();
+            assert!(!open.is_empty(), "no open Socket Mode connection");
+            let pick = open[state.spread % open.len()];
+            state.spread += 1;
+            pick
+        };
+        (connection, self.push_on(Some(connection), kind, payload))
     }
 
     /// Pushes an envelope on the newest connection; see [`SocketMode::push_on`].

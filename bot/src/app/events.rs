@@ -285,6 +285,11 @@ impl App {
         for mut task in mine {
             let state: TaskState = task.state.parse().unwrap_or(TaskState::Running);
             if running.contains(&task.id) || held.contains(&task.id) {
+                if task.message_ts.is_none() && !lock(&self.live).contains_key(&task.id) {
+                    // Another process held it: it may have posted the message
+                    // and died before it stored the ts.
+                    self.consolidator.may_have_posted(task.id);
+                }
                 self.hub.adopt(agent, task.id, &task.project);
                 lock(&self.awaiting).remove(&task.id);
                 if state == TaskState::Dispatched && running.contains(&task.id) {

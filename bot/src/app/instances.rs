@@ -93,6 +93,10 @@ impl MessageLog for MessageDesk {
         })
     }
 
+    fn ended_elsewhere(&self, task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
+        self.store.ended_elsewhere(task)
+    }
+
     fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             if !self.store.is_shared() {
@@ -273,6 +277,11 @@ impl App {
             return;
         };
         self.hub.adopt(&agent, task.id, &task.project);
+        if task.message_ts.is_none() {
+            // The process that held it may have posted the message and
+            // died before it stored the ts.
+            self.consolidator.may_have_posted(task.id);
+        }
         if task.state == TaskState::Dispatched.as_str() {
             // No acknowledgement recorded: the agent may have accepted
             // it just before the crash and be running it. It is put

@@ -110,6 +110,12 @@ pub trait MessageLog: Send + Sync + 'static {
     fn stored_ts(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
         Box::pin(async { Ok(None) })
     }
+    /// Whether the task has ended as any process recorded it (on a database
+    /// several processes share: another process may have ended it, and a
+    /// live render here is stale). Alone on its database, a process knows.
+    fn ended_elsewhere(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 impl MessageLog for Store {
@@ -134,6 +140,18 @@ impl MessageLog for Store {
 
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(self.mark_slack_synced(task))
+    }
+
+    fn ended_elsewhere(&self, task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async move {
+            if !self.is_shared() {
+                return Ok(false);
+            }
+            Ok(self
+                .task(task)
+                .await?
+                .is_some_and(|t| render::task_state(&t).is_terminal()))
+        })
     }
 }
 
@@ -702,6 +720,18 @@ impl Consolidator {
             }
             Some(ts) if job.final_edited => ts.clone(),
             Some(ts) => {
+                if !terminal
+                    && self
+                        .inner
+                        .log
+                        .ended_elsewhere(task.id)
+                        .await
+                        .unwrap_or(false)
+                {
+                    // Another process ended it meanwhile: its final edit is
+                    // (or will be) there, and this live render would hide it.
+                    return Ok(());
+                }
                 if !terminal && let Err(err) = self.inner.log.progress_shown(task).await {
                     tracing::warn!(task = task.id, error = ?err, "Cannot record the progress shown");
                 }
