@@ -759,6 +759,43 @@ async fn a_task_whose_message_cannot_be_posted_is_not_run_and_the_person_is_told
     rig.bot.stop().await;
 }
 
+/// A slash command whose work outlasts the acknowledgement's budget (here
+/// Slack takes a while to say who the person is; the budget is zero) is
+/// acknowledged empty, and its answer follows through its `response_url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |s| s.ack_budget = Duration::ZERO).await;
+    let store = bot.store().await;
+    store.ensure_project("web").await.unwrap();
+    slack.set_user(
+        "UGUEST",
+        FakeUser {
+            is_restricted: true,
+            ..FakeUser::default()
+        },
+    );
+    slack.delay("users.info", Duration::from_millis(200));
+    let reply_to = response_url_of(&url, "late");
+    let (status, body) =
+        baton_replying_to(bot.addr, "--project web fix the login", "UGUEST", &reply_to).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let told = eventually("the answer through response_url", || async {
+        slack.responses("late").into_iter().next()
+    })
+    .await;
+    assert!(
+        told.contains("Guests and people of other organizations"),
+        "{told}"
+    );
+    assert!(
+        store.recent_tasks(10).await.unwrap().is_empty(),
+        "a refusal creates nothing"
+    );
+    bot.stop().await;
+}
+
 /// Issue 13, finding 8: a mention acknowledged just before the bot stopped
 /// (Slack will not send it again) is handled when the bot starts again; a
 /// later delivery of the same event changes nothing.
