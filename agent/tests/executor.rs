@@ -324,6 +324,16 @@ async fn a_draining_agent_takes_no_new_task_and_a_second_signal_exits_at_once() 
     wait_agents(bot.addr, 1).await;
     baton(bot.addr, "long one", "U1").await;
     wait_state(&store, 1, "running", 30).await;
+    // Running is reported before the script has forked, and the process
+    // group is recorded (what the second signal kills) just after the spawn:
+    // both must have happened for the end to be checked, whatever the speed.
+    let recorded = dir.path().join("agent-state/running/1");
+    wait_for(30, "both processes, and their group recorded", || {
+        project.join("child.pid").exists()
+            && project.join("parent.pid").exists()
+            && recorded.exists()
+    })
+    .await;
 
     sigterm(&agent);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -81,6 +81,14 @@ async fn agent_killed_mid_task_fails_it_once_and_leaves_no_process() {
         .trim()
         .parse()
         .unwrap();
+    // The script writes its pid as soon as it is spawned; the agent records
+    // the process group just after (two fsyncs, slow on a loaded machine).
+    // Killed before that, it could not know what to stop when it comes back.
+    let recorded = dir.path().join("agent-state/running/1");
+    wait_for(30, "the agent to record the task's process group", || {
+        recorded.exists()
+    })
+    .await;
 
     kill9(&mut agent).await;
     assert!(

@@ -235,6 +235,10 @@ async fn serve(
         }
         Err(err) => tracing::error!(error = ?err, "cannot reconcile the agent's tasks"),
     }
+    // Only now may tasks go to it: one handed out before would have been
+    // taken by the reconcile for a task the agent came back without.
+    app.hub.reconciled(name.as_str());
+    app.dispatch_wake.notify_one();
     // Not needed past this point; dropped now, it takes no room in the connection's task.
     drop(hello);
 

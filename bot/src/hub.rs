@@ -171,6 +171,10 @@ pub struct Conn {
     /// whatever the bot's count of its free slots says (the two counts can
     /// differ for a moment; without this the task would go straight back).
     pub full_until_heard: bool,
+    /// Its tasks are being reconciled with its hello: it takes no new task
+    /// until [`Hub::reconciled`] (one handed out meanwhile would be taken for
+    /// a task the agent came back without).
+    pub reconciling: bool,
     /// The agent's build.
     pub version: String,
 }
@@ -233,7 +237,7 @@ impl AgentEntry {
     /// Free slots for `project` now (0 when disconnected, draining or not serving it).
     pub fn free_for(&self, project: &str) -> u32 {
         let Some(conn) = &self.conn else { return 0 };
-        if conn.draining || conn.full_until_heard {
+        if conn.draining || conn.full_until_heard || conn.reconciling {
             return 0;
         }
         let Some(per_project) = conn.projects.get(project) else {
@@ -363,6 +367,7 @@ impl Hub {
                 .collect(),
             draining: false,
             full_until_heard: false,
+            reconciling: true,
             version: hello.agent_version.clone(),
         });
         entry.last_seen = Some(now());
@@ -428,6 +433,16 @@ impl Hub {
             .and_then(|e| e.conn.as_mut())
         {
             c.full_until_heard = true;
+        }
+    }
+
+    /// The agent's tasks are reconciled with its hello: it may take new ones.
+    pub fn reconciled(&self, name: &str) {
+        if let Some(c) = lock(&self.agents)
+            .get_mut(name)
+            .and_then(|e| e.conn.as_mut())
+        {
+            c.reconciling = false;
         }
     }
 
@@ -802,6 +817,10 @@ pub(crate) mod tests {
             Register::Ok(_)
         ));
         let free = |p: &str| lock(&hub.agents)["a"].free_for(p);
+        assert_eq!((free("web"), free("api")), (0, 0), "not reconciled yet");
+        assert!(hub.route("web", 1).is_err());
+        assert!(hub.projects_with_room().is_empty());
+        hub.reconciled("a");
         assert_eq!((free("web"), free("api")), (2, 3));
 
         hub.route("web", 1).expect("a slot");
@@ -830,6 +849,7 @@ pub(crate) mod tests {
         let hub = Hub::new(BreakerConfig::default());
         let (tx, _rx) = Outbox::new();
         hub.register("a", tx, &hello(2, &[("web", 2)]));
+        hub.reconciled("a");
         let free = || lock(&hub.agents)["a"].free_for("web");
 
         let (route, placeholder) = hub.route_new("web").expect("a slot");

@@ -158,6 +158,13 @@ pub struct Settings {
         default_value_t = NotifyMode::Thread
     )]
     pub notify: NotifyMode,
+
+    /// How long a slash command's acknowledgement waits for its work
+    /// ([`crate::slack::intake::ACK_BUDGET`]). Not read from the environment:
+    /// a test hook, so that tests on a loaded machine always find the answer
+    /// in the acknowledgement.
+    #[arg(skip = crate::slack::intake::ACK_BUDGET)]
+    pub ack_budget: Duration,
 }
 
 /// How a task's requester is told it ended (`BATON_NOTIFY`).

@@ -518,6 +518,10 @@ async fn api(
             Err(_) => return slack_error("invalid_json"),
         }
     };
+    let delay = slack.lock().delay.get(&method).copied();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     if DIRECTORY_METHODS.contains(&method.as_str()) {
         let query = body
             .as_object()
@@ -533,10 +537,6 @@ async fn api(
             })
             .unwrap_or_default();
         return directory_answer(&slack, &method, query);
-    }
-    let delay = slack.lock().delay.get(&method).copied();
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
     }
     let ts = match slack.answer(&method, &body) {
         Ok(ts) if slack.take_lost(&method) => {

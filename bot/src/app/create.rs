@@ -298,6 +298,7 @@ mod tests {
         let (tx, mut frames) = Outbox::new();
         let hello = crate::hub::tests::hello(1, &[("web", 1)]);
         assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
+        app.hub.reconciled("a");
 
         // The caller (Slack's HTTP request) gives up after the first poll.
         let mut creating = Box::pin(app.create_task(TaskRequest {

@@ -258,6 +258,7 @@ mod tests {
         let mut hello = crate::hub::tests::hello(1, &[("web", 1)]);
         hello.running = vec![TaskId(task.id)];
         assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
+        app.hub.reconciled("a");
         app.reconcile("a", &hello).await.expect("reconcile");
         assert!(!lock(&app.awaiting).contains_key(&task.id));
         let step = AgentMessage::Step {

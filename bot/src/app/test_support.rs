@@ -34,6 +34,7 @@ pub(super) async fn app_with_agent(
     let (tx, frames) = Outbox::new();
     let hello = crate::hub::tests::hello(1, &[("web", 1)]);
     assert!(matches!(app.hub.register("a", tx, &hello), Register::Ok(_)));
+    app.hub.reconciled("a");
     (app, store, frames)
 }
 

@@ -16,12 +16,13 @@ use crate::slack::handlers::{self, EventEnvelope, Interaction, Reply, SlashComma
 /// work: well inside Slack's 3 seconds, which also cover the network. Work
 /// that takes longer (a slow database, a slow Slack) goes on after the
 /// acknowledgement, and its answer goes through the command's `response_url`.
+/// (The bot's `Settings::ack_budget`, which tests may change.)
 pub const ACK_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Handles a slash command and returns the acknowledgement's body: the
 /// ephemeral answer, or `None` for an empty acknowledgement (the task's own
 /// message is the answer). The work runs on its own task: when it is not done
-/// within [`ACK_BUDGET`], the acknowledgement goes out empty and the answer
+/// within the budget ([`ACK_BUDGET`]), the acknowledgement goes out empty and the answer
 /// follows through `response_url`; nothing is lost and nothing runs twice.
 pub async fn command(app: &Arc<App>, cmd: SlashCommand) -> Option<serde_json::Value> {
     let response_url = cmd.response_url.clone();
@@ -30,7 +31,7 @@ pub async fn command(app: &Arc<App>, cmd: SlashCommand) -> Option<serde_json::Va
         tokio::spawn(async move { handlers::handle_command(&app, cmd).await })
     };
     let mut work = work;
-    match tokio::time::timeout(ACK_BUDGET, &mut work).await {
+    match tokio::time::timeout(app.settings.ack_budget, &mut work).await {
         Ok(Ok(reply)) => reply.to_json(),
         Ok(Err(err)) => {
             tracing::error!(error = %err, "a slash command's work stopped");
