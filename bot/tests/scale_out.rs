@@ -7,7 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::path::Path;
+
+use baton_bot::store::Store;
 
 use baton_migrations::{Migrator, MigratorTrait};
 use baton_shared::TaskId;
@@ -18,7 +21,9 @@ use baton_testkit::processes::{Processes, ttl_in_renewals};
 #[allow(unused_imports)]
 use baton_testkit::processes::{any_port, frame, leases, renewed, start_task};
 use baton_testkit::scene::{DEADLINE, FakeAgent};
-use baton_testkit::{AGENT_KEY, BotProcess, admin, baton, http, wait_agents, wait_state};
+use baton_testkit::{
+    AGENT_KEY, BotProcess, admin, baton, eventually, fake_slack, http, wait_agents, wait_state,
+};
 use sea_orm::{ConnectionTrait, Statement};
 
 /// Settings of every process here: an agent gone for a second is lost, so

@@ -565,25 +565,34 @@ mod tests {
         assert_eq!(store.agent_instance("laptop").await.expect("read"), None);
     }
 
+    /// The process's clock now, in Unix ms (on PostgreSQL the database's
+    /// clock decides; both are the real time here).
+    fn wall_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
     /// The processes counted alive are those whose lease runs past now.
     #[tokio::test]
     async fn the_live_processes_are_those_with_a_lease() {
         let db = baton_testkit::db::TestDb::new().await;
         let store = Store::connect(&db.url).await.expect("store");
-        let now = 1_000_000;
+        let now = wall_ms();
         assert_eq!(store.live_instances(now).await.expect("count"), 0);
-        store
-            .renew_instance("a", now, now + 10_000)
-            .await
-            .expect("a");
-        store
-            .renew_instance("b", now, now + 5_000)
-            .await
-            .expect("b");
-        store.renew_instance("c", now, now - 1).await.expect("c");
+        for id in ["a", "b", "c"] {
+            store
+                .renew_instance(id, now, now, 60_000)
+                .await
+                .expect("lease");
+        }
+        expire(&store, "c").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 2);
-        assert_eq!(store.live_instances(now + 5_000).await.expect("count"), 1);
-        assert_eq!(store.live_instances(now + 10_000).await.expect("count"), 0);
+        expire(&store, "b").await;
+        assert_eq!(store.live_instances(now).await.expect("count"), 1);
+        expire(&store, "a").await;
+        assert_eq!(store.live_instances(now).await.expect("count"), 0);
     }
 
     /// The message goes to the first claimer; another live process cannot
@@ -599,10 +608,10 @@ mod tests {
             .await
             .expect("agent");
         let id = store.insert_task(queued_task()).await.expect("task").id;
-        let now = 1_000_000;
+        let now = wall_ms();
         for me in ["a", "b", "c"] {
             store
-                .renew_instance(me, now, now + 10_000)
+                .renew_instance(me, now, now, 60_000)
                 .await
                 .expect("lease");
         }
@@ -635,8 +644,9 @@ mod tests {
 
         // b's lease runs out: anyone takes the message over.
         store.release_agent("laptop", "b").await.expect("release");
-        assert!(!claim("c", now + 9_999).await);
-        assert!(claim("c", now + 10_000).await, "b's lease ran out");
+        assert!(!claim("c", now).await, "b's lease runs");
+        expire(&store, "b").await;
+        assert!(claim("c", now).await, "b's lease ran out");
         // c stops: its row is gone, a takes the message over.
         store.remove_instance("c").await.expect("stop");
         assert!(claim("a", now).await, "c stopped");
