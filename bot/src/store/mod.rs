@@ -11,6 +11,7 @@ pub mod file_lock;
 mod group;
 mod instances;
 pub mod notifications;
+mod rules_cache;
 mod task_files;
 
 use std::sync::Arc;
@@ -196,6 +197,9 @@ pub struct Store {
     /// before [`Store::waiting_follow_ups`] reads, set after every write of a
     /// waiting one. Lets the dispatcher skip its read when none waits.
     maybe_waiting: Arc<AtomicBool>,
+    /// Projects' personas and access lists kept in memory; None on
+    /// PostgreSQL, where another process may change them.
+    rules: Option<Arc<rules_cache::RulesCache>>,
 }
 
 /// The terminal states, in the order of [`Store::ended`].
@@ -285,10 +289,11 @@ impl Store {
             db,
             read,
             sqlite_file,
-            writer,
             maybe_queued: Arc::new(AtomicBool::new(true)),
             ended: Arc::new(Default::default()),
             maybe_waiting: Arc::new(AtomicBool::new(true)),
+            rules: sqlite.then(Default::default),
+            writer,
         })
     }
 
@@ -1113,7 +1118,17 @@ impl Store {
 
     /// Records that a project exists (an agent serves it).
     pub async fn ensure_project(&self, name: &str) -> anyhow::Result<()> {
-        insert_project(&self.db, name).await
+        let res = insert_project(&self.db, name).await;
+        self.rules_changed();
+        res
+    }
+
+    /// Forgets the cached project rules: call after every write of them
+    /// (and after a failed one: it may have committed).
+    fn rules_changed(&self) {
+        if let Some(rules) = &self.rules {
+            rules.forget();
+        }
     }
 
     /// Binds a channel to a project (one project per channel), in one
@@ -1141,8 +1156,9 @@ impl Store {
             .exec(&txn)
             .await
             .context("Cannot bind the project")?;
-        txn.commit().await.context("Cannot bind the project")?;
-        Ok(())
+        let res = txn.commit().await.context("Cannot bind the project");
+        self.rules_changed();
+        res
     }
 
     /// The project bound to a channel.
@@ -1190,12 +1206,20 @@ impl Store {
 
     /// A project's access list, oldest entry first.
     pub async fn access_list(&self, project: &str) -> anyhow::Result<Vec<AccessRow>> {
-        project_access::Entity::find()
+        if let Some(rows) = self.rules.as_ref().and_then(|r| r.access(project)) {
+            return Ok(rows);
+        }
+        let generation = self.rules.as_ref().map(|r| r.generation());
+        let rows = project_access::Entity::find()
             .filter(project_access::Column::Project.eq(project))
             .order_by_asc(project_access::Column::Id)
             .all(&self.read)
             .await
-            .context("Cannot read the project's access list")
+            .context("Cannot read the project's access list")?;
+        if let (Some(rules), Some(generation)) = (&self.rules, generation) {
+            rules.keep_access(generation, project, rows.clone());
+        }
+        Ok(rows)
     }
 
     /// Adds an entry to a project's access list; false if it was there already.
@@ -1226,8 +1250,9 @@ impl Store {
             )
             .do_nothing()
             .exec(&self.db)
-            .await
-            .context("Cannot add to the access list")?;
+            .await;
+        self.rules_changed();
+        let res = res.context("Cannot add to the access list")?;
         Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
     }
 
@@ -1238,18 +1263,27 @@ impl Store {
             .filter(project_access::Column::Kind.eq(kind))
             .filter(project_access::Column::EntryId.eq(id))
             .exec(&self.db)
-            .await
-            .context("Cannot remove from the access list")?;
+            .await;
+        self.rules_changed();
+        let res = res.context("Cannot remove from the access list")?;
         Ok(res.rows_affected > 0)
     }
 
     /// The personas a project takes (comma-separated); None: all, or no such project.
     pub async fn project_personas(&self, project: &str) -> anyhow::Result<Option<String>> {
-        Ok(project::Entity::find_by_id(project.to_owned())
+        if let Some(personas) = self.rules.as_ref().and_then(|r| r.personas(project)) {
+            return Ok(personas);
+        }
+        let generation = self.rules.as_ref().map(|r| r.generation());
+        let personas = project::Entity::find_by_id(project.to_owned())
             .one(&self.read)
             .await
             .context("Cannot read the project's personas")?
-            .and_then(|p| p.personas))
+            .and_then(|p| p.personas);
+        if let (Some(rules), Some(generation)) = (&self.rules, generation) {
+            rules.keep_personas(generation, project, personas.clone());
+        }
+        Ok(personas)
     }
 
     /// Sets the personas a project takes (None: all), creating its row if needed.
@@ -1259,15 +1293,16 @@ impl Store {
         personas: Option<&str>,
     ) -> anyhow::Result<()> {
         self.ensure_project(project).await?;
-        project::Entity::update_many()
+        let res = project::Entity::update_many()
             .col_expr(
                 project::Column::Personas,
                 Expr::value(personas.map(str::to_owned)),
             )
             .filter(project::Column::Name.eq(project))
             .exec(&self.db)
-            .await
-            .context("Cannot set the project's personas")?;
+            .await;
+        self.rules_changed();
+        res.context("Cannot set the project's personas")?;
         Ok(())
     }
 
@@ -2438,5 +2473,43 @@ mod tests {
                 .any(|d| d.contains("idx_tasks_state_project_id")),
             "{queue:?}"
         );
+    }
+
+    /// Issue 18: a project's personas and access list are kept in memory on
+    /// SQLite (a new task's check reads nothing); every change made through
+    /// the store is seen by the next read.
+    #[tokio::test]
+    async fn cached_project_rules_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sqlite_store(&dir).await;
+        s.ensure_project("web").await.expect("project");
+        assert_eq!(s.project_personas("web").await.expect("read"), None);
+        assert!(s.access_list("web").await.expect("read").is_empty());
+
+        s.set_project_personas("web", Some("code,review"))
+            .await
+            .expect("personas");
+        assert_eq!(
+            s.project_personas("web").await.expect("read").as_deref(),
+            Some("code,review")
+        );
+        assert!(s.allow("web", "user", "U1", "UADMIN").await.expect("allow"));
+        let ids = |rows: Vec<AccessRow>| rows.into_iter().map(|r| r.entry_id).collect::<Vec<_>>();
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U1"]);
+        assert!(s.allow("web", "user", "U2", "UADMIN").await.expect("allow"));
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U1", "U2"]);
+        assert!(s.disallow("web", "user", "U1").await.expect("disallow"));
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
+        s.set_project_personas("web", None).await.expect("personas");
+        assert_eq!(s.project_personas("web").await.expect("read"), None);
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
+
+        // Served from memory: a row removed behind the store's back (which
+        // one process per SQLite file rules out) is still listed.
+        s.connection()
+            .execute_unprepared("DELETE FROM project_access")
+            .await
+            .expect("delete");
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
     }
 }
