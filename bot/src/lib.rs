@@ -281,6 +281,8 @@ pub async fn run(
     let _ = lease.await;
     let _ = handover.await;
     let _ = consolidator.await;
+    // The last message ts and synced marks, kept for a moment, are written.
+    app.store.flush_marks().await;
     let _ = checkpointer.await;
     let _ = notifier.await;
     tracing::info!("bye");

@@ -6,6 +6,7 @@
 //! nothing.
 
 pub mod approvals;
+mod deferred;
 pub mod entities;
 pub mod file_lock;
 mod group;
@@ -200,6 +201,9 @@ pub struct Store {
     /// Projects' personas and access lists kept in memory; None on
     /// PostgreSQL, where another process may change them.
     rules: Option<Arc<rules_cache::RulesCache>>,
+    /// Message ts and synced marks written in batches (SQLite's group
+    /// writer only); None: each is written at once.
+    deferred: Option<Arc<deferred::Deferred>>,
 }
 
 /// The terminal states, in the order of [`Store::ended`].
@@ -293,6 +297,7 @@ impl Store {
             ended: Arc::new(Default::default()),
             maybe_waiting: Arc::new(AtomicBool::new(true)),
             rules: sqlite.then(Default::default),
+            deferred: writer.clone().map(deferred::Deferred::new),
             writer,
         })
     }
@@ -474,20 +479,73 @@ impl Store {
 
     /// One task.
     pub async fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
-        task::Entity::find_by_id(id)
+        let mut task = task::Entity::find_by_id(id)
             .one(&self.read)
             .await
-            .context("Cannot read the task")
+            .context("Cannot read the task")?;
+        // Its message ts may not be written yet.
+        if let (Some(t), Some(deferred)) = (task.as_mut(), &self.deferred)
+            && t.message_ts.is_none()
+        {
+            t.message_ts = deferred.ts_of(id);
+        }
+        Ok(task)
     }
 
     /// The task whose message has this ts in this channel (thread replies).
     pub async fn task_by_message(&self, channel: &str, ts: &str) -> anyhow::Result<Option<Task>> {
+        self.write_marks_naming(ts).await;
         task::Entity::find()
             .filter(task::Column::ChannelId.eq(channel))
             .filter(task::Column::MessageTs.eq(ts))
             .one(&self.read)
             .await
             .context("Cannot find the task for a thread")
+    }
+
+    /// Records the task's Slack message: at once, or on SQLite with the
+    /// other messages' within [`deferred::FLUSH_INTERVAL`] (see
+    /// `store/deferred.rs`: nobody waits for it, and a lost one is found
+    /// again in Slack).
+    pub async fn record_message_ts(&self, id: i64, ts: &str) -> anyhow::Result<()> {
+        match &self.deferred {
+            Some(deferred) => {
+                deferred.message_ts(id, ts);
+                Ok(())
+            }
+            None => self.set_message_ts(id, ts).await,
+        }
+    }
+
+    /// Records that Slack shows the task's final state: at once, or on
+    /// SQLite with the others' within [`deferred::FLUSH_INTERVAL`] (a lost
+    /// mark only shows the final state again after a restart).
+    pub async fn record_slack_synced(&self, id: i64) -> anyhow::Result<()> {
+        match &self.deferred {
+            Some(deferred) => {
+                deferred.synced(id);
+                Ok(())
+            }
+            None => self.mark_slack_synced(id).await,
+        }
+    }
+
+    /// Writes the waiting marks if a message ts not yet written is `ts`
+    /// (a thread reply to that message must find its task).
+    async fn write_marks_naming(&self, ts: &str) {
+        if let Some(deferred) = &self.deferred
+            && deferred.knows_ts(ts)
+        {
+            deferred.flush().await;
+        }
+    }
+
+    /// Writes the marks [`Store::record_message_ts`] and
+    /// [`Store::record_slack_synced`] keep for a moment (at shutdown).
+    pub async fn flush_marks(&self) {
+        if let Some(deferred) = &self.deferred {
+            deferred.flush().await;
+        }
     }
 
     /// Records the task's Slack message.
@@ -825,6 +883,7 @@ impl Store {
     /// The tasks of a thread, oldest first: the one whose message starts it
     /// and those posted in it.
     pub async fn thread_tasks(&self, channel: &str, root_ts: &str) -> anyhow::Result<Vec<Task>> {
+        self.write_marks_naming(root_ts).await;
         task::Entity::find()
             .filter(task::Column::ChannelId.eq(channel))
             .filter(
@@ -2473,6 +2532,68 @@ mod tests {
                 .any(|d| d.contains("idx_tasks_state_project_id")),
             "{queue:?}"
         );
+    }
+
+    /// Issue 18: on SQLite a task's message ts and its synced mark are
+    /// written in batches; a thread reply finds its task at once, the rows
+    /// get both, one statement takes many marks, and a task that has not
+    /// ended is never marked synced.
+    #[tokio::test]
+    async fn batched_marks_reach_the_rows_and_a_thread_reply_finds_its_task_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sqlite_store(&dir).await;
+        let ended = s.insert_task(new_task()).await.expect("insert");
+        let live = s.insert_task(new_task()).await.expect("insert");
+        s.record_message_ts(ended.id, "1.1").await.expect("ts");
+        s.record_message_ts(live.id, "1.2").await.expect("ts");
+        let read = |id| {
+            let s = s.clone();
+            async move { s.task(id).await.expect("read").expect("row") }
+        };
+        assert_eq!(read(ended.id).await.message_ts.as_deref(), Some("1.1"));
+        let by_message = s.task_by_message("C1", "1.2").await.expect("read");
+        assert_eq!(by_message.map(|t| t.id), Some(live.id));
+        let thread: Vec<i64> = s
+            .thread_tasks("C1", "1.1")
+            .await
+            .expect("thread")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(thread, [ended.id]);
+
+        let cancelled = Ending::Cancelled {
+            note: "Cancelled.".into(),
+        };
+        assert!(
+            s.finish(ended.id, None, None, &[TaskState::Queued], &cancelled)
+                .await
+                .expect("finish")
+        );
+        let mut others = Vec::new();
+        for _ in 0..20 {
+            let t = s.insert_task(new_task()).await.expect("insert");
+            s.finish(t.id, None, None, &[TaskState::Queued], &cancelled)
+                .await
+                .expect("finish");
+            others.push(t.id);
+        }
+        let before = s.writes().expect("a group writer");
+        s.record_slack_synced(ended.id).await.expect("synced");
+        s.record_slack_synced(live.id).await.expect("synced");
+        for id in &others {
+            s.record_slack_synced(*id).await.expect("synced");
+        }
+        s.flush_marks().await;
+        let statements = s.writes().expect("a group writer") - before;
+        assert!(statements <= 2, "22 marks took {statements} statements");
+        let row = read(ended.id).await;
+        assert!(row.slack_synced);
+        assert_eq!(row.message_ts.as_deref(), Some("1.1"));
+        assert!(!read(live.id).await.slack_synced, "not ended: not synced");
+        for id in others {
+            assert!(read(id).await.slack_synced, "task {id}");
+        }
     }
 
     /// Issue 18: a project's personas and access list are kept in memory on
