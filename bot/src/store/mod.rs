@@ -198,8 +198,9 @@ pub struct Store {
     /// before [`Store::waiting_follow_ups`] reads, set after every write of a
     /// waiting one. Lets the dispatcher skip its read when none waits.
     maybe_waiting: Arc<AtomicBool>,
-    /// Projects' personas and access lists kept in memory; None on
-    /// PostgreSQL, where another process may change them.
+    /// Projects' personas and access lists kept in memory; None unless
+    /// [`Store::caching_project_rules`] (PostgreSQL, or a store that does
+    /// not hold the SQLite file's lock: another may change them).
     rules: Option<Arc<rules_cache::RulesCache>>,
     /// Message ts and synced marks written in batches (SQLite's group
     /// writer only); None: each is written at once.
@@ -296,10 +297,21 @@ impl Store {
             maybe_queued: Arc::new(AtomicBool::new(true)),
             ended: Arc::new(Default::default()),
             maybe_waiting: Arc::new(AtomicBool::new(true)),
-            rules: sqlite.then(Default::default),
+            rules: None,
             deferred: writer.clone().map(deferred::Deferred::new),
             writer,
         })
+    }
+
+    /// Keeps projects' personas and access lists in memory (see
+    /// `store/rules_cache.rs`), on a SQLite file only. For the process that
+    /// holds the file's lock (`file_lock`): every write of them then goes
+    /// through this store (or a clone of it), which forgets them after each.
+    pub fn caching_project_rules(mut self) -> Self {
+        if self.sqlite_file {
+            self.rules = Some(Default::default());
+        }
+        self
     }
 
     /// Copies SQLite's write-ahead log into the database file from a reader
@@ -2602,7 +2614,7 @@ mod tests {
     #[tokio::test]
     async fn cached_project_rules_follow_every_change() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = sqlite_store(&dir).await;
+        let s = sqlite_store(&dir).await.caching_project_rules();
         s.ensure_project("web").await.expect("project");
         assert_eq!(s.project_personas("web").await.expect("read"), None);
         assert!(s.access_list("web").await.expect("read").is_empty());

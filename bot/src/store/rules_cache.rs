@@ -2,10 +2,12 @@
 //! its access list), kept in memory on SQLite so that creating a task reads
 //! nothing from the database.
 //!
-//! Only on a SQLite file: one process serves it (its lock file sees to that)
-//! and every write of these rows goes through that process's [`Store`], which
+//! Only on a SQLite file, and only for the store of the process holding its
+//! lock ([`Store::caching_project_rules`]): one process serves the file, and
+//! every write of these rows goes through that process's [`Store`], which
 //! forgets the whole cache after each one. On PostgreSQL another process may
-//! change them, so every check reads the database.
+//! change them, so every check reads the database; so does any other store
+//! opened on the file (tools, tests).
 //!
 //! A read that raced a write is not kept: the cache has a generation, bumped
 //! after each write commits, and a row read under an older generation is
