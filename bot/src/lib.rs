@@ -196,6 +196,12 @@ pub async fn run(
     // Held until `run` returns: a second process on this SQLite file is refused.
     let _sqlite_lock = store::file_lock::lock_sqlite(&settings.database_url)?;
     let store = Store::connect(&settings.database_url).await?;
+    // This process alone writes the SQLite file it holds the lock of: what a
+    // new task's access check reads of its project can be kept in memory.
+    let store = match &_sqlite_lock {
+        Some(_) => store.caching_project_rules(),
+        None => store,
+    };
     bootstrap_keys(&store, &settings)
         .await
         .context("Cannot store BATON_AGENT_KEYS")?;
@@ -281,6 +287,8 @@ pub async fn run(
     let _ = lease.await;
     let _ = handover.await;
     let _ = consolidator.await;
+    // The last message ts and synced marks, kept for a moment, are written.
+    app.store.flush_marks().await;
     let _ = checkpointer.await;
     let _ = notifier.await;
     tracing::info!("bye");

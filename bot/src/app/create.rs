@@ -184,7 +184,8 @@ impl App {
         match routed {
             Ok((route, placeholder)) => {
                 self.hub.bind_new(&route.agent, placeholder, task.id);
-                self.hand_out(task.clone(), &route).await;
+                // Its files were written with it: no read before the frame leaves.
+                self.hand_out(task.clone(), &route, Some(&files)).await;
             }
             Err(_) if task.after_task.is_some() => {
                 self.show_queued(&task.project).await;

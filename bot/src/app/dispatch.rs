@@ -16,7 +16,7 @@ use crate::model::TaskState;
 use crate::personas;
 use crate::replies;
 use crate::slack::render;
-use crate::store::{Ending, Task};
+use crate::store::{Ending, Task, TaskFile};
 use crate::sync::lock;
 
 /// How often old Slack event ids are pruned.
@@ -30,8 +30,10 @@ impl App {
     /// Sends a task claimed for `route`'s agent to it, starts its accept
     /// timeout and shows it. A task that cannot be sent (its project name is not
     /// a valid one, which the names' sources rule out) fails visibly rather than
-    /// stay dispatched with nothing to time it out.
-    pub(super) async fn hand_out(&self, task: Task, route: &Route) {
+    /// stay dispatched with nothing to time it out. `files` are the task's
+    /// files when the caller knows them (it wrote them with the task); None
+    /// reads them from the database.
+    pub(super) async fn hand_out(&self, task: Task, route: &Route, files: Option<&[TaskFile]>) {
         let Ok(project) = ProjectName::new(task.project.clone()) else {
             tracing::error!(task = task.id, project = %task.project, "task has an invalid project name");
             self.hub.release(&route.agent, task.id, Outcome::Ignored);
@@ -50,7 +52,11 @@ impl App {
         let persona: Persona = task.persona.parse().unwrap_or_default();
         let def = personas::definition(persona);
         // Its files go with every dispatch (a re-dispatch after a restart too).
-        let files = match self.store.task_files(task.id).await {
+        let read = match files {
+            Some(known) => Ok(known.to_vec()),
+            None => self.store.task_files(task.id).await,
+        };
+        let files = match read {
             Ok(files) => Some(
                 files
                     .into_iter()
@@ -59,7 +65,7 @@ impl App {
                         name: f.name,
                         size: u64::try_from(f.size).unwrap_or_default(),
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
             ),
             Err(err) => {
                 // Not sent without its files: the accept timeout puts it back.
@@ -158,7 +164,7 @@ impl App {
                         self.hub.release(&route.agent, task.id, Outcome::Ignored);
                         continue;
                     }
-                    self.hand_out(task, &route).await;
+                    self.hand_out(task, &route, None).await;
                 }
                 if full {
                     break 'project;

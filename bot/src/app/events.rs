@@ -51,7 +51,19 @@ impl App {
         let ack = BotMessage::Ack { task: task_id, seq };
         let is_final = msg.is_final();
 
-        let mut live = lock(&self.live).get(&id).cloned();
+        // A progress event that applies takes the task out of the live map
+        // (it goes back with the event applied): one copy of the row per
+        // event, not two. Anything else works on a copy.
+        let progress = matches!(msg, AgentMessage::Step { .. } | AgentMessage::Output { .. });
+        let mut live = {
+            let mut map = lock(&self.live);
+            match map.get(&id) {
+                Some(t) if progress && t.agent.as_deref() == Some(agent) && seq_i > t.last_seq => {
+                    map.remove(&id)
+                }
+                other => other.cloned(),
+            }
+        };
         if live.is_none() && matches!(msg, AgentMessage::Accepted { .. }) {
             live = self.rebind_late(agent, id).await;
         }

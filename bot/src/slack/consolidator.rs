@@ -120,7 +120,7 @@ pub trait MessageLog: Send + Sync + 'static {
 
 impl MessageLog for Store {
     fn message_posted<'a>(&'a self, task: i64, ts: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(self.set_message_ts(task, ts))
+        Box::pin(self.record_message_ts(task, ts))
     }
 
     fn progress_shown<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>> {
@@ -139,7 +139,7 @@ impl MessageLog for Store {
     }
 
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
-        Box::pin(self.mark_slack_synced(task))
+        Box::pin(self.record_slack_synced(task))
     }
 
     fn ended_elsewhere(&self, task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {

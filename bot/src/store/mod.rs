@@ -6,11 +6,13 @@
 //! nothing.
 
 pub mod approvals;
+mod deferred;
 pub mod entities;
 pub mod file_lock;
 mod group;
 mod instances;
 pub mod notifications;
+mod rules_cache;
 mod task_files;
 
 use std::sync::Arc;
@@ -200,6 +202,13 @@ pub struct Store {
     /// before [`Store::waiting_follow_ups`] reads, set after every write of a
     /// waiting one. Lets the dispatcher skip its read when none waits.
     maybe_waiting: Arc<AtomicBool>,
+    /// Projects' personas and access lists kept in memory; None unless
+    /// [`Store::caching_project_rules`] (PostgreSQL, or a store that does
+    /// not hold the SQLite file's lock: another may change them).
+    rules: Option<Arc<rules_cache::RulesCache>>,
+    /// Message ts and synced marks written in batches (SQLite's group
+    /// writer only); None: each is written at once.
+    deferred: Option<Arc<deferred::Deferred>>,
 }
 
 /// The terminal states, in the order of [`Store::ended`].
@@ -289,11 +298,24 @@ impl Store {
             db,
             read,
             sqlite_file,
-            writer,
             maybe_queued: Arc::new(AtomicBool::new(true)),
             ended: Arc::new(Default::default()),
             maybe_waiting: Arc::new(AtomicBool::new(true)),
+            rules: None,
+            deferred: writer.clone().map(deferred::Deferred::new),
+            writer,
         })
+    }
+
+    /// Keeps projects' personas and access lists in memory (see
+    /// `store/rules_cache.rs`), on a SQLite file only. For the process that
+    /// holds the file's lock (`file_lock`): every write of them then goes
+    /// through this store (or a clone of it), which forgets them after each.
+    pub fn caching_project_rules(mut self) -> Self {
+        if self.sqlite_file {
+            self.rules = Some(Default::default());
+        }
+        self
     }
 
     /// Copies SQLite's write-ahead log into the database file from a reader
@@ -483,20 +505,73 @@ impl Store {
 
     /// One task.
     pub async fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
-        task::Entity::find_by_id(id)
+        let mut task = task::Entity::find_by_id(id)
             .one(&self.read)
             .await
-            .context("Cannot read the task")
+            .context("Cannot read the task")?;
+        // Its message ts may not be written yet.
+        if let (Some(t), Some(deferred)) = (task.as_mut(), &self.deferred)
+            && t.message_ts.is_none()
+        {
+            t.message_ts = deferred.ts_of(id);
+        }
+        Ok(task)
     }
 
     /// The task whose message has this ts in this channel (thread replies).
     pub async fn task_by_message(&self, channel: &str, ts: &str) -> anyhow::Result<Option<Task>> {
+        self.write_marks_naming(ts).await;
         task::Entity::find()
             .filter(task::Column::ChannelId.eq(channel))
             .filter(task::Column::MessageTs.eq(ts))
             .one(&self.read)
             .await
             .context("Cannot find the task for a thread")
+    }
+
+    /// Records the task's Slack message: at once, or on SQLite with the
+    /// other messages' within [`deferred::FLUSH_INTERVAL`] (see
+    /// `store/deferred.rs`: nobody waits for it, and a lost one is found
+    /// again in Slack).
+    pub async fn record_message_ts(&self, id: i64, ts: &str) -> anyhow::Result<()> {
+        match &self.deferred {
+            Some(deferred) => {
+                deferred.message_ts(id, ts);
+                Ok(())
+            }
+            None => self.set_message_ts(id, ts).await,
+        }
+    }
+
+    /// Records that Slack shows the task's final state: at once, or on
+    /// SQLite with the others' within [`deferred::FLUSH_INTERVAL`] (a lost
+    /// mark only shows the final state again after a restart).
+    pub async fn record_slack_synced(&self, id: i64) -> anyhow::Result<()> {
+        match &self.deferred {
+            Some(deferred) => {
+                deferred.synced(id);
+                Ok(())
+            }
+            None => self.mark_slack_synced(id).await,
+        }
+    }
+
+    /// Writes the waiting marks if a message ts not yet written is `ts`
+    /// (a thread reply to that message must find its task).
+    async fn write_marks_naming(&self, ts: &str) {
+        if let Some(deferred) = &self.deferred
+            && deferred.knows_ts(ts)
+        {
+            deferred.flush().await;
+        }
+    }
+
+    /// Writes the marks [`Store::record_message_ts`] and
+    /// [`Store::record_slack_synced`] keep for a moment (at shutdown).
+    pub async fn flush_marks(&self) {
+        if let Some(deferred) = &self.deferred {
+            deferred.flush().await;
+        }
     }
 
     /// Records the task's Slack message.
@@ -834,6 +909,7 @@ impl Store {
     /// The tasks of a thread, oldest first: the one whose message starts it
     /// and those posted in it.
     pub async fn thread_tasks(&self, channel: &str, root_ts: &str) -> anyhow::Result<Vec<Task>> {
+        self.write_marks_naming(root_ts).await;
         task::Entity::find()
             .filter(task::Column::ChannelId.eq(channel))
             .filter(
@@ -1127,7 +1203,17 @@ impl Store {
 
     /// Records that a project exists (an agent serves it).
     pub async fn ensure_project(&self, name: &str) -> anyhow::Result<()> {
-        insert_project(&self.db, name).await
+        let res = insert_project(&self.db, name).await;
+        self.rules_changed();
+        res
+    }
+
+    /// Forgets the cached project rules: call after every write of them
+    /// (and after a failed one: it may have committed).
+    fn rules_changed(&self) {
+        if let Some(rules) = &self.rules {
+            rules.forget();
+        }
     }
 
     /// Binds a channel to a project (one project per channel), in one
@@ -1155,8 +1241,9 @@ impl Store {
             .exec(&txn)
             .await
             .context("Cannot bind the project")?;
-        txn.commit().await.context("Cannot bind the project")?;
-        Ok(())
+        let res = txn.commit().await.context("Cannot bind the project");
+        self.rules_changed();
+        res
     }
 
     /// The project bound to a channel.
@@ -1204,12 +1291,20 @@ impl Store {
 
     /// A project's access list, oldest entry first.
     pub async fn access_list(&self, project: &str) -> anyhow::Result<Vec<AccessRow>> {
-        project_access::Entity::find()
+        if let Some(rows) = self.rules.as_ref().and_then(|r| r.access(project)) {
+            return Ok(rows);
+        }
+        let generation = self.rules.as_ref().map(|r| r.generation());
+        let rows = project_access::Entity::find()
             .filter(project_access::Column::Project.eq(project))
             .order_by_asc(project_access::Column::Id)
             .all(&self.read)
             .await
-            .context("Cannot read the project's access list")
+            .context("Cannot read the project's access list")?;
+        if let (Some(rules), Some(generation)) = (&self.rules, generation) {
+            rules.keep_access(generation, project, rows.clone());
+        }
+        Ok(rows)
     }
 
     /// Adds an entry to a project's access list; false if it was there already.
@@ -1240,8 +1335,9 @@ impl Store {
             )
             .do_nothing()
             .exec(&self.db)
-            .await
-            .context("Cannot add to the access list")?;
+            .await;
+        self.rules_changed();
+        let res = res.context("Cannot add to the access list")?;
         Ok(matches!(res, sea_orm::TryInsertResult::Inserted(_)))
     }
 
@@ -1252,18 +1348,27 @@ impl Store {
             .filter(project_access::Column::Kind.eq(kind))
             .filter(project_access::Column::EntryId.eq(id))
             .exec(&self.db)
-            .await
-            .context("Cannot remove from the access list")?;
+            .await;
+        self.rules_changed();
+        let res = res.context("Cannot remove from the access list")?;
         Ok(res.rows_affected > 0)
     }
 
     /// The personas a project takes (comma-separated); None: all, or no such project.
     pub async fn project_personas(&self, project: &str) -> anyhow::Result<Option<String>> {
-        Ok(project::Entity::find_by_id(project.to_owned())
+        if let Some(personas) = self.rules.as_ref().and_then(|r| r.personas(project)) {
+            return Ok(personas);
+        }
+        let generation = self.rules.as_ref().map(|r| r.generation());
+        let personas = project::Entity::find_by_id(project.to_owned())
             .one(&self.read)
             .await
             .context("Cannot read the project's personas")?
-            .and_then(|p| p.personas))
+            .and_then(|p| p.personas);
+        if let (Some(rules), Some(generation)) = (&self.rules, generation) {
+            rules.keep_personas(generation, project, personas.clone());
+        }
+        Ok(personas)
     }
 
     /// Sets the personas a project takes (None: all), creating its row if needed.
@@ -1273,15 +1378,16 @@ impl Store {
         personas: Option<&str>,
     ) -> anyhow::Result<()> {
         self.ensure_project(project).await?;
-        project::Entity::update_many()
+        let res = project::Entity::update_many()
             .col_expr(
                 project::Column::Personas,
                 Expr::value(personas.map(str::to_owned)),
             )
             .filter(project::Column::Name.eq(project))
             .exec(&self.db)
-            .await
-            .context("Cannot set the project's personas")?;
+            .await;
+        self.rules_changed();
+        res.context("Cannot set the project's personas")?;
         Ok(())
     }
 
@@ -2491,5 +2597,105 @@ mod tests {
             .count();
         assert_eq!(written as u64, BOUND);
         assert_eq!(s.queue_len("web").await.expect("count"), BOUND);
+    }
+
+    /// Issue 18: on SQLite a task's message ts and its synced mark are
+    /// written in batches; a thread reply finds its task at once, the rows
+    /// get both, one statement takes many marks, and a task that has not
+    /// ended is never marked synced.
+    #[tokio::test]
+    async fn batched_marks_reach_the_rows_and_a_thread_reply_finds_its_task_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sqlite_store(&dir).await;
+        let ended = s.insert_task(new_task()).await.expect("insert");
+        let live = s.insert_task(new_task()).await.expect("insert");
+        s.record_message_ts(ended.id, "1.1").await.expect("ts");
+        s.record_message_ts(live.id, "1.2").await.expect("ts");
+        let read = |id| {
+            let s = s.clone();
+            async move { s.task(id).await.expect("read").expect("row") }
+        };
+        assert_eq!(read(ended.id).await.message_ts.as_deref(), Some("1.1"));
+        let by_message = s.task_by_message("C1", "1.2").await.expect("read");
+        assert_eq!(by_message.map(|t| t.id), Some(live.id));
+        let thread: Vec<i64> = s
+            .thread_tasks("C1", "1.1")
+            .await
+            .expect("thread")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(thread, [ended.id]);
+
+        let cancelled = Ending::Cancelled {
+            note: "Cancelled.".into(),
+        };
+        assert!(
+            s.finish(ended.id, None, None, &[TaskState::Queued], &cancelled)
+                .await
+                .expect("finish")
+        );
+        let mut others = Vec::new();
+        for _ in 0..20 {
+            let t = s.insert_task(new_task()).await.expect("insert");
+            s.finish(t.id, None, None, &[TaskState::Queued], &cancelled)
+                .await
+                .expect("finish");
+            others.push(t.id);
+        }
+        let before = s.writes().expect("a group writer");
+        s.record_slack_synced(ended.id).await.expect("synced");
+        s.record_slack_synced(live.id).await.expect("synced");
+        for id in &others {
+            s.record_slack_synced(*id).await.expect("synced");
+        }
+        s.flush_marks().await;
+        let statements = s.writes().expect("a group writer") - before;
+        assert!(statements <= 2, "22 marks took {statements} statements");
+        let row = read(ended.id).await;
+        assert!(row.slack_synced);
+        assert_eq!(row.message_ts.as_deref(), Some("1.1"));
+        assert!(!read(live.id).await.slack_synced, "not ended: not synced");
+        for id in others {
+            assert!(read(id).await.slack_synced, "task {id}");
+        }
+    }
+
+    /// Issue 18: a project's personas and access list are kept in memory on
+    /// SQLite (a new task's check reads nothing); every change made through
+    /// the store is seen by the next read.
+    #[tokio::test]
+    async fn cached_project_rules_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sqlite_store(&dir).await.caching_project_rules();
+        s.ensure_project("web").await.expect("project");
+        assert_eq!(s.project_personas("web").await.expect("read"), None);
+        assert!(s.access_list("web").await.expect("read").is_empty());
+
+        s.set_project_personas("web", Some("code,review"))
+            .await
+            .expect("personas");
+        assert_eq!(
+            s.project_personas("web").await.expect("read").as_deref(),
+            Some("code,review")
+        );
+        assert!(s.allow("web", "user", "U1", "UADMIN").await.expect("allow"));
+        let ids = |rows: Vec<AccessRow>| rows.into_iter().map(|r| r.entry_id).collect::<Vec<_>>();
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U1"]);
+        assert!(s.allow("web", "user", "U2", "UADMIN").await.expect("allow"));
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U1", "U2"]);
+        assert!(s.disallow("web", "user", "U1").await.expect("disallow"));
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
+        s.set_project_personas("web", None).await.expect("personas");
+        assert_eq!(s.project_personas("web").await.expect("read"), None);
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
+
+        // Served from memory: a row removed behind the store's back (which
+        // one process per SQLite file rules out) is still listed.
+        s.connection()
+            .execute_unprepared("DELETE FROM project_access")
+            .await
+            .expect("delete");
+        assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
     }
 }
