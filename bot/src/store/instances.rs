@@ -31,7 +31,8 @@ impl Store {
     }
 
     /// A statement for this database: `sql` with `$1`, `$2`… placeholders
-    /// (rewritten to `?` for SQLite).
+    /// (rewritten to SQLite's numbered `?1`, `?2`… for SQLite, so that they
+    /// may appear in any order, as on PostgreSQL).
     pub(super) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
         let backend = self.db.get_database_backend();
         let sql = if self.is_shared() {
@@ -39,7 +40,7 @@ impl Store {
         } else {
             let mut out = sql.to_owned();
             for i in (1..=values.len()).rev() {
-                out = out.replace(&format!("${i}"), "?");
+                out = out.replace(&format!("${i}"), &format!("?{i}"));
             }
             out
         };
