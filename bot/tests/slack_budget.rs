@@ -192,10 +192,10 @@ const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Two processes, each running a task on its own agent that reports a step
 /// every 50 ms (an edit wanted every 100 ms: far more than two full budgets
-/// of [`PER_MINUTE`]), for 45 s past the joining processes' hold (about two
-/// minutes: the hold is a window): Slack sees at most the budget and its
-/// burst in any minute (two full budgets would make about 30), never answers
-/// 429, the budget is used, and both processes edit past the hold.
+/// of [`PER_MINUTE`]), for a window and 45 s more: Slack sees at most the
+/// budget and its burst in any minute (two full budgets would make about 30),
+/// never answers 429, the budget is used, and both processes edit after the
+/// first window.
 #[tokio::test]
 async fn two_processes_share_the_workspace_s_update_budget() {
     let Some(_) = postgres_or_skip("two_processes_share_the_workspace_s_update_budget") else {
@@ -239,9 +239,9 @@ async fn two_processes_share_the_workspace_s_update_budget() {
     let ts_a = message_ts(&store, id_a).await;
     let ts_b = message_ts(&store, id_b).await;
 
-    // Steps until the hold of both processes is over and most of a window
-    // more has passed: two full budgets would overspend by then.
-    let hold_over = started + baton_bot::slack::consolidator::JOIN_HOLD;
+    // Steps for a window and most of another: two full budgets would
+    // overspend by then.
+    let hold_over = started + WINDOW;
     let end = hold_over + std::time::Duration::from_secs(45);
     let mut pace = tokio::time::interval(std::time::Duration::from_millis(50));
     let mut seq = 2;
@@ -288,7 +288,7 @@ async fn two_processes_share_the_workspace_s_update_budget() {
     };
     assert!(
         late(&ts_a) >= 1 && late(&ts_b) >= 1,
-        "each process edits its task past the hold: {} and {}",
+        "each process edits its task after the first window: {} and {}",
         late(&ts_a),
         late(&ts_b)
     );

@@ -127,10 +127,7 @@ impl App {
             self.store.forget_other_instances(&self.instance_id).await?;
         }
         self.renew_lease().await?;
-        if self.count_live().await.is_some_and(|live| live > 1) {
-            // What the others spent of the budget is unknown here.
-            self.consolidator.join_shared_budget();
-        }
+        self.count_live().await;
         Ok(())
     }
 

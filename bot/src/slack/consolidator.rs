@@ -51,7 +51,6 @@ mod budget;
 #[cfg(test)]
 mod tests;
 
-pub use budget::JOIN_HOLD;
 use budget::SharedBudget;
 
 /// Shortest wait after a transient failure.
@@ -76,6 +75,15 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// How often the shutdown flush looks again when nothing says when.
 const FLUSH_POLL: Duration = Duration::from_millis(50);
+/// How often a render handed over to the process that edits the message
+/// (or a queue position that process shows) is claimed again, in case that
+/// process is dead: it never heard the hand-over, and its claim lapses with
+/// its lease.
+const HANDOVER_RECHECK: Duration = Duration::from_secs(3);
+/// How many times: together longer than a lease's time to live
+/// (`app::LEASE_TTL`, 10 s), so that a dead editor's claim has lapsed by the
+/// last one and this process shows the render itself.
+const HANDOVER_RECHECKS: u32 = 4;
 /// Shortest interval between two thread posts (continuation replies, a
 /// shared result file) in one channel: Slack allows about one message per
 /// second per channel, beyond short bursts.
@@ -206,6 +214,10 @@ struct Slot {
     post_uncertain: bool,
     /// The requester was told that Slack refused the message (told once).
     told_unpostable: bool,
+    /// Times the pending render was claimed again after it was handed over
+    /// to the process that edits the message (should that process have
+    /// died, its hand-over was lost with it); up to [`HANDOVER_RECHECKS`].
+    rechecks: u32,
 }
 
 impl Slot {
@@ -250,6 +262,15 @@ impl Failure {
     fn of(method: Method) -> impl FnOnce(SlackCallError) -> Failure {
         move |err| Failure { method, err }
     }
+}
+
+/// What became of a render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// Shown in Slack (or nothing was left to show).
+    Shown,
+    /// Handed over to the process that edits the message.
+    HandedOver,
 }
 
 /// The per-workspace `chat.update` budget.
@@ -412,12 +433,6 @@ impl Consolidator {
     pub fn share_budget(&self, live: u32) {
         lock(&self.inner.budget).set_live(live, Instant::now());
         self.inner.wake.notify_one();
-    }
-
-    /// This process just joined others on a shared database: for
-    /// [`JOIN_HOLD`] it makes at most the budget's burst.
-    pub fn join_shared_budget(&self) {
-        lock(&self.inner.budget).join(Instant::now());
     }
 
     /// The most `chat.update` calls per workspace this process makes in a
@@ -601,7 +616,17 @@ impl Consolidator {
             };
             slot.in_flight = false;
             match result {
-                Ok(()) => {
+                Ok(Delivered::HandedOver) if slot.rechecks < HANDOVER_RECHECKS => {
+                    // Claimed again a little later, in case the editor is dead.
+                    slot.rechecks += 1;
+                    slot.attempts = 0;
+                    if slot.pending.is_none() {
+                        slot.pending = Some((job.task, job.position));
+                        slot.retry_at = Some(now + HANDOVER_RECHECK);
+                    }
+                }
+                Ok(_) => {
+                    slot.rechecks = 0;
                     slot.retry_at = None;
                     slot.attempts = 0;
                     if terminal && slot.pending.is_none() {
@@ -650,7 +675,7 @@ impl Consolidator {
     /// its thread. When another process edits the message, hands the change
     /// over to it instead (a queue position needs no hand-over: every
     /// process's dispatch pass shows the queues, the editor's too).
-    async fn deliver(&self, job: &Job) -> Result<(), Failure> {
+    async fn deliver(&self, job: &Job) -> Result<Delivered, Failure> {
         let task = &job.task;
         let state = render::task_state(task);
         let terminal = state.is_terminal();
@@ -658,12 +683,16 @@ impl Consolidator {
             Ok(true) => {}
             Ok(false) => {
                 lock(&self.inner.stats).handed_over += 1;
+                let rechecking = lock(&self.inner.slots)
+                    .get(&task.id)
+                    .is_some_and(|s| s.rechecks > 0);
                 if state != TaskState::Queued
+                    && !rechecking
                     && let Err(err) = self.inner.log.hand_over(task.id).await
                 {
                     tracing::warn!(task = task.id, error = ?err, "cannot hand the task's message over to the process that edits it");
                 }
-                return Ok(());
+                return Ok(Delivered::HandedOver);
             }
             Err(err) => {
                 // Better an edit from two processes than none.
@@ -730,7 +759,7 @@ impl Consolidator {
                 {
                     // Another process ended it meanwhile: its final edit is
                     // (or will be) there, and this live render would hide it.
-                    return Ok(());
+                    return Ok(Delivered::Shown);
                 }
                 if !terminal && let Err(err) = self.inner.log.progress_shown(task).await {
                     tracing::warn!(task = task.id, error = ?err, "Cannot record the progress shown");
@@ -747,7 +776,7 @@ impl Consolidator {
         if terminal {
             self.finish_thread(job, &ts, &rendered).await?;
         }
-        Ok(())
+        Ok(Delivered::Shown)
     }
 
     /// `chat.postMessage`; a render Slack refuses as too long goes again as plain text.

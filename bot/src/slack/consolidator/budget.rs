@@ -18,22 +18,21 @@
 //!   has passed since the larger count was last seen (the calls the departed
 //!   process made in that window still count at Slack). The share is thus
 //!   `per_minute / (largest count seen in the last window)`.
-//! - **A process that just joined** others on a shared database (it counted
-//!   more than itself at its start) cannot know what they spent in the last
-//!   window, and they learn of it only at their next renewal: for
-//!   [`JOIN_HOLD`] after it joined it makes at most the budget's burst. This
-//!   is the only excess the rule allows: at most the burst in a window. (Of
-//!   processes starting together, at most one counts itself alone: the
-//!   others hold.) A process that starts alone takes the whole budget at
-//!   once, as a single process restarting on SQLite does: its previous
-//!   incarnation's last calls are not counted.
+//! - **A process that joins others** (or restarts beside them) takes its
+//!   share at once. It cannot know what the others, or its own previous
+//!   incarnation, spent in the last window, and they learn of it only at their
+//!   next renewal: in the window after a join Slack may see up to one share
+//!   more than the budget, and answers 429, which pauses `chat.update` here
+//!   for its `Retry-After`. Holding a joining process back to the burst for a
+//!   window would remove that excess, but would leave every message of a
+//!   restarted process nearly frozen for a minute at each step of a rolling
+//!   restart: a worse trade for the people watching them.
 //! - **A process whose own lease expired** (it could not renew it) is counted
 //!   by no one: it makes no call until it renews it.
 //!
 //! In any window, a process makes at most the share it had at its last call
 //! in that window (the log), and each process's share in a window counts
-//! every process alive in it, but for the joining one's lag, which the hold
-//! covers. This assumes a renewal reaches the database within a
+//! every process alive in it, but for the joining one's lag. This assumes a renewal reaches the database within a
 //! [`LEASE_RENEW`](crate::app::LEASE_RENEW) or two.
 
 use std::collections::{HashMap, VecDeque};
@@ -42,17 +41,8 @@ use std::time::Duration;
 use governor::RateLimiter;
 use tokio::time::Instant;
 
-use super::{BUDGET_WINDOW, Budget, UPDATE_BURST, UPDATE_BURST_DIVISOR, update_quota};
+use super::{BUDGET_WINDOW, Budget, update_quota};
 use crate::clock::TokioClock;
-
-/// How long a process that just joined others makes at most its burst: a
-/// window, and two renewals for the others to count it.
-pub const JOIN_HOLD: Duration = Duration::from_secs(64);
-
-/// The burst of the quota of `share` calls a minute (see [`update_quota`]).
-pub(super) fn burst_of(share: u32) -> u32 {
-    (share.max(1) / UPDATE_BURST_DIVISOR).clamp(1, UPDATE_BURST)
-}
 
 /// This process's part of the per-workspace `chat.update` budget.
 pub(super) struct SharedBudget {
@@ -62,8 +52,6 @@ pub(super) struct SharedBudget {
     seen: VecDeque<(Instant, u32)>,
     /// The latest count of live processes (0: this process's lease expired).
     live: u32,
-    /// Until then this process makes at most the burst (it just joined).
-    hold_until: Option<Instant>,
     /// The share the governor was built for.
     limit: u32,
     /// Spreads the calls out: [`update_quota`] of `limit`.
@@ -80,7 +68,6 @@ impl SharedBudget {
             per_minute,
             seen: VecDeque::new(),
             live: 1,
-            hold_until: None,
             limit: per_minute,
             limiter: RateLimiter::hashmap_with_clock(update_quota(per_minute), TokioClock),
             log: HashMap::new(),
@@ -91,11 +78,6 @@ impl SharedBudget {
     pub(super) fn set_live(&mut self, live: u32, now: Instant) {
         self.live = live;
         self.seen.push_back((now, live));
-    }
-
-    /// This process joined others on a shared database at `now`.
-    pub(super) fn join(&mut self, now: Instant) {
-        self.hold_until = Some(now + JOIN_HOLD);
     }
 
     /// The most calls this process may make in any window from `now` on.
@@ -111,11 +93,7 @@ impl SharedBudget {
             return 0;
         }
         let most = self.seen.iter().map(|(_, n)| *n).fold(self.live, u32::max);
-        let share = (self.per_minute / most).max(1);
-        match self.hold_until {
-            Some(until) if now < until => burst_of(self.per_minute).min(share),
-            _ => share,
-        }
+        (self.per_minute / most).max(1)
     }
 
     /// Takes one call for workspace `team` at `now`, or says when to ask again.
@@ -260,22 +238,20 @@ mod tests {
         assert_eq!(budget.limit(Instant::now()), 60);
     }
 
-    /// A process that just joined others makes at most the burst for
-    /// [`JOIN_HOLD`], then its share; one whose lease expired makes none.
+    /// A process that joins others takes its share at once; one whose lease
+    /// expired makes none until it renews it.
     #[tokio::test(start_paused = true)]
-    async fn a_joining_process_holds_back_and_an_expired_one_stops() {
+    async fn a_joining_process_takes_its_share_and_an_expired_one_stops() {
         let mut budget = SharedBudget::new(50);
         let t0 = Instant::now();
         budget.set_live(2, t0);
-        budget.join(t0);
-        assert_eq!(budget.limit(t0), burst_of(50));
-        let held = drain(&mut budget, JOIN_HOLD.as_secs()).await;
+        assert_eq!(budget.limit(t0), 25);
+        let joined = drain(&mut budget, 60).await;
         assert!(
-            most_in_a_window(&held) <= burst_of(50) as usize,
-            "{} calls while joining",
-            held.len()
+            most_in_a_window(&joined) <= 25,
+            "{} calls in the first window",
+            joined.len()
         );
-        assert_eq!(budget.limit(Instant::now()), 25);
         assert!(!drain(&mut budget, 10).await.is_empty());
 
         budget.set_live(0, Instant::now());
