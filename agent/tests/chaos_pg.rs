@@ -318,7 +318,13 @@ async fn a_rolling_restart_ends_every_task_once_and_loses_no_agent() {
     else {
         return;
     };
-    let mut bots = Processes::start(2, &env()).await;
+    // Nothing is killed here: the default dispatch timeout and a long grace,
+    // so that a loaded machine's slow accept or reconnect is not mistaken for
+    // a lost dispatch or a lost agent.
+    let mut env = env();
+    env.retain(|(k, _)| *k != "BATON_DISPATCH_TIMEOUT_SECS" && *k != "BATON_AGENT_GRACE_SECS");
+    env.push(("BATON_AGENT_GRACE_SECS", "120".to_owned()));
+    let mut bots = Processes::start(2, &env).await;
     let dir = bots.dir.path().to_owned();
     let project = project_dir(&dir, "project", HOLD);
     let mut agent = start_listed_agent(&dir, AGENT_KEY, &bots.agent_urls(), &project);
