@@ -42,17 +42,14 @@ pub fn marker(task: i64) -> String {
 }
 
 /// The time (Unix ms) before which a notification's claim is taken for its
-/// holder's that is gone: older than [`NOTIFY_LEASE`]; with one process
-/// (SQLite), also any claim from before this process `started_at` (an earlier
-/// process's). With several processes sharing the database (PostgreSQL), a
-/// claim made before this one started may be a live process's that is
-/// posting now: only the lease says it is gone.
-fn stale_before(now: i64, lease: i64, started_at: i64, shared: bool) -> i64 {
-    if shared {
-        now - lease
-    } else {
-        (now - lease).max(started_at)
-    }
+/// holder's that is gone: older than [`NOTIFY_LEASE`], or older than the start
+/// of every live process (`oldest_live_start`). A claim is made by a live
+/// process after it started, so one older than all of them was made by a
+/// process that is gone: with SQLite, any earlier process's (this is the only
+/// one); with PostgreSQL, a process whose lease lapsed. A process whose lease
+/// lapsed while it still runs may be posting: the taker looks in Slack first.
+fn stale_before(now: i64, lease: i64, oldest_live_start: i64) -> i64 {
+    (now - lease).max(oldest_live_start)
 }
 
 /// Runs notification passes every [`NOTIFY_INTERVAL`] until `shutdown`.
@@ -101,9 +98,9 @@ struct Notifier<A> {
     slack: A,
     /// `BATON_NOTIFY`.
     mode: NotifyMode,
-    /// Unix ms when this process started notifying: with SQLite one bot
-    /// process serves the database, so a claim older than this belongs to a
-    /// process that is gone (see [`stale_before`]).
+    /// Unix ms when this process started notifying: a claim older than this
+    /// and than every live process's start belongs to a process that is
+    /// gone (see [`stale_before`]).
     started_at: i64,
     /// Notifications Slack did not take so far, for the logs.
     failures: u64,
@@ -129,7 +126,12 @@ impl<A: ChatApi> Notifier<A> {
         }
         let now = now_ms();
         let lease = i64::try_from(NOTIFY_LEASE.as_millis()).unwrap_or(i64::MAX);
-        let stale_before = stale_before(now, lease, self.started_at, self.store.is_shared());
+        let oldest = self
+            .store
+            .oldest_live_start(now)
+            .await?
+            .map_or(self.started_at, |t| t.min(self.started_at));
+        let stale_before = stale_before(now, lease, oldest);
         for notice in self
             .store
             .pending_notices(stale_before, NOTIFY_BATCH)

@@ -186,6 +186,26 @@ impl Store {
         Ok(u32::try_from(live).unwrap_or(u32::MAX))
     }
 
+    /// When the oldest live instance started (Unix ms, by its own clock), at
+    /// `now` (on PostgreSQL, the database's clock); none when no lease runs.
+    pub async fn oldest_live_start(&self, now: i64) -> anyhow::Result<Option<i64>> {
+        let stmt = self.stmt_at(
+            "SELECT MIN(started_at) AS oldest FROM instances WHERE lease_until > {now}",
+            Vec::new(),
+            now,
+        );
+        let row = self
+            .read
+            .query_one(stmt)
+            .await
+            .context("Cannot read when the live processes started")?;
+        Ok(row
+            .map(|r| r.try_get::<Option<i64>>("", "oldest"))
+            .transpose()
+            .context("a start time")?
+            .flatten())
+    }
+
     /// Makes instance `me` the editor of task `id`'s Slack message, unless
     /// another instance edits it whose lease runs past `now` (Unix ms; on
     /// PostgreSQL, the database's clock) and
@@ -575,25 +595,32 @@ mod tests {
             .unwrap_or(0)
     }
 
-    /// The processes counted alive are those whose lease runs past now.
+    /// The processes counted alive are those whose lease runs past now, and
+    /// the oldest start is theirs.
     #[tokio::test]
     async fn the_live_processes_are_those_with_a_lease() {
         let db = baton_testkit::db::TestDb::new().await;
         let store = Store::connect(&db.url).await.expect("store");
         let now = wall_ms();
         assert_eq!(store.live_instances(now).await.expect("count"), 0);
-        for id in ["a", "b", "c"] {
+        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), None);
+        // c started first, then b, then a.
+        for (id, started) in [("a", now - 10), ("b", now - 20), ("c", now - 30)] {
             store
-                .renew_instance(id, now, now, 60_000)
+                .renew_instance(id, started, now, 60_000)
                 .await
                 .expect("lease");
         }
+        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), Some(now - 30));
         expire(&store, "c").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 2);
+        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), Some(now - 20));
         expire(&store, "b").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 1);
+        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), Some(now - 10));
         expire(&store, "a").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 0);
+        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), None);
     }
 
     /// The message goes to the first claimer; another live process cannot
