@@ -170,11 +170,23 @@ async fn chaos_on_postgres_with_two_processes_loses_nothing_and_runs_nothing_twi
         if tasks.len() >= TASKS && open.is_empty() {
             break tasks;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "seed {seed}: {} of {TASKS} tasks recorded; not ended: {open:?}",
-            tasks.len()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let rows = baton_testkit::processes::rows(
+                    store,
+                    "SELECT 'task ' || id || ' editor ' || COALESCE(editor, '-') || ' ts ' || \
+                     COALESCE(message_ts, '-') || ' agent ' || COALESCE(agent, '-') AS row \
+                     FROM tasks WHERE NOT slack_synced \
+                     UNION ALL SELECT 'instance ' || id || ' lease in ' || \
+                     (lease_until - (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint) || ' ms' \
+                     FROM instances \
+                     UNION ALL SELECT 'agent ' || name || ' held by ' || COALESCE(instance, '-') FROM agents",
+            )
+            .await;
+            panic!(
+                "seed {seed}: {} of {TASKS} tasks recorded; not ended: {open:?}; database: {rows:#?}; history: {history:#?}",
+                tasks.len()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut prompts: HashMap<&str, Vec<String>> = HashMap::new();

@@ -261,7 +261,7 @@ pub async fn run(
     };
 
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, "baton-bot listening");
+    tracing::info!(?addr, instance = app.instance_id(), "baton-bot listening");
     let router = http::router(app.clone(), verifier);
     let shutdown_app = app.clone();
     // Without TCP_NODELAY a task frame written while the agent has not yet

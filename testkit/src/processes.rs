@@ -205,6 +205,21 @@ pub async fn frame<T>(agent: &mut FakeAgent, mut want: impl FnMut(&BotMessage) -
     }
 }
 
+/// The text column `row` of every row `sql` selects, to explain a failure.
+pub async fn rows(store: &Store, sql: &str) -> Vec<String> {
+    let db = store.connection();
+    match db
+        .query_all(Statement::from_string(db.get_database_backend(), sql))
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| r.try_get::<String>("", "row").unwrap_or_default())
+            .collect(),
+        Err(err) => vec![format!("cannot read: {err}")],
+    }
+}
+
 /// The processes' leases, in Unix ms.
 pub async fn leases(store: &Store) -> Vec<i64> {
     let db = store.connection();

@@ -233,7 +233,9 @@ impl App {
     pub(super) async fn show_handed_over(&self, id: i64) {
         match self.store.task_editor(id).await {
             Ok(Some(editor)) if editor == self.instance_id => self.show_from_db(id).await,
-            Ok(_) => {}
+            Ok(editor) => {
+                tracing::debug!(task = id, ?editor, "a change handed over to another editor")
+            }
             Err(err) => {
                 tracing::warn!(task = id, error = ?err, "cannot read who edits the task's message")
             }

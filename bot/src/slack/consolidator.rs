@@ -618,6 +618,11 @@ impl Consolidator {
             match result {
                 Ok(Delivered::HandedOver) if slot.rechecks < HANDOVER_RECHECKS => {
                     // Claimed again a little later, in case the editor is dead.
+                    tracing::debug!(
+                        task = id,
+                        rechecks = slot.rechecks,
+                        "another process edits the task's message; handed over"
+                    );
                     slot.rechecks += 1;
                     slot.attempts = 0;
                     if slot.pending.is_none() {
@@ -625,7 +630,13 @@ impl Consolidator {
                         slot.retry_at = Some(now + HANDOVER_RECHECK);
                     }
                 }
-                Ok(_) => {
+                Ok(delivered) => {
+                    if matches!(delivered, Delivered::HandedOver) {
+                        tracing::debug!(
+                            task = id,
+                            "another process still edits the task's message; left to it"
+                        );
+                    }
                     slot.rechecks = 0;
                     slot.retry_at = None;
                     slot.attempts = 0;

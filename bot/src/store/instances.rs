@@ -611,13 +611,22 @@ mod tests {
                 .await
                 .expect("lease");
         }
-        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), Some(now - 30));
+        assert_eq!(
+            store.oldest_live_start(now).await.expect("oldest"),
+            Some(now - 30)
+        );
         expire(&store, "c").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 2);
-        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), Some(now - 20));
+        assert_eq!(
+            store.oldest_live_start(now).await.expect("oldest"),
+            Some(now - 20)
+        );
         expire(&store, "b").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 1);
-        assert_eq!(store.oldest_live_start(now).await.expect("oldest"), Some(now - 10));
+        assert_eq!(
+            store.oldest_live_start(now).await.expect("oldest"),
+            Some(now - 10)
+        );
         expire(&store, "a").await;
         assert_eq!(store.live_instances(now).await.expect("count"), 0);
         assert_eq!(store.oldest_live_start(now).await.expect("oldest"), None);
