@@ -1,6 +1,7 @@
 //! This process among others on one database: its lease (registered at start,
 //! renewed every [`LEASE_RENEW`], removed at a graceful stop), which agents it
-//! holds, and taking over the tasks of processes whose lease expired.
+//! holds, taking over the tasks of processes whose lease expired, and showing
+//! the ends whose message no process showed.
 //!
 //! On SQLite there is only this process (a second one is refused): the rows of
 //! former processes are forgotten at start, and nothing is ever taken over
@@ -30,6 +31,14 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How long a lease lasts unless renewed: a process not heard of for this
 /// long is dead, and its tasks are taken over.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// An ended task's message is shown by the lease tick's poll only once it
+/// lags by this much: the hand-over and its notification had their time.
+const UNSHOWN_END_SETTLE: Duration = Duration::from_secs(5);
+/// ...and only if it ended within this: a message Slack keeps refusing is
+/// not tried for ever (a restart tries every unsynced one again).
+const UNSHOWN_END_WINDOW: Duration = Duration::from_secs(300);
+/// At most this many per tick.
+const UNSHOWN_ENDS_PER_TICK: u64 = 50;
 
 /// What the consolidator records of the task messages, in the database;
 /// when several processes share it (PostgreSQL), the claim of each message
@@ -197,6 +206,40 @@ impl App {
         {
             tracing::error!(error = ?err, "cannot take over the tasks of stopped processes");
         }
+        if self.store.is_shared()
+            && let Err(err) = self.show_unshown_ends().await
+        {
+            tracing::error!(error = ?err, "cannot look for ended tasks whose message lags");
+        }
+    }
+
+    /// Shows the ends that no process showed although this one may (see
+    /// [`Store::unshown_ends`]): a hand-over whose notification was missed,
+    /// or one left to a process that died before it showed it. The poll
+    /// behind the notifications, like the dispatch pass's.
+    async fn show_unshown_ends(&self) -> anyhow::Result<()> {
+        let tasks = self
+            .store
+            .unshown_ends(
+                &self.instance_id,
+                self.clock.now_ms(),
+                UNSHOWN_END_SETTLE.as_millis() as i64,
+                UNSHOWN_END_WINDOW.as_millis() as i64,
+                UNSHOWN_ENDS_PER_TICK,
+            )
+            .await?;
+        for task in tasks {
+            if self.consolidator.has_final(task.id) {
+                continue;
+            }
+            tracing::info!(task = task.id, "showing an end no process showed");
+            if task.message_ts.is_none() {
+                // Its editor may have posted it and died before recording it.
+                self.consolidator.may_have_posted(task.id);
+            }
+            self.consolidator.show(task, None);
+        }
+        Ok(())
     }
 
     /// Renews the lease every [`LEASE_RENEW`] until `shutdown`, then removes it.

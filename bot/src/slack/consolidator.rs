@@ -80,10 +80,10 @@ const FLUSH_POLL: Duration = Duration::from_millis(50);
 /// process is dead: it never heard the hand-over, and its claim lapses with
 /// its lease.
 const HANDOVER_RECHECK: Duration = Duration::from_secs(3);
-/// How many times: together longer than a lease's time to live
-/// (`app::LEASE_TTL`, 10 s), so that a dead editor's claim has lapsed by the
-/// last one and this process shows the render itself.
-const HANDOVER_RECHECKS: u32 = 4;
+/// For how long after its first hand-over: longer than a lease's time to
+/// live (`app::LEASE_TTL`, 10 s), so that a dead editor's claim has lapsed
+/// by the last recheck and this process shows the render itself.
+const HANDOVER_WINDOW: Duration = Duration::from_secs(16);
 /// Shortest interval between two thread posts (continuation replies, a
 /// shared result file) in one channel: Slack allows about one message per
 /// second per channel, beyond short bursts.
@@ -214,10 +214,13 @@ struct Slot {
     post_uncertain: bool,
     /// The requester was told that Slack refused the message (told once).
     told_unpostable: bool,
-    /// Times the pending render was claimed again after it was handed over
-    /// to the process that edits the message (should that process have
-    /// died, its hand-over was lost with it); up to [`HANDOVER_RECHECKS`].
-    rechecks: u32,
+    /// When the pending render was first handed over to the process that
+    /// edits the message; it is claimed again for [`HANDOVER_WINDOW`] (should
+    /// that process have died, the hand-over was lost with it). `None`: the
+    /// pending render is new, and a hand-over of it is announced.
+    handed_over_at: Option<Instant>,
+    /// The final render was left to the process that edits the message.
+    final_left: bool,
 }
 
 impl Slot {
@@ -414,6 +417,8 @@ impl Consolidator {
             slot.final_edited = false;
             slot.settled_at = None;
             slot.attempts = 0;
+            slot.handed_over_at = None;
+            slot.final_left = false;
             slot.pending = Some((task, position));
         }
         lock(&self.inner.dirty).insert(id);
@@ -444,6 +449,14 @@ impl Consolidator {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         lock(&self.inner.stats).clone()
+    }
+
+    /// Whether this process has the task's final render in hand: pending,
+    /// in flight, shown or given up on (not left to another process).
+    pub fn has_final(&self, id: i64) -> bool {
+        lock(&self.inner.slots)
+            .get(&id)
+            .is_some_and(|s| s.finished && !s.final_left)
     }
 
     /// Whether nothing is pending or in flight.
@@ -616,28 +629,37 @@ impl Consolidator {
             };
             slot.in_flight = false;
             match result {
-                Ok(Delivered::HandedOver) if slot.rechecks < HANDOVER_RECHECKS => {
-                    // Claimed again a little later, in case the editor is dead.
-                    tracing::debug!(
-                        task = id,
-                        rechecks = slot.rechecks,
-                        "another process edits the task's message; handed over"
-                    );
-                    slot.rechecks += 1;
+                Ok(Delivered::HandedOver) => {
                     slot.attempts = 0;
-                    if slot.pending.is_none() {
+                    if slot.pending.is_some() {
+                        // A newer render came meanwhile: its own hand-over
+                        // is announced.
+                        slot.retry_at = None;
+                    } else if now.duration_since(*slot.handed_over_at.get_or_insert(now))
+                        < HANDOVER_WINDOW
+                    {
+                        // Claimed again a little later, in case the editor is dead.
+                        tracing::debug!(
+                            task = id,
+                            "another process edits the task's message; handed over"
+                        );
                         slot.pending = Some((job.task, job.position));
                         slot.retry_at = Some(now + HANDOVER_RECHECK);
-                    }
-                }
-                Ok(delivered) => {
-                    if matches!(delivered, Delivered::HandedOver) {
+                    } else {
                         tracing::debug!(
                             task = id,
                             "another process still edits the task's message; left to it"
                         );
+                        slot.handed_over_at = None;
+                        slot.retry_at = None;
+                        slot.final_left = terminal;
+                        if terminal {
+                            slot.settled_at = Some(now);
+                        }
                     }
-                    slot.rechecks = 0;
+                }
+                Ok(_) => {
+                    slot.handed_over_at = None;
                     slot.retry_at = None;
                     slot.attempts = 0;
                     if terminal && slot.pending.is_none() {
@@ -690,13 +712,15 @@ impl Consolidator {
         let task = &job.task;
         let state = render::task_state(task);
         let terminal = state.is_terminal();
+        // The render was handed over before: another process edited the
+        // message, and may have posted it without living to record it.
+        let rechecking = lock(&self.inner.slots)
+            .get(&task.id)
+            .is_some_and(|s| s.handed_over_at.is_some());
         match self.inner.log.claim_message(task).await {
             Ok(true) => {}
             Ok(false) => {
                 lock(&self.inner.stats).handed_over += 1;
-                let rechecking = lock(&self.inner.slots)
-                    .get(&task.id)
-                    .is_some_and(|s| s.rechecks > 0);
                 if state != TaskState::Queued
                     && !rechecking
                     && let Err(err) = self.inner.log.hand_over(task.id).await
@@ -721,7 +745,7 @@ impl Consolidator {
         let rendered = render::render(task, job.position, now_ms());
         let ts = match &known_ts {
             None => {
-                let found = match job.post_uncertain {
+                let found = match job.post_uncertain || rechecking {
                     true => self.find_posted(task).await?,
                     false => None,
                 };

@@ -272,6 +272,48 @@ impl Store {
             .context("which process holds an agent")
     }
 
+    /// The ended tasks whose message does not show their end yet although
+    /// it should by now, and that instance `me` may edit: it edits them, or
+    /// nobody does, or their editor's lease ran out by `lease_now` (see
+    /// [`Store::stmt_at`]). Only those that ended between `window` and
+    /// `settle` ago (Unix ms, on the clock that records a task's end): the
+    /// normal path had time to show them, and one that Slack keeps refusing
+    /// is not tried for ever. At most `limit`, oldest first.
+    pub async fn unshown_ends(
+        &self,
+        me: &str,
+        lease_now: i64,
+        settle: i64,
+        window: i64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<super::Task>> {
+        use sea_orm::FromQueryResult;
+
+        use super::entities::task;
+        let ended = crate::model::now_ms();
+        let stmt = self.stmt_at(
+            &format!(
+                "SELECT t.* FROM tasks t LEFT JOIN instances i ON i.id = t.editor \
+                 WHERE t.slack_synced = FALSE AND t.finished_at IS NOT NULL \
+                 AND t.finished_at >= $2 AND t.finished_at < $3 \
+                 AND (t.editor IS NULL OR t.editor = $1 OR i.id IS NULL \
+                      OR i.lease_until <= {{now}}) \
+                 ORDER BY t.id LIMIT {limit}"
+            ),
+            vec![me.into(), (ended - window).into(), (ended - settle).into()],
+            lease_now,
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read the ended tasks whose message lags")?;
+        rows.iter()
+            .map(|r| task::Model::from_query_result(r, ""))
+            .collect::<Result<Vec<_>, _>>()
+            .context("an ended task whose message lags")
+    }
+
     /// The dispatched and running tasks that may need taking over by
     /// instance `me`: those whose agent no instance holds, or an instance
     /// whose lease ran out by `now` (on PostgreSQL, by the database's clock)
@@ -765,6 +807,84 @@ mod tests {
         other.rollback().await.expect("rollback");
         let got = store.claim_many(&[locked], "b").await.expect("claim");
         assert_eq!(got, vec![locked], "claimed once the other let go");
+    }
+
+    /// The ended tasks whose message lags are read by a process that may
+    /// edit them (its own, nobody's, a dead or gone process's), not a live
+    /// other's, nor a synced or live task, nor one that ended a moment ago.
+    #[tokio::test]
+    async fn ended_tasks_whose_message_lags_are_read_by_a_process_that_may_edit_them() {
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let now = wall_ms();
+        for me in ["me", "b", "c"] {
+            store
+                .renew_instance(me, now, now, 60_000)
+                .await
+                .expect("lease");
+        }
+        expire(&store, "c").await;
+        let cancelled = crate::store::Ending::Cancelled {
+            note: "Cancelled.".into(),
+        };
+        let mut ids = std::collections::HashMap::new();
+        for (name, editor) in [
+            ("mine", Some("me")),
+            ("live other", Some("b")),
+            ("dead", Some("c")),
+            ("gone", Some("d")),
+            ("nobody", None),
+            ("synced", Some("me")),
+            ("running", Some("me")),
+        ] {
+            let id = store.insert_task(queued_task()).await.expect("task").id;
+            if name != "running" {
+                assert!(
+                    store
+                        .finish(
+                            id,
+                            None,
+                            None,
+                            &[crate::model::TaskState::Queued],
+                            &cancelled
+                        )
+                        .await
+                        .expect("end")
+                );
+            }
+            if name == "synced" {
+                store.mark_slack_synced(id).await.expect("synced");
+            }
+            let stmt = store.stmt(
+                "UPDATE tasks SET editor = $1 WHERE id = $2",
+                vec![editor.map(str::to_owned).into(), id.into()],
+            );
+            store.write(stmt).await.expect("editor");
+            ids.insert(name, id);
+        }
+        let read = |settle: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .unshown_ends("me", now, settle, 600_000, 100)
+                    .await
+                    .expect("read")
+                    .iter()
+                    .map(|t| t.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            read(-1_000).await,
+            vec![ids["mine"], ids["dead"], ids["gone"], ids["nobody"]]
+        );
+        assert!(read(60_000).await.is_empty(), "they ended a moment ago");
+        let ended_long_ago = store
+            .unshown_ends("me", now, -1_000, -500, 100)
+            .await
+            .expect("read");
+        assert!(ended_long_ago.is_empty(), "outside the window");
     }
 
     /// The periodic takeover reads only the dispatched and running tasks

@@ -389,17 +389,25 @@ struct Logged {
     progress: usize,
 }
 
-/// An in-memory [`MessageLog`].
+/// An in-memory [`MessageLog`]; another process may edit the messages.
 #[derive(Debug, Default)]
-struct MemLog(Mutex<HashMap<i64, Logged>>);
+struct MemLog {
+    /// What is recorded of each task's message.
+    rows: Mutex<HashMap<i64, Logged>>,
+    /// Another process edits every message until then (its claim lapses
+    /// with its lease); `None`: nobody else.
+    other_editor_until: Mutex<Option<Instant>>,
+    /// The hand-overs announced to it, by task, in order.
+    handed_over: Mutex<Vec<i64>>,
+}
 
 impl MemLog {
     fn get(&self, task: i64) -> Logged {
-        lock(&self.0).get(&task).cloned().unwrap_or_default()
+        lock(&self.rows).get(&task).cloned().unwrap_or_default()
     }
 
     fn with(&self, task: i64, f: impl FnOnce(&mut Logged)) -> BoxFuture<'_, anyhow::Result<()>> {
-        f(lock(&self.0).entry(task).or_default());
+        f(lock(&self.rows).entry(task).or_default());
         Box::pin(async { Ok(()) })
     }
 }
@@ -419,6 +427,16 @@ impl MessageLog for MemLog {
 
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         self.with(task, |l| l.synced = true)
+    }
+
+    fn claim_message<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        let mine = lock(&self.other_editor_until).is_none_or(|until| Instant::now() >= until);
+        Box::pin(async move { Ok(mine) })
+    }
+
+    fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
+        lock(&self.handed_over).push(task);
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -1218,4 +1236,61 @@ async fn thread_posts_of_one_channel_are_paced_and_other_channels_are_not_held()
     for pair in in_c2.windows(2) {
         assert!(pair[1].started.duration_since(pair[0].started) >= CHANNEL_POST_INTERVAL);
     }
+}
+
+/// Another process edits the message and dies without a word (it posted
+/// the message, and did not live to record its ts): each new render is
+/// handed over to it (announced, however many came before), then claimed
+/// again until its lease lapses, past four rechecks in a row; the final
+/// render then edits the message it posted.
+#[tokio::test(start_paused = true)]
+async fn a_render_handed_over_to_a_dead_editor_is_shown_once_its_claim_lapses() {
+    let t = task(1, TaskState::Running);
+    let editor = Rig::new(UNLIMITED);
+    editor.consolidator.show(t.clone(), None);
+    editor.settle().await;
+    let ts = editor.log.get(1).ts.expect("posted");
+    editor.driver.abort();
+
+    let log = Arc::new(MemLog::default());
+    let start = Instant::now();
+    *lock(&log.other_editor_until) = Some(start + Duration::from_secs(14));
+    let rig = Rig::with(editor.slack.clone(), log, UNLIMITED);
+    rig.consolidator.show(stepped(&t, 1), None);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(rig.edits_of(&ts).is_empty(), "the other process edits it");
+    rig.consolidator.show(completed(&t, "the end"), None);
+    assert!(rig.consolidator.has_final(1));
+    rig.settle().await;
+    assert_eq!(
+        *lock(&rig.log.handed_over),
+        [1, 1],
+        "one announcement per render"
+    );
+    assert_eq!(messages_of(&rig, 1), 1, "not posted twice");
+    let edits = rig.edits_of(&ts);
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert!(is_final(&edits[0]));
+    assert!(edits[0].started >= start + Duration::from_secs(14));
+    assert!(rig.log.get(1).synced);
+}
+
+/// A live editor keeps the message: the final render is announced to it,
+/// claimed again for a while, then left to it, and this process no longer
+/// counts it as its own to show.
+#[tokio::test(start_paused = true)]
+async fn a_final_render_is_left_to_a_live_editor() {
+    let rig = Rig::new(UNLIMITED);
+    *lock(&rig.log.other_editor_until) = Some(Instant::now() + Duration::from_secs(3600));
+    let t = task(1, TaskState::Running);
+    rig.consolidator.show(completed(&t, "the end"), None);
+    assert!(rig.consolidator.has_final(1));
+    rig.settle().await;
+    assert_eq!(*lock(&rig.log.handed_over), [1]);
+    assert!(
+        rig.slack.state().calls.is_empty(),
+        "nothing is sent to Slack"
+    );
+    assert!(!rig.consolidator.has_final(1), "left to the editor");
+    assert!(!rig.log.get(1).synced);
 }
