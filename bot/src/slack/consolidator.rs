@@ -27,6 +27,7 @@
 //! and [`MessageLog`] (the database), so the tests run it on tokio's paused
 //! clock against an in-memory Slack.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -185,6 +186,15 @@ fn priority(state: TaskState) -> u8 {
     }
 }
 
+/// A message whose final state was settled.
+#[derive(Debug)]
+struct Finished {
+    /// When.
+    at: Instant,
+    /// Its ts, if it was posted.
+    ts: Option<String>,
+}
+
 /// What the consolidator knows about one task's message.
 #[derive(Debug, Default)]
 struct Slot {
@@ -207,7 +217,8 @@ struct Slot {
     /// Continuation replies this process knows are in the thread; `None`:
     /// read the thread before posting more.
     parts_posted: Option<usize>,
-    /// When the final state was settled (shown, or given up on); forgotten later.
+    /// When the final state was settled (shown, or given up on): the slot
+    /// then moves to `Inner::finished`.
     settled_at: Option<Instant>,
     /// No ts is known, but the message may exist (a post whose answer was
     /// lost, or one an earlier process made): look for it before posting.
@@ -288,13 +299,16 @@ type Budget = RateLimiter<
 ///
 /// GCRA lets `burst` calls through at once and then one per period, so a
 /// window of length W holds at most `burst + ceil(W / period) - 1` calls; the
-/// period is chosen to make that `per_minute` (rounded up a little, so the
-/// division's truncation cannot let one more in). The sustained rate is then
+/// period is chosen to make that `per_minute` (rounded up to the nanosecond,
+/// so that the division's truncation cannot let one more in). The sustained rate is then
 /// `per_minute - burst + 1` a minute, so the burst stays a small fraction.
 fn update_quota(per_minute: u32) -> Quota {
     let n = per_minute.max(1);
     let burst = (n / UPDATE_BURST_DIVISOR).clamp(1, UPDATE_BURST);
-    let period = BUDGET_WINDOW / (n - burst + 1) + Duration::from_millis(1);
+    // Rounded up to the nanosecond, no more: a millisecond more capped the
+    // rate near 1,000 a second whatever the budget.
+    let window = u64::try_from(BUDGET_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+    let period = Duration::from_nanos(window.div_ceil(u64::from(n - burst + 1)));
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
@@ -307,8 +321,13 @@ struct Inner {
     api: Arc<dyn ChatApi>,
     /// Where messages' ts, progress and sync marks are recorded.
     log: Arc<dyn MessageLog>,
-    /// Per task id.
+    /// Per task id, the messages in progress.
     slots: Mutex<HashMap<i64, Slot>>,
+    /// The messages whose final state was settled (shown, or given up on)
+    /// in the last [`FINISHED_REMEMBERED`]: a few bytes each, out of
+    /// `slots` so that a busy hour of finished tasks does not slow every
+    /// lookup of the live ones. Locked after `slots`, never before.
+    finished: Mutex<HashMap<i64, Finished>>,
     /// Ids shown (or whose send ended) since the last pass.
     dirty: Mutex<HashSet<i64>>,
     /// Ids with a render waiting for its time (edit interval, backoff, a 429
@@ -384,6 +403,7 @@ impl Consolidator {
                 api,
                 log,
                 slots: Mutex::new(HashMap::new()),
+                finished: Mutex::new(HashMap::new()),
                 dirty: Mutex::new(HashSet::new()),
                 waiting: Mutex::new(BTreeSet::new()),
                 wake: Notify::new(),
@@ -406,7 +426,23 @@ impl Consolidator {
         let terminal = render::task_state(&task).is_terminal();
         {
             let mut slots = lock(&self.inner.slots);
-            let slot = slots.entry(id).or_default();
+            let slot = match slots.entry(id) {
+                Entry::Occupied(slot) => slot.into_mut(),
+                Entry::Vacant(vacant) => {
+                    let mut finished = lock(&self.inner.finished);
+                    if !terminal && finished.contains_key(&id) {
+                        // A late live render of a finished message.
+                        return;
+                    }
+                    let slot = vacant.insert(Slot::default());
+                    if let Some(done) = finished.remove(&id) {
+                        // Its final state again (a recovery, a hand-over).
+                        slot.finished = true;
+                        slot.ts = done.ts;
+                    }
+                    slot
+                }
+            };
             if slot.ts.is_none() {
                 slot.ts = task.message_ts.clone();
             }
@@ -454,9 +490,11 @@ impl Consolidator {
     /// Whether this process has the task's final render in hand: pending,
     /// in flight, shown or given up on (not left to another process).
     pub fn has_final(&self, id: i64) -> bool {
-        lock(&self.inner.slots)
-            .get(&id)
-            .is_some_and(|s| s.finished && !s.final_left)
+        let slots = lock(&self.inner.slots);
+        match slots.get(&id) {
+            Some(slot) => slot.finished && !slot.final_left,
+            None => lock(&self.inner.finished).contains_key(&id),
+        }
     }
 
     /// Whether nothing is pending or in flight.
@@ -499,7 +537,10 @@ impl Consolidator {
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let paused = lock(&self.inner.paused).clone();
         let paused_until = |m: Method| paused.get(&m).copied().unwrap_or(now);
-        let mut candidates: Vec<i64> = lock(&self.inner.dirty).drain().collect();
+        // Taken, not drained: a drain walks the set's whole table, as large
+        // as its busiest moment ever made it, on every pass.
+        let dirty = std::mem::take(&mut *lock(&self.inner.dirty));
+        let mut candidates: Vec<i64> = dirty.into_iter().collect();
         {
             let mut waiting = lock(&self.inner.waiting);
             while let Some(&(due, id)) = waiting.first() {
@@ -601,12 +642,8 @@ impl Consolidator {
         }
         lock(&self.inner.channel_next).retain(|_, next| *next > now);
         lock(&self.inner.budget).prune(now);
-        lock(&self.inner.slots).retain(|_, s| {
-            s.in_flight
-                || s.pending.is_some()
-                || s.settled_at
-                    .is_none_or(|t| now.duration_since(t) < FINISHED_REMEMBERED)
-        });
+        lock(&self.inner.finished)
+            .retain(|_, done| now.duration_since(done.at) < FINISHED_REMEMBERED);
     }
 
     /// Runs `f` on the task's slot, if it still has one.
@@ -698,6 +735,18 @@ impl Consolidator {
                         slot.pending = Some((job.task, job.position));
                     }
                 }
+            }
+            if slot.settled_at.is_some() && slot.pending.is_none() {
+                // Nothing more to do for this message: remembered in brief.
+                let slot = slots.remove(&id).unwrap_or_default();
+                if !slot.final_left {
+                    let done = Finished {
+                        at: now,
+                        ts: slot.ts,
+                    };
+                    lock(&self.inner.finished).insert(id, done);
+                }
+                return;
             }
         }
         lock(&self.inner.dirty).insert(id);
@@ -993,6 +1042,10 @@ impl Consolidator {
     /// it is looked for in Slack before it is posted.
     pub fn may_have_posted(&self, id: i64) {
         let mut slots = lock(&self.inner.slots);
+        if !slots.contains_key(&id) && lock(&self.inner.finished).contains_key(&id) {
+            // Settled here: its ts is known, or it was given up on.
+            return;
+        }
         let slot = slots.entry(id).or_default();
         if slot.ts.is_none() {
             slot.post_uncertain = true;

@@ -986,7 +986,7 @@ async fn continuation_replies_are_posted_once_each_across_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_never_lets_more_than_the_setting_into_a_minute() {
-    for per_minute in [1, 3, 5, 6, 20, 50, 120] {
+    for per_minute in [1, 3, 5, 6, 7, 20, 50, 120, 1_000] {
         let budget: Budget = RateLimiter::hashmap_with_clock(update_quota(per_minute), TokioClock);
         let mut allowed: Vec<Instant> = Vec::new();
         let start = Instant::now();
@@ -1014,6 +1014,27 @@ async fn the_budget_never_lets_more_than_the_setting_into_a_minute() {
             allowed.len()
         );
     }
+}
+
+/// A large budget is a large rate: the quota's period is not rounded up to
+/// a whole millisecond (which capped it near 1,000 calls a second). Looked
+/// at every millisecond (tokio's timer), the burst bounds it at 5,000.
+#[tokio::test(start_paused = true)]
+async fn a_large_budget_lets_thousands_of_edits_a_second_through() {
+    let per_minute = 600_000;
+    let budget: Budget = RateLimiter::hashmap_with_clock(update_quota(per_minute), TokioClock);
+    let start = Instant::now();
+    let mut allowed = 0u32;
+    while Instant::now() - start < Duration::from_secs(1) {
+        while budget.check_key(&"T1".to_owned()).is_ok() {
+            allowed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        allowed >= 4_500,
+        "{allowed} calls in a second with a budget of {per_minute} a minute"
+    );
 }
 
 /// The messages Slack holds for task `id` (by the block id of their first block).
