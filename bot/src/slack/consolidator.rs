@@ -457,8 +457,7 @@ impl Consolidator {
             slot.final_left = false;
             slot.pending = Some((task, position));
         }
-        lock(&self.inner.dirty).insert(id);
-        self.inner.wake.notify_one();
+        self.mark_dirty(id);
     }
 
     /// Reports tasks whose message Slack refused for good (like
@@ -646,6 +645,20 @@ impl Consolidator {
             .retain(|_, done| now.duration_since(done.at) < FINISHED_REMEMBERED);
     }
 
+    /// Puts `id` before the next pass. Only the first id since the last
+    /// pass wakes the driver: that pass takes the others with it.
+    fn mark_dirty(&self, id: i64) {
+        let first = {
+            let mut dirty = lock(&self.inner.dirty);
+            let first = dirty.is_empty();
+            dirty.insert(id);
+            first
+        };
+        if first {
+            self.inner.wake.notify_one();
+        }
+    }
+
     /// Runs `f` on the task's slot, if it still has one.
     fn with_slot(&self, id: i64, f: impl FnOnce(&mut Slot)) {
         if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
@@ -749,8 +762,7 @@ impl Consolidator {
                 return;
             }
         }
-        lock(&self.inner.dirty).insert(id);
-        self.inner.wake.notify_one();
+        self.mark_dirty(id);
     }
 
     /// Posts or edits the task's message; for a terminal state, then finishes
