@@ -158,13 +158,26 @@ impl App {
                 let (claimed, failed) = self.claim_routed(&routed).await;
                 // As for a single claim: a database error ends this pass.
                 full |= failed;
+                // The batch's files in one read (should it fail, each task's
+                // are read as it goes).
+                let ids: Vec<i64> = claimed.iter().copied().collect();
+                let files = match self.store.files_of(&ids).await {
+                    Ok(files) => Some(files),
+                    Err(err) => {
+                        tracing::warn!(error = ?err, "cannot read the batch's files; reading them one by one");
+                        None
+                    }
+                };
                 for (task, route) in routed {
                     if !claimed.contains(&task.id) {
                         // No longer queued (cancelled meanwhile), or the claim failed.
                         self.hub.release(&route.agent, task.id, Outcome::Ignored);
                         continue;
                     }
-                    self.hand_out(task, &route, None).await;
+                    let known = files
+                        .as_ref()
+                        .map(|f| f.get(&task.id).map_or(&[][..], Vec::as_slice));
+                    self.hand_out(task, &route, known).await;
                 }
                 if full {
                     break 'project;

@@ -72,6 +72,30 @@ impl Store {
             .context("Cannot read the task's files")
     }
 
+    /// The files of each of `task_ids` that has some, in the message's
+    /// order: one read for a dispatch pass's batch.
+    pub async fn files_of(
+        &self,
+        task_ids: &[i64],
+    ) -> anyhow::Result<std::collections::HashMap<i64, Vec<TaskFile>>> {
+        let mut by_task: std::collections::HashMap<i64, Vec<TaskFile>> =
+            std::collections::HashMap::new();
+        if task_ids.is_empty() {
+            return Ok(by_task);
+        }
+        let files = task_file::Entity::find()
+            .filter(task_file::Column::TaskId.is_in(task_ids.iter().copied()))
+            .order_by_asc(task_file::Column::TaskId)
+            .order_by_asc(task_file::Column::Position)
+            .all(&self.read)
+            .await
+            .context("Cannot read the tasks' files")?;
+        for file in files {
+            by_task.entry(file.task_id).or_default().push(file);
+        }
+        Ok(by_task)
+    }
+
     /// One file of a task, if the task has it.
     pub async fn task_file(&self, task_id: i64, file_id: &str) -> anyhow::Result<Option<TaskFile>> {
         task_file::Entity::find_by_id((task_id, file_id.to_owned()))
@@ -163,5 +187,21 @@ mod tests {
 
         let plain = store.insert_task(new_task()).await.expect("insert");
         assert!(store.task_files(plain.id).await.expect("read").is_empty());
+
+        // A dispatch pass's batch: one read.
+        let other = store
+            .insert_queued_task_with_files(new_task(), 100, &[file("F9", "z.txt")])
+            .await
+            .expect("insert")
+            .expect("room");
+        let batch = store
+            .files_of(&[task.id, plain.id, other.id])
+            .await
+            .expect("read");
+        let ids = |t: i64| -> Vec<String> { batch[&t].iter().map(|f| f.file_id.clone()).collect() };
+        assert_eq!(ids(task.id), ["F2", "F1"], "each task's, in order");
+        assert_eq!(ids(other.id), ["F9"]);
+        assert!(!batch.contains_key(&plain.id), "none for a task without");
+        assert!(store.files_of(&[]).await.expect("read").is_empty());
     }
 }
