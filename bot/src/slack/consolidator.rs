@@ -193,6 +193,8 @@ struct Finished {
     at: Instant,
     /// Its ts, if it was posted.
     ts: Option<String>,
+    /// Left to the process that edits the message, not shown here.
+    left: bool,
 }
 
 /// What the consolidator knows about one task's message.
@@ -492,7 +494,9 @@ impl Consolidator {
         let slots = lock(&self.inner.slots);
         match slots.get(&id) {
             Some(slot) => slot.finished && !slot.final_left,
-            None => lock(&self.inner.finished).contains_key(&id),
+            None => lock(&self.inner.finished)
+                .get(&id)
+                .is_some_and(|done| !done.left),
         }
     }
 
@@ -752,13 +756,12 @@ impl Consolidator {
             if slot.settled_at.is_some() && slot.pending.is_none() {
                 // Nothing more to do for this message: remembered in brief.
                 let slot = slots.remove(&id).unwrap_or_default();
-                if !slot.final_left {
-                    let done = Finished {
-                        at: now,
-                        ts: slot.ts,
-                    };
-                    lock(&self.inner.finished).insert(id, done);
-                }
+                let done = Finished {
+                    at: now,
+                    ts: slot.ts,
+                    left: slot.final_left,
+                };
+                lock(&self.inner.finished).insert(id, done);
                 return;
             }
         }
@@ -1054,7 +1057,11 @@ impl Consolidator {
     /// it is looked for in Slack before it is posted.
     pub fn may_have_posted(&self, id: i64) {
         let mut slots = lock(&self.inner.slots);
-        if !slots.contains_key(&id) && lock(&self.inner.finished).contains_key(&id) {
+        if !slots.contains_key(&id)
+            && lock(&self.inner.finished)
+                .get(&id)
+                .is_some_and(|done| !done.left)
+        {
             // Settled here: its ts is known, or it was given up on.
             return;
         }

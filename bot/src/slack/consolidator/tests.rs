@@ -1314,4 +1314,8 @@ async fn a_final_render_is_left_to_a_live_editor() {
     );
     assert!(!rig.consolidator.has_final(1), "left to the editor");
     assert!(!rig.log.get(1).synced);
+    // A late live render of it is still stale here.
+    rig.consolidator.show(stepped(&t, 3), None);
+    rig.settle().await;
+    assert_eq!(*lock(&rig.log.handed_over), [1], "nothing more to announce");
 }
