@@ -287,9 +287,6 @@ impl Store {
         window: i64,
         limit: u64,
     ) -> anyhow::Result<Vec<super::Task>> {
-        use sea_orm::FromQueryResult;
-
-        use super::entities::task;
         let ended = crate::model::now_ms();
         let stmt = self.stmt_at(
             &format!(
@@ -303,15 +300,23 @@ impl Store {
             vec![me.into(), (ended - window).into(), (ended - settle).into()],
             lease_now,
         );
+        self.read_tasks(stmt, "the ended tasks whose message lags")
+            .await
+    }
+
+    /// Runs `stmt`, a `SELECT t.*` of tasks; `what` names them in an error.
+    async fn read_tasks(&self, stmt: Statement, what: &str) -> anyhow::Result<Vec<super::Task>> {
+        use sea_orm::FromQueryResult;
+
         let rows = self
             .read
             .query_all(stmt)
             .await
-            .context("Cannot read the ended tasks whose message lags")?;
+            .with_context(|| format!("Cannot read {what}"))?;
         rows.iter()
-            .map(|r| task::Model::from_query_result(r, ""))
+            .map(|r| super::Task::from_query_result(r, ""))
             .collect::<Result<Vec<_>, _>>()
-            .context("an ended task whose message lags")
+            .with_context(|| format!("one of {what}"))
     }
 
     /// The dispatched and running tasks that may need taking over by
@@ -320,9 +325,6 @@ impl Store {
     /// or whose row is gone. Filtered here, so that the periodic takeover
     /// reads none of the tasks live processes hold.
     pub async fn orphaned_tasks(&self, me: &str, now: i64) -> anyhow::Result<Vec<super::Task>> {
-        use sea_orm::FromQueryResult;
-
-        use super::entities::task;
         use crate::model::TaskState;
         let stmt = self.stmt_at(
             "SELECT t.* FROM tasks t \
@@ -339,15 +341,8 @@ impl Store {
             ],
             now,
         );
-        let rows = self
-            .read
-            .query_all(stmt)
+        self.read_tasks(stmt, "the tasks no live process holds")
             .await
-            .context("Cannot read the tasks no live process holds")?;
-        rows.iter()
-            .map(|r| task::Model::from_query_result(r, ""))
-            .collect::<Result<Vec<_>, _>>()
-            .context("a task no live process holds")
     }
 
     /// The lease of instance `id` (Unix ms), if it is registered.
