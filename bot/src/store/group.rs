@@ -316,6 +316,14 @@ fn one(conn: &Connection, stmt: &Statement, want: Want, counts: &Counts) -> Resu
         None => Vec::new(),
     };
     let mut prepared = conn.prepare_cached(&stmt.sql).map_err(db_err)?;
+    if let Want::Rows = want
+        && prepared.column_count() != super::sql::TASK_COLUMN_COUNT
+    {
+        return Err(DbErr::Custom(format!(
+            "a write returning tasks must return every task column in the model's order: {}",
+            stmt.sql
+        )));
+    }
     let mut rows = prepared.query(params_from_iter(params)).map_err(db_err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
@@ -376,44 +384,45 @@ fn param(v: &Value) -> Result<SqlValue, DbErr> {
     })
 }
 
-/// A task row of a `RETURNING` clause, by its columns' names.
+/// A task row of a `RETURNING` clause, whose columns are the model's in
+/// its order (`store/sql.rs`): read by position, not looked up by name.
 fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     Ok(Task {
-        id: row.get("id")?,
-        persona: row.get("persona")?,
-        project: row.get("project")?,
-        prompt: row.get("prompt")?,
-        requester: row.get("requester")?,
-        team_id: row.get("team_id")?,
-        channel_id: row.get("channel_id")?,
-        thread_ts: row.get("thread_ts")?,
-        message_ts: row.get("message_ts")?,
-        state: row.get("state")?,
-        agent: row.get("agent")?,
-        parent_id: row.get("parent_id")?,
-        session_id: row.get("session_id")?,
-        model: row.get("model")?,
-        created_at: row.get("created_at")?,
-        updated_at: row.get("updated_at")?,
-        queued_at: row.get("queued_at")?,
-        dispatched_at: row.get("dispatched_at")?,
-        started_at: row.get("started_at")?,
-        finished_at: row.get("finished_at")?,
-        last_seq: row.get("last_seq")?,
-        cancel_requested: row.get("cancel_requested")?,
-        wait_reason: row.get("wait_reason")?,
-        steps: row.get("steps")?,
-        step_count: row.get("step_count")?,
-        output_tail: row.get("output_tail")?,
-        result: row.get("result")?,
-        result_meta: row.get("result_meta")?,
-        error: row.get("error")?,
-        failure_cause: row.get("failure_cause")?,
-        slack_synced: row.get("slack_synced")?,
-        result_parts_posted: row.get("result_parts_posted")?,
-        retried_as: row.get("retried_as")?,
-        after_task: row.get("after_task")?,
-        session_agent: row.get("session_agent")?,
+        id: row.get(0)?,
+        persona: row.get(1)?,
+        project: row.get(2)?,
+        prompt: row.get(3)?,
+        requester: row.get(4)?,
+        team_id: row.get(5)?,
+        channel_id: row.get(6)?,
+        thread_ts: row.get(7)?,
+        message_ts: row.get(8)?,
+        state: row.get(9)?,
+        agent: row.get(10)?,
+        parent_id: row.get(11)?,
+        session_id: row.get(12)?,
+        model: row.get(13)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+        queued_at: row.get(16)?,
+        dispatched_at: row.get(17)?,
+        started_at: row.get(18)?,
+        finished_at: row.get(19)?,
+        last_seq: row.get(20)?,
+        cancel_requested: row.get(21)?,
+        wait_reason: row.get(22)?,
+        steps: row.get(23)?,
+        step_count: row.get(24)?,
+        output_tail: row.get(25)?,
+        result: row.get(26)?,
+        result_meta: row.get(27)?,
+        error: row.get(28)?,
+        failure_cause: row.get(29)?,
+        slack_synced: row.get(30)?,
+        result_parts_posted: row.get(31)?,
+        retried_as: row.get(32)?,
+        after_task: row.get(33)?,
+        session_agent: row.get(34)?,
         // Not a column: read from the `approvals` table where it is shown.
         approvals: Vec::new(),
     })
@@ -603,7 +612,10 @@ mod tests {
             ..Default::default()
         };
         let mut insert = task::Entity::insert(row).into_query();
-        insert.returning_all();
+        insert.returning(
+            sea_orm::sea_query::Query::returning()
+                .columns(<task::Column as sea_orm::Iterable>::iter()),
+        );
         let stmt = DbBackend::Sqlite.build(&insert);
         let rows = w.query_tasks(stmt).await.expect("insert");
         let t = rows.into_iter().next().expect("a task");

@@ -35,15 +35,7 @@ impl Store {
     /// may appear in any order, as on PostgreSQL).
     pub(super) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
         let backend = self.db.get_database_backend();
-        let sql = if self.is_shared() {
-            sql.to_owned()
-        } else {
-            let mut out = sql.to_owned();
-            for i in (1..=values.len()).rev() {
-                out = out.replace(&format!("${i}"), &format!("?{i}"));
-            }
-            out
-        };
+        let sql = super::sql::for_backend(sql, backend);
         Statement::from_sql_and_values(backend, sql, values)
     }
 
@@ -446,22 +438,18 @@ impl Store {
         from: &[crate::model::TaskState],
         ending: &super::Ending,
     ) -> anyhow::Result<bool> {
-        use sea_orm::QueryFilter;
-        use sea_orm::sea_query::Expr;
-
-        use super::Write;
-        let mut q = super::finish_query(id, Some(agent), None, from, ending);
+        let mut q = super::finish_query(id, Some(agent), None, from, ending, None);
         if self.is_shared() {
-            q = q.filter(Expr::cust_with_values(
-                format!(
-                    "NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance \
-                     WHERE a.name = $1 AND a.instance <> $2 AND i.lease_until > {PG_NOW_MS})"
-                ),
-                [Value::from(agent), Value::from(me)],
-            ));
+            q.push(" AND NOT EXISTS (SELECT 1 FROM agents a JOIN instances i ON i.id = a.instance WHERE a.name = ")
+                .arg(agent)
+                .push(" AND a.instance <> ")
+                .arg(me)
+                .push(" AND i.lease_until > ")
+                .push(PG_NOW_MS)
+                .push(")");
         }
-        let res = q
-            .write(self)
+        let res = self
+            .write_sql(q)
             .await
             .context("Cannot record the task's end")?;
         if res == 1 {

@@ -13,6 +13,7 @@ mod group;
 mod instances;
 pub mod notifications;
 mod rules_cache;
+mod sql;
 mod task_files;
 
 use std::sync::Arc;
@@ -35,6 +36,16 @@ use entities::{agent, audit, project, project_access, project_approver, slack_ev
 pub use task_files::TaskFile;
 
 use crate::model::{ResultMeta, Retry, TaskState, now_ms};
+use sql::Sql;
+
+/// The columns a new task's insert sets, in the order of [`new_task_values`].
+macro_rules! new_task_columns {
+    () => {
+        "persona, project, prompt, requester, team_id, channel_id, thread_ts, state, agent, \
+         parent_id, session_id, created_at, updated_at, queued_at, dispatched_at, after_task, \
+         session_agent"
+    };
+}
 
 /// Connections that write to SQLite: one. SQLite takes one writer at a time;
 /// a second writing connection only waits in SQLite's busy handler, which
@@ -388,6 +399,17 @@ impl Store {
         }
     }
 
+    /// Runs a hand-written write (see `store/sql.rs`).
+    async fn write_sql(&self, q: Sql) -> Result<u64, DbErr> {
+        self.write(q.build(self.db.get_database_backend())).await
+    }
+
+    /// Runs a hand-written write ending in [`sql::RETURNING_TASK`]; the tasks.
+    async fn write_sql_tasks(&self, q: Sql) -> Result<Vec<Task>, DbErr> {
+        self.write_tasks(q.build(self.db.get_database_backend()))
+            .await
+    }
+
     /// The underlying connection, for tests and tools.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
@@ -407,10 +429,14 @@ impl Store {
         new: NewTask,
         files: &[TaskFile],
     ) -> anyhow::Result<Task> {
-        let row = new_task_row(new);
-        let mut insert = task::Entity::insert(row).into_query();
-        insert.returning_all();
-        let stmt = self.db.get_database_backend().build(&insert);
+        let mut q = Sql::new(concat!(
+            "INSERT INTO tasks (",
+            new_task_columns!(),
+            ") VALUES ("
+        ));
+        new_task_values(&mut q, new);
+        q.push(")").push(sql::RETURNING_TASK);
+        let stmt = q.build(self.db.get_database_backend());
         let rows = self
             .write_task_rows(stmt, files)
             .await
@@ -447,41 +473,21 @@ impl Store {
         max: u64,
         files: &[TaskFile],
     ) -> anyhow::Result<Option<Task>> {
-        use sea_orm::sea_query::{Query, SimpleExpr};
-        use sea_orm::{ActiveValue, Iterable};
         let project = new.project.clone();
-        let row = new_task_row(NewTask { agent: None, ..new });
-        let (mut columns, mut values) = (Vec::new(), Vec::<SimpleExpr>::new());
-        for column in task::Column::iter() {
-            if let ActiveValue::Set(v) = row.get(column) {
-                columns.push(column);
-                values.push(Expr::val(v).into());
-            }
-        }
-        let waiting = Query::select()
-            .expr(Expr::col(task::Column::Id).count())
-            .from(task::Entity)
-            .and_where(task::Column::State.eq(TaskState::Queued.as_str()))
-            .and_where(task::Column::Project.eq(project.as_str()))
-            .to_owned();
-        let guarded = Query::select()
-            .exprs(values)
-            .and_where(
-                Expr::expr(SimpleExpr::SubQuery(
-                    None,
-                    Box::new(waiting.into_sub_query_statement()),
-                ))
-                .lt(i64::try_from(max).unwrap_or(i64::MAX)),
-            )
-            .to_owned();
-        let mut insert = Query::insert();
-        insert
-            .into_table(task::Entity)
-            .columns(columns)
-            .select_from(guarded)
-            .context("Cannot build the task's insert")?
-            .returning_all();
-        let stmt = self.db.get_database_backend().build(&insert);
+        let mut q = Sql::new(concat!(
+            "INSERT INTO tasks (",
+            new_task_columns!(),
+            ") SELECT "
+        ));
+        new_task_values(&mut q, NewTask { agent: None, ..new });
+        q.push(" WHERE (SELECT COUNT(id) FROM tasks WHERE state = ")
+            .state(TaskState::Queued)
+            .push(" AND project = ")
+            .arg(project.as_str())
+            .push(") < ")
+            .arg(i64::try_from(max).unwrap_or(i64::MAX))
+            .push(sql::RETURNING_TASK);
+        let stmt = q.build(self.db.get_database_backend());
         let rows = if self.is_shared() {
             let lock = Statement::from_sql_and_values(
                 sea_orm::DatabaseBackend::Postgres,
@@ -610,20 +616,21 @@ impl Store {
 
     /// Marks a dispatched task as running on `agent` (its `accepted` event).
     pub async fn mark_running(&self, id: i64, agent: &str, seq: i64) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let res = task::Entity::update_many()
-            .col_expr(
-                task::Column::State,
-                Expr::value(TaskState::Running.as_str()),
-            )
-            .col_expr(task::Column::StartedAt, Expr::value(now))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .col_expr(task::Column::LastSeq, Expr::value(seq))
-            .filter(task::Column::Id.eq(id))
-            .filter(task::Column::Agent.eq(agent))
-            .filter(task::Column::State.eq(TaskState::Dispatched.as_str()))
-            .filter(task::Column::LastSeq.lt(seq))
-            .write(self)
+        let mut q = Sql::new("UPDATE tasks SET state = ");
+        q.state(TaskState::Running)
+            .push(", started_at = ")
+            .arg(now_ms())
+            .push(", updated_at = $1, last_seq = ")
+            .arg(seq)
+            .push(" WHERE id = ")
+            .arg(id)
+            .push(" AND agent = ")
+            .arg(agent)
+            .push(" AND state = ")
+            .state(TaskState::Dispatched)
+            .push(" AND last_seq < $2");
+        let res = self
+            .write_sql(q)
             .await
             .context("Cannot mark the task running")?;
         Ok(res == 1)
@@ -714,11 +721,16 @@ impl Store {
         let ending = Ending::Cancelled {
             note: "Cancelled before an agent started it.".into(),
         };
-        let res = finish_query(id, Some(agent), None, &[TaskState::Dispatched], &ending)
-            .filter(task::Column::CancelRequested.eq(true))
-            .write(self)
-            .await
-            .context("Cannot cancel the task")?;
+        let mut q = finish_query(
+            id,
+            Some(agent),
+            None,
+            &[TaskState::Dispatched],
+            &ending,
+            None,
+        );
+        q.push(" AND cancel_requested = TRUE");
+        let res = self.write_sql(q).await.context("Cannot cancel the task")?;
         Ok(res == 1)
     }
 
@@ -731,16 +743,22 @@ impl Store {
         step_count: i64,
         output_tail: &str,
     ) -> anyhow::Result<()> {
-        task::Entity::update_many()
-            .col_expr(task::Column::Steps, Expr::value(steps_json))
-            .col_expr(task::Column::StepCount, Expr::value(step_count))
-            .col_expr(task::Column::OutputTail, Expr::value(output_tail))
-            .col_expr(task::Column::LastSeq, Expr::value(seq))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now_ms()))
-            .filter(task::Column::Id.eq(id))
-            .filter(task::Column::LastSeq.lt(seq))
-            .filter(task::Column::State.is_in(states(&ACTIVE)))
-            .write(self)
+        let mut q = Sql::new("UPDATE tasks SET steps = ");
+        q.arg(steps_json)
+            .push(", step_count = ")
+            .arg(step_count)
+            .push(", output_tail = ")
+            .arg(output_tail)
+            .push(", last_seq = ")
+            .arg(seq)
+            .push(", updated_at = ")
+            .arg(now_ms())
+            .push(" WHERE id = ")
+            .arg(id)
+            .push(" AND last_seq < $4 AND state IN (")
+            .states(&ACTIVE)
+            .push(")");
+        self.write_sql(q)
             .await
             .context("Cannot record the task's progress")?;
         Ok(())
@@ -758,8 +776,8 @@ impl Store {
         from: &[TaskState],
         ending: &Ending,
     ) -> anyhow::Result<bool> {
-        let res = finish_query(id, agent, seq, from, ending)
-            .write(self)
+        let res = self
+            .write_sql(finish_query(id, agent, seq, from, ending, None))
             .await
             .context("Cannot record the task's end")?;
         if res == 1 {
@@ -780,11 +798,10 @@ impl Store {
         ending: &Ending,
         progress: Progress<'_>,
     ) -> anyhow::Result<Option<Task>> {
-        let rows = finish_query(id, Some(agent), Some(seq), from, ending)
-            .col_expr(task::Column::Steps, Expr::value(progress.steps_json))
-            .col_expr(task::Column::StepCount, Expr::value(progress.step_count))
-            .col_expr(task::Column::OutputTail, Expr::value(progress.output_tail))
-            .write_returning(self)
+        let mut q = finish_query(id, Some(agent), Some(seq), from, ending, Some(progress));
+        q.push(sql::RETURNING_TASK);
+        let rows = self
+            .write_sql_tasks(q)
             .await
             .context("Cannot record the task's end")?;
         if !rows.is_empty() {
@@ -1671,51 +1688,49 @@ impl Store {
     }
 }
 
-/// The row of a new task: queued, or dispatched to `new.agent` when given.
-fn new_task_row(new: NewTask) -> task::ActiveModel {
+/// A new task's values, comma-separated, in the order of
+/// [`new_task_columns`] (the columns it leaves out take their defaults:
+/// NULL, no steps, no output, sequence 0, nothing posted).
+fn new_task_values(q: &mut Sql, new: NewTask) {
     let now = now_ms();
-    task::ActiveModel {
-        persona: Set(new.persona),
-        project: Set(new.project),
-        prompt: Set(new.prompt),
-        requester: Set(new.requester),
-        team_id: Set(new.team_id),
-        channel_id: Set(new.channel_id),
-        thread_ts: Set(new.thread_ts),
-        message_ts: Set(None),
-        state: Set(match new.agent {
-            Some(_) => TaskState::Dispatched,
-            None => TaskState::Queued,
-        }
-        .as_str()
-        .to_owned()),
-        dispatched_at: Set(new.agent.is_some().then_some(now)),
-        agent: Set(new.agent),
-        parent_id: Set(new.parent_id),
-        session_id: Set(new.session_id),
-        model: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        queued_at: Set(new.queued_at),
-        started_at: Set(None),
-        finished_at: Set(None),
-        last_seq: Set(0),
-        cancel_requested: Set(false),
-        wait_reason: Set(None),
-        steps: Set("[]".to_owned()),
-        step_count: Set(0),
-        output_tail: Set(String::new()),
-        result: Set(None),
-        result_meta: Set(None),
-        error: Set(None),
-        failure_cause: Set(None),
-        slack_synced: Set(false),
-        result_parts_posted: Set(0),
-        retried_as: Set(None),
-        after_task: Set(new.after_task),
-        session_agent: Set(new.session_agent),
-        ..Default::default()
-    }
+    let state = match new.agent {
+        Some(_) => TaskState::Dispatched,
+        None => TaskState::Queued,
+    };
+    let dispatched_at = new.agent.is_some().then_some(now);
+    q.arg(new.persona)
+        .push(", ")
+        .arg(new.project)
+        .push(", ")
+        .arg(new.prompt)
+        .push(", ")
+        .arg(new.requester)
+        .push(", ")
+        .arg(new.team_id)
+        .push(", ")
+        .arg(new.channel_id)
+        .push(", ")
+        .arg(new.thread_ts)
+        .push(", ")
+        .state(state)
+        .push(", ")
+        .arg(new.agent)
+        .push(", ")
+        .arg(new.parent_id)
+        .push(", ")
+        .arg(new.session_id)
+        .push(", ")
+        .arg(now)
+        .push(", ")
+        .arg(now)
+        .push(", ")
+        .arg(new.queued_at)
+        .push(", ")
+        .arg(dispatched_at)
+        .push(", ")
+        .arg(new.after_task)
+        .push(", ")
+        .arg(new.session_agent);
 }
 
 /// A guarded `UPDATE` of the store, run by its writer.
@@ -1734,8 +1749,11 @@ impl Write for sea_orm::UpdateMany<task::Entity> {
     }
 
     async fn write_returning(self, store: &Store) -> Result<Vec<Task>, DbErr> {
+        use sea_orm::Iterable;
+        use sea_orm::sea_query::Query;
         let mut update = self.into_query();
-        update.returning_all();
+        // Every column in the model's order: the SQLite writer reads them by position.
+        update.returning(Query::returning().columns(task::Column::iter()));
         store
             .write_tasks(store.db.get_database_backend().build(&update))
             .await
@@ -1852,60 +1870,74 @@ fn skip_locked(shared: bool, ids: &[i64]) -> Option<sea_orm::sea_query::SimpleEx
     )
 }
 
-/// The guarded `UPDATE` that ends a task (see [`Store::finish`]).
+/// The guarded `UPDATE` that ends a task (see [`Store::finish`]), with the
+/// progress its message shows when given. It ends with its `WHERE` clause:
+/// a caller may add conditions (` AND …`) and a `RETURNING` clause.
 fn finish_query(
     id: i64,
     agent: Option<&str>,
     seq: Option<i64>,
     from: &[TaskState],
     ending: &Ending,
-) -> sea_orm::UpdateMany<task::Entity> {
-    let now = now_ms();
-    let mut q = task::Entity::update_many()
-        .col_expr(task::Column::State, Expr::value(ending.state().as_str()))
-        .col_expr(task::Column::FinishedAt, Expr::value(now))
-        .col_expr(task::Column::UpdatedAt, Expr::value(now))
-        .col_expr(task::Column::SlackSynced, Expr::value(false))
-        .col_expr(task::Column::CancelRequested, Expr::value(false))
-        .filter(task::Column::Id.eq(id))
-        .filter(task::Column::State.is_in(states(from)));
-    if let Some(agent) = agent {
-        q = q.filter(task::Column::Agent.eq(agent));
-    }
+    progress: Option<Progress<'_>>,
+) -> Sql {
+    let mut q = Sql::new("UPDATE tasks SET state = ");
+    q.state(ending.state())
+        .push(", finished_at = ")
+        .arg(now_ms())
+        .push(", updated_at = $1, slack_synced = FALSE, cancel_requested = FALSE");
     if let Some(seq) = seq {
-        q = q
-            .col_expr(task::Column::LastSeq, Expr::value(seq))
-            .filter(task::Column::LastSeq.lt(seq));
+        q.push(", last_seq = ").arg(seq);
     }
-    q = match ending {
+    if let Some(p) = progress {
+        q.push(", steps = ")
+            .arg(p.steps_json)
+            .push(", step_count = ")
+            .arg(p.step_count)
+            .push(", output_tail = ")
+            .arg(p.output_tail);
+    }
+    match ending {
         Ending::Completed {
             text,
             session_id,
             meta,
-        } => q
-            .col_expr(task::Column::Result, Expr::value(text.as_str()))
-            .col_expr(
-                task::Column::ResultMeta,
-                Expr::value(serde_json::to_string(meta).unwrap_or_default()),
-            )
-            .col_expr(task::Column::SessionId, Expr::value(session_id.clone())),
+        } => {
+            q.push(", result = ")
+                .arg(text.as_str())
+                .push(", result_meta = ")
+                .arg(serde_json::to_string(meta).unwrap_or_default())
+                .push(", session_id = ")
+                .arg(session_id.clone());
+        }
         Ending::Failed {
             error,
             cause,
             session_id,
         } => {
-            let q = q
-                .col_expr(task::Column::Error, Expr::value(error.as_str()))
-                .col_expr(task::Column::FailureCause, Expr::value(cause.as_str()));
-            match session_id {
-                Some(s) => q.col_expr(task::Column::SessionId, Expr::value(s.as_str())),
-                None => q,
+            q.push(", error = ")
+                .arg(error.as_str())
+                .push(", failure_cause = ")
+                .arg(cause.as_str());
+            if let Some(s) = session_id {
+                q.push(", session_id = ").arg(s.as_str());
             }
         }
         Ending::Cancelled { note } | Ending::Expired { note } => {
-            q.col_expr(task::Column::Error, Expr::value(note.as_str()))
+            q.push(", error = ").arg(note.as_str());
         }
-    };
+    }
+    q.push(" WHERE id = ")
+        .arg(id)
+        .push(" AND state IN (")
+        .states(from)
+        .push(")");
+    if let Some(agent) = agent {
+        q.push(" AND agent = ").arg(agent);
+    }
+    if let Some(seq) = seq {
+        q.push(" AND last_seq < ").arg(seq);
+    }
     q
 }
 
