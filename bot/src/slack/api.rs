@@ -1,8 +1,10 @@
-//! The Slack Web API, through slack-morphism, at `SLACK_API_URL`.
+//! The Slack Web API at `SLACK_API_URL`: slack-morphism's client and models,
+//! and for the busiest calls (`chat.postMessage`, `chat.update`) and those
+//! whose answer's headers matter, plain hyper requests with the same models.
 //!
-//! A thin layer that turns slack-morphism's errors into the three cases the
-//! bot branches on: rate limited (with `Retry-After`), a Slack error code, and
-//! a transport failure. [`ChatApi`] is the part of it the consolidator uses,
+//! A thin layer that turns every error into the three cases the bot branches
+//! on: rate limited (with `Retry-After`), a Slack error code, and a transport
+//! failure. [`ChatApi`] is the part of it the consolidator uses,
 //! so its tests can stand in for Slack on tokio's paused clock.
 
 use std::sync::Arc;
@@ -52,18 +54,37 @@ impl SlackCallError {
     }
 }
 
-/// What the bot needs of a `chat.postMessage` answer. Read leniently: once
-/// Slack said `ok: true` the message exists, and a missing optional field in
-/// the answer must not make the bot post it again.
+/// What the bot reads of a `chat.postMessage` or `chat.update` answer (the
+/// rest, the message's echo, is skipped). Read leniently: once Slack said
+/// `ok: true` the message exists or the edit is made, and a field missing
+/// from the echo must never make the bot send it again.
 #[derive(Debug, serde::Deserialize)]
-struct Posted {
-    ts: String,
+struct ChatAnswer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    /// The message's ts (`chat.postMessage`).
+    #[serde(default)]
+    ts: Option<String>,
 }
 
-/// An `ok: true` answer whose body the bot does not need. Failing to parse the
-/// echo of an edit must never count as a failed edit (it would be re-sent).
+/// An `ok: true` answer whose body the bot does not need.
 #[derive(Debug, serde::Deserialize)]
 struct Acknowledged {}
+
+/// A `chat.postMessage` or `chat.update` request's body, as Slack reads it.
+#[derive(Debug, serde::Serialize)]
+struct ChatRequest<'a> {
+    channel: &'a str,
+    /// The message to edit (`chat.update`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
+    /// The thread to post in (`chat.postMessage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_ts: Option<&'a str>,
+    text: &'a str,
+    blocks: &'a [SlackBlock],
+}
 
 impl From<SlackClientError> for SlackCallError {
     fn from(err: SlackClientError) -> Self {
@@ -84,14 +105,6 @@ pub struct MessageBody {
     pub text: String,
     /// Block Kit blocks.
     pub blocks: Vec<SlackBlock>,
-}
-
-impl MessageBody {
-    fn content(&self) -> SlackMessageContent {
-        SlackMessageContent::new()
-            .with_text(self.text.clone())
-            .with_blocks(self.blocks.clone())
-    }
 }
 
 /// A file to share in a thread: a long result, uploaded whole.
@@ -253,47 +266,9 @@ impl SlackApi {
     ) -> Result<(serde_json::Value, Option<Vec<String>>), SlackCallError> {
         let form = serde_urlencoded::to_string(params)
             .map_err(|e| SlackCallError::Transport(e.to_string()))?;
-        let request = http::Request::post(format!("{}/{method}", self.api_url))
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token.token_value.0),
-            )
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(http_body_util::Full::new(bytes::Bytes::from(form)))
-            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let request = self.request(method, "application/x-www-form-urlencoded", form.into())?;
         let call = async {
-            let answer = self
-                .raw
-                .request(request)
-                .await
-                .map_err(|e| SlackCallError::Transport(e.to_string()))?;
-            if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
-                let retry_after = answer
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
-                return Err(SlackCallError::RateLimited { retry_after });
-            }
-            let scopes = answer
-                .headers()
-                .get("x-oauth-scopes")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.split(',')
-                        .map(|s| s.trim().to_owned())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                });
-            let status = answer.status();
-            let body = http_body_util::BodyExt::collect(answer.into_body())
-                .await
-                .map_err(|e| SlackCallError::Transport(e.to_string()))?
-                .to_bytes();
+            let (status, scopes, body) = self.send(request).await?;
             let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
                 SlackCallError::Transport(format!("{method} answered HTTP {status} without JSON"))
             })?;
@@ -306,6 +281,84 @@ impl SlackApi {
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .map_err(|_| SlackCallError::Transport(format!("{method} timed out")))?
+    }
+
+    /// Calls `chat.postMessage` or `chat.update` (`method`) with `request`
+    /// as JSON, the encoding that carries blocks; the answer once Slack said
+    /// `ok: true`. Written directly on hyper: this is the bot's busiest call.
+    async fn call_chat(
+        &self,
+        method: &str,
+        request: &ChatRequest<'_>,
+    ) -> Result<ChatAnswer, SlackCallError> {
+        let json =
+            serde_json::to_vec(request).map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        let request = self.request(method, "application/json; charset=utf-8", json.into())?;
+        let (status, _, body) = self.send(request).await?;
+        let answer: ChatAnswer = serde_json::from_slice(&body).map_err(|_| {
+            SlackCallError::Transport(format!("{method} answered HTTP {status} without JSON"))
+        })?;
+        if !answer.ok {
+            let code = answer.error.unwrap_or_else(|| "unknown_error".into());
+            return Err(SlackCallError::Api(code));
+        }
+        Ok(answer)
+    }
+
+    /// A POST of `body` to Web API method `method`, with the bot's token.
+    fn request(
+        &self,
+        method: &str,
+        content_type: &'static str,
+        body: bytes::Bytes,
+    ) -> Result<http::Request<http_body_util::Full<bytes::Bytes>>, SlackCallError> {
+        http::Request::post(format!("{}/{method}", self.api_url))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token.token_value.0),
+            )
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| SlackCallError::Transport(e.to_string()))
+    }
+
+    /// Sends `request`; the answer's status, the scopes Slack says the token
+    /// has (`x-oauth-scopes`) and its body. A 429 is an error, with the wait
+    /// Slack asks for.
+    async fn send(
+        &self,
+        request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<(http::StatusCode, Option<Vec<String>>, bytes::Bytes), SlackCallError> {
+        let answer = self
+            .raw
+            .request(request)
+            .await
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?;
+        if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = answer
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+            return Err(SlackCallError::RateLimited { retry_after });
+        }
+        let scopes = answer
+            .headers()
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+        let status = answer.status();
+        let body = http_body_util::BodyExt::collect(answer.into_body())
+            .await
+            .map_err(|e| SlackCallError::Transport(e.to_string()))?
+            .to_bytes();
+        Ok((status, scopes, body))
     }
 
     /// Uploads `file` into the thread of `thread_ts` (see [`ChatApi::upload_file`]).
@@ -470,15 +523,18 @@ impl SlackApi {
         thread_ts: Option<&str>,
         body: &MessageBody,
     ) -> Result<String, SlackCallError> {
-        let req = SlackApiChatPostMessageRequest::new(channel.into(), body.content())
-            .opt_thread_ts(thread_ts.map(Into::into));
-        let res: Posted = self
-            .client
-            .open_session(&self.token)
-            .http_session_api
-            .http_post("chat.postMessage", &req, None)
-            .await?;
-        Ok(res.ts)
+        let request = ChatRequest {
+            channel,
+            ts: None,
+            thread_ts,
+            text: &body.text,
+            blocks: &body.blocks,
+        };
+        let answer = self.call_chat("chat.postMessage", &request).await?;
+        answer.ts.ok_or_else(|| {
+            // Posted, but no ts to edit it by: looked for again like an unanswered post.
+            SlackCallError::Transport("chat.postMessage answered without a ts".into())
+        })
     }
 
     /// Replaces a message's content.
@@ -488,13 +544,14 @@ impl SlackApi {
         ts: &str,
         body: &MessageBody,
     ) -> Result<(), SlackCallError> {
-        let req = SlackApiChatUpdateRequest::new(channel.into(), body.content(), ts.into());
-        let _: Acknowledged = self
-            .client
-            .open_session(&self.token)
-            .http_session_api
-            .http_post("chat.update", &req, None)
-            .await?;
+        let request = ChatRequest {
+            channel,
+            ts: Some(ts),
+            thread_ts: None,
+            text: &body.text,
+            blocks: &body.blocks,
+        };
+        self.call_chat("chat.update", &request).await?;
         Ok(())
     }
 
@@ -862,5 +919,62 @@ impl ChatApi for SlackApi {
         file: &'a FileUpload,
     ) -> BoxFuture<'a, Result<(), SlackCallError>> {
         Box::pin(SlackApi::upload_file(self, channel, thread_ts, file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(text: &str) -> MessageBody {
+        MessageBody {
+            text: text.into(),
+            blocks: vec![
+                SlackSectionBlock::new()
+                    .with_text(SlackBlockText::MarkDown(format!("*{text}*").into()))
+                    .with_block_id("b1".into())
+                    .into(),
+            ],
+        }
+    }
+
+    /// A post, a reply in its thread and an edit reach Slack as JSON with
+    /// their blocks; Slack's refusals come back as the bot branches on them:
+    /// its error code, and a 429 with the wait it asked for.
+    #[tokio::test]
+    async fn chat_calls_reach_slack_and_its_refusals_come_back_as_they_were() {
+        let (fake, url) = baton_testkit::slack::fake_slack().await;
+        let api = SlackApi::new(&url, &SecretString::from("xoxb-test")).expect("client");
+
+        let ts = api
+            .post_message("C1", None, &body("first"))
+            .await
+            .expect("posted");
+        let reply = api
+            .post_message("C1", Some(&ts), &body("reply"))
+            .await
+            .expect("replied");
+        assert_ne!(reply, ts);
+        assert_eq!(fake.thread(&ts).len(), 2, "the reply is in the thread");
+        api.update_message("C1", &ts, &body("edited"))
+            .await
+            .expect("edited");
+        assert_eq!(fake.shown(&ts).as_deref(), Some("edited\n*edited*"));
+        let edit = fake.calls("chat.update").pop().expect("the edit");
+        assert_eq!(edit.body["blocks"][0]["block_id"], "b1");
+
+        fake.fail_next("chat.update", 1, "message_not_found");
+        assert_eq!(
+            api.update_message("C1", &ts, &body("gone")).await,
+            Err(SlackCallError::Api("message_not_found".into()))
+        );
+        fake.fail_next("chat.postMessage", 1, "ratelimited");
+        assert_eq!(
+            api.post_message("C1", None, &body("later")).await,
+            Err(SlackCallError::RateLimited {
+                retry_after: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(fake.shown(&ts).as_deref(), Some("edited\n*edited*"));
     }
 }
