@@ -38,7 +38,11 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only on a terminal: not escape codes in a log file or journald.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(AgentCommand::Detect) = cli.command {
