@@ -67,7 +67,8 @@ pub fn prompt(n: u64) -> String {
     format!("bench {n}: fix the flaky login test and explain the cause")
 }
 
-fn command_number(prompt: &str) -> Option<u64> {
+/// The number of the command whose prompt is `prompt`.
+pub fn command_number(prompt: &str) -> Option<u64> {
     prompt
         .strip_prefix("bench ")?
         .split(':')
@@ -142,6 +143,29 @@ impl Probe {
     /// How many commands were sent.
     pub fn sent_count(&self) -> usize {
         lock(&self.sent).len()
+    }
+
+    /// The commands sent in `[from, to)` that the bot refused after their
+    /// acknowledgement (through their `response_url`), and the first reason.
+    pub fn refused_between(&self, from: Instant, to: Instant) -> (u64, Option<String>) {
+        let sent = lock(&self.sent);
+        let mut first = None;
+        let mut count = 0;
+        for (n, _) in sent.iter().filter(|(_, t)| **t >= from && **t < to) {
+            if let Some(why) = crate::client::late_answer(*n) {
+                count += 1;
+                first.get_or_insert(why);
+            }
+        }
+        (count, first)
+    }
+
+    /// How many of the commands sent were refused after their acknowledgement.
+    pub fn refused_count(&self) -> usize {
+        lock(&self.sent)
+            .keys()
+            .filter(|n| crate::client::late_answer(**n).is_some())
+            .count()
     }
 
     /// Every task that reached an agent.

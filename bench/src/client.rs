@@ -1,7 +1,9 @@
 //! The HTTP side of the load: signed slash commands (as Slack sends them) and
 //! plain GETs, over kept-alive connections (hyper's pooled client).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -18,6 +20,42 @@ const POOL_IDLE_PER_HOST: usize = 4096;
 pub struct Client {
     /// hyper's client.
     inner: Hyper<HttpConnector, Full<Bytes>>,
+    /// The base of the commands' `response_url`s (a fake Slack of its own):
+    /// an answer the bot sends there came after the acknowledgement.
+    answers: Option<Arc<str>>,
+}
+
+/// Commands answered through their `response_url` (after the
+/// acknowledgement, which said nothing): number → text. Every such answer
+/// of `/baton` is a refusal (a created task's answer is its message).
+static LATE_ANSWERS: Mutex<Option<HashMap<u64, String>>> = Mutex::new(None);
+
+fn late_answers() -> MutexGuard<'static, Option<HashMap<u64, String>>> {
+    LATE_ANSWERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the bot answered command `n` through its `response_url`, if anything.
+pub fn late_answer(n: u64) -> Option<String> {
+    late_answers().as_ref()?.get(&n).cloned()
+}
+
+/// Serves the commands' `response_url`s on a fake Slack of their own, and
+/// records what the bot posts there (see [`late_answer`]); the URLs' base.
+pub async fn serve_answers() -> String {
+    let (answers, url) = baton_testkit::fake_slack().await;
+    answers.tap(|call| {
+        if call.method != baton_testkit::slack::RESPONSE_URL {
+            return;
+        }
+        let Some(n) = call.ts.as_deref().and_then(|k| k.parse().ok()) else {
+            return;
+        };
+        let text = call.body["text"].as_str().unwrap_or("").to_owned();
+        late_answers()
+            .get_or_insert_with(HashMap::new)
+            .insert(n, text);
+    });
+    url
 }
 
 impl Client {
@@ -28,7 +66,19 @@ impl Client {
         let inner = Hyper::builder(TokioExecutor::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .build(connector);
-        Client { inner }
+        Client {
+            inner,
+            answers: None,
+        }
+    }
+
+    /// The same client, giving each command a `response_url` under `base`
+    /// (what [`serve_answers`] returned).
+    pub fn answering_to(self, base: &str) -> Client {
+        Client {
+            answers: Some(base.into()),
+            ..self
+        }
     }
 
     /// GETs `path`; the status, or None when the bot does not answer.
@@ -71,7 +121,18 @@ impl Client {
         text: &str,
         user: &str,
     ) -> anyhow::Result<(u16, Bytes)> {
-        let form = baton_testkit::slash(command, text, user);
+        let mut form = baton_testkit::slash(command, text, user);
+        let response_url = self.answers.as_ref().map(|base| {
+            let key = crate::agent::command_number(text).unwrap_or(0);
+            baton_testkit::slack::response_url_of(base, &key.to_string())
+        });
+        if let Some(url) = &response_url {
+            for (k, v) in form.iter_mut() {
+                if *k == "response_url" {
+                    *v = url;
+                }
+            }
+        }
         let body = serde_urlencoded::to_string(&form)?;
         let headers = baton_testkit::signed_headers(
             baton_testkit::SIGNING_SECRET,

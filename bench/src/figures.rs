@@ -155,7 +155,11 @@ struct Failures {
 
 impl Failures {
     fn note(&self, why: String) {
-        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+        self.note_many(1, why);
+    }
+
+    fn note_many(&self, n: u64, why: String) {
+        if n > 0 && self.count.fetch_add(n, Ordering::Relaxed) == 0 {
             *self.first.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         }
     }
@@ -269,8 +273,9 @@ async fn metric(client: &Client, addr: SocketAddr, name: &str) -> Option<f64> {
 /// Waits until every command sent reached an agent and every task's final
 /// state reached the Slack whose calls `log` holds.
 async fn quiesce(log: &Mutex<SlackLog>, probe: &Probe, sent: u64) -> anyhow::Result<()> {
+    // A command refused after its acknowledgement makes no task.
     wait_until("every task frame", QUIESCE_TIMEOUT, || {
-        probe.received_count() as u64 >= sent
+        (probe.received_count() + probe.refused_count()) as u64 >= sent
     })
     .await?;
     let tasks = probe.tasks();
@@ -517,6 +522,12 @@ impl Ctx {
             let (sent, got) = probe.delivered(run.from, run.to);
             let lat = probe.dispatch_ms(run.from, run.to);
             let (p50, p99) = p50_p99(&lat);
+            // Refused after the acknowledgement (answered through response_url).
+            let (refused, why) = probe.refused_between(run.from, run.to);
+            if let Some(why) = why {
+                run.failures
+                    .note_many(refused, format!("refused after the acknowledgement: {why}"));
+            }
             let failed = run.failures.count.load(Ordering::Relaxed);
             let sustained = failed == 0 && got == sent && p99 <= STABLE_P99_MS;
             let delivered = got as f64 / plan.rate_secs;

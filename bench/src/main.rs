@@ -202,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ctx = Ctx {
         bin: bin.clone(),
         root,
-        client: client::Client::new(),
+        client: client::Client::new().answering_to(&client::serve_answers().await),
         plan,
         bot_log: args.bot_log.clone(),
     };
