@@ -35,7 +35,7 @@ impl Store {
     /// may appear in any order, as on PostgreSQL).
     pub(super) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
         let backend = self.db.get_database_backend();
-        let sql = super::sql::for_backend(sql, backend);
+        let sql = super::sql::for_backend(sql.to_owned(), backend);
         Statement::from_sql_and_values(backend, sql, values)
     }
 

@@ -34,10 +34,10 @@ pub(super) const RETURNING_TASK: &str = concat!(" RETURNING ", task_columns!());
 pub(super) const TASK_COLUMN_COUNT: usize = 35;
 
 /// `sql`, written with `$N` placeholders, as `backend` numbers them.
-pub(super) fn for_backend(sql: &str, backend: DbBackend) -> String {
+pub(super) fn for_backend(sql: String, backend: DbBackend) -> String {
     match backend {
         DbBackend::Sqlite => sql.replace('$', "?"),
-        _ => sql.to_owned(),
+        _ => sql,
     }
 }
 
@@ -97,11 +97,7 @@ impl Sql {
 
     /// The statement for `backend`.
     pub fn build(self, backend: DbBackend) -> Statement {
-        let text = match backend {
-            DbBackend::Sqlite => self.text.replace('$', "?"),
-            _ => self.text,
-        };
-        Statement::from_sql_and_values(backend, text, self.values)
+        Statement::from_sql_and_values(backend, for_backend(self.text, backend), self.values)
     }
 }
 
@@ -151,7 +147,7 @@ mod tests {
             "UPDATE tasks SET a = ?1 WHERE b = ?2 AND state IN ('queued', 'running')"
         );
         assert_eq!(
-            for_backend("x = $1, y = $1", DbBackend::Sqlite),
+            for_backend("x = $1, y = $1".into(), DbBackend::Sqlite),
             "x = ?1, y = ?1"
         );
     }
