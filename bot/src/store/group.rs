@@ -34,7 +34,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use sea_orm::{DbErr, Statement, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -311,10 +312,7 @@ fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, counts: &Counts) 
 /// Runs one statement on the writer's connection.
 fn one(conn: &Connection, stmt: &Statement, want: Want, counts: &Counts) -> Result<Done, DbErr> {
     counts.writes.fetch_add(1, Ordering::Relaxed);
-    let params = match &stmt.values {
-        Some(values) => values.0.iter().map(param).collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
+    let params = stmt.values.iter().flat_map(|v| v.0.iter().map(Param));
     let mut prepared = conn.prepare_cached(&stmt.sql).map_err(db_err)?;
     if let Want::Rows = want
         && prepared.column_count() != super::sql::TASK_COLUMN_COUNT
@@ -342,46 +340,60 @@ fn db_err(err: rusqlite::Error) -> DbErr {
     DbErr::Custom(format!("database error: {err}"))
 }
 
-/// A statement's value as SQLite stores it.
-fn param(v: &Value) -> Result<SqlValue, DbErr> {
-    fn int(v: Option<i64>) -> SqlValue {
-        v.map_or(SqlValue::Null, SqlValue::Integer)
-    }
-    Ok(match v {
-        Value::Bool(b) => int(b.map(i64::from)),
-        Value::TinyInt(x) => int(x.map(i64::from)),
-        Value::SmallInt(x) => int(x.map(i64::from)),
-        Value::Int(x) => int(x.map(i64::from)),
-        Value::BigInt(x) => int(*x),
-        Value::TinyUnsigned(x) => int(x.map(i64::from)),
-        Value::SmallUnsigned(x) => int(x.map(i64::from)),
-        Value::Unsigned(x) => int(x.map(i64::from)),
-        Value::BigUnsigned(x) => match x {
-            Some(x) => SqlValue::Integer(
-                i64::try_from(*x)
-                    .map_err(|_| DbErr::Custom(format!("{x} is too large for SQLite")))?,
-            ),
-            None => SqlValue::Null,
-        },
-        Value::Float(x) => x.map_or(SqlValue::Null, |x| SqlValue::Real(x.into())),
-        Value::Double(x) => x.map_or(SqlValue::Null, SqlValue::Real),
-        Value::String(s) => s
-            .as_ref()
-            .map_or(SqlValue::Null, |s| SqlValue::Text(s.to_string())),
-        Value::Char(c) => c.map_or(SqlValue::Null, |c| SqlValue::Text(c.to_string())),
-        Value::Bytes(b) => b
-            .as_ref()
-            .map_or(SqlValue::Null, |b| SqlValue::Blob(b.to_vec())),
-        Value::Json(j) => j
-            .as_ref()
-            .map_or(SqlValue::Null, |j| SqlValue::Text(j.to_string())),
-        #[allow(unreachable_patterns)]
-        other => {
-            return Err(DbErr::Custom(format!(
-                "the SQLite writer cannot bind {other:?}"
-            )));
+/// A statement's value, bound as SQLite stores it: text and blobs by
+/// reference (a task's steps, output and result are not copied again).
+struct Param<'a>(&'a Value);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        fn int(v: Option<i64>) -> ToSqlOutput<'static> {
+            ToSqlOutput::Owned(v.map_or(SqlValue::Null, SqlValue::Integer))
         }
-    })
+        fn real(v: Option<f64>) -> ToSqlOutput<'static> {
+            ToSqlOutput::Owned(v.map_or(SqlValue::Null, SqlValue::Real))
+        }
+        let null = ToSqlOutput::Owned(SqlValue::Null);
+        Ok(match self.0 {
+            Value::Bool(b) => int(b.map(i64::from)),
+            Value::TinyInt(x) => int(x.map(i64::from)),
+            Value::SmallInt(x) => int(x.map(i64::from)),
+            Value::Int(x) => int(x.map(i64::from)),
+            Value::BigInt(x) => int(*x),
+            Value::TinyUnsigned(x) => int(x.map(i64::from)),
+            Value::SmallUnsigned(x) => int(x.map(i64::from)),
+            Value::Unsigned(x) => int(x.map(i64::from)),
+            Value::BigUnsigned(x) => match x {
+                Some(x) => {
+                    int(Some(i64::try_from(*x).map_err(|_| {
+                        cannot_bind(format!("{x} is too large for SQLite"))
+                    })?))
+                }
+                None => null,
+            },
+            Value::Float(x) => real(x.map(f64::from)),
+            Value::Double(x) => real(*x),
+            Value::String(s) => s.as_ref().map_or(null, |s| {
+                ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+            }),
+            Value::Char(c) => c.map_or(null, |c| ToSqlOutput::Owned(SqlValue::Text(c.to_string()))),
+            Value::Bytes(b) => b
+                .as_ref()
+                .map_or(null, |b| ToSqlOutput::Borrowed(ValueRef::Blob(b))),
+            Value::Json(j) => j
+                .as_ref()
+                .map_or(null, |j| ToSqlOutput::Owned(SqlValue::Text(j.to_string()))),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(cannot_bind(format!(
+                    "the SQLite writer cannot bind {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+fn cannot_bind(why: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(why.into())
 }
 
 /// A task row of a `RETURNING` clause, whose columns are the model's in
