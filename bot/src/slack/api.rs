@@ -268,7 +268,18 @@ impl SlackApi {
             .map_err(|e| SlackCallError::Transport(e.to_string()))?;
         let request = self.request(method, "application/x-www-form-urlencoded", form.into())?;
         let call = async {
-            let (status, scopes, body) = self.send(request).await?;
+            let (answer, body) = self.send(request).await?;
+            let status = answer.status;
+            let scopes = answer
+                .headers
+                .get("x-oauth-scopes")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                });
             let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
                 SlackCallError::Transport(format!("{method} answered HTTP {status} without JSON"))
             })?;
@@ -294,7 +305,8 @@ impl SlackApi {
         let json =
             serde_json::to_vec(request).map_err(|e| SlackCallError::Transport(e.to_string()))?;
         let request = self.request(method, "application/json; charset=utf-8", json.into())?;
-        let (status, _, body) = self.send(request).await?;
+        let (answer, body) = self.send(request).await?;
+        let status = answer.status;
         let answer: ChatAnswer = serde_json::from_slice(&body).map_err(|_| {
             SlackCallError::Transport(format!("{method} answered HTTP {status} without JSON"))
         })?;
@@ -322,13 +334,12 @@ impl SlackApi {
             .map_err(|e| SlackCallError::Transport(e.to_string()))
     }
 
-    /// Sends `request`; the answer's status, the scopes Slack says the token
-    /// has (`x-oauth-scopes`) and its body. A 429 is an error, with the wait
-    /// Slack asks for.
+    /// Sends `request`; the answer's head and body. A 429 is an error, with
+    /// the wait Slack asks for.
     async fn send(
         &self,
         request: http::Request<http_body_util::Full<bytes::Bytes>>,
-    ) -> Result<(http::StatusCode, Option<Vec<String>>, bytes::Bytes), SlackCallError> {
+    ) -> Result<(http::response::Parts, bytes::Bytes), SlackCallError> {
         let answer = self
             .raw
             .request(request)
@@ -343,22 +354,12 @@ impl SlackApi {
                 .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
             return Err(SlackCallError::RateLimited { retry_after });
         }
-        let scopes = answer
-            .headers()
-            .get("x-oauth-scopes")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            });
-        let status = answer.status();
-        let body = http_body_util::BodyExt::collect(answer.into_body())
+        let (head, body) = answer.into_parts();
+        let body = http_body_util::BodyExt::collect(body)
             .await
             .map_err(|e| SlackCallError::Transport(e.to_string()))?
             .to_bytes();
-        Ok((status, scopes, body))
+        Ok((head, body))
     }
 
     /// Uploads `file` into the thread of `thread_ts` (see [`ChatApi::upload_file`]).
