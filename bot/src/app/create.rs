@@ -100,12 +100,25 @@ impl App {
         self.check_start(&req, &project).await?;
         // An agent that can take it now is chosen before it is written, so it
         // is written dispatched to that agent: one write, not insert then claim.
-        let routed = match (req.after_task, req.session_agent.as_deref()) {
+        let mut routed = match (req.after_task, req.session_agent.as_deref()) {
             // A follow-up waiting for an earlier task goes to no agent yet.
             (Some(_), _) => Err(WaitReason::Busy),
             // A session exists only on the agent that made it.
             (None, Some(agent)) => self.hub.route_new_to(agent, &project),
             (None, None) => self.hub.route_new(&project),
+        };
+        // The queue is first in, first out: a task does not overtake the
+        // tasks waiting in its project's queue (queued by another process a
+        // moment ago, or here before an agent freed up). It joins the queue
+        // behind them, and the dispatcher hands them out in order.
+        let behind_queue = match &routed {
+            Ok((route, placeholder)) if self.queue_ahead(&project).await? => {
+                self.hub
+                    .release(&route.agent, *placeholder, Outcome::Ignored);
+                routed = Err(WaitReason::Busy);
+                true
+            }
+            _ => false,
         };
         let release = |routed: &Result<(Route, i64), WaitReason>| {
             if let Ok((route, placeholder)) = routed {
@@ -161,6 +174,10 @@ impl App {
                         self.claim_message(task.id).await;
                         // An agent of another process may serve it.
                         self.announce(super::Signal::Queued).await;
+                        if behind_queue {
+                            // An agent here has room for the queue's head.
+                            self.dispatch_wake.notify_one();
+                        }
                         Ok(task)
                     }
                     Ok(None) => {
@@ -203,6 +220,16 @@ impl App {
             }
         }
         Ok(task)
+    }
+
+    /// Whether tasks that an agent may take wait in `project`'s queue. Read
+    /// only when one may: on a database other processes share, or when
+    /// this process queued a task the dispatcher has not seen go.
+    async fn queue_ahead(&self, project: &str) -> Result<bool, RequestError> {
+        if !self.store.is_shared() && !self.store.may_have_queue() {
+            return Ok(false);
+        }
+        Ok(!self.store.dispatchable(project, 0, 1).await?.is_empty())
     }
 }
 
@@ -337,5 +364,43 @@ mod tests {
             lock(&app.awaiting).contains_key(&1),
             "its accept timeout runs"
         );
+    }
+
+    /// The queue is first in, first out: a task created while an agent has
+    /// room but tasks still wait (the slot freed before the dispatcher ran;
+    /// or, on PostgreSQL, queued by another process a moment ago) goes
+    /// behind them, and the dispatcher hands the oldest out first.
+    #[tokio::test]
+    async fn a_new_task_does_not_overtake_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (app, store, mut frames) = app_with_agent(&dir).await;
+        let first = app.create_task(request("first")).await.expect("first");
+        let waiting = app.create_task(request("waiting")).await.expect("waiting");
+        assert_eq!(submits(&mut frames), vec![TaskId(first.id)]);
+        assert_eq!(waiting.state, "queued");
+
+        // The agent's slot frees; the dispatcher has not run yet.
+        app.hub
+            .release("a", first.id, crate::breaker::Outcome::Success);
+        let late = app.create_task(request("late")).await.expect("late");
+        assert_eq!(late.state, "queued", "it waits behind #{}", waiting.id);
+        assert_eq!(submits(&mut frames), Vec::<TaskId>::new());
+
+        app.dispatch_pass().await;
+        assert_eq!(submits(&mut frames), vec![TaskId(waiting.id)]);
+        let late = store.task(late.id).await.expect("read").expect("written");
+        assert_eq!(late.state, "queued");
+
+        // With nothing waiting, a new task goes straight to an agent with room.
+        app.hub
+            .release("a", waiting.id, crate::breaker::Outcome::Success);
+        app.dispatch_pass().await;
+        assert_eq!(submits(&mut frames), vec![TaskId(late.id)]);
+        app.hub
+            .release("a", late.id, crate::breaker::Outcome::Success);
+        app.dispatch_pass().await;
+        let direct = app.create_task(request("direct")).await.expect("direct");
+        assert_eq!(direct.state, "dispatched");
+        assert_eq!(submits(&mut frames), vec![TaskId(direct.id)]);
     }
 }
