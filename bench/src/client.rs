@@ -47,7 +47,7 @@ pub async fn serve_answers() -> String {
         if call.method != baton_testkit::slack::RESPONSE_URL {
             return;
         }
-        let Some(n) = call.ts.as_deref().and_then(|k| k.parse().ok()) else {
+        let Some(n) = call.ts.and_then(|k| k.parse().ok()) else {
             return;
         };
         let text = call.body["text"].as_str().unwrap_or("").to_owned();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use baton_testkit::Call;
+use baton_testkit::slack::Seen;
 
 /// A Web API method the bot calls for task messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,11 @@ fn parse_fallback(text: &str) -> Option<(i64, &str)> {
 
 impl SlackLog {
     /// Records a call if Slack accepted it and it showed a task.
-    pub fn record(&mut self, call: &Call) {
+    pub fn record(&mut self, call: Seen<'_>) {
         if call.error.is_some() {
             return;
         }
-        let method = match call.method.as_str() {
+        let method = match call.method {
             "chat.postMessage" if call.body["thread_ts"].is_null() => Method::Post,
             "chat.update" => Method::Update,
             _ => return,

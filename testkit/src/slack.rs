@@ -44,8 +44,22 @@ struct Limit {
     served: VecDeque<Instant>,
 }
 
+/// A call as a tap sees it (see [`FakeSlack::tap`]): borrowed, nothing
+/// copied for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub method: &'a str,
+    pub body: &'a Value,
+    /// When it arrived.
+    pub at: Instant,
+    /// As [`Call::error`].
+    pub error: Option<&'a str>,
+    /// As [`Call::ts`].
+    pub ts: Option<&'a str>,
+}
+
 /// Receives every call instead of the record (see [`FakeSlack::tap`]).
-struct Tap(Box<dyn Fn(&Call) + Send + Sync>);
+struct Tap(Box<dyn Fn(Seen<'_>) + Send + Sync>);
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,7 +235,7 @@ impl FakeSlack {
 
     /// Hands every call to `tap` as it is answered, instead of keeping it:
     /// the benchmark makes more calls than it can afford to keep.
-    pub fn tap(&self, tap: impl Fn(&Call) + Send + Sync + 'static) {
+    pub fn tap(&self, tap: impl Fn(Seen<'_>) + Send + Sync + 'static) {
         self.lock().tap = Some(Tap(Box::new(tap)));
     }
 
@@ -390,16 +404,22 @@ impl FakeSlack {
             }
             (None, None) => None,
         };
-        let call = Call {
-            method: method.to_owned(),
-            body: body.clone(),
-            at: now,
-            error: refusal.as_ref().map(Refusal::code),
-            ts: ts.clone(),
-        };
+        let error = refusal.as_ref().map(Refusal::code);
         match &inner.tap {
-            Some(tap) => (tap.0)(&call),
-            None => inner.calls.push(call),
+            Some(tap) => (tap.0)(Seen {
+                method,
+                body,
+                at: now,
+                error: error.as_deref(),
+                ts: ts.as_deref(),
+            }),
+            None => inner.calls.push(Call {
+                method: method.to_owned(),
+                body: body.clone(),
+                at: now,
+                error,
+                ts: ts.clone(),
+            }),
         }
         match refusal {
             Some(r) => Err(r),
@@ -425,6 +445,42 @@ impl Refusal {
         match self {
             Refusal::RateLimited(_) => "ratelimited".to_owned(),
             Refusal::Error(e) => e.clone(),
+        }
+    }
+}
+
+/// `chat.update`'s answer, as Slack's: the edited message echoed (borrowed
+/// from the request, not copied).
+#[derive(serde::Serialize)]
+struct UpdateEcho<'a> {
+    ok: bool,
+    channel: &'a Value,
+    ts: &'a Value,
+    text: &'a Value,
+    message: EchoedMessage<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct EchoedMessage<'a> {
+    text: &'a Value,
+    blocks: &'a Value,
+    user: &'static str,
+    bot_id: &'static str,
+}
+
+impl<'a> UpdateEcho<'a> {
+    fn of(body: &'a Value) -> Self {
+        UpdateEcho {
+            ok: true,
+            channel: &body["channel"],
+            ts: &body["ts"],
+            text: &body["text"],
+            message: EchoedMessage {
+                text: &body["text"],
+                blocks: &body["blocks"],
+                user: "UBATON",
+                bot_id: "BBATON",
+            },
         }
     }
 }
@@ -553,11 +609,7 @@ async fn api(
             let channel = body["channel"].as_str().unwrap_or("C?").to_owned();
             axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "text": body["text"]}})).into_response()
         }
-        "chat.update" => axum::Json(json!({
-            "ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"],
-            "message": {"text": body["text"], "blocks": body["blocks"], "user": "UBATON", "bot_id": "BBATON"}
-        }))
-        .into_response(),
+        "chat.update" => axum::Json(UpdateEcho::of(&body)).into_response(),
         "chat.postEphemeral" => axum::Json(json!({"ok": true, "message_ts": ts})).into_response(),
         "files.getUploadURLExternal" => upload_url(&slack, &headers, &body),
         "files.completeUploadExternal" => complete_upload(&slack, &body),
@@ -809,17 +861,23 @@ async fn response_url(
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "invalid_json").into_response();
     };
-    let call = Call {
-        method: RESPONSE_URL.to_owned(),
-        body,
-        at: Instant::now(),
-        error: None,
-        ts: Some(key),
-    };
+    let at = Instant::now();
     let mut inner = slack.lock();
     match &inner.tap {
-        Some(tap) => (tap.0)(&call),
-        None => inner.calls.push(call),
+        Some(tap) => (tap.0)(Seen {
+            method: RESPONSE_URL,
+            body: &body,
+            at,
+            error: None,
+            ts: Some(&key),
+        }),
+        None => inner.calls.push(Call {
+            method: RESPONSE_URL.to_owned(),
+            body,
+            at,
+            error: None,
+            ts: Some(key),
+        }),
     }
     axum::Json(json!({"ok": true})).into_response()
 }
