@@ -651,7 +651,9 @@ impl Ctx {
             let writes0 = metric(&self.client, bot.addr, "baton_db_writes_total").await;
             let commits0 = metric(&self.client, bot.addr, "baton_db_commits_total").await;
             let (cpu0, own0) = (bot.cpu_secs()?, crate::bot::cpu_secs("/proc/self/stat")?);
+            let slack0 = slack_log::lock(&bot.log).calls.len();
             let (rate, total) = self.closed_loop(&[bot.addr], &bot.log, &probe).await?;
+            let slack_calls = slack_log::lock(&bot.log).calls.len() - slack0;
             let per = |secs: f64| round(secs * 1e3 / total.max(1) as f64, 3);
             let bot_cpu_ms = per(bot.cpu_secs()? - cpu0);
             let bench_cpu_ms = per(crate::bot::cpu_secs("/proc/self/stat")? - own0);
@@ -687,6 +689,11 @@ impl Ctx {
                 if let Some(c) = commits {
                     report.extra.insert("db_commits_per_lifecycle".into(), c);
                 }
+                // Task-message posts and edits Slack accepted.
+                report.extra.insert(
+                    "slack_calls_per_lifecycle".into(),
+                    round(slack_calls as f64 / total.max(1) as f64, 2),
+                );
                 report.workloads.insert("cpu_ms_per_lifecycle".into(), format!(
                     "the bot process's CPU time (utime + stime from /proc) over the whole lifecycles run with 10 progress events (warm-up and the wait for the last final edits included) / the lifecycles started ({total})"));
                 report

@@ -12,6 +12,7 @@ use baton_bot::model::Retry;
 use baton_shared::TaskId;
 use baton_shared::protocol::BotMessage;
 use baton_testkit::scene::*;
+use baton_testkit::slack::RESPONSE_URL;
 use baton_testkit::*;
 use serde_json::{Value, json};
 
@@ -800,6 +801,41 @@ async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_ur
         store.recent_tasks(10).await.unwrap().is_empty(),
         "a refusal creates nothing"
     );
+    bot.stop().await;
+}
+
+/// A late answer whose `response_url` post fails (Slack answers 500 twice)
+/// is tried again until it gets through: it is all the person is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_is_tried_again_until_its_response_url_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, url) = fake_slack().await;
+    let bot = Bot::start(&url, dir.path(), |s| s.ack_budget = Duration::ZERO).await;
+    bot.store().await.ensure_project("web").await.unwrap();
+    slack.set_user(
+        "UGUEST",
+        FakeUser {
+            is_restricted: true,
+            ..FakeUser::default()
+        },
+    );
+    slack.delay("users.info", Duration::from_millis(200));
+    slack.fail_next(RESPONSE_URL, 2, "service unavailable");
+    let reply_to = response_url_of(&url, "late");
+    let (status, body) =
+        baton_replying_to(bot.addr, "--project web fix the login", "UGUEST", &reply_to).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let told = eventually("the answer through response_url", || async {
+        slack.responses("late").into_iter().next()
+    })
+    .await;
+    assert!(
+        told.contains("Guests and people of other organizations"),
+        "{told}"
+    );
+    let tries = slack.attempts(RESPONSE_URL);
+    assert_eq!(tries.len(), 3, "two refused, then taken: {tries:?}");
+    assert_eq!(slack.responses("late").len(), 1, "told once");
     bot.stop().await;
 }
 

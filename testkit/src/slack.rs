@@ -863,23 +863,32 @@ async fn response_url(
     };
     let at = Instant::now();
     let mut inner = slack.lock();
+    // `fail_next(RESPONSE_URL, …)`: refused with an HTTP error, as Slack's
+    // response URLs refuse (not an `ok: false` answer).
+    let error = inner
+        .failures
+        .get_mut(RESPONSE_URL)
+        .and_then(VecDeque::pop_front);
     match &inner.tap {
         Some(tap) => (tap.0)(Seen {
             method: RESPONSE_URL,
             body: &body,
             at,
-            error: None,
+            error: error.as_deref(),
             ts: Some(&key),
         }),
         None => inner.calls.push(Call {
             method: RESPONSE_URL.to_owned(),
             body,
             at,
-            error: None,
+            error: error.clone(),
             ts: Some(key),
         }),
     }
-    axum::Json(json!({"ok": true})).into_response()
+    match error {
+        Some(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        None => axum::Json(json!({"ok": true})).into_response(),
+    }
 }
 
 /// The method name under which posts to a `response_url` are recorded.

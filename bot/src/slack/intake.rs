@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::app::App;
 use crate::replies;
+use crate::slack::api::SlackCallError;
 use crate::slack::handlers::{self, EventEnvelope, Interaction, Reply, SlashCommand};
 
 /// The longest a slash command's acknowledgement waits for the command's
@@ -55,14 +56,45 @@ pub async fn command(app: &Arc<App>, cmd: SlashCommand) -> Option<serde_json::Va
     }
 }
 
-/// Sends `text` to the person through a slash command's `response_url`.
+/// How long each new try of a `response_url` post waits (a 429's own wait
+/// when longer, up to [`RESPOND_WAIT_MAX`]): the answer is all the person
+/// gets, so a failed post is tried again, a few times.
+const RESPOND_RETRIES: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(8),
+];
+/// The longest wait before a new try, whatever a 429 asks.
+const RESPOND_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Sends `text` to the person through a slash command's `response_url`,
+/// trying again after a failure that may pass (network, Slack's 5xx or 429;
+/// see [`RESPOND_RETRIES`]).
 pub async fn respond(app: &App, response_url: &str, text: &str) {
     if response_url.is_empty() {
         tracing::warn!("no response_url to answer a slash command through");
         return;
     }
-    if let Err(err) = app.slack.respond(response_url, text).await {
-        tracing::warn!(error = %err, "cannot answer a slash command through its response_url");
+    let mut waits = RESPOND_RETRIES.iter();
+    loop {
+        let err = match app.slack.respond(response_url, text).await {
+            Ok(()) => return,
+            Err(err) => err,
+        };
+        let wait = match (&err, waits.next()) {
+            (_, None) => None,
+            (err, _) if !err.is_retryable() => None,
+            (SlackCallError::RateLimited { retry_after }, Some(wait)) => {
+                Some((*retry_after).max(*wait).min(RESPOND_WAIT_MAX))
+            }
+            (_, Some(wait)) => Some(*wait),
+        };
+        let Some(wait) = wait else {
+            tracing::warn!(error = %err, "cannot answer a slash command through its response_url; given up");
+            return;
+        };
+        tracing::info!(error = %err, ?wait, "cannot answer a slash command through its response_url yet; trying again");
+        tokio::time::sleep(wait).await;
     }
 }
 
