@@ -404,7 +404,12 @@ impl App {
                         Some(rx) => rx.recv().await,
                         None => std::future::pending().await,
                     }
-                } => self.task_unpostable(task, &why).await,
+                } => {
+                    // On its own task: telling the person may wait for
+                    // Slack (and try again), the dispatcher does not.
+                    let app = self.clone();
+                    tokio::spawn(async move { app.task_unpostable(task, &why).await });
+                }
             }
         }
     }
