@@ -767,14 +767,16 @@ async fn a_task_whose_message_cannot_be_posted_is_not_run_and_the_person_is_told
     rig.bot.stop().await;
 }
 
-/// A slash command whose work outlasts the acknowledgement's budget (here
-/// Slack takes a while to say who the person is; the budget is zero) is
-/// acknowledged empty, and its answer follows through its `response_url`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_url() {
-    let dir = tempfile::tempdir().unwrap();
+/// A bot whose acknowledgements wait for nothing (budget zero), and a guest's
+/// `/baton` to it whose refusal comes only after a slow `users.info`: its
+/// answer can only come late, through the `response_url` keyed `late`.
+/// `before` prepares the fake Slack first.
+async fn a_late_refusal(
+    dir: &std::path::Path,
+    before: impl FnOnce(&FakeSlack),
+) -> (std::sync::Arc<FakeSlack>, Bot, baton_bot::store::Store) {
     let (slack, url) = fake_slack().await;
-    let bot = Bot::start(&url, dir.path(), |s| s.ack_budget = Duration::ZERO).await;
+    let bot = Bot::start(&url, dir, |s| s.ack_budget = Duration::ZERO).await;
     let store = bot.store().await;
     store.ensure_project("web").await.unwrap();
     slack.set_user(
@@ -785,10 +787,16 @@ async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_ur
         },
     );
     slack.delay("users.info", Duration::from_millis(200));
+    before(&slack);
     let reply_to = response_url_of(&url, "late");
     let (status, body) =
         baton_replying_to(bot.addr, "--project web fix the login", "UGUEST", &reply_to).await;
     assert_eq!((status, body.as_str()), (200, ""));
+    (slack, bot, store)
+}
+
+/// What the `late` response URL was told first, once it was.
+async fn told_late(slack: &FakeSlack) -> String {
     let told = eventually("the answer through response_url", || async {
         slack.responses("late").into_iter().next()
     })
@@ -797,6 +805,17 @@ async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_ur
         told.contains("Guests and people of other organizations"),
         "{told}"
     );
+    told
+}
+
+/// A slash command whose work outlasts the acknowledgement's budget (here
+/// Slack takes a while to say who the person is; the budget is zero) is
+/// acknowledged empty, and its answer follows through its `response_url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slack, bot, store) = a_late_refusal(dir.path(), |_| {}).await;
+    told_late(&slack).await;
     assert!(
         store.recent_tasks(10).await.unwrap().is_empty(),
         "a refusal creates nothing"
@@ -809,30 +828,11 @@ async fn an_answer_that_outlasts_the_acknowledgement_follows_through_response_ur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_answer_is_tried_again_until_its_response_url_takes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (slack, url) = fake_slack().await;
-    let bot = Bot::start(&url, dir.path(), |s| s.ack_budget = Duration::ZERO).await;
-    bot.store().await.ensure_project("web").await.unwrap();
-    slack.set_user(
-        "UGUEST",
-        FakeUser {
-            is_restricted: true,
-            ..FakeUser::default()
-        },
-    );
-    slack.delay("users.info", Duration::from_millis(200));
-    slack.fail_next(RESPONSE_URL, 2, "service unavailable");
-    let reply_to = response_url_of(&url, "late");
-    let (status, body) =
-        baton_replying_to(bot.addr, "--project web fix the login", "UGUEST", &reply_to).await;
-    assert_eq!((status, body.as_str()), (200, ""));
-    let told = eventually("the answer through response_url", || async {
-        slack.responses("late").into_iter().next()
+    let (slack, bot, _) = a_late_refusal(dir.path(), |slack| {
+        slack.fail_next(RESPONSE_URL, 2, "service unavailable");
     })
     .await;
-    assert!(
-        told.contains("Guests and people of other organizations"),
-        "{told}"
-    );
+    told_late(&slack).await;
     let tries = slack.attempts(RESPONSE_URL);
     assert_eq!(tries.len(), 3, "two refused, then taken: {tries:?}");
     assert_eq!(slack.responses("late").len(), 1, "told once");
