@@ -304,6 +304,7 @@ mod tests {
                 agent: Some("a".into()),
                 after_task: None,
                 session_agent: None,
+                editor: None,
             })
             .await
             .expect("task");

@@ -155,6 +155,10 @@ impl App {
             agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
             after_task: req.after_task,
             session_agent: req.session_agent,
+            // Its message is this process's to post and edit while it waits,
+            // whoever shows the queue (written with it: no claim after).
+            editor: (routed.is_err() && self.store.is_shared())
+                .then(|| self.instance_id().to_owned()),
         };
         let written = match &routed {
             Ok(_) => self.store.insert_task_with_files(new, &files).await,
@@ -169,11 +173,9 @@ impl App {
                     .await
                 {
                     Ok(Some(task)) => {
-                        // Its message is this process's to post and edit
-                        // while it waits, whoever shows the queue.
-                        self.claim_message(task.id).await;
                         // An agent of another process may serve it.
-                        self.announce(super::Signal::Queued).await;
+                        let follow_up = task.after_task.is_some();
+                        self.announce(super::Signal::Queued { follow_up }).await;
                         if behind_queue {
                             // An agent here has room for the queue's head.
                             self.dispatch_wake.notify_one();

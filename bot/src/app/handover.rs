@@ -31,8 +31,12 @@ pub const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// What one process tells the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
-    /// A task was queued: dispatch.
-    Queued,
+    /// A task was queued: dispatch. `follow_up`: it may be a follow-up
+    /// waiting for its thread's task (the receiver reads the waiting ones).
+    Queued {
+        /// Whether it may wait for an earlier task.
+        follow_up: bool,
+    },
     /// A cancel was asked for this task: tell its agent.
     Cancel(i64),
     /// This agent's key was revoked: close its connection.
@@ -55,7 +59,11 @@ impl Signal {
     /// The notification's payload: the sending instance, the kind, its argument.
     pub fn encode(&self, from: &str) -> String {
         match self {
-            Signal::Queued => format!("{from} queued"),
+            // `queued` (what every version sends and hears) may be a
+            // follow-up; `ready` is not one. A process that does not know
+            // `ready` ignores it and dispatches at its next second's pass.
+            Signal::Queued { follow_up: true } => format!("{from} queued"),
+            Signal::Queued { follow_up: false } => format!("{from} ready"),
             Signal::Cancel(id) => format!("{from} cancel {id}"),
             Signal::Revoke(agent) => format!("{from} revoke {agent}"),
             Signal::HealthReset(agent) => format!("{from} reset {agent}"),
@@ -71,7 +79,8 @@ impl Signal {
         let mut parts = payload.splitn(3, ' ');
         let from = parts.next()?;
         let signal = match (parts.next()?, parts.next()) {
-            ("queued", None) => Signal::Queued,
+            ("queued", None) => Signal::Queued { follow_up: true },
+            ("ready", None) => Signal::Queued { follow_up: false },
             ("cancel", Some(id)) => Signal::Cancel(id.parse().ok()?),
             ("revoke", Some(agent)) if !agent.is_empty() => Signal::Revoke(agent.to_owned()),
             ("reset", Some(agent)) if !agent.is_empty() => Signal::HealthReset(agent.to_owned()),
@@ -154,10 +163,12 @@ impl App {
     /// Acts on what another process announced.
     pub async fn on_signal(&self, signal: Signal) {
         match signal {
-            Signal::Queued => {
-                // It may be a follow-up that waits for its thread's task.
+            Signal::Queued { follow_up } => {
                 self.store.mark_maybe_queued();
-                self.store.mark_maybe_waiting();
+                if follow_up {
+                    // It waits for its thread's task: read the waiting ones.
+                    self.store.mark_maybe_waiting();
+                }
                 self.dispatch_wake.notify_one();
             }
             Signal::Cancel(id) => match self.store.task(id).await {
@@ -441,7 +452,8 @@ mod tests {
     #[test]
     fn signals_survive_their_payload_and_junk_is_refused() {
         for signal in [
-            Signal::Queued,
+            Signal::Queued { follow_up: true },
+            Signal::Queued { follow_up: false },
             Signal::Cancel(42),
             Signal::Revoke("laptop".into()),
             Signal::HealthReset("ci box".into()),

@@ -259,18 +259,6 @@ impl App {
         }
     }
 
-    /// Makes this process the editor of task `id`'s message (PostgreSQL),
-    /// before any other process's dispatch pass shows it in its queue.
-    pub(super) async fn claim_message(&self, id: i64) {
-        if !self.store.is_shared() {
-            return;
-        }
-        let now = self.clock.now_ms();
-        if let Err(err) = self.store.claim_editor(id, &self.instance_id, now).await {
-            tracing::warn!(task = id, error = ?err, "cannot claim the task's message");
-        }
-    }
-
     /// Shows task `id` again if this process edits its message: another
     /// process changed it ([`Signal::Show`]).
     pub(super) async fn show_handed_over(&self, id: i64) {

@@ -224,6 +224,7 @@ mod tests {
             agent: None,
             after_task: None,
             session_agent: None,
+            editor: None,
         };
         req.agent = Some("a".into());
         let task = store.insert_task(req).await.expect("written dispatched");

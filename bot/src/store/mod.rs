@@ -43,7 +43,7 @@ macro_rules! new_task_columns {
     () => {
         "persona, project, prompt, requester, team_id, channel_id, thread_ts, state, agent, \
          parent_id, session_id, created_at, updated_at, queued_at, dispatched_at, after_task, \
-         session_agent"
+         session_agent, editor"
     };
 }
 
@@ -96,6 +96,11 @@ pub struct NewTask {
     pub after_task: Option<i64>,
     /// The agent holding `session_id`: it goes to no other agent.
     pub session_agent: Option<String>,
+    /// The process that posts and edits its message (`tasks.editor`): on a
+    /// shared database, the one that queues it, so that no other process's
+    /// dispatch pass shows it first; None otherwise (see
+    /// [`Store::claim_editor`]).
+    pub editor: Option<String>,
 }
 
 /// How a task ended, as written by [`Store::finish`].
@@ -1730,7 +1735,9 @@ fn new_task_values(q: &mut Sql, new: NewTask) {
         .push(", ")
         .arg(new.after_task)
         .push(", ")
-        .arg(new.session_agent);
+        .arg(new.session_agent)
+        .push(", ")
+        .arg(new.editor);
 }
 
 /// A guarded `UPDATE` of the store, run by its writer.
@@ -2131,6 +2138,7 @@ mod tests {
             agent: None,
             after_task: None,
             session_agent: None,
+            editor: None,
         }
     }
 
@@ -2449,6 +2457,39 @@ mod tests {
             [t.id]
         );
         assert_eq!(s.count_in(TaskState::Queued).await.expect("count"), 1);
+    }
+
+    /// A queued task is written with the process that edits its message
+    /// (no claim after it, which another process's pass could precede), and
+    /// that process keeps it; another may not take it while its lease runs.
+    #[tokio::test]
+    async fn a_queued_task_is_written_with_its_editor() {
+        let (_db, s) = store().await;
+        let now = now_ms();
+        s.renew_instance("me", now, now, 60_000)
+            .await
+            .expect("lease");
+        let queued = s
+            .insert_queued_task(
+                NewTask {
+                    editor: Some("me".into()),
+                    ..new_task()
+                },
+                10,
+            )
+            .await
+            .expect("insert")
+            .expect("room");
+        assert_eq!(
+            s.task_editor(queued.id).await.expect("read").as_deref(),
+            Some("me")
+        );
+        assert!(s.claim_editor(queued.id, "me", now).await.expect("claim"));
+        assert!(
+            !s.claim_editor(queued.id, "other", now)
+                .await
+                .expect("claim")
+        );
     }
 
     /// A follow-up waiting for its turn is never claimed nor expired; once

@@ -126,6 +126,7 @@ mod tests {
             agent: None,
             after_task: None,
             session_agent: None,
+            editor: None,
         }
     }
 
