@@ -111,21 +111,26 @@ impl App {
         // tasks waiting in its project's queue (queued by another process a
         // moment ago, or here before an agent freed up). It joins the queue
         // behind them, and the dispatcher hands them out in order.
-        let behind_queue = match &routed {
-            Ok((route, placeholder)) if self.queue_ahead(&project).await? => {
-                self.hub
-                    .release(&route.agent, *placeholder, Outcome::Ignored);
-                routed = Err(WaitReason::Busy);
-                true
-            }
-            _ => false,
-        };
         let release = |routed: &Result<(Route, i64), WaitReason>| {
             if let Ok((route, placeholder)) = routed {
                 self.hub
                     .release(&route.agent, *placeholder, Outcome::Ignored);
             }
         };
+        let behind_queue = match &routed {
+            Ok(_) => match self.queue_ahead(&project).await {
+                Ok(ahead) => ahead,
+                Err(err) => {
+                    release(&routed);
+                    return Err(err);
+                }
+            },
+            Err(_) => false,
+        };
+        if behind_queue {
+            release(&routed);
+            routed = Err(WaitReason::Busy);
+        }
         // The bound is on the queue: a task an agent takes now does not join it.
         if routed.is_err() && self.store.queue_len(&project).await? >= self.settings.queue_max {
             return Err(RequestError::User(replies::queue_full(
