@@ -648,9 +648,8 @@ impl SlackApi {
         let url = url::Url::parse(response_url)
             .ok()
             .filter(|u| matches!(u.scheme(), "https" | "http"))
-            .ok_or_else(|| {
-                SlackCallError::Transport("the response URL is not an http(s) URL".into())
-            })?;
+            // Not a failure that passes: no use trying it again.
+            .ok_or_else(|| SlackCallError::Api("invalid_response_url".into()))?;
         let req = SlackApiPostWebhookMessageRequest::new(
             SlackMessageContent::new().with_text(text.to_owned()),
         );
