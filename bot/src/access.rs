@@ -395,8 +395,8 @@ impl App {
     ) -> anyhow::Result<Option<Refusal>> {
         let user = req.requester.as_str();
         // Personas are the project's own shape: they bind admins too.
-        let personas = self.store.project_personas(project).await?;
-        if let Some(allowed) = personas_of(personas.as_deref())
+        let rules = self.store.project_rules(project).await?;
+        if let Some(allowed) = personas_of(rules.personas.as_deref())
             && !allowed.contains(&req.persona)
         {
             return Ok(Some(Refusal::Persona { allowed }));
@@ -404,7 +404,7 @@ impl App {
         if self.is_admin(user) {
             return Ok(None);
         }
-        let list = AccessList::from_rows(&self.store.access_list(project).await?);
+        let list = AccessList::from_rows(&rules.access);
         if !list.channels.is_empty() && !list.channels.contains(&req.channel_id) {
             return Ok(Some(Refusal::Channel));
         }

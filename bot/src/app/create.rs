@@ -131,13 +131,6 @@ impl App {
             release(&routed);
             routed = Err(WaitReason::Busy);
         }
-        // The bound is on the queue: a task an agent takes now does not join it.
-        if routed.is_err() && self.store.queue_len(&project).await? >= self.settings.queue_max {
-            return Err(RequestError::User(replies::queue_full(
-                &project,
-                self.settings.queue_max,
-            )));
-        }
         if let Err(not_until) = self.user_limiter.check_key(&req.requester) {
             release(&routed);
             let wait = not_until.wait_time_from(tokio::time::Instant::now().into_std());
@@ -160,15 +153,19 @@ impl App {
             agent: routed.as_ref().ok().map(|(route, _)| route.agent.clone()),
             after_task: req.after_task,
             session_agent: req.session_agent,
-            // Its message is this process's to post and edit while it waits,
-            // whoever shows the queue (written with it: no claim after).
-            editor: (routed.is_err() && self.store.is_shared())
+            // Its message is this process's to post (and to edit while it
+            // waits, whoever shows the queue): written with it, so that its
+            // first claim needs no statement (`MessageDesk::created_here`).
+            editor: self
+                .store
+                .is_shared()
                 .then(|| self.instance_id().to_owned()),
         };
         let written = match &routed {
             Ok(_) => self.store.insert_task_with_files(new, &files).await,
-            // It joins the queue only if the queue has room: the bound is
-            // checked by the insert itself (the check above is a fast path).
+            // It joins the queue only if the queue has room: the bound is on
+            // the queue (a task an agent takes now does not join it), and
+            // checked by the insert itself.
             Err(_) => {
                 let project = new.project.clone();
                 let max = self.settings.queue_max;
@@ -202,6 +199,9 @@ impl App {
             }
         };
         tracing::info!(task = task.id, project = %task.project, "task created");
+        if self.store.is_shared() {
+            self.desk.created_here(task.id);
+        }
         if let Some(url) = response_url {
             lock(&self.response_urls).insert(task.id, (url, Instant::now()));
         }

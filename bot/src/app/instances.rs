@@ -8,8 +8,8 @@
 //! from another.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,7 +21,8 @@ use super::handover::{CHANNEL, Signal};
 use crate::clock::WallClock;
 use crate::model::TaskState;
 use crate::selfcheck::Part;
-use crate::slack::consolidator::MessageLog;
+use crate::slack::consolidator::{Claim, MessageLog, Recorded};
+use crate::slack::render;
 use crate::store::{Store, Task};
 use crate::sync::lock;
 
@@ -52,16 +53,54 @@ pub struct MessageDesk {
     me: String,
     /// Wall clock (leases).
     clock: Arc<dyn WallClock>,
+    /// Until when this process's lease runs, as last written (Unix ms, on
+    /// `clock`; shared with the [`App`] that renews it).
+    lease_until: Arc<AtomicI64>,
+    /// Tasks created here whose message is not yet claimed: written with
+    /// this process as their editor (see [`MessageDesk::created_here`]).
+    fresh: Mutex<HashSet<i64>>,
 }
 
+/// Tasks [`MessageDesk::created_here`] remembers at most (a bound should
+/// their messages never be shown: past it, their claims read the database).
+const FRESH_MAX: usize = 10_000;
+
 impl MessageDesk {
-    /// The desk of instance `me`.
-    pub fn new(store: Store, me: &str, clock: Arc<dyn WallClock>) -> Self {
+    /// The desk of instance `me`, whose lease runs until `lease_until`.
+    pub fn new(
+        store: Store,
+        me: &str,
+        clock: Arc<dyn WallClock>,
+        lease_until: Arc<AtomicI64>,
+    ) -> Self {
         MessageDesk {
             store,
             me: me.to_owned(),
             clock,
+            lease_until,
+            fresh: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Task `id` was just written here with this process as its message's
+    /// editor: its first claim needs no statement. Until its message is
+    /// posted (its ts recorded) no holder of its agent can take the message
+    /// over, and while this process's lease runs nobody else can; so the
+    /// claim would be won, and the database has nothing another process
+    /// wrote to read with it. A lease not renewed lately is not trusted:
+    /// the claim then reads the database.
+    pub fn created_here(&self, id: i64) {
+        let mut fresh = lock(&self.fresh);
+        if fresh.len() >= FRESH_MAX {
+            fresh.clear();
+        }
+        fresh.insert(id);
+    }
+
+    /// Whether this process's lease was renewed lately (within half its term).
+    fn lease_fresh(&self) -> bool {
+        let margin = LEASE_TTL.as_millis() as i64 / 2;
+        self.clock.now_ms() < self.lease_until.load(Ordering::SeqCst) - margin
     }
 }
 
@@ -82,28 +121,26 @@ impl MessageLog for MessageDesk {
         self.store.final_shown(task)
     }
 
-    fn claim_message<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+    fn claim_message<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<Claim>> {
         Box::pin(async move {
             if !self.store.is_shared() {
-                return Ok(true);
+                return Ok(Claim::Mine(Recorded::default()));
             }
-            self.store
+            if lock(&self.fresh).remove(&task.id) && self.lease_fresh() {
+                return Ok(Claim::Mine(Recorded::default()));
+            }
+            let claimed = self
+                .store
                 .claim_editor(task.id, &self.me, self.clock.now_ms())
-                .await
+                .await?;
+            Ok(match claimed {
+                Some(t) => Claim::Mine(Recorded {
+                    ended: render::task_state(&t).is_terminal(),
+                    ts: t.message_ts,
+                }),
+                None => Claim::Elsewhere,
+            })
         })
-    }
-
-    fn stored_ts(&self, task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
-        Box::pin(async move {
-            if !self.store.is_shared() {
-                return Ok(None);
-            }
-            Ok(self.store.task(task).await?.and_then(|t| t.message_ts))
-        })
-    }
-
-    fn ended_elsewhere(&self, task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
-        self.store.ended_elsewhere(task)
     }
 
     fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
@@ -262,10 +299,10 @@ impl App {
     /// Shows task `id` again if this process edits its message: another
     /// process changed it ([`Signal::Show`]).
     pub(super) async fn show_handed_over(&self, id: i64) {
-        match self.store.task_editor(id).await {
-            Ok(Some(editor)) if editor == self.instance_id => self.show_from_db(id).await,
-            Ok(editor) => {
-                tracing::debug!(task = id, ?editor, "a change handed over to another editor")
+        match self.store.task_edited_by(id, &self.instance_id).await {
+            Ok(Some(task)) => self.consolidator.show(task, None),
+            Ok(None) => {
+                tracing::debug!(task = id, "a change handed over to another editor")
             }
             Err(err) => {
                 tracing::warn!(task = id, error = ?err, "cannot read who edits the task's message")
@@ -413,6 +450,78 @@ mod tests {
             Some(start + super::LEASE_RENEW.as_millis() as i64 + ttl)
         );
         assert!(app.readiness.problems().is_empty());
+    }
+
+    /// Issue 18: the first claim of a task's message on the process that
+    /// created it reads nothing (its editor was written with it). Shown
+    /// with a task recorded as another live process's, which the database
+    /// would refuse: the fresh claim is this process's, the next one asks
+    /// the database; and with a lease not renewed lately even the first
+    /// claim asks it.
+    #[tokio::test]
+    async fn a_task_s_first_claim_where_it_was_created_reads_nothing_on_postgres() {
+        use std::sync::atomic::AtomicI64;
+
+        use crate::clock::WallClock;
+        use crate::slack::consolidator::{Claim, MessageLog, Recorded};
+
+        let test = "a_task_s_first_claim_where_it_was_created_reads_nothing_on_postgres";
+        if baton_testkit::db::postgres_or_skip(test).is_none() {
+            return;
+        }
+        let db = baton_testkit::db::TestDb::new().await;
+        let store = Store::connect(&db.url).await.expect("store");
+        store.ensure_project("web").await.expect("project");
+        let now = crate::model::now_ms();
+        for id in ["me", "other"] {
+            store
+                .renew_instance(id, now, now, 60_000)
+                .await
+                .expect("lease");
+        }
+        let clock = ManualWallClock::default();
+        let lease_until = Arc::new(AtomicI64::new(
+            clock.now_ms() + LEASE_TTL.as_millis() as i64,
+        ));
+        let desk =
+            super::MessageDesk::new(store.clone(), "me", Arc::new(clock.clone()), lease_until);
+        let new = || crate::store::NewTask {
+            queued_at: 1,
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "p".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+            agent: None,
+            after_task: None,
+            session_agent: None,
+            editor: Some("other".into()),
+        };
+        let a = store.insert_task(new()).await.expect("task");
+        desk.created_here(a.id);
+        assert_eq!(
+            desk.claim_message(&a).await.expect("claim"),
+            Claim::Mine(Recorded::default()),
+            "no statement (the database would name the other process)"
+        );
+        assert_eq!(
+            desk.claim_message(&a).await.expect("claim"),
+            Claim::Elsewhere,
+            "the next claim asks the database"
+        );
+
+        let b = store.insert_task(new()).await.expect("task");
+        desk.created_here(b.id);
+        clock.advance(LEASE_TTL / 2);
+        assert_eq!(
+            desk.claim_message(&b).await.expect("claim"),
+            Claim::Elsewhere,
+            "a lease renewed long ago is not trusted"
+        );
     }
 
     /// A process that cannot renew its lease says so on `/readyz`.

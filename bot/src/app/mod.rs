@@ -158,7 +158,9 @@ pub struct App {
     /// When this process started (Unix ms, on `clock`).
     started_at: i64,
     /// Until when this process's lease runs, as last written (Unix ms).
-    lease_until: std::sync::atomic::AtomicI64,
+    lease_until: Arc<std::sync::atomic::AtomicI64>,
+    /// The task messages' record and claims (the consolidator's log).
+    desk: Arc<instances::MessageDesk>,
 }
 
 impl std::fmt::Debug for App {
@@ -200,13 +202,16 @@ impl App {
         clock: Arc<dyn WallClock>,
     ) -> Self {
         let instance_id = instances::new_instance_id();
+        let lease_until = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let desk = Arc::new(instances::MessageDesk::new(
+            store.clone(),
+            &instance_id,
+            clock.clone(),
+            lease_until.clone(),
+        ));
         let consolidator = Consolidator::new(
             Arc::new(slack.clone()),
-            Arc::new(instances::MessageDesk::new(
-                store.clone(),
-                &instance_id,
-                clock.clone(),
-            )),
+            desk.clone(),
             Duration::from_millis(settings.edit_interval_ms),
             settings.slack_updates_per_minute,
         );
@@ -221,7 +226,8 @@ impl App {
         App {
             instance_id,
             started_at: clock.now_ms(),
-            lease_until: std::sync::atomic::AtomicI64::new(0),
+            lease_until,
+            desk,
             hub: Hub::new(settings.breaker()),
             admins: settings.admin_ids().into_iter().collect(),
             settings,

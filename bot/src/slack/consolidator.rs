@@ -104,9 +104,11 @@ pub trait MessageLog: Send + Sync + 'static {
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Claims the task's message for this process before it is posted or
     /// edited: whether this process edits it now (one process at a time
-    /// does, when several share the database). Always, unless overridden.
-    fn claim_message<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
-        Box::pin(async { Ok(true) })
+    /// does, when several share the database), and if so what the database
+    /// records of the task that another process may have written. Always
+    /// this process's, with nothing recorded elsewhere, unless overridden.
+    fn claim_message<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, anyhow::Result<Claim>> {
+        Box::pin(async { Ok(Claim::Mine(Recorded::default())) })
     }
     /// Asks the process that edits the task's message to show the task
     /// again from the database (this one may not edit it). Nothing, unless
@@ -114,17 +116,27 @@ pub trait MessageLog: Send + Sync + 'static {
     fn hand_over(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async { Ok(()) })
     }
-    /// The task's message ts as recorded, should another process have
-    /// posted it. None, unless overridden.
-    fn stored_ts(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
-        Box::pin(async { Ok(None) })
-    }
-    /// Whether the task has ended as any process recorded it (on a database
-    /// several processes share: another process may have ended it, and a
-    /// live render here is stale). Alone on its database, a process knows.
-    fn ended_elsewhere(&self, _task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
-        Box::pin(async { Ok(false) })
-    }
+}
+
+/// Whether this process edits a task's message now ([`MessageLog::claim_message`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// It does; what the database records of the task.
+    Mine(Recorded),
+    /// Another process does.
+    Elsewhere,
+}
+
+/// What a database several processes share records of a task, as read
+/// with the claim of its message: what another process may have written.
+/// Alone on its database, a process knows it all, and this stays empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The message's ts, should another process have posted it.
+    pub ts: Option<String>,
+    /// Whether the task has ended (another process may have ended it, and
+    /// a live render here is then stale).
+    pub ended: bool,
 }
 
 impl MessageLog for Store {
@@ -149,18 +161,6 @@ impl MessageLog for Store {
 
     fn final_shown(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(self.record_slack_synced(task))
-    }
-
-    fn ended_elsewhere(&self, task: i64) -> BoxFuture<'_, anyhow::Result<bool>> {
-        Box::pin(async move {
-            if !self.is_shared() {
-                return Ok(false);
-            }
-            Ok(self
-                .task(task)
-                .await?
-                .is_some_and(|t| render::task_state(&t).is_terminal()))
-        })
     }
 }
 
@@ -781,9 +781,9 @@ impl Consolidator {
         let rechecking = lock(&self.inner.slots)
             .get(&task.id)
             .is_some_and(|s| s.handed_over_at.is_some());
-        match self.inner.log.claim_message(task).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let recorded = match self.inner.log.claim_message(task).await {
+            Ok(Claim::Mine(recorded)) => recorded,
+            Ok(Claim::Elsewhere) => {
                 lock(&self.inner.stats).handed_over += 1;
                 if state != TaskState::Queued
                     && !rechecking
@@ -796,11 +796,12 @@ impl Consolidator {
             Err(err) => {
                 // Better an edit from two processes than none.
                 tracing::warn!(task = task.id, error = ?err, "cannot claim the task's message; editing it anyway");
+                Recorded::default()
             }
-        }
+        };
         let mut known_ts = job.ts.clone();
         if known_ts.is_none()
-            && let Ok(Some(ts)) = self.inner.log.stored_ts(task.id).await
+            && let Some(ts) = recorded.ts
         {
             // Another process posted it: edit that message.
             self.with_slot(task.id, |s| s.ts = Some(ts.clone()));
@@ -848,14 +849,7 @@ impl Consolidator {
             }
             Some(ts) if job.final_edited => ts.clone(),
             Some(ts) => {
-                if !terminal
-                    && self
-                        .inner
-                        .log
-                        .ended_elsewhere(task.id)
-                        .await
-                        .unwrap_or(false)
-                {
+                if !terminal && recorded.ended {
                     // Another process ended it meanwhile: its final edit is
                     // (or will be) there, and this live render would hide it.
                     return Ok(Delivered::Shown);

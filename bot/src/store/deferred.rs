@@ -1,8 +1,8 @@
-//! Marks nobody waits for, written in batches on SQLite: a task's message ts
-//! and "Slack shows its final state". Each was one statement per task, two
-//! of the five a lifecycle wrote; here every mark of a moment is gathered
-//! and written every [`FLUSH_INTERVAL`], one statement per kind for all the
-//! tasks that had one.
+//! Marks nobody waits for, written in batches: a task's message ts (SQLite
+//! only) and "Slack shows its final state". Each was one statement per
+//! task, two of the five a lifecycle wrote; here every mark of a moment is
+//! gathered and written every [`FLUSH_INTERVAL`], one statement per kind
+//! for all the tasks that had one.
 //!
 //! Nothing is acknowledged on them, and both are recoverable if the process
 //! stops before they are written: a task not marked synced is shown again
@@ -13,12 +13,18 @@
 //! ([`Deferred::knows_ts`]), so it finds its task at once. The ts of a batch
 //! is written before its synced marks, so a task is never marked synced
 //! without its ts.
+//!
+//! On PostgreSQL the message ts is written at once: other processes read it
+//! (the holder of the task's agent edits the message another one posted).
+//! A synced mark only keeps the other processes' sweep of ended tasks whose
+//! message lags (`Store::unshown_ends`) from showing the end again, and that
+//! sweep waits seconds before it looks: 50 ms later changes nothing there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::{DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
 use super::group::GroupWriter;
 use crate::sync::lock;
@@ -36,6 +42,36 @@ const SET_SYNCED: &str = "UPDATE tasks SET slack_synced = 1 \
      WHERE id IN (SELECT value FROM json_each(?1)) \
      AND state IN ('completed', 'failed', 'cancelled', 'expired')";
 
+/// [`SET_SYNCED`] on PostgreSQL.
+const SET_SYNCED_PG: &str = "UPDATE tasks SET slack_synced = TRUE \
+     WHERE id = ANY (ARRAY(SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb))) \
+     AND state IN ('completed', 'failed', 'cancelled', 'expired')";
+
+/// Where the marks are written.
+#[derive(Debug)]
+enum Sink {
+    /// SQLite's group writer: both kinds of mark.
+    Sqlite(GroupWriter),
+    /// A PostgreSQL pool: synced marks only.
+    Postgres(DatabaseConnection),
+}
+
+impl Sink {
+    /// Runs `stmt`, written for this sink's database.
+    async fn execute(&self, sql: &str, json: String) -> Result<(), DbErr> {
+        match self {
+            Sink::Sqlite(writer) => {
+                let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, sql, [json.into()]);
+                writer.execute(stmt).await.map(drop)
+            }
+            Sink::Postgres(db) => {
+                let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, [json.into()]);
+                db.execute(stmt).await.map(drop)
+            }
+        }
+    }
+}
+
 /// Marks waiting to be written.
 #[derive(Debug, Default)]
 struct Pending {
@@ -52,17 +88,31 @@ struct Pending {
 pub(super) struct Deferred {
     /// What waits.
     pending: Mutex<Pending>,
-    /// SQLite's group writer.
-    writer: GroupWriter,
+    /// Where they are written.
+    sink: Sink,
 }
 
 impl Deferred {
-    /// Marks written through `writer`.
-    pub(super) fn new(writer: GroupWriter) -> Arc<Self> {
+    /// Both kinds of mark, written through SQLite's group writer.
+    pub(super) fn sqlite(writer: GroupWriter) -> Arc<Self> {
+        Self::new(Sink::Sqlite(writer))
+    }
+
+    /// Synced marks, written to PostgreSQL through `db`.
+    pub(super) fn postgres(db: DatabaseConnection) -> Arc<Self> {
+        Self::new(Sink::Postgres(db))
+    }
+
+    fn new(sink: Sink) -> Arc<Self> {
         Arc::new(Deferred {
             pending: Mutex::new(Pending::default()),
-            writer,
+            sink,
         })
+    }
+
+    /// Whether message ts are kept here for a moment (else written at once).
+    pub(super) fn defers_ts(&self) -> bool {
+        matches!(self.sink, Sink::Sqlite(_))
     }
 
     /// Records the task's message ts (written within [`FLUSH_INTERVAL`]).
@@ -135,8 +185,7 @@ impl Deferred {
                 .map(|(id, ts)| (id.to_string(), serde_json::Value::String(ts.clone())))
                 .collect();
             let json = serde_json::Value::Object(map).to_string();
-            let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, SET_TS, [json.into()]);
-            if let Err(err) = self.writer.execute(stmt).await {
+            if let Err(err) = self.sink.execute(SET_TS, json).await {
                 // Recoverable: found again by the message's block id.
                 tracing::error!(error = %err, "Cannot record the tasks' message ts");
             }
@@ -150,8 +199,11 @@ impl Deferred {
         }
         if !synced.is_empty() {
             let json = serde_json::Value::from(synced).to_string();
-            let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, SET_SYNCED, [json.into()]);
-            if let Err(err) = self.writer.execute(stmt).await {
+            let sql = match self.sink {
+                Sink::Sqlite(_) => SET_SYNCED,
+                Sink::Postgres(_) => SET_SYNCED_PG,
+            };
+            if let Err(err) = self.sink.execute(sql, json).await {
                 // Recoverable: shown again after a restart.
                 tracing::error!(error = %err, "Cannot record that Slack is up to date");
             }

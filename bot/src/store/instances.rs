@@ -204,22 +204,43 @@ impl Store {
     /// `me` does not hold the task's agent: the holder of the agent takes
     /// the message over from the process that posted it (once its ts is
     /// recorded: never while it is being posted), and anyone takes it over
-    /// from a dead process. Whether `me` edits it now. One guarded
-    /// statement, so two processes never both win it.
-    pub async fn claim_editor(&self, id: i64, me: &str, now: i64) -> anyhow::Result<bool> {
-        let stmt = self.stmt_at(
+    /// from a dead process. The task as recorded when `me` edits it now
+    /// (its message ts and state, which another process may have written),
+    /// None when not. One guarded statement, so two processes never both
+    /// win it, and the claim and the read are one round trip.
+    pub async fn claim_editor(
+        &self,
+        id: i64,
+        me: &str,
+        now: i64,
+    ) -> anyhow::Result<Option<super::Task>> {
+        let sql = [
             "UPDATE tasks SET editor = $1 WHERE id = $2 AND (editor IS NULL OR editor = $3 \
              OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = tasks.editor AND i.lease_until > {now}) \
              OR (tasks.message_ts IS NOT NULL \
                  AND EXISTS (SELECT 1 FROM agents a WHERE a.name = tasks.agent AND a.instance = $4)))",
-            vec![me.into(), id.into(), me.into(), me.into()],
-            now,
-        );
-        let changed = self
-            .write(stmt)
+            super::sql::RETURNING_TASK,
+        ]
+        .concat();
+        let stmt = self.stmt_at(&sql, vec![me.into(), id.into(), me.into(), me.into()], now);
+        let rows = self
+            .write_tasks(stmt)
             .await
             .context("Cannot claim the task's Slack message")?;
-        Ok(changed == 1)
+        Ok(rows.into_iter().next())
+    }
+
+    /// Task `id`, if instance `me` edits its Slack message (one read: who
+    /// edits it, and what to show).
+    pub async fn task_edited_by(&self, id: i64, me: &str) -> anyhow::Result<Option<super::Task>> {
+        let stmt = self.stmt(
+            "SELECT t.* FROM tasks t WHERE t.id = $1 AND t.editor = $2",
+            vec![id.into(), me.into()],
+        );
+        let rows = self
+            .read_tasks(stmt, "the task whose message this process edits")
+            .await?;
+        Ok(rows.into_iter().next())
     }
 
     /// The instance editing task `id`'s Slack message, as recorded.
@@ -679,7 +700,13 @@ mod tests {
         }
         let claim = |me: &'static str, at: i64| {
             let store = store.clone();
-            async move { store.claim_editor(id, me, at).await.expect("claim") }
+            async move {
+                store
+                    .claim_editor(id, me, at)
+                    .await
+                    .expect("claim")
+                    .is_some()
+            }
         };
         assert!(claim("a", now).await, "nobody edits it yet");
         assert!(claim("a", now).await, "its editor keeps it");
@@ -698,7 +725,29 @@ mod tests {
         store.set_message_ts(id, "1.000001").await.expect("posted");
         assert!(!claim("c", now).await, "c holds nothing");
         assert!(claim("b", now).await, "the agent's holder takes it");
+        let read = store
+            .claim_editor(id, "b", now)
+            .await
+            .expect("claim")
+            .expect("b edits it");
+        assert_eq!(
+            (read.message_ts.as_deref(), read.state.as_str()),
+            (Some("1.000001"), "dispatched"),
+            "the claim reads what the poster recorded"
+        );
         assert!(!claim("a", now).await, "the poster no longer edits it");
+        let edited_by = |me: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .task_edited_by(id, me)
+                    .await
+                    .expect("read")
+                    .map(|t| t.id)
+            }
+        };
+        assert_eq!(edited_by("b").await, Some(id), "b shows it");
+        assert_eq!(edited_by("a").await, None, "a hands its changes to b");
         assert_eq!(
             store.task_editor(id).await.expect("read").as_deref(),
             Some("b")
@@ -717,10 +766,11 @@ mod tests {
             Some("a")
         );
         assert!(
-            !store
+            store
                 .claim_editor(id + 1000, "a", now)
                 .await
-                .expect("claim"),
+                .expect("claim")
+                .is_none(),
             "no such task"
         );
     }

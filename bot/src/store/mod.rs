@@ -167,6 +167,14 @@ pub type ProjectRow = project::Model;
 pub type AuditRow = audit::Model;
 /// An entry of a project's access list.
 pub type AccessRow = project_access::Model;
+/// What a new task's access check reads of its project ([`Store::project_rules`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectRules {
+    /// The personas it takes (comma-separated); None: all, or no such project.
+    pub personas: Option<String>,
+    /// Its access list, oldest entry first.
+    pub access: Vec<AccessRow>,
+}
 /// An approver of a project.
 pub type ApproverRow = project_approver::Model;
 
@@ -222,8 +230,9 @@ pub struct Store {
     /// [`Store::caching_project_rules`] (PostgreSQL, or a store that does
     /// not hold the SQLite file's lock: another may change them).
     rules: Option<Arc<rules_cache::RulesCache>>,
-    /// Message ts and synced marks written in batches (SQLite's group
-    /// writer only); None: each is written at once.
+    /// Message ts (SQLite's group writer only) and synced marks written in
+    /// batches (see `store/deferred.rs`); None (an in-memory SQLite
+    /// database): each is written at once.
     deferred: Option<Arc<deferred::Deferred>>,
 }
 
@@ -310,6 +319,11 @@ impl Store {
             )?),
             _ => None,
         };
+        let deferred = match &writer {
+            Some(writer) => Some(deferred::Deferred::sqlite(writer.clone())),
+            None if !sqlite => Some(deferred::Deferred::postgres(db.clone())),
+            None => None,
+        };
         Ok(Store {
             db,
             read,
@@ -318,7 +332,7 @@ impl Store {
             ended: Arc::new(Default::default()),
             maybe_waiting: Arc::new(AtomicBool::new(true)),
             rules: None,
-            deferred: writer.clone().map(deferred::Deferred::new),
+            deferred,
             writer,
         })
     }
@@ -546,17 +560,17 @@ impl Store {
     /// again in Slack).
     pub async fn record_message_ts(&self, id: i64, ts: &str) -> anyhow::Result<()> {
         match &self.deferred {
-            Some(deferred) => {
+            Some(deferred) if deferred.defers_ts() => {
                 deferred.message_ts(id, ts);
                 Ok(())
             }
-            None => self.set_message_ts(id, ts).await,
+            _ => self.set_message_ts(id, ts).await,
         }
     }
 
-    /// Records that Slack shows the task's final state: at once, or on
-    /// SQLite with the others' within [`deferred::FLUSH_INTERVAL`] (a lost
-    /// mark only shows the final state again after a restart).
+    /// Records that Slack shows the task's final state, with the others'
+    /// within [`deferred::FLUSH_INTERVAL`] (a lost mark only shows the final
+    /// state again after a restart); at once on an in-memory database.
     pub async fn record_slack_synced(&self, id: i64) -> anyhow::Result<()> {
         match &self.deferred {
             Some(deferred) => {
@@ -1327,6 +1341,40 @@ impl Store {
             rules.keep_access(generation, project, rows.clone());
         }
         Ok(rows)
+    }
+
+    /// What a new task's access check reads of a project: its personas
+    /// (None: all, or no such project) and its access list, oldest entry
+    /// first. From memory when cached, else in one round trip (on
+    /// PostgreSQL, one statement per task fewer than reading each).
+    pub async fn project_rules(&self, project: &str) -> anyhow::Result<ProjectRules> {
+        if self.rules.is_some() {
+            return Ok(ProjectRules {
+                personas: self.project_personas(project).await?,
+                access: self.access_list(project).await?,
+            });
+        }
+        // One row with the personas when the list is empty, else one per entry.
+        let stmt = self.stmt(
+            "SELECT (SELECT personas FROM projects WHERE name = $1) AS personas, \
+             a.id, a.project, a.kind, a.entry_id, a.added_by, a.added_at \
+             FROM (SELECT 1 AS one) o LEFT JOIN project_access a ON a.project = $1 \
+             ORDER BY a.id",
+            vec![project.into()],
+        );
+        let rows = self
+            .read
+            .query_all(stmt)
+            .await
+            .context("Cannot read the project's personas and access list")?;
+        let mut rules = ProjectRules::default();
+        for row in &rows {
+            rules.personas = row.try_get("", "personas")?;
+            if row.try_get::<Option<i64>>("", "id")?.is_some() {
+                rules.access.push(AccessRow::from_query_result(row, "")?);
+            }
+        }
+        Ok(rules)
     }
 
     /// Adds an entry to a project's access list; false if it was there already.
@@ -2484,11 +2532,13 @@ mod tests {
             s.task_editor(queued.id).await.expect("read").as_deref(),
             Some("me")
         );
-        assert!(s.claim_editor(queued.id, "me", now).await.expect("claim"));
+        let claimed = s.claim_editor(queued.id, "me", now).await.expect("claim");
+        assert_eq!(claimed.map(|t| t.id), Some(queued.id));
         assert!(
-            !s.claim_editor(queued.id, "other", now)
+            s.claim_editor(queued.id, "other", now)
                 .await
                 .expect("claim")
+                .is_none()
         );
     }
 
@@ -2672,6 +2722,50 @@ mod tests {
         assert_eq!(s.queue_len("web").await.expect("count"), BOUND);
     }
 
+    /// Issue 18: synced marks are written in batches on every database (on
+    /// PostgreSQL too, in one statement of its own dialect): after the
+    /// flush each ended task is marked, a live one never is, and a message
+    /// ts is on the row (on PostgreSQL written at once: other processes
+    /// read it).
+    #[tokio::test]
+    async fn synced_marks_in_a_batch_mark_the_ended_tasks_only() {
+        let (_db, s) = store().await;
+        let cancelled = Ending::Cancelled {
+            note: "Cancelled.".into(),
+        };
+        let live = s.insert_task(new_task()).await.expect("insert");
+        let mut ended = Vec::new();
+        for i in 0..5 {
+            let t = s.insert_task(new_task()).await.expect("insert");
+            s.record_message_ts(t.id, &format!("1.{i}"))
+                .await
+                .expect("ts");
+            s.finish(t.id, None, None, &[TaskState::Queued], &cancelled)
+                .await
+                .expect("finish");
+            ended.push(t.id);
+        }
+        if s.is_shared() {
+            let row = task::Entity::find_by_id(ended[0])
+                .one(s.connection())
+                .await
+                .expect("read")
+                .expect("row");
+            assert_eq!(row.message_ts.as_deref(), Some("1.0"), "written at once");
+        }
+        for id in ended.iter().chain([&live.id]) {
+            s.record_slack_synced(*id).await.expect("synced");
+        }
+        s.flush_marks().await;
+        for (i, id) in ended.iter().enumerate() {
+            let row = s.task(*id).await.expect("read").expect("row");
+            assert!(row.slack_synced, "task {id}");
+            assert_eq!(row.message_ts, Some(format!("1.{i}")));
+        }
+        let row = s.task(live.id).await.expect("read").expect("row");
+        assert!(!row.slack_synced, "not ended: not synced");
+    }
+
     /// Issue 18: on SQLite a task's message ts and its synced mark are
     /// written in batches; a thread reply finds its task at once, the rows
     /// get both, one statement takes many marks, and a task that has not
@@ -2732,6 +2826,47 @@ mod tests {
         for id in others {
             assert!(read(id).await.slack_synced, "task {id}");
         }
+    }
+
+    /// Issue 18: a new task's check reads a project's personas and access
+    /// list in one statement, and reads what the two reads of each give:
+    /// for no such project, a project without a list, and one with entries.
+    #[tokio::test]
+    async fn project_rules_read_at_once_what_the_two_reads_give() {
+        let (_db, s) = store().await;
+        let both = |project: &'static str| {
+            let s = s.clone();
+            async move {
+                ProjectRules {
+                    personas: s.project_personas(project).await.expect("personas"),
+                    access: s.access_list(project).await.expect("list"),
+                }
+            }
+        };
+        assert_eq!(
+            s.project_rules("none").await.expect("rules"),
+            ProjectRules::default()
+        );
+        s.ensure_project("web").await.expect("project");
+        s.set_project_personas("web", Some("code,review"))
+            .await
+            .expect("personas");
+        let read = s.project_rules("web").await.expect("rules");
+        assert_eq!(read.personas.as_deref(), Some("code,review"));
+        assert!(read.access.is_empty());
+        assert_eq!(read, both("web").await);
+        for id in ["U2", "U1", "C9"] {
+            let kind = if id.starts_with('C') {
+                "channel"
+            } else {
+                "user"
+            };
+            assert!(s.allow("web", kind, id, "UADMIN").await.expect("allow"));
+        }
+        let read = s.project_rules("web").await.expect("rules");
+        let ids: Vec<&str> = read.access.iter().map(|r| r.entry_id.as_str()).collect();
+        assert_eq!(ids, ["U2", "U1", "C9"], "oldest first");
+        assert_eq!(read, both("web").await);
     }
 
     /// Issue 18: a project's personas and access list are kept in memory on

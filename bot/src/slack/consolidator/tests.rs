@@ -399,6 +399,8 @@ struct MemLog {
     other_editor_until: Mutex<Option<Instant>>,
     /// The hand-overs announced to it, by task, in order.
     handed_over: Mutex<Vec<i64>>,
+    /// What other processes wrote of each task (its claim reads it).
+    elsewhere: Mutex<HashMap<i64, Recorded>>,
 }
 
 impl MemLog {
@@ -429,9 +431,18 @@ impl MessageLog for MemLog {
         self.with(task, |l| l.synced = true)
     }
 
-    fn claim_message<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+    fn claim_message<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<Claim>> {
         let mine = lock(&self.other_editor_until).is_none_or(|until| Instant::now() >= until);
-        Box::pin(async move { Ok(mine) })
+        let claim = match mine {
+            true => Claim::Mine(
+                lock(&self.elsewhere)
+                    .get(&task.id)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            false => Claim::Elsewhere,
+        };
+        Box::pin(async move { Ok(claim) })
     }
 
     fn hand_over(&self, task: i64) -> BoxFuture<'_, anyhow::Result<()>> {
@@ -1294,6 +1305,61 @@ async fn a_render_handed_over_to_a_dead_editor_is_shown_once_its_claim_lapses() 
     assert!(is_final(&edits[0]));
     assert!(edits[0].started >= start + Duration::from_secs(14));
     assert!(rig.log.get(1).synced);
+}
+
+/// Another process posted the task's message and recorded its ts, then
+/// the message came to this one (it took over the task's agent): the ts
+/// read with the claim is edited, and nothing is posted again.
+#[tokio::test(start_paused = true)]
+async fn a_message_another_process_posted_is_edited_not_posted_again() {
+    let t = task(1, TaskState::Running);
+    let poster = Rig::new(UNLIMITED);
+    poster.consolidator.show(t.clone(), None);
+    poster.settle().await;
+    let ts = poster.log.get(1).ts.expect("posted");
+    poster.driver.abort();
+
+    let log = Arc::new(MemLog::default());
+    lock(&log.elsewhere).insert(
+        1,
+        Recorded {
+            ts: Some(ts.clone()),
+            ended: false,
+        },
+    );
+    let rig = Rig::with(poster.slack.clone(), log, UNLIMITED);
+    rig.consolidator.show(stepped(&t, 1), None);
+    rig.settle().await;
+    assert_eq!(messages_of(&rig, 1), 1, "not posted twice");
+    assert_eq!(rig.edits_of(&ts).len(), 1, "the step is shown in it");
+}
+
+/// Another process ended the task (its agent moved there): a live render
+/// this process still had is stale, and is not shown over the final one.
+#[tokio::test(start_paused = true)]
+async fn a_live_render_of_a_task_ended_elsewhere_is_not_shown() {
+    let rig = Rig::new(UNLIMITED);
+    let t = task(1, TaskState::Running);
+    rig.consolidator.show(t.clone(), None);
+    rig.settle().await;
+    let ts = rig.log.get(1).ts.expect("posted");
+    lock(&rig.log.elsewhere).insert(
+        1,
+        Recorded {
+            ts: Some(ts.clone()),
+            ended: true,
+        },
+    );
+    rig.consolidator.show(stepped(&t, 1), None);
+    rig.settle().await;
+    assert!(rig.edits_of(&ts).is_empty(), "the stale render is dropped");
+    assert_eq!(rig.log.get(1).progress, 0, "and not recorded as shown");
+
+    // Without the other process's end the same render is shown.
+    lock(&rig.log.elsewhere).remove(&1);
+    rig.consolidator.show(stepped(&t, 2), None);
+    rig.settle().await;
+    assert_eq!(rig.edits_of(&ts).len(), 1);
 }
 
 /// A live editor keeps the message: the final render is announced to it,
