@@ -486,20 +486,8 @@ mod tests {
         let desk =
             super::MessageDesk::new(store.clone(), "me", Arc::new(clock.clone()), lease_until);
         let new = || crate::store::NewTask {
-            queued_at: 1,
-            persona: "code".into(),
-            project: "web".into(),
-            prompt: "p".into(),
-            requester: "U1".into(),
-            team_id: "T1".into(),
-            channel_id: "C1".into(),
-            thread_ts: None,
-            parent_id: None,
-            session_id: None,
-            agent: None,
-            after_task: None,
-            session_agent: None,
             editor: Some("other".into()),
+            ..crate::store::NewTask::sample()
         };
         let a = store.insert_task(new()).await.expect("task");
         desk.created_here(a.id);

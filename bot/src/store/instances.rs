@@ -778,19 +778,7 @@ mod tests {
     fn queued_task() -> crate::store::NewTask {
         crate::store::NewTask {
             queued_at: 1,
-            persona: "code".into(),
-            project: "web".into(),
-            prompt: "p".into(),
-            requester: "U1".into(),
-            team_id: "T1".into(),
-            channel_id: "C1".into(),
-            thread_ts: None,
-            parent_id: None,
-            session_id: None,
-            agent: None,
-            after_task: None,
-            session_agent: None,
-            editor: None,
+            ..crate::store::NewTask::sample()
         }
     }
 

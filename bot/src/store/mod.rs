@@ -103,6 +103,30 @@ pub struct NewTask {
     pub editor: Option<String>,
 }
 
+#[cfg(test)]
+impl NewTask {
+    /// A plain task for tests: persona `code` in project `web`, by `U1` in
+    /// `C1`, queued now, for no agent yet.
+    pub(crate) fn sample() -> NewTask {
+        NewTask {
+            queued_at: now_ms(),
+            persona: "code".into(),
+            project: "web".into(),
+            prompt: "p".into(),
+            requester: "U1".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            thread_ts: None,
+            parent_id: None,
+            session_id: None,
+            agent: None,
+            after_task: None,
+            session_agent: None,
+            editor: None,
+        }
+    }
+}
+
 /// How a task ended, as written by [`Store::finish`].
 #[derive(Debug, Clone)]
 pub enum Ending {
@@ -2172,22 +2196,7 @@ mod tests {
     }
 
     fn new_task() -> NewTask {
-        NewTask {
-            queued_at: now_ms(),
-            persona: "code".into(),
-            project: "web".into(),
-            prompt: "p".into(),
-            requester: "U1".into(),
-            team_id: "T1".into(),
-            channel_id: "C1".into(),
-            thread_ts: None,
-            parent_id: None,
-            session_id: None,
-            agent: None,
-            after_task: None,
-            session_agent: None,
-            editor: None,
-        }
+        NewTask::sample()
     }
 
     #[tokio::test]
