@@ -15,7 +15,7 @@ use crate::app::{App, RequestError, TaskRequest};
 use crate::replies;
 use crate::settings::DefaultAccess;
 use crate::slack::api::{SlackApi, SlackCallError, UserInfo};
-use crate::store::{AccessRow, Task};
+use crate::store::{AccessRow, ProjectRules, Task};
 use crate::sync::lock;
 
 /// How long what Slack said about a person, a user group or a channel's
@@ -353,15 +353,16 @@ impl App {
     /// The one check every new task goes through (slash command, mention,
     /// thread follow-up, Retry, `--project`): may `req`'s requester start a
     /// task in `project` from `req`'s channel? A refusal is audited and says
-    /// what would allow it.
+    /// what would allow it. What was read of the project to decide (its
+    /// queue's state among it: see [`ProjectRules::queue_waiting`]).
     pub(crate) async fn check_start(
         &self,
         req: &TaskRequest,
         project: &str,
-    ) -> Result<(), RequestError> {
-        let refusal = self.why_refused(req, project).await?;
-        let Some(refusal) = refusal else {
-            return Ok(());
+    ) -> Result<ProjectRules, RequestError> {
+        let rules = self.store.project_rules(project).await?;
+        let Some(refusal) = self.why_refused(req, &rules).await? else {
+            return Ok(rules);
         };
         tracing::info!(
             user = %req.requester,
@@ -387,15 +388,14 @@ impl App {
         )))
     }
 
-    /// Why `req` may not start a task in `project`, or None when it may.
+    /// Why `req` may not start a task in the project of `rules`, or None when it may.
     async fn why_refused(
         &self,
         req: &TaskRequest,
-        project: &str,
+        rules: &ProjectRules,
     ) -> anyhow::Result<Option<Refusal>> {
         let user = req.requester.as_str();
         // Personas are the project's own shape: they bind admins too.
-        let rules = self.store.project_rules(project).await?;
         if let Some(allowed) = personas_of(rules.personas.as_deref())
             && !allowed.contains(&req.persona)
         {

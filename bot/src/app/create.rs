@@ -11,7 +11,7 @@ use super::{App, RequestError, TaskRequest};
 use crate::breaker::Outcome;
 use crate::hub::{Route, WaitReason};
 use crate::replies;
-use crate::store::{NewTask, Task, TaskFile};
+use crate::store::{NewTask, ProjectRules, Task, TaskFile};
 use crate::sync::lock;
 
 impl App {
@@ -97,7 +97,7 @@ impl App {
         let files = task_files(&req.files)?;
         let project = self.resolve_project(&req).await?;
         // Who may start what: one check for every way a task is created.
-        self.check_start(&req, &project).await?;
+        let rules = self.check_start(&req, &project).await?;
         // An agent that can take it now is chosen before it is written, so it
         // is written dispatched to that agent: one write, not insert then claim.
         let mut routed = match (req.after_task, req.session_agent.as_deref()) {
@@ -118,7 +118,7 @@ impl App {
             }
         };
         let behind_queue = match &routed {
-            Ok(_) => match self.queue_ahead(&project).await {
+            Ok(_) => match self.queue_ahead(&project, &rules).await {
                 Ok(ahead) => ahead,
                 Err(err) => {
                     release(&routed);
@@ -229,12 +229,16 @@ impl App {
         Ok(task)
     }
 
-    /// Whether tasks that an agent may take wait in `project`'s queue. Read
-    /// only when one may: on a database other processes share, or when
+    /// Whether tasks that an agent may take wait in `project`'s queue:
+    /// as read with its `rules` when it was (PostgreSQL), else read only
+    /// when one may wait: on a database other processes share, or when
     /// this process queued a task the dispatcher has not seen go.
-    async fn queue_ahead(&self, project: &str) -> Result<bool, RequestError> {
+    async fn queue_ahead(&self, project: &str, rules: &ProjectRules) -> Result<bool, RequestError> {
         if !self.store.is_shared() && !self.store.may_have_queue() {
             return Ok(false);
+        }
+        if let Some(waiting) = rules.queue_waiting {
+            return Ok(waiting);
         }
         Ok(!self.store.dispatchable(project, 0, 1).await?.is_empty())
     }

@@ -198,6 +198,10 @@ pub struct ProjectRules {
     pub personas: Option<String>,
     /// Its access list, oldest entry first.
     pub access: Vec<AccessRow>,
+    /// Whether tasks an agent may take wait in its queue (not the
+    /// follow-ups waiting for their turn), read with the rules in the same
+    /// statement; None when the rules came from memory.
+    pub queue_waiting: Option<bool>,
 }
 /// An approver of a project.
 pub type ApproverRow = project_approver::Model;
@@ -1367,24 +1371,30 @@ impl Store {
         Ok(rows)
     }
 
-    /// What a new task's access check reads of a project: its personas
-    /// (None: all, or no such project) and its access list, oldest entry
-    /// first. From memory when cached, else in one round trip (on
-    /// PostgreSQL, one statement per task fewer than reading each).
+    /// What a new task reads of its project before it is written: its
+    /// personas (None: all, or no such project), its access list, oldest
+    /// entry first, and whether its queue holds tasks an agent may take
+    /// (the new task must not overtake them). From memory when cached
+    /// (the queue then unread), else in one round trip: on PostgreSQL, two
+    /// statements per task fewer than reading each.
     pub async fn project_rules(&self, project: &str) -> anyhow::Result<ProjectRules> {
         if self.rules.is_some() {
             return Ok(ProjectRules {
                 personas: self.project_personas(project).await?,
                 access: self.access_list(project).await?,
+                queue_waiting: None,
             });
         }
-        // One row with the personas when the list is empty, else one per entry.
+        // One row with the personas when the list is empty, else one per
+        // entry. The queue's condition is [`dispatchable_query`]'s.
         let stmt = self.stmt(
             "SELECT (SELECT personas FROM projects WHERE name = $1) AS personas, \
+             EXISTS (SELECT 1 FROM tasks WHERE state = $2 AND project = $1 \
+                     AND after_task IS NULL) AS queue_waiting, \
              a.id, a.project, a.kind, a.entry_id, a.added_by, a.added_at \
              FROM (SELECT 1 AS one) o LEFT JOIN project_access a ON a.project = $1 \
              ORDER BY a.id",
-            vec![project.into()],
+            vec![project.into(), TaskState::Queued.as_str().into()],
         );
         let rows = self
             .read
@@ -1394,6 +1404,7 @@ impl Store {
         let mut rules = ProjectRules::default();
         for row in &rows {
             rules.personas = row.try_get("", "personas")?;
+            rules.queue_waiting = Some(row.try_get("", "queue_waiting")?);
             if row.try_get::<Option<i64>>("", "id")?.is_some() {
                 rules.access.push(AccessRow::from_query_result(row, "")?);
             }
@@ -2849,12 +2860,16 @@ mod tests {
                 ProjectRules {
                     personas: s.project_personas(project).await.expect("personas"),
                     access: s.access_list(project).await.expect("list"),
+                    queue_waiting: Some(false),
                 }
             }
         };
         assert_eq!(
             s.project_rules("none").await.expect("rules"),
-            ProjectRules::default()
+            ProjectRules {
+                queue_waiting: Some(false),
+                ..ProjectRules::default()
+            }
         );
         s.ensure_project("web").await.expect("project");
         s.set_project_personas("web", Some("code,review"))
@@ -2876,6 +2891,26 @@ mod tests {
         let ids: Vec<&str> = read.access.iter().map(|r| r.entry_id.as_str()).collect();
         assert_eq!(ids, ["U2", "U1", "C9"], "oldest first");
         assert_eq!(read, both("web").await);
+
+        // The queue, read with them: a follow-up waiting for its turn is
+        // not a task an agent may take; a plain queued task is.
+        let waiting =
+            |s: Store| async move { s.project_rules("web").await.expect("rules").queue_waiting };
+        let first = s.insert_task(new_task()).await.expect("insert");
+        s.claim(first.id, "laptop").await.expect("claim");
+        s.insert_task(NewTask {
+            after_task: Some(first.id),
+            ..new_task()
+        })
+        .await
+        .expect("follow-up");
+        assert_eq!(
+            waiting(s.clone()).await,
+            Some(false),
+            "only a follow-up waits"
+        );
+        s.insert_task(new_task()).await.expect("insert");
+        assert_eq!(waiting(s.clone()).await, Some(true));
     }
 
     /// Issue 18: a project's personas and access list are kept in memory on
