@@ -1386,15 +1386,18 @@ impl Store {
             });
         }
         // One row with the personas when the list is empty, else one per
-        // entry. The queue's condition is [`dispatchable_query`]'s.
+        // entry. The queue's head is read as [`dispatchable_query`] reads
+        // it (through the `(state, id)` index, in order, the first match):
+        // an `EXISTS` with the state as a parameter was planned as a scan
+        // of the whole table on PostgreSQL (3.4 ms a task at 200,000 rows).
         let stmt = self.stmt(
             "SELECT (SELECT personas FROM projects WHERE name = $1) AS personas, \
-             EXISTS (SELECT 1 FROM tasks WHERE state = $2 AND project = $1 \
-                     AND after_task IS NULL) AS queue_waiting, \
+             (SELECT q.id FROM tasks q WHERE q.state = 'queued' AND q.project = $1 \
+              AND q.after_task IS NULL ORDER BY q.id LIMIT 1) AS queue_head, \
              a.id, a.project, a.kind, a.entry_id, a.added_by, a.added_at \
              FROM (SELECT 1 AS one) o LEFT JOIN project_access a ON a.project = $1 \
              ORDER BY a.id",
-            vec![project.into(), TaskState::Queued.as_str().into()],
+            vec![project.into()],
         );
         let rows = self
             .read
@@ -1404,7 +1407,8 @@ impl Store {
         let mut rules = ProjectRules::default();
         for row in &rows {
             rules.personas = row.try_get("", "personas")?;
-            rules.queue_waiting = Some(row.try_get("", "queue_waiting")?);
+            let head: Option<i64> = row.try_get("", "queue_head")?;
+            rules.queue_waiting = Some(head.is_some());
             if row.try_get::<Option<i64>>("", "id")?.is_some() {
                 rules.access.push(AccessRow::from_query_result(row, "")?);
             }
