@@ -291,20 +291,8 @@ mod tests {
         store.ensure_project("web").await.expect("project");
         let task = store
             .insert_task(NewTask {
-                queued_at: now_ms(),
-                persona: "code".into(),
-                project: "web".into(),
-                prompt: "p".into(),
-                requester: "U1".into(),
-                team_id: "T1".into(),
-                channel_id: "C1".into(),
-                thread_ts: None,
-                parent_id: None,
-                session_id: None,
                 agent: Some("a".into()),
-                after_task: None,
-                session_agent: None,
-                editor: None,
+                ..NewTask::sample()
             })
             .await
             .expect("task");

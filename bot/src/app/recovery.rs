@@ -210,23 +210,10 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
         let store = Store::connect(&url).await.expect("store");
         store.ensure_project("web").await.expect("project");
-        let mut req = NewTask {
-            queued_at: crate::model::now_ms(),
-            persona: "code".into(),
-            project: "web".into(),
-            prompt: "p".into(),
-            requester: "U1".into(),
-            team_id: "T1".into(),
-            channel_id: "C1".into(),
-            thread_ts: None,
-            parent_id: None,
-            session_id: None,
-            agent: None,
-            after_task: None,
-            session_agent: None,
-            editor: None,
+        let req = NewTask {
+            agent: Some("a".into()),
+            ..NewTask::sample()
         };
-        req.agent = Some("a".into());
         let task = store.insert_task(req).await.expect("written dispatched");
 
         // The bot starts again from the database alone.

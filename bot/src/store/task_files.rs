@@ -108,25 +108,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::now_ms;
     use crate::store::NewTask;
 
     fn new_task() -> NewTask {
         NewTask {
-            queued_at: now_ms(),
-            persona: "code".into(),
-            project: "web".into(),
             prompt: "read the files".into(),
-            requester: "U1".into(),
-            team_id: "T1".into(),
-            channel_id: "C1".into(),
-            thread_ts: None,
-            parent_id: None,
-            session_id: None,
-            agent: None,
-            after_task: None,
-            session_agent: None,
-            editor: None,
+            ..NewTask::sample()
         }
     }
 
