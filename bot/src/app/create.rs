@@ -169,15 +169,22 @@ impl App {
             Err(_) => {
                 let project = new.project.clone();
                 let max = self.settings.queue_max;
+                // An agent of another process may serve it: they hear of it
+                // as its insert commits.
+                let queued = super::Signal::Queued {
+                    follow_up: new.after_task.is_some(),
+                }
+                .encode(self.instance_id());
+                let notify = self
+                    .store
+                    .is_shared()
+                    .then_some((super::CHANNEL, queued.as_str()));
                 match self
                     .store
-                    .insert_queued_task_with_files(new, max, &files)
+                    .insert_queued_task_with_files(new, max, &files, notify)
                     .await
                 {
                     Ok(Some(task)) => {
-                        // An agent of another process may serve it.
-                        let follow_up = task.after_task.is_some();
-                        self.announce(super::Signal::Queued { follow_up }).await;
                         if behind_queue {
                             // An agent here has room for the queue's head.
                             self.dispatch_wake.notify_one();

@@ -58,6 +58,11 @@ const SQLITE_READERS: u32 = 3;
 const SQLITE_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// Connections kept to PostgreSQL.
 const POSTGRES_POOL_SIZE: u32 = 16;
+/// A PostgreSQL connection idle this long is tested (a round trip) before
+/// it is used again: the server, a proxy or a restart may have closed it
+/// meanwhile. One in steady use is not: the test would be one round trip
+/// more per statement. See [`postgres_pool`].
+const POSTGRES_PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How long a writer waits for SQLite's lock before it fails.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first key of the PostgreSQL advisory lock a project's queue-bound
@@ -315,9 +320,14 @@ impl Store {
             (true, false) => SQLITE_WRITERS + SQLITE_READERS,
         };
         let open = |connections: u32| async move {
-            Database::connect(pool_options(url, sqlite, connections))
-                .await
-                .with_context(|| format!("Cannot open the database at {}", redact_url(url)))
+            let pool = if sqlite {
+                Database::connect(pool_options(url, connections))
+                    .await
+                    .map_err(anyhow::Error::from)
+            } else {
+                postgres_pool(url, connections, POSTGRES_PING_AFTER_IDLE).await
+            };
+            pool.with_context(|| format!("Cannot open the database at {}", redact_url(url)))
         };
         let db = open(connections).await?;
         if sqlite {
@@ -509,16 +519,21 @@ impl Store {
     /// before the other's insert: the insert runs in a transaction holding
     /// the project's advisory lock ([`QUEUE_LOCK_CLASS`]), so they take turns.
     pub async fn insert_queued_task(&self, new: NewTask, max: u64) -> anyhow::Result<Option<Task>> {
-        self.insert_queued_task_with_files(new, max, &[]).await
+        self.insert_queued_task_with_files(new, max, &[], None)
+            .await
     }
 
     /// [`Store::insert_queued_task`], with the files attached to the task
-    /// written in the same transaction.
+    /// written in the same transaction. On PostgreSQL, `notify` (a channel
+    /// and a payload) is sent by the same transaction if it queued the task:
+    /// the other processes hear of it as it commits, with no statement of
+    /// its own.
     pub async fn insert_queued_task_with_files(
         &self,
         new: NewTask,
         max: u64,
         files: &[TaskFile],
+        notify: Option<(&str, &str)>,
     ) -> anyhow::Result<Option<Task>> {
         let project = new.project.clone();
         let mut q = Sql::new(concat!(
@@ -541,7 +556,15 @@ impl Store {
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))",
                 [QUEUE_LOCK_CLASS.into(), project.as_str().into()],
             );
-            self.write_task_rows_after(Some(lock), stmt, files).await
+            let notify = notify.map(|(channel, payload)| {
+                Statement::from_sql_and_values(
+                    sea_orm::DatabaseBackend::Postgres,
+                    "SELECT pg_notify($1, $2)",
+                    [channel.into(), payload.into()],
+                )
+            });
+            self.write_task_rows_around(Some(lock), stmt, files, notify)
+                .await
         } else {
             self.write_task_rows(stmt, files).await
         };
@@ -2070,12 +2093,13 @@ async fn migrate_postgres(db: &DatabaseConnection) -> anyhow::Result<()> {
 /// process dying; only an OS crash can lose the last ones), a busy timeout,
 /// and for SQLite no test query before each use (a connection to a local file
 /// does not go stale; the test costs a round trip to its worker thread).
-fn pool_options(url: &str, sqlite: bool, connections: u32) -> ConnectOptions {
+/// A SQLite pool's options (its connections are in this process: never tested before use).
+fn pool_options(url: &str, connections: u32) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
         .max_connections(connections)
         .min_connections(1)
-        .test_before_acquire(!sqlite)
+        .test_before_acquire(false)
         .map_sqlx_sqlite_opts(|o| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             o.journal_mode(SqliteJournalMode::Wal)
@@ -2087,6 +2111,45 @@ fn pool_options(url: &str, sqlite: bool, connections: u32) -> ConnectOptions {
                 )
         });
     opts
+}
+
+/// A pool of `connections` to PostgreSQL at `url`.
+///
+/// sqlx tests a connection with a round trip to the server each time it is
+/// taken from the pool and again each time it is given back; at nine
+/// statements a lifecycle that was three round trips a statement. Here a
+/// connection is tested when taken only if it sat idle `ping_after_idle` or
+/// longer, the time in which a server restart or a proxy's idle timeout may
+/// have closed it unseen. The test when given back stays (sqlx always makes
+/// it): a connection that failed is closed then. So after a restart each
+/// pooled connection fails at most one statement (one in use at the moment
+/// fails anyway), and the pool reconnects; with the test on every take the
+/// bound was the same, reached only by the connections in use.
+async fn postgres_pool(
+    url: &str,
+    connections: u32,
+    ping_after_idle: Duration,
+) -> anyhow::Result<DatabaseConnection> {
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .min_connections(1)
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ping_after_idle {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(options.disable_statement_logging())
+        .await?;
+    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
+        pool,
+    ))
 }
 
 /// The URL without a password, for error messages.
@@ -2731,7 +2794,7 @@ mod tests {
                 Vec::new()
             };
             tokio::spawn(async move {
-                s.insert_queued_task_with_files(new_task(), BOUND, &files)
+                s.insert_queued_task_with_files(new_task(), BOUND, &files, None)
                     .await
                     .expect("insert")
             })
@@ -2744,6 +2807,50 @@ mod tests {
             .count();
         assert_eq!(written as u64, BOUND);
         assert_eq!(s.queue_len("web").await.expect("count"), BOUND);
+    }
+
+    /// On PostgreSQL a queued insert notifies the other processes in its
+    /// own transaction: the payload is heard once the task is written, and
+    /// an insert the full queue refused sends nothing.
+    #[tokio::test]
+    async fn a_queued_insert_notifies_only_when_it_queued_the_task() {
+        if baton_testkit::db::postgres_or_skip(
+            "a_queued_insert_notifies_only_when_it_queued_the_task",
+        )
+        .is_none()
+        {
+            return;
+        }
+        let (db, s) = store().await;
+        s.ensure_project("web").await.expect("project");
+        let mut listener = sea_orm::sqlx::postgres::PgListener::connect(&db.url)
+            .await
+            .expect("listener");
+        listener.listen("test_channel").await.expect("listen");
+        let queue = |payload: &'static str, project: &'static str| {
+            let s = s.clone();
+            async move {
+                let new = NewTask {
+                    project: project.into(),
+                    ..new_task()
+                };
+                s.insert_queued_task_with_files(new, 1, &[], Some(("test_channel", payload)))
+                    .await
+                    .expect("insert")
+            }
+        };
+        let first = queue("first", "web").await.expect("queued");
+        let heard = listener.recv().await.expect("notification");
+        assert_eq!(heard.payload(), "first");
+        let committed = s.task(first.id).await.expect("read").expect("written");
+        assert_eq!(committed.state, "queued", "heard once the task was written");
+
+        assert!(queue("refused", "web").await.is_none(), "the queue is full");
+        s.ensure_project("api").await.expect("project");
+        queue("second", "api").await.expect("queued");
+        // Notifications arrive in commit order: nothing came between.
+        let heard = listener.recv().await.expect("notification");
+        assert_eq!(heard.payload(), "second");
     }
 
     /// Issue 18: synced marks are written in batches on every database (on
@@ -2953,5 +3060,88 @@ mod tests {
             .await
             .expect("delete");
         assert_eq!(ids(s.access_list("web").await.expect("read")), ["U2"]);
+    }
+
+    /// The server closes every connection of a pool (as a restart does),
+    /// then the pool is used one statement at a time; what failed.
+    async fn failures_after_the_server_closed_the_pool(ping_after_idle: Duration) -> usize {
+        const POOL: u32 = 4;
+        let server = baton_testkit::db::postgres_server().expect("postgres");
+        let db = TestDb::postgres(&server).await;
+        let pool = postgres_pool(&db.url, POOL, ping_after_idle)
+            .await
+            .expect("pool");
+        // Every connection of the pool opened: one per transaction held at once.
+        let mut held = Vec::new();
+        for _ in 0..POOL {
+            let txn = pool.begin().await.expect("begin");
+            txn.execute_unprepared("SELECT 1").await.expect("select");
+            held.push(txn);
+        }
+        for txn in held {
+            txn.commit().await.expect("commit");
+        }
+        let admin = Database::connect(db.url.as_str()).await.expect("admin");
+        let closed = admin
+            .query_one(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) AS n \
+                 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            ))
+            .await
+            .expect("terminate")
+            .expect("row")
+            .try_get::<i64>("", "n")
+            .expect("count");
+        assert!(
+            closed >= i64::from(POOL),
+            "the pool's connections were closed"
+        );
+        let mut failed = 0;
+        for _ in 0..2 * POOL {
+            if pool.execute_unprepared("SELECT 1").await.is_err() {
+                failed += 1;
+            }
+        }
+        // Whatever failed, the pool works again now.
+        pool.execute_unprepared("SELECT 1")
+            .await
+            .expect("the pool reconnected");
+        failed
+    }
+
+    /// A connection in steady use is not tested before each statement: after
+    /// a restart, each one fails one statement, and no more (sqlx's test as
+    /// it goes back to the pool closes it), and the pool then reconnects.
+    #[tokio::test]
+    async fn after_a_restart_each_connection_in_use_fails_at_most_one_statement() {
+        if baton_testkit::db::postgres_or_skip(
+            "after_a_restart_each_connection_in_use_fails_at_most_one_statement",
+        )
+        .is_none()
+        {
+            return;
+        }
+        let failed = failures_after_the_server_closed_the_pool(Duration::from_secs(3600)).await;
+        assert!(
+            (1..=4).contains(&failed),
+            "{failed} statements failed: one per connection of the pool (4) at most, and the closed connections were used untested"
+        );
+    }
+
+    /// A connection idle for the time set is tested before use: the server
+    /// closed them all, and no statement fails.
+    #[tokio::test]
+    async fn a_connection_idle_for_a_while_is_tested_before_use() {
+        if baton_testkit::db::postgres_or_skip("a_connection_idle_for_a_while_is_tested_before_use")
+            .is_none()
+        {
+            return;
+        }
+        assert_eq!(
+            failures_after_the_server_closed_the_pool(Duration::ZERO).await,
+            0
+        );
     }
 }

@@ -25,22 +25,27 @@ impl Store {
         if files.is_empty() {
             return self.write_tasks(stmt).await;
         }
-        self.write_task_rows_after(None, stmt, files).await
+        self.write_task_rows_around(None, stmt, files, None).await
     }
 
     /// [`Store::write_task_rows`] in one transaction that runs `first` (a
-    /// lock, say) before the insert.
-    pub(super) async fn write_task_rows_after(
+    /// lock, say) before the insert and, if it wrote a task, `then` after it
+    /// (a notification, sent when the transaction commits).
+    pub(super) async fn write_task_rows_around(
         &self,
         first: Option<Statement>,
         stmt: Statement,
         files: &[TaskFile],
+        then: Option<Statement>,
     ) -> Result<Vec<Task>, DbErr> {
         let txn = self.db.begin().await?;
         if let Some(first) = first {
             txn.execute(first).await?;
         }
         let rows = txn.query_all(stmt).await?;
+        if let Some(then) = then.filter(|_| !rows.is_empty()) {
+            txn.execute(then).await?;
+        }
         if let Some(row) = rows.first().filter(|_| !files.is_empty()) {
             let task_id: i64 = row.try_get("", "id")?;
             let rows = files
@@ -135,7 +140,7 @@ mod tests {
         let store = Store::connect(&url).await.expect("store");
         let files = [file("F2", "b.txt"), file("F1", "a.txt")];
         let task = store
-            .insert_queued_task_with_files(new_task(), 1, &files)
+            .insert_queued_task_with_files(new_task(), 1, &files, None)
             .await
             .expect("insert")
             .expect("the queue has room");
@@ -159,7 +164,7 @@ mod tests {
 
         // The queue is full: neither the task nor its files are written.
         let refused = store
-            .insert_queued_task_with_files(new_task(), 1, &[file("F3", "c.txt")])
+            .insert_queued_task_with_files(new_task(), 1, &[file("F3", "c.txt")], None)
             .await
             .expect("insert");
         assert!(refused.is_none());
@@ -178,7 +183,7 @@ mod tests {
 
         // A dispatch pass's batch: one read.
         let other = store
-            .insert_queued_task_with_files(new_task(), 100, &[file("F9", "z.txt")])
+            .insert_queued_task_with_files(new_task(), 100, &[file("F9", "z.txt")], None)
             .await
             .expect("insert")
             .expect("room");
