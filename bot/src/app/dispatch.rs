@@ -25,6 +25,11 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const EVENT_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Queued tasks a dispatch pass reads, routes and claims at once.
 pub const DISPATCH_BATCH: u64 = 64;
+/// How long after a pass that could not claim a queued task (see
+/// [`App::dispatch_pass`]) the next one runs; doubled for each further try.
+const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(2);
+/// How many such passes follow one another before the next wake or tick.
+const CLAIM_RETRIES: u32 = 4;
 
 impl App {
     /// Sends a task claimed for `route`'s agent to it, starts its accept
@@ -107,13 +112,22 @@ impl App {
 
     /// Hands queued tasks to agents with room, in queue order, then refreshes
     /// what the still-queued tasks' messages say.
-    pub async fn dispatch_pass(&self) {
+    ///
+    /// Returns whether it passed over a task it read queued and routed but
+    /// could not claim. Another process claimed it, or (PostgreSQL, whose
+    /// claims skip locked rows so that no process waits for another's)
+    /// another statement held its row for a moment: the process that created
+    /// it writing its message's ts, say, which happens just as the others
+    /// hear of the task. Such a task must not wait for the next second's
+    /// pass: the dispatcher tries again within milliseconds.
+    pub async fn dispatch_pass(&self) -> bool {
+        let mut passed_over = false;
         self.release_follow_ups().await;
         let projects = match self.store.projects_with_queue().await {
             Ok(p) => p,
             Err(err) => {
                 tracing::error!(error = ?err, "cannot read the queues");
-                return;
+                return false;
             }
         };
         for project in projects {
@@ -170,7 +184,9 @@ impl App {
                 };
                 for (task, route) in routed {
                     if !claimed.contains(&task.id) {
-                        // No longer queued (cancelled meanwhile), or the claim failed.
+                        // No longer queued (claimed elsewhere, cancelled), its
+                        // row held for a moment, or the claim failed.
+                        passed_over |= !failed;
                         self.hub.release(&route.agent, task.id, Outcome::Ignored);
                         continue;
                     }
@@ -185,6 +201,19 @@ impl App {
             }
             self.show_queued(&project).await;
         }
+        passed_over
+    }
+
+    /// Runs a dispatch pass; when it passed over a task it could not claim,
+    /// when to run the next one (the `tries`-th in a row).
+    async fn pass_and_plan(&self, tries: u32) -> Option<(Instant, u32)> {
+        let passed_over = self.dispatch_pass().await;
+        (passed_over && tries < CLAIM_RETRIES).then(|| {
+            (
+                Instant::now() + CLAIM_RETRY_FIRST * 2u32.pow(tries),
+                tries + 1,
+            )
+        })
     }
 
     /// Claims routed tasks for their agents, one statement per agent. Returns
@@ -375,6 +404,7 @@ impl App {
         let mut unpostable = lock(&self.unpostable).take();
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry: Option<(Instant, u32)> = None;
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -392,12 +422,23 @@ impl App {
                 // without a queue (the tick's pass reads the database anyway).
                 _ = self.dispatch_wake.notified() => {
                     if self.store.may_have_queue() {
-                        self.dispatch_pass().await;
+                        retry = self.pass_and_plan(0).await;
                     }
                 }
                 _ = tick.tick() => {
                     self.sweep().await;
-                    self.dispatch_pass().await;
+                    retry = self.pass_and_plan(0).await;
+                }
+                Some(tries) = async {
+                    match retry {
+                        Some((at, tries)) => {
+                            tokio::time::sleep_until(at).await;
+                            Some(tries)
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    retry = self.pass_and_plan(tries).await;
                 }
                 Some((task, why)) = async {
                     match unpostable.as_mut() {
@@ -412,5 +453,54 @@ impl App {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_shared::TaskId;
+    use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
+
+    use crate::app::test_support::{app_with_agent_on, submits};
+    use crate::store::NewTask;
+
+    /// On PostgreSQL a claim skips a row another statement holds (so that
+    /// no process waits for another's claim). A queued task whose row is
+    /// held at that moment (its creator writing its message ts, say) is
+    /// passed over, and the pass says so: the dispatcher runs the next one
+    /// within milliseconds, not at the next second's tick. Once the row is
+    /// free, that pass hands it out and asks for no other.
+    #[tokio::test]
+    async fn a_task_whose_row_is_held_during_the_claim_is_tried_again() {
+        let Some(server) = baton_testkit::db::postgres_or_skip(
+            "a_task_whose_row_is_held_during_the_claim_is_tried_again",
+        ) else {
+            return;
+        };
+        let db = baton_testkit::db::TestDb::postgres(&server).await;
+        let (app, store, mut frames) = app_with_agent_on(&db.url).await;
+        let task = store
+            .insert_queued_task(NewTask::sample(), 100)
+            .await
+            .expect("insert")
+            .expect("queued");
+
+        let other = Database::connect(db.url.as_str()).await.expect("connect");
+        let held = other.begin().await.expect("begin");
+        held.execute(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT id FROM tasks WHERE id = $1 FOR UPDATE",
+            [task.id.into()],
+        ))
+        .await
+        .expect("row held");
+        assert!(app.dispatch_pass().await, "the held task is passed over");
+        assert_eq!(submits(&mut frames), Vec::<TaskId>::new());
+        let now = store.task(task.id).await.expect("read").expect("row");
+        assert_eq!(now.state, "queued");
+
+        held.commit().await.expect("row free");
+        assert!(!app.dispatch_pass().await, "nothing was passed over");
+        assert_eq!(submits(&mut frames), vec![TaskId(task.id)]);
     }
 }

@@ -18,10 +18,15 @@ pub(super) async fn app_with_agent(
     dir: &tempfile::TempDir,
 ) -> (Arc<App>, Store, crate::hub::OutboxReceiver) {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-    let mut settings = Settings::for_tests("http://127.0.0.1:9", &url, "secret");
+    app_with_agent_on(&url).await
+}
+
+/// [`app_with_agent`] on the database at `url`.
+pub(super) async fn app_with_agent_on(url: &str) -> (Arc<App>, Store, crate::hub::OutboxReceiver) {
+    let mut settings = Settings::for_tests("http://127.0.0.1:9", url, "secret");
     // No Slack here to ask who U1 is: an admin needs no asking.
     settings.admins = vec!["U1".into()];
-    let store = Store::connect(&url).await.expect("store");
+    let store = Store::connect(url).await.expect("store");
     store.ensure_project("web").await.expect("project");
     let slack =
         SlackApi::new(&settings.slack_api_url, &settings.slack_bot_token).expect("slack client");
