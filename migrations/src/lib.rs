@@ -16,6 +16,7 @@ mod m20261207_000120_approvals;
 mod m20261207_000130_instances;
 mod m20261207_000140_editor;
 mod m20261207_000150_approvals_delivered;
+mod m20261208_000010_queue_take;
 
 /// The condition of the ended tasks whose requester is still to be told (the
 /// partial index's condition, which queries must repeat word for word).
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000130_instances::Migration),
             Box::new(m20261207_000140_editor::Migration),
             Box::new(m20261207_000150_approvals_delivered::Migration),
+            Box::new(m20261208_000010_queue_take::Migration),
         ]
     }
 }

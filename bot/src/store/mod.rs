@@ -67,7 +67,10 @@ const POSTGRES_PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first key of the PostgreSQL advisory lock a project's queue-bound
 /// insert holds (the second is the project's `hashtext`): several processes
-/// inserting at the bound take turns.
+/// inserting at the bound take turns. Taken by the database function
+/// `baton_queue_take` (migration `m20261208_000010_queue_take`), which
+/// writes it out.
+#[cfg(test)]
 const QUEUE_LOCK_CLASS: i32 = 0x6261_7100;
 
 /// A task to create.
@@ -513,11 +516,13 @@ impl Store {
 
     /// Writes a new queued task unless `max` tasks already wait in its
     /// project's queue; None when the queue is full. The count and the insert
-    /// are one statement (`INSERT … SELECT … WHERE (SELECT COUNT(*) …) < max`):
-    /// with SQLite's single writer no other write comes between them. On
-    /// PostgreSQL (READ COMMITTED) two such statements could each count
-    /// before the other's insert: the insert runs in a transaction holding
-    /// the project's advisory lock ([`QUEUE_LOCK_CLASS`]), so they take turns.
+    /// are one statement: on SQLite (`INSERT … SELECT … WHERE (SELECT COUNT(*)
+    /// …) < max`) no other write comes between them with its single writer;
+    /// on PostgreSQL (READ COMMITTED), where two such statements could each
+    /// count before the other's insert, the condition is the function
+    /// `baton_queue_take`, which takes the project's advisory lock
+    /// ([`QUEUE_LOCK_CLASS`]) before it counts (see its migration), so they
+    /// take turns.
     pub async fn insert_queued_task(&self, new: NewTask, max: u64) -> anyhow::Result<Option<Task>> {
         self.insert_queued_task_with_files(new, max, &[], None)
             .await
@@ -525,7 +530,7 @@ impl Store {
 
     /// [`Store::insert_queued_task`], with the files attached to the task
     /// written in the same transaction. On PostgreSQL, `notify` (a channel
-    /// and a payload) is sent by the same transaction if it queued the task:
+    /// and a payload) is sent by the same statement if it queued the task:
     /// the other processes hear of it as it commits, with no statement of
     /// its own.
     pub async fn insert_queued_task_with_files(
@@ -536,39 +541,38 @@ impl Store {
         notify: Option<(&str, &str)>,
     ) -> anyhow::Result<Option<Task>> {
         let project = new.project.clone();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
         let mut q = Sql::new(concat!(
             "INSERT INTO tasks (",
             new_task_columns!(),
             ") SELECT "
         ));
         new_task_values(&mut q, NewTask { agent: None, ..new });
-        q.push(" WHERE (SELECT COUNT(id) FROM tasks WHERE state = ")
-            .state(TaskState::Queued)
-            .push(" AND project = ")
-            .arg(project.as_str())
-            .push(") < ")
-            .arg(i64::try_from(max).unwrap_or(i64::MAX))
-            .push(sql::RETURNING_TASK);
-        let stmt = q.build(self.db.get_database_backend());
-        let rows = if self.is_shared() {
-            let lock = Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                [QUEUE_LOCK_CLASS.into(), project.as_str().into()],
-            );
-            let notify = notify.map(|(channel, payload)| {
-                Statement::from_sql_and_values(
-                    sea_orm::DatabaseBackend::Postgres,
-                    "SELECT pg_notify($1, $2)",
-                    [channel.into(), payload.into()],
-                )
-            });
-            self.write_task_rows_around(Some(lock), stmt, files, notify)
-                .await
+        if self.is_shared() {
+            let (channel, payload) = notify.unzip();
+            q.push(" WHERE baton_queue_take(")
+                .arg(project.as_str())
+                .push(", ")
+                .arg(max)
+                .push(", ")
+                .arg(channel)
+                .push(", ")
+                .arg(payload)
+                .push(")");
         } else {
-            self.write_task_rows(stmt, files).await
-        };
-        let rows = rows.context("Cannot write the task")?;
+            q.push(" WHERE (SELECT COUNT(id) FROM tasks WHERE state = ")
+                .state(TaskState::Queued)
+                .push(" AND project = ")
+                .arg(project.as_str())
+                .push(") < ")
+                .arg(max);
+        }
+        q.push(sql::RETURNING_TASK);
+        let stmt = q.build(self.db.get_database_backend());
+        let rows = self
+            .write_task_rows(stmt, files)
+            .await
+            .context("Cannot write the task")?;
         let Some(task) = rows.into_iter().next() else {
             return Ok(None);
         };
@@ -2851,6 +2855,54 @@ mod tests {
         // Notifications arrive in commit order: nothing came between.
         let heard = listener.recv().await.expect("notification");
         assert_eq!(heard.payload(), "second");
+    }
+
+    /// `baton_queue_take` holds the queue's advisory lock of
+    /// [`QUEUE_LOCK_CLASS`] until its statement's transaction ends (and none
+    /// other than the thread lock's class is taken in its name).
+    #[tokio::test]
+    async fn the_queue_function_holds_the_queue_lock_until_commit() {
+        if baton_testkit::db::postgres_or_skip(
+            "the_queue_function_holds_the_queue_lock_until_commit",
+        )
+        .is_none()
+        {
+            return;
+        }
+        let (db, s) = store().await;
+        let other = Database::connect(db.url.as_str()).await.expect("connect");
+        let txn = other.begin().await.expect("begin");
+        let room = txn
+            .query_one(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT baton_queue_take('web', 1, NULL, NULL) AS room",
+            ))
+            .await
+            .expect("take")
+            .expect("row")
+            .try_get::<bool>("", "room")
+            .expect("room");
+        assert!(room, "an empty queue has room");
+        let held = |conn: DatabaseConnection| async move {
+            conn.query_one(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_locks \
+                 WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objsubid = 2",
+                [i64::from(QUEUE_LOCK_CLASS).into()],
+            ))
+            .await
+            .expect("locks")
+            .expect("row")
+            .try_get::<i64>("", "n")
+            .expect("count")
+        };
+        assert_eq!(
+            held(s.connection().clone()).await,
+            1,
+            "held in the transaction"
+        );
+        txn.commit().await.expect("commit");
+        assert_eq!(held(s.connection().clone()).await, 0, "released with it");
     }
 
     /// Issue 18: synced marks are written in batches on every database (on

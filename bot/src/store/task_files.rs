@@ -25,28 +25,9 @@ impl Store {
         if files.is_empty() {
             return self.write_tasks(stmt).await;
         }
-        self.write_task_rows_around(None, stmt, files, None).await
-    }
-
-    /// [`Store::write_task_rows`] in one transaction that runs `first` (a
-    /// lock, say) before the insert and, if it wrote a task, `then` after it
-    /// (a notification, sent when the transaction commits).
-    pub(super) async fn write_task_rows_around(
-        &self,
-        first: Option<Statement>,
-        stmt: Statement,
-        files: &[TaskFile],
-        then: Option<Statement>,
-    ) -> Result<Vec<Task>, DbErr> {
         let txn = self.db.begin().await?;
-        if let Some(first) = first {
-            txn.execute(first).await?;
-        }
         let rows = txn.query_all(stmt).await?;
-        if let Some(then) = then.filter(|_| !rows.is_empty()) {
-            txn.execute(then).await?;
-        }
-        if let Some(row) = rows.first().filter(|_| !files.is_empty()) {
+        if let Some(row) = rows.first() {
             let task_id: i64 = row.try_get("", "id")?;
             let rows = files
                 .iter()
