@@ -121,6 +121,13 @@ impl App {
     /// hear of the task. Such a task must not wait for the next second's
     /// pass: the dispatcher tries again within milliseconds.
     pub async fn dispatch_pass(&self) -> bool {
+        self.pass(true).await
+    }
+
+    /// [`App::dispatch_pass`]; `show_queues`: and refresh the queued tasks'
+    /// messages (not in the quick passes that follow a passed-over task:
+    /// nothing they would show has changed in those milliseconds).
+    async fn pass(&self, show_queues: bool) -> bool {
         let mut passed_over = false;
         self.release_follow_ups().await;
         let projects = match self.store.projects_with_queue().await {
@@ -199,7 +206,9 @@ impl App {
                     break 'project;
                 }
             }
-            self.show_queued(&project).await;
+            if show_queues {
+                self.show_queued(&project).await;
+            }
         }
         passed_over
     }
@@ -207,7 +216,7 @@ impl App {
     /// Runs a dispatch pass; when it passed over a task it could not claim,
     /// when to run the next one (the `tries`-th in a row).
     async fn pass_and_plan(&self, tries: u32) -> Option<(Instant, u32)> {
-        let passed_over = self.dispatch_pass().await;
+        let passed_over = self.pass(tries == 0).await;
         (passed_over && tries < CLAIM_RETRIES).then(|| {
             (
                 Instant::now() + CLAIM_RETRY_FIRST * 2u32.pow(tries),
