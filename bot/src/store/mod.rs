@@ -2093,11 +2093,10 @@ async fn migrate_postgres(db: &DatabaseConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pool settings: WAL, `synchronous = NORMAL` (a commit survives the
-/// process dying; only an OS crash can lose the last ones), a busy timeout,
-/// and for SQLite no test query before each use (a connection to a local file
+/// A SQLite pool's settings: WAL, `synchronous = NORMAL` (a commit survives
+/// the process dying; only an OS crash can lose the last ones), a busy
+/// timeout, and no test query before each use (a connection to a local file
 /// does not go stale; the test costs a round trip to its worker thread).
-/// A SQLite pool's options (its connections are in this process: never tested before use).
 fn pool_options(url: &str, connections: u32) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -2814,8 +2813,8 @@ mod tests {
     }
 
     /// On PostgreSQL a queued insert notifies the other processes in its
-    /// own transaction: the payload is heard once the task is written, and
-    /// an insert the full queue refused sends nothing.
+    /// own statement: the payload is heard once the task is written, and an
+    /// insert the full queue refused sends nothing.
     #[tokio::test]
     async fn a_queued_insert_notifies_only_when_it_queued_the_task() {
         if baton_testkit::db::postgres_or_skip(
@@ -2858,8 +2857,7 @@ mod tests {
     }
 
     /// `baton_queue_take` holds the queue's advisory lock of
-    /// [`QUEUE_LOCK_CLASS`] until its statement's transaction ends (and none
-    /// other than the thread lock's class is taken in its name).
+    /// [`QUEUE_LOCK_CLASS`] until its statement's transaction ends.
     #[tokio::test]
     async fn the_queue_function_holds_the_queue_lock_until_commit() {
         if baton_testkit::db::postgres_or_skip(
